@@ -1,0 +1,196 @@
+//! The submit body and the versioned queue envelope.
+//!
+//! The envelope is JSON so that producers outside OpenHQM can write it
+//! (CONTRACT.md: `{"correlation_id", "payload", "headers", "timestamp",
+//! "metadata"}`). Ours adds `v` (the envelope version). The payload is kept as
+//! raw JSON text end to end: it is never parsed into a tree on the hot path and
+//! reaches the processor byte for byte as the client sent it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::CorrelationId;
+
+/// The current envelope version written by OpenHQM.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Highest priority a client may ask for.
+pub const MAX_PRIORITY: u8 = 9;
+
+/// Processing timeout when the request does not set one (seconds).
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+
+/// Per-request options (`metadata` in the submit body).
+///
+/// Unknown keys (`type`, `session_id`, `partition_key`, ...) are kept in
+/// [`Metadata::extra`] and travel with the message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Name of a configured proxy endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// HTTP method override for forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// 0 (default) to 9; higher is taken first.
+    #[serde(default)]
+    pub priority: u8,
+    /// Per-attempt processing timeout in seconds, capped by the worker's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// Attempts already made before this submit.
+    #[serde(default)]
+    pub retry_count: u32,
+    /// Every other key, kept as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Metadata {
+    /// Checks the ranges CONTRACT.md gives; the message says which field is wrong.
+    ///
+    /// # Errors
+    /// A human-readable description of the first out-of-range field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.priority > MAX_PRIORITY {
+            return Err(format!(
+                "metadata.priority must be between 0 and {MAX_PRIORITY}, got {}",
+                self.priority
+            ));
+        }
+        if self.timeout == Some(0) {
+            return Err("metadata.timeout must be a positive number of seconds".into());
+        }
+        Ok(())
+    }
+}
+
+/// The body of `POST /api/v1/submit`.
+#[derive(Debug, Deserialize)]
+pub struct SubmitRequest {
+    /// Any JSON value, kept verbatim.
+    pub payload: Box<RawValue>,
+    /// Headers to forward to a backend.
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Options; absent means defaults.
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+}
+
+/// A request as it travels on a queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Envelope version; absent on messages from the earlier implementation.
+    #[serde(default)]
+    pub v: u32,
+    /// The request's id.
+    pub correlation_id: CorrelationId,
+    /// The client's payload, verbatim.
+    pub payload: Box<RawValue>,
+    /// Headers to forward.
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// When the request was accepted: RFC 3339 for OpenHQM, anything for others.
+    #[serde(default)]
+    pub timestamp: Option<Value>,
+    /// Options.
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+impl Envelope {
+    /// Builds the envelope for an accepted submit.
+    #[must_use]
+    pub fn from_submit(id: CorrelationId, req: SubmitRequest, accepted_at: &str) -> Self {
+        Self {
+            v: ENVELOPE_VERSION,
+            correlation_id: id,
+            payload: req.payload,
+            headers: req.headers,
+            timestamp: Some(Value::String(accepted_at.to_owned())),
+            metadata: req.metadata.unwrap_or_default(),
+        }
+    }
+
+    /// Serializes to the wire form.
+    ///
+    /// # Errors
+    /// Only if a value cannot be represented as JSON, which our types rule out.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(self)
+    }
+
+    /// Parses the wire form, ours or a foreign producer's.
+    ///
+    /// # Errors
+    /// The parse error, which names the offending field.
+    pub fn from_json(bytes: &[u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submit(json: &str) -> Result<SubmitRequest, String> {
+        let req: SubmitRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        if let Some(m) = &req.metadata {
+            m.validate()?;
+        }
+        Ok(req)
+    }
+
+    #[test]
+    fn any_json_payload_is_kept_verbatim() {
+        for payload in [r#"{"a": 1}"#, "[1, 2, 3]", "\"text\"", "42", "null", "true"] {
+            let req = submit(&format!(r#"{{"payload": {payload}}}"#)).expect("valid");
+            assert_eq!(req.payload.get(), payload);
+        }
+    }
+
+    #[test]
+    fn extra_metadata_keys_travel_with_the_envelope() {
+        let req = submit(
+            r#"{"payload": 1, "metadata": {"priority": 3, "type": "order", "session_id": "s1"}}"#,
+        )
+        .expect("valid");
+        let env = Envelope::from_submit(CorrelationId::new(), req, "2026-01-01T00:00:00.000Z");
+        let back = Envelope::from_json(&env.to_json().expect("json")).expect("parse");
+        assert_eq!(back.metadata.priority, 3);
+        assert_eq!(back.metadata.extra.get("type"), Some(&Value::from("order")));
+        assert_eq!(back.metadata.extra.get("session_id"), Some(&Value::from("s1")));
+        assert_eq!(back.v, ENVELOPE_VERSION);
+    }
+
+    #[test]
+    fn bad_submits_say_what_is_wrong() {
+        let cases = [
+            (r#"{"metadata": {}}"#, "missing field `payload`"),
+            (r#"{"payload": 1, "metadata": {"priority": 12}}"#, "metadata.priority"),
+            (r#"{"payload": 1, "metadata": {"timeout": 0}}"#, "metadata.timeout"),
+            (r#"{"payload": 1, "headers": {"a": 1}}"#, "invalid type"),
+            (r#"{"payload": "#, "EOF"),
+        ];
+        for (input, expected) in cases {
+            let err = submit(input).expect_err(input);
+            assert!(err.contains(expected), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn foreign_envelope_from_the_earlier_implementation_parses() {
+        let id = CorrelationId::new();
+        let raw = format!(
+            r#"{{"correlation_id":"{id}","payload":{{"x":1}},"headers":null,"timestamp":1700000000.5,"metadata":{{"type":"t"}}}}"#
+        );
+        let env = Envelope::from_json(raw.as_bytes()).expect("parse");
+        assert_eq!(env.correlation_id, id);
+        assert_eq!(env.v, 0);
+        assert_eq!(env.payload.get(), r#"{"x":1}"#);
+    }
+}

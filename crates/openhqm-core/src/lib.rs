@@ -1,0 +1,20 @@
+//! Domain types shared by every OpenHQM crate.
+//!
+//! This crate does no I/O and needs no async runtime: it holds the vocabulary
+//! (correlation ids, the versioned queue envelope, request status and its legal
+//! transitions, result records) and the pure decisions (retry backoff, how an
+//! attempt's outcome is settled). Everything here is deterministic given its
+//! inputs, so it is tested with plain tables.
+
+pub mod envelope;
+pub mod id;
+pub mod outcome;
+pub mod record;
+pub mod status;
+pub mod time;
+
+pub use envelope::{Envelope, Metadata, SubmitRequest};
+pub use id::CorrelationId;
+pub use outcome::{Backoff, Decision, Failure, FailureKind, decide};
+pub use record::{RequestRecord, ResultData};
+pub use status::RequestStatus;

@@ -1,0 +1,164 @@
+//! How a failed attempt is settled: retried after a backoff, or given up.
+//!
+//! This is the single decision the worker consults; it is pure so that the
+//! whole policy is visible in one table of tests.
+
+use std::time::Duration;
+
+use crate::RequestStatus;
+
+/// Why an attempt failed, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Worth trying again (network error, 5xx, overload).
+    Transient,
+    /// The attempt ran past its deadline; retried like a transient failure,
+    /// but a request whose last attempt timed out ends as TIMEOUT.
+    Timeout,
+    /// Trying again cannot help (bad input, unknown operation).
+    Permanent,
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// Classification.
+    pub kind: FailureKind,
+    /// Human-readable reason, stored as the request's `error`.
+    pub message: String,
+    /// A minimum delay the other side asked for (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure of the given kind.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// Retry policy: exponential backoff with full jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// Shortest delay before a retry.
+    pub base: Duration,
+    /// Longest delay before a retry (also caps `Retry-After`).
+    pub max: Duration,
+    /// Retries after the first attempt; `3` means at most 4 attempts.
+    pub max_retries: u32,
+}
+
+impl Backoff {
+    /// The delay before retrying after failed attempt number `attempt` (1-based).
+    ///
+    /// The window grows as `base * 2^attempt`, capped at `max`; the delay is
+    /// drawn uniformly from `[base, window]` using `jitter` in `[0, 1]`.
+    #[must_use]
+    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
+        let factor = 2f64.powi(i32::try_from(attempt.min(62)).unwrap_or(62));
+        let window = self.base.mul_f64(factor).min(self.max).max(self.base);
+        let span = window.saturating_sub(self.base);
+        self.base + span.mul_f64(jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// What to do with a failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Redeliver after `delay`; the request goes back to PENDING.
+    Retry {
+        /// How long the queue holds the message.
+        delay: Duration,
+    },
+    /// Dead-letter the message and finish the request with `status`.
+    GiveUp {
+        /// FAILED or TIMEOUT.
+        status: RequestStatus,
+        /// The reason recorded with the dead letter.
+        reason: String,
+    },
+}
+
+/// Settles failed attempt number `attempt` (1-based, counting attempts made
+/// before the submit via `metadata.retry_count`).
+#[must_use]
+pub fn decide(failure: &Failure, attempt: u32, policy: &Backoff, jitter: f64) -> Decision {
+    let exhausted = attempt > policy.max_retries;
+    match failure.kind {
+        FailureKind::Permanent => Decision::GiveUp {
+            status: RequestStatus::Failed,
+            reason: failure.message.clone(),
+        },
+        FailureKind::Transient | FailureKind::Timeout if exhausted => Decision::GiveUp {
+            status: if failure.kind == FailureKind::Timeout {
+                RequestStatus::Timeout
+            } else {
+                RequestStatus::Failed
+            },
+            reason: format!("{} (after {attempt} attempts)", failure.message),
+        },
+        FailureKind::Transient | FailureKind::Timeout => {
+            let backoff = policy.delay(attempt, jitter);
+            let delay = match failure.retry_after {
+                Some(asked) => backoff.max(asked.min(policy.max)),
+                None => backoff,
+            };
+            Decision::Retry { delay }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: Backoff = Backoff {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+        max_retries: 3,
+    };
+
+    fn check(kind: FailureKind, retry_after: Option<u64>, attempt: u32, jitter: f64, expected: Decision) {
+        let failure = Failure {
+            kind,
+            message: "boom".into(),
+            retry_after: retry_after.map(Duration::from_secs),
+        };
+        assert_eq!(decide(&failure, attempt, &POLICY, jitter), expected, "{kind:?} attempt {attempt}");
+    }
+
+    fn retry(ms: u64) -> Decision {
+        Decision::Retry { delay: Duration::from_millis(ms) }
+    }
+
+    fn give_up(status: RequestStatus, reason: &str) -> Decision {
+        Decision::GiveUp { status, reason: reason.into() }
+    }
+
+    #[test]
+    fn decision_table() {
+        use FailureKind::*;
+        use RequestStatus::{Failed, Timeout as TimedOut};
+        check(Transient, None, 1, 0.0, retry(1000));
+        check(Transient, None, 1, 1.0, retry(2000));
+        check(Transient, None, 3, 1.0, retry(8000));
+        check(Transient, None, 4, 0.5, give_up(Failed, "boom (after 4 attempts)"));
+        check(Timeout, None, 2, 0.0, retry(1000));
+        check(Timeout, None, 4, 0.0, give_up(TimedOut, "boom (after 4 attempts)"));
+        check(Permanent, None, 1, 0.0, give_up(Failed, "boom"));
+        // Retry-After raises the delay, but never past the configured maximum.
+        check(Transient, Some(30), 1, 0.0, retry(30_000));
+        check(Transient, Some(3600), 1, 0.0, retry(60_000));
+    }
+
+    #[test]
+    fn backoff_window_is_capped() {
+        assert_eq!(POLICY.delay(20, 1.0), Duration::from_secs(60));
+        assert_eq!(POLICY.delay(20, 0.0), Duration::from_secs(1));
+        assert_eq!(POLICY.delay(u32::MAX, 1.0), Duration::from_secs(60));
+    }
+}

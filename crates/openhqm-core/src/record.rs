@@ -1,0 +1,64 @@
+//! What the result store keeps about one request.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{CorrelationId, RequestStatus};
+
+/// The outcome of a finished request (the `/response` fields).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultData {
+    /// The backend's or processor's body: JSON as JSON, text as
+    /// `{"response", "content_type"}`.
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// Response headers; a repeated header is a JSON array of its values.
+    #[serde(default)]
+    pub headers: Option<serde_json::Map<String, Value>>,
+    /// The backend's HTTP status, if there was one.
+    #[serde(default)]
+    pub status_code: Option<u16>,
+    /// Why the request failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Time spent in the last attempt.
+    #[serde(default)]
+    pub processing_time_ms: Option<u64>,
+    /// When the request reached a terminal status (epoch ms).
+    #[serde(default)]
+    pub completed_at_ms: Option<u64>,
+}
+
+/// Status and, once finished, result of one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// The request.
+    pub correlation_id: CorrelationId,
+    /// Where it is.
+    pub status: RequestStatus,
+    /// Accepted at (epoch ms).
+    pub submitted_at_ms: u64,
+    /// Last status change (epoch ms).
+    pub updated_at_ms: u64,
+    /// Delivery attempts started so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Set once the request is terminal (and for the last error of a retry).
+    #[serde(default)]
+    pub outcome: Option<ResultData>,
+}
+
+impl RequestRecord {
+    /// A freshly accepted request.
+    #[must_use]
+    pub fn pending(correlation_id: CorrelationId, submitted_at_ms: u64) -> Self {
+        Self {
+            correlation_id,
+            status: RequestStatus::Pending,
+            submitted_at_ms,
+            updated_at_ms: submitted_at_ms,
+            attempts: 0,
+            outcome: None,
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Request status and the one table of legal transitions.
+//!
+//! Every store enforces [`RequestStatus::can_become`]; no other code decides
+//! whether a status may change. The table guarantees that a finished request
+//! stays finished (a duplicate delivery cannot turn COMPLETED back into
+//! PROCESSING) and that PROCESSING is never a dead end: a redelivered message
+//! re-enters PROCESSING, a retry returns to PENDING.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a request is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RequestStatus {
+    /// Stored on the queue, waiting for a worker (first time or for a retry).
+    Pending,
+    /// A worker holds the message.
+    Processing,
+    /// Finished; the result is kept.
+    Completed,
+    /// Finished without success after the last attempt, or permanently rejected.
+    Failed,
+    /// Finished because the last attempt ran past its deadline.
+    Timeout,
+}
+
+impl RequestStatus {
+    /// Every status, for tables and exhaustive tests.
+    pub const ALL: [Self; 5] = [
+        Self::Pending,
+        Self::Processing,
+        Self::Completed,
+        Self::Failed,
+        Self::Timeout,
+    ];
+
+    /// `true` once nothing will change the request again.
+    #[must_use]
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Timeout)
+    }
+
+    /// The table of legal transitions.
+    ///
+    /// | from \ to  | PENDING | PROCESSING | COMPLETED | FAILED | TIMEOUT |
+    /// |------------|---------|------------|-----------|--------|---------|
+    /// | PENDING    |         | yes        |           | yes    |         |
+    /// | PROCESSING | yes     | yes        | yes       | yes    | yes     |
+    /// | terminal   |         |            |           |        |         |
+    ///
+    /// PENDING → FAILED covers a message rejected before any processing
+    /// (undecodable, dead-lettered); PROCESSING → PROCESSING is a redelivery
+    /// after a worker died; PROCESSING → PENDING is a scheduled retry.
+    #[must_use]
+    pub fn can_become(self, to: Self) -> bool {
+        use RequestStatus::{Completed, Failed, Pending, Processing, Timeout};
+        match (self, to) {
+            (Pending, Processing | Failed) => true,
+            (Processing, Pending | Processing | Completed | Failed | Timeout) => true,
+            _ => false,
+        }
+    }
+
+    /// The wire name, e.g. `COMPLETED`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Processing => "PROCESSING",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Timeout => "TIMEOUT",
+        }
+    }
+}
+
+impl fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RequestStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown status `{s}`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestStatus::{self, *};
+
+    fn check(from: RequestStatus, allowed: &[RequestStatus]) {
+        for to in RequestStatus::ALL {
+            assert_eq!(
+                from.can_become(to),
+                allowed.contains(&to),
+                "{from} -> {to}"
+            );
+        }
+    }
+
+    #[test]
+    fn transition_table() {
+        check(Pending, &[Processing, Failed]);
+        check(Processing, &[Pending, Processing, Completed, Failed, Timeout]);
+        check(Completed, &[]);
+        check(Failed, &[]);
+        check(Timeout, &[]);
+    }
+
+    #[test]
+    fn wire_names_round_trip() {
+        for st in RequestStatus::ALL {
+            assert_eq!(st.as_str().parse::<RequestStatus>(), Ok(st));
+            assert_eq!(
+                serde_json::to_string(&st).ok(),
+                Some(format!("\"{}\"", st.as_str()))
+            );
+        }
+    }
+}
