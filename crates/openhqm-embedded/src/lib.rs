@@ -1,1 +1,225 @@
-//! placeholder
+//! The embedded storage engine: one fjall database, one writer thread.
+//!
+//! Every write in the process (queue publishes, acks, status transitions) is a
+//! job sent to a single writer thread. The thread drains whatever jobs are
+//! waiting, applies them as one atomic fjall batch, and, if any job asked for
+//! durability, makes the journal durable once for the whole group (group
+//! commit). While it syncs, new jobs pile up in the channel and form the next
+//! group, so throughput grows with concurrency instead of being capped by the
+//! fsync rate.
+//!
+//! Having one writer buys three things:
+//! - read-modify-write jobs (status transitions) are atomic without locks, since
+//!   nothing else writes between their read and their write;
+//! - writes are journaled in the order they were sent, so a durable write also
+//!   makes every earlier write durable (the journal is recovered as a prefix);
+//! - async tasks never block on the journal lock or on fsync.
+//!
+//! Reads go straight to fjall from any thread and see every applied batch.
+
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use fjall::{Keyspace, Slice};
+use tokio::sync::{mpsc, oneshot};
+pub use writer::WriteCtx;
+
+/// How far a write has to get before the caller is told it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Applied: visible to every reader, journaled in order, not yet synced.
+    Applied,
+    /// Made durable according to the database's [`Durability`].
+    Durable,
+}
+
+/// What "durable" means for this database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `fdatasync` each group commit: survives power loss.
+    Fsync,
+    /// Hand each group commit to the OS: survives a process crash.
+    Process,
+}
+
+/// Errors from the embedded engine.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The storage engine failed (I/O, corruption, poisoned after a failed sync).
+    #[error("storage engine error: {0}")]
+    Engine(#[from] fjall::Error),
+    /// The writer thread has stopped; the database is closed or failed.
+    #[error("embedded database is closed")]
+    Closed,
+}
+
+impl DbError {
+    /// Whether trying again later might succeed.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        true
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), Arc<fjall::Error>>) + Send>;
+type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Completion + Send>;
+
+struct Request {
+    job: Job,
+    wait: Wait,
+}
+
+/// Options for [`EmbeddedDb::open`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// What a durable write guarantees.
+    pub durability: Durability,
+    /// Background threads fjall may use for flushes and compaction.
+    pub worker_threads: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Fsync,
+            worker_threads: 1,
+        }
+    }
+}
+
+/// A handle to the embedded database; cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedDb {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: fjall::Database,
+    tx: mpsc::UnboundedSender<Request>,
+    failed: Arc<AtomicBool>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl EmbeddedDb {
+    /// Opens (or creates) the database in `path` and starts its writer thread.
+    ///
+    /// # Errors
+    /// If the directory cannot be opened or recovered, or is locked by another process.
+    pub fn open(path: &Path, options: &Options) -> Result<Self, DbError> {
+        let db = fjall::Database::builder(path)
+            .worker_threads(options.worker_threads.max(1))
+            .manual_journal_persist(true)
+            .open()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let thread = writer::spawn(db.clone(), rx, options.durability, Arc::clone(&failed))
+            .map_err(|e| DbError::Engine(fjall::Error::Io(e)))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                tx,
+                failed,
+                thread: std::sync::Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Opens (or creates) a keyspace, the unit of key ordering.
+    ///
+    /// # Errors
+    /// On I/O failure.
+    pub fn keyspace(&self, name: &str) -> Result<Keyspace, DbError> {
+        Ok(self.inner.db.keyspace(name, fjall::KeyspaceCreateOptions::default)?)
+    }
+
+    /// Runs `op` on the writer thread as part of the next group and waits as
+    /// `wait` says. The value `op` returns is handed back once the group is
+    /// committed; if the commit fails the value is dropped and the error returned.
+    ///
+    /// # Errors
+    /// [`DbError::Closed`] after shutdown or a fatal failure, or the commit's error.
+    pub async fn write<R, F>(&self, wait: Wait, op: F) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> R + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel();
+        let job: Job = Box::new(move |ctx| {
+            let value = op(ctx);
+            Box::new(move |result| {
+                let _ = done_tx.send(result.map(|()| value));
+            })
+        });
+        self.inner
+            .tx
+            .send(Request { job, wait })
+            .map_err(|_| DbError::Closed)?;
+        match done_rx.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(shared_error(&e)),
+            Err(_) => Err(DbError::Closed),
+        }
+    }
+
+    /// Queues `op` without waiting for it; it is still applied in order with
+    /// every other write, and a failure marks the database unhealthy.
+    ///
+    /// # Errors
+    /// [`DbError::Closed`] if the writer has stopped.
+    pub fn write_detached<F>(&self, op: F) -> Result<(), DbError>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) + Send + 'static,
+    {
+        let job: Job = Box::new(move |ctx| {
+            op(ctx);
+            Box::new(|_| {})
+        });
+        self.inner
+            .tx
+            .send(Request { job, wait: Wait::Applied })
+            .map_err(|_| DbError::Closed)
+    }
+
+    /// Proves the writer is alive and the journal can be synced.
+    ///
+    /// # Errors
+    /// Why it cannot.
+    pub async fn probe(&self) -> Result<(), DbError> {
+        if self.inner.failed.load(Ordering::Relaxed) {
+            return Err(DbError::Closed);
+        }
+        self.write(Wait::Durable, |_| ()).await
+    }
+
+    /// Approximate bytes on disk (journal and tables).
+    #[must_use]
+    pub fn disk_space(&self) -> u64 {
+        self.inner.db.disk_space().unwrap_or(0)
+    }
+
+    /// Stops the writer after the jobs already queued, syncs, and waits for it.
+    /// Later writes fail with [`DbError::Closed`]. Safe to call more than once.
+    pub async fn close(&self) {
+        // A final durable no-op flushes everything queued before it.
+        let _ = self.write(Wait::Durable, |ctx| ctx.stop()).await;
+        let handle = self
+            .inner
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+fn shared_error(e: &fjall::Error) -> DbError {
+    DbError::Engine(fjall::Error::Io(std::io::Error::other(e.to_string())))
+}
+
+#[cfg(test)]
+mod tests;

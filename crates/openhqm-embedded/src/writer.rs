@@ -1,0 +1,139 @@
+//! The writer thread: drains jobs, commits them as one batch, syncs once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fjall::{Keyspace, PersistMode, Slice};
+use tokio::sync::mpsc;
+
+use crate::{Completion, Durability, Request, Wait};
+
+/// Most jobs folded into one group; bounds the latency of the first job.
+const MAX_GROUP: usize = 4096;
+
+/// The view a job gets of the database: reads see earlier jobs of the same
+/// group, writes join the group's atomic batch.
+pub struct WriteCtx<'a> {
+    batch: fjall::OwnedWriteBatch,
+    overlay: HashMap<(u64, Vec<u8>), Option<Slice>>,
+    stop: bool,
+    _db: &'a fjall::Database,
+}
+
+impl WriteCtx<'_> {
+    /// Reads `key`, seeing writes made earlier in this group.
+    ///
+    /// # Errors
+    /// On I/O failure.
+    pub fn get(&self, ks: &Keyspace, key: &[u8]) -> fjall::Result<Option<Slice>> {
+        if let Some(v) = self.overlay.get(&(ks.id(), key.to_vec())) {
+            return Ok(v.clone());
+        }
+        ks.get(key)
+    }
+
+    /// Writes `key` = `value` in this group.
+    pub fn insert(&mut self, ks: &Keyspace, key: &[u8], value: impl Into<Slice>) {
+        let value: Slice = value.into();
+        self.overlay.insert((ks.id(), key.to_vec()), Some(value.clone()));
+        self.batch.insert(ks, key, value);
+    }
+
+    /// Deletes `key` in this group.
+    pub fn remove(&mut self, ks: &Keyspace, key: &[u8]) {
+        self.overlay.insert((ks.id(), key.to_vec()), None);
+        self.batch.remove(ks, key);
+    }
+
+    pub(crate) fn stop(&mut self) {
+        self.stop = true;
+    }
+}
+
+pub(crate) fn spawn(
+    db: fjall::Database,
+    rx: mpsc::UnboundedReceiver<Request>,
+    durability: Durability,
+    failed: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("openhqm-writer".into())
+        .spawn(move || run(&db, rx, durability, &failed))
+}
+
+fn run(
+    db: &fjall::Database,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    durability: Durability,
+    failed: &AtomicBool,
+) {
+    let mode = match durability {
+        Durability::Fsync => PersistMode::SyncData,
+        Durability::Process => PersistMode::Buffer,
+    };
+    let mut group = Vec::with_capacity(256);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(req) => group.push(req),
+                Err(_) => break,
+            }
+        }
+        let stop = commit_group(db, &mut group, mode, failed);
+        if stop {
+            break;
+        }
+    }
+    // Whatever the OS still buffers is synced on the way out.
+    if let Err(e) = db.persist(PersistMode::SyncAll) {
+        tracing::error!(error = %e, "final journal sync failed");
+    }
+}
+
+/// Applies and commits one group; returns `true` if a job asked the writer to stop.
+fn commit_group(
+    db: &fjall::Database,
+    group: &mut Vec<Request>,
+    mode: PersistMode,
+    failed: &AtomicBool,
+) -> bool {
+    let mut ctx = WriteCtx {
+        batch: db.batch(),
+        overlay: HashMap::new(),
+        stop: false,
+        _db: db,
+    };
+    let mut applied: Vec<Completion> = Vec::new();
+    let mut durable: Vec<Completion> = Vec::new();
+    for req in group.drain(..) {
+        let done = (req.job)(&mut ctx);
+        match req.wait {
+            Wait::Applied => applied.push(done),
+            Wait::Durable => durable.push(done),
+        }
+    }
+    let stop = ctx.stop;
+    let result = if ctx.batch.is_empty() {
+        Ok(())
+    } else {
+        ctx.batch.commit()
+    };
+    let result = result.map_err(Arc::new);
+    for done in applied {
+        done(result.clone());
+    }
+    let result = match result {
+        Ok(()) if !durable.is_empty() => db.persist(mode).map_err(Arc::new),
+        other => other,
+    };
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "embedded database commit failed");
+        failed.store(true, Ordering::Relaxed);
+    }
+    for done in durable {
+        done(result.clone());
+    }
+    stop
+}
