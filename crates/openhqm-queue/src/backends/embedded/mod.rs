@@ -1,0 +1,312 @@
+//! The embedded durable queue: the default backend, needing no service.
+//!
+//! # How our semantics map onto it
+//! - **Storage.** Each message is one key in a fjall keyspace, keyed by a
+//!   process-wide sequence number (big-endian, so keys are appended, never
+//!   scattered). The value holds the attempt number, the time before which it
+//!   must not be delivered, its priority, attributes and body (see [`record`]).
+//!   A publish returns only once its group commit is durable.
+//! - **Dispatch.** Which messages are waiting, delayed or leased is kept in
+//!   memory and rebuilt from the keyspace on open. Waiting messages are handed
+//!   out by priority, FIFO within a priority.
+//! - **Leases.** A delivery holds a lease in memory; when it runs out the
+//!   message goes back in line with attempt + 1. A process that dies loses all
+//!   leases, so after a restart every unacknowledged message is waiting again.
+//! - **Settling.** Ack deletes the key; a retry rewrites it with attempt + 1
+//!   and a due time (the delay is held by the queue, not by a sleeping task);
+//!   a dead letter moves it to the `<name>.dlq` keyspace with its reason, in
+//!   one atomic batch. Settling waits until the write is applied, not synced:
+//!   a crash before the next sync can only cause a redelivery.
+//! - **Depth** counts every stored message: waiting, delayed and leased.
+//! - **Storage stays bounded**: acknowledged and dead-lettered messages are
+//!   deleted, and fjall's compaction reclaims the space.
+
+mod record;
+mod settle;
+mod state;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Wait};
+use tokio::sync::Notify;
+
+use crate::{Capabilities, DeadLetter, Delivery, OutgoingMessage, QueueBackend, QueueError};
+use record::{DeadRecord, StoredRecord};
+use state::State;
+
+/// Settings of one embedded queue.
+#[derive(Debug, Clone)]
+pub struct EmbeddedQueueConfig {
+    /// Queue name; the keyspaces are `<name>` and `<name>.dlq`.
+    pub name: String,
+    /// How long a delivery is held before it is handed out again.
+    pub lease: Duration,
+    /// Largest body accepted.
+    pub max_payload: usize,
+}
+
+/// The embedded queue. Share it as `Arc<dyn QueueBackend>`.
+pub struct EmbeddedQueue {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    db: EmbeddedDb,
+    messages: Keyspace,
+    dead: Keyspace,
+    state: std::sync::Mutex<State>,
+    notify: Notify,
+    next_seq: AtomicU64,
+    next_dead_seq: AtomicU64,
+    config: EmbeddedQueueConfig,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+fn db_error(e: DbError) -> QueueError {
+    match e {
+        DbError::Closed => QueueError::Closed,
+        other => unavailable(other),
+    }
+}
+
+impl EmbeddedQueue {
+    /// Opens the queue in `db`, recovering every stored message.
+    ///
+    /// # Errors
+    /// If the keyspaces cannot be opened or a stored record cannot be read.
+    pub fn open(db: EmbeddedDb, config: EmbeddedQueueConfig) -> Result<Self, QueueError> {
+        let messages = db.keyspace(&config.name).map_err(db_error)?;
+        let dead = db.keyspace(&format!("{}.dlq", config.name)).map_err(db_error)?;
+        let mut state = State::default();
+        let now = now_ms();
+        let mut next_seq = 0;
+        for item in messages.iter() {
+            let (key, value) = item.into_inner().map_err(unavailable)?;
+            let seq = record::decode_key(&key).map_err(unavailable)?;
+            let rec = StoredRecord::decode(&value).map_err(unavailable)?;
+            state.restore(seq, rec.priority, rec.not_before_ms, now);
+            next_seq = seq + 1;
+        }
+        let mut next_dead_seq = 0;
+        for item in dead.iter() {
+            let key = item.key().map_err(unavailable)?;
+            next_dead_seq = record::decode_key(&key).map_err(unavailable)? + 1;
+            state.dead_count += 1;
+        }
+        tracing::info!(
+            queue = %config.name,
+            recovered = state.depth(),
+            dead_letters = state.dead_count,
+            "embedded queue opened"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                messages,
+                dead,
+                state: std::sync::Mutex::new(state),
+                notify: Notify::new(),
+                next_seq: AtomicU64::new(next_seq),
+                next_dead_seq: AtomicU64::new(next_dead_seq),
+                config,
+            }),
+        })
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Storage is the source of truth: a panic while holding the lock cannot
+        // lose a message, so a poisoned lock is used as is.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Leases up to `max` due messages and loads them; also returns when the
+    /// next delayed message or lease falls due.
+    fn take(self: &Arc<Self>, max: usize) -> Result<(Vec<Delivery>, Option<u64>), QueueError> {
+        let now = now_ms();
+        let lease_ms = duration_ms(self.config.lease);
+        let (taken, next_due, expired) = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(QueueError::Closed);
+            }
+            let expired = state.promote(now);
+            let taken = state.lease(max, now + lease_ms);
+            (taken, state.next_due(), expired)
+        };
+        for (seq, attempt) in expired {
+            self.persist_attempt(seq, attempt);
+        }
+        let mut out = Vec::with_capacity(taken.len());
+        for (seq, token) in taken {
+            match self.messages.get(record::encode_key(seq)).map_err(unavailable)? {
+                Some(raw) => {
+                    let mut rec = StoredRecord::decode(&raw).map_err(unavailable)?;
+                    rec.attempt = self.lock().note_attempt(seq, token, rec.attempt);
+                    let message = rec.to_message(seq);
+                    let handle = settle::Handle::new(Arc::clone(self), seq, token, rec);
+                    out.push(Delivery::new(message, Box::new(handle)));
+                }
+                None => self.lock().forget(seq),
+            }
+        }
+        Ok((out, next_due))
+    }
+
+    /// A lease ran out: the next delivery counts as a new attempt, also after a restart.
+    fn persist_attempt(&self, seq: u64, attempt: u32) {
+        let ks = self.messages.clone();
+        let result = self.db.write_detached(move |ctx| {
+            let key = record::encode_key(seq);
+            if let Ok(Some(raw)) = ctx.get(&ks, &key) {
+                if let Ok(mut rec) = StoredRecord::decode(&raw) {
+                    rec.attempt = rec.attempt.max(attempt);
+                    ctx.insert(&ks, &key, rec.encode());
+                }
+            }
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, seq, "could not record the attempt of an expired lease");
+        }
+    }
+}
+
+#[async_trait]
+impl QueueBackend for EmbeddedQueue {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            delayed_delivery: true,
+            native_dead_letter: true,
+            priority: true,
+            fifo: true,
+            max_payload: self.inner.config.max_payload,
+        }
+    }
+
+    async fn publish(&self, message: OutgoingMessage) -> Result<(), QueueError> {
+        let limit = self.inner.config.max_payload;
+        if message.body.len() > limit {
+            return Err(QueueError::PayloadTooLarge { size: message.body.len(), limit });
+        }
+        let rec = StoredRecord::new(message);
+        let priority = rec.priority;
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let ks = self.inner.messages.clone();
+        let value = rec.encode();
+        self.inner
+            .db
+            .write(Wait::Durable, move |ctx| ctx.insert(&ks, &record::encode_key(seq), value))
+            .await
+            .map_err(db_error)?;
+        self.inner.lock().push_ready(seq, priority);
+        self.inner.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (taken, next_due) = self.inner.take(max.max(1))?;
+            if !taken.is_empty() {
+                return Ok(taken);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut wake = deadline;
+            if let Some(due) = next_due {
+                let until_due = Duration::from_millis(due.saturating_sub(now_ms()).max(1));
+                wake = wake.min(now + until_due);
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        Ok(self.inner.lock().depth())
+    }
+
+    async fn dead_letter_depth(&self) -> Result<u64, QueueError> {
+        Ok(self.inner.lock().dead_count)
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut out = Vec::new();
+        for item in self.inner.dead.iter().take(limit) {
+            let (key, value) = item.into_inner().map_err(unavailable)?;
+            let seq = record::decode_key(&key).map_err(unavailable)?;
+            out.push(DeadRecord::decode(&value).map_err(unavailable)?.into_dead_letter(seq));
+        }
+        Ok(out)
+    }
+
+    async fn redrive(&self, limit: usize) -> Result<u64, QueueError> {
+        let mut moves = Vec::new();
+        for item in self.inner.dead.iter().take(limit) {
+            let (key, value) = item.into_inner().map_err(unavailable)?;
+            let mut rec = DeadRecord::decode(&value).map_err(unavailable)?.record;
+            rec.attempt = 1;
+            rec.not_before_ms = 0;
+            let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+            moves.push((key, seq, rec));
+        }
+        let placed: Vec<(u64, u8)> = moves.iter().map(|(_, seq, rec)| (*seq, rec.priority)).collect();
+        let (messages, dead) = (self.inner.messages.clone(), self.inner.dead.clone());
+        self.inner
+            .db
+            .write(Wait::Durable, move |ctx| {
+                for (dead_key, seq, rec) in moves {
+                    ctx.remove(&dead, &dead_key);
+                    ctx.insert(&messages, &record::encode_key(seq), rec.encode());
+                }
+            })
+            .await
+            .map_err(db_error)?;
+        let moved = placed.len() as u64;
+        {
+            let mut state = self.inner.lock();
+            for (seq, priority) in placed {
+                state.push_ready(seq, priority);
+            }
+            state.dead_count = state.dead_count.saturating_sub(moved);
+        }
+        self.inner.notify.notify_waiters();
+        Ok(moved)
+    }
+
+    async fn health(&self) -> Result<(), QueueError> {
+        if self.inner.lock().closed {
+            return Err(QueueError::Closed);
+        }
+        self.inner.db.probe().await.map_err(db_error)
+    }
+
+    async fn close(&self) {
+        self.inner.lock().closed = true;
+        self.inner.notify.notify_waiters();
+    }
+}

@@ -1,0 +1,95 @@
+//! Settling embedded deliveries.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use openhqm_embedded::Wait;
+
+use super::record::{self, DeadRecord, StoredRecord};
+use super::{Inner, db_error, duration_ms, now_ms};
+use crate::{Nack, QueueError, Settle};
+
+pub(crate) struct Handle {
+    inner: Arc<Inner>,
+    seq: u64,
+    token: u64,
+    record: StoredRecord,
+}
+
+impl Handle {
+    pub fn new(inner: Arc<Inner>, seq: u64, token: u64, record: StoredRecord) -> Self {
+        Self { inner, seq, token, record }
+    }
+
+    /// Ends the lease, or says it was lost.
+    fn release(&self) -> Result<u8, QueueError> {
+        self.inner
+            .lock()
+            .release(self.seq, self.token)
+            .ok_or_else(|| QueueError::LeaseLost(self.seq.to_string()))
+    }
+}
+
+#[async_trait]
+impl Settle for Handle {
+    async fn ack(&self) -> Result<(), QueueError> {
+        self.release()?;
+        let (ks, key) = (self.inner.messages.clone(), record::encode_key(self.seq));
+        self.inner
+            .db
+            .write(Wait::Applied, move |ctx| ctx.remove(&ks, &key))
+            .await
+            .map_err(db_error)
+    }
+
+    async fn nack(&self, nack: Nack) -> Result<(), QueueError> {
+        let priority = self.release()?;
+        let key = record::encode_key(self.seq);
+        match nack {
+            Nack::Retry { delay } => {
+                let due = now_ms() + duration_ms(delay);
+                let mut rec = self.record.clone();
+                rec.attempt += 1;
+                rec.not_before_ms = due;
+                let ks = self.inner.messages.clone();
+                self.inner
+                    .db
+                    .write(Wait::Applied, move |ctx| ctx.insert(&ks, &key, rec.encode()))
+                    .await
+                    .map_err(db_error)?;
+                self.inner.lock().push_delayed(self.seq, priority, due);
+                self.inner.notify.notify_waiters();
+            }
+            Nack::DeadLetter { reason } => {
+                let dead = DeadRecord {
+                    dead_lettered_at_ms: now_ms(),
+                    reason,
+                    record: self.record.clone(),
+                };
+                let dead_seq = self.inner.next_dead_seq.fetch_add(1, Ordering::Relaxed);
+                let (messages, dead_ks) = (self.inner.messages.clone(), self.inner.dead.clone());
+                self.inner
+                    .db
+                    .write(Wait::Applied, move |ctx| {
+                        ctx.remove(&messages, &key);
+                        ctx.insert(&dead_ks, &record::encode_key(dead_seq), dead.encode());
+                    })
+                    .await
+                    .map_err(db_error)?;
+                self.inner.lock().dead_count += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn extend(&self, by: Duration) -> Result<(), QueueError> {
+        let deadline = now_ms() + duration_ms(by);
+        if self.inner.lock().extend(self.seq, self.token, deadline) {
+            Ok(())
+        } else {
+            Err(QueueError::LeaseLost(self.seq.to_string()))
+        }
+    }
+}

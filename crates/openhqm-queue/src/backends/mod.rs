@@ -1,0 +1,4 @@
+//! Queue backends, one module per backend, each behind its own cargo feature.
+
+#[cfg(feature = "embedded")]
+pub mod embedded;
