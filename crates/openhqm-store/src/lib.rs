@@ -1,1 +1,168 @@
-//! placeholder
+//! The result store: status and result of every request until it expires.
+//!
+//! Stores enforce the status transition table of
+//! [`RequestStatus::can_become`](openhqm_core::RequestStatus::can_become) atomically:
+//! a transition is a read-modify-write that no other writer can interleave
+//! with, and status and result are written together, so a reader never sees
+//! COMPLETED without its result.
+
+#[cfg(feature = "embedded")]
+pub mod embedded;
+
+use async_trait::async_trait;
+use openhqm_core::{CorrelationId, RequestRecord, RequestStatus, ResultData};
+
+/// Errors from a result store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or failed.
+    #[error("result store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be read.
+    #[error("corrupt record for {id}: {reason}")]
+    Corrupt {
+        /// Whose record.
+        id: CorrelationId,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The store is shut down.
+    #[error("result store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// Whether the same call might succeed later.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// A requested status change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    /// The new status.
+    pub to: RequestStatus,
+    /// Delivery attempts started so far, if known.
+    pub attempts: Option<u32>,
+    /// The result or error to keep with the new status.
+    pub outcome: Option<ResultData>,
+}
+
+impl Update {
+    /// A bare status change.
+    #[must_use]
+    pub fn to(status: RequestStatus) -> Self {
+        Self { to: status, attempts: None, outcome: None }
+    }
+}
+
+/// What a transition did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// The record now reads as returned.
+    Applied(RequestRecord),
+    /// The table forbids it; the record is unchanged (e.g. already finished).
+    Refused {
+        /// The status that stays.
+        current: RequestStatus,
+    },
+}
+
+/// Where request status and results live. Object safe.
+#[async_trait]
+pub trait ResultStore: Send + Sync + 'static {
+    /// Records a newly accepted request (status PENDING).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if it was not stored.
+    async fn create(&self, record: RequestRecord) -> Result<(), StoreError>;
+
+    /// The record, or `None` if unknown or expired.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the store cannot answer (never `None` for that).
+    async fn get(&self, id: CorrelationId) -> Result<Option<RequestRecord>, StoreError>;
+
+    /// Changes status (and result) if the transition table allows it. A
+    /// missing record (expired, or written by a producer that bypassed the
+    /// API) is created with the new status.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if nothing was written.
+    async fn transition(&self, id: CorrelationId, update: Update) -> Result<Transition, StoreError>;
+
+    /// Proves the store can write right now.
+    ///
+    /// # Errors
+    /// Why it cannot.
+    async fn health(&self) -> Result<(), StoreError>;
+
+    /// Stops background work.
+    async fn close(&self);
+}
+
+/// Applies `update` to `current` per the transition table; shared by every
+/// backend so that they agree exactly.
+#[must_use]
+pub fn apply_update(
+    id: CorrelationId,
+    current: Option<RequestRecord>,
+    update: Update,
+    now_ms: u64,
+) -> Transition {
+    let mut record = match current {
+        Some(rec) if !rec.status.can_become(update.to) => {
+            return Transition::Refused { current: rec.status };
+        }
+        Some(rec) => rec,
+        None => {
+            let submitted = id.timestamp_ms().filter(|ts| *ts <= now_ms).unwrap_or(now_ms);
+            RequestRecord::pending(id, submitted)
+        }
+    };
+    record.status = update.to;
+    record.updated_at_ms = now_ms;
+    if let Some(attempts) = update.attempts {
+        record.attempts = attempts;
+    }
+    if update.outcome.is_some() {
+        record.outcome = update.outcome;
+    }
+    Transition::Applied(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RequestStatus::*;
+
+    fn check(current: Option<RequestStatus>, to: RequestStatus, applied: bool) {
+        let id = CorrelationId::new();
+        let rec = current.map(|st| RequestRecord { status: st, ..RequestRecord::pending(id, 1) });
+        let got = apply_update(id, rec, Update::to(to), 10);
+        match got {
+            Transition::Applied(r) => {
+                assert!(applied, "{current:?} -> {to} should be refused");
+                assert_eq!(r.status, to);
+                assert_eq!(r.updated_at_ms, 10);
+            }
+            Transition::Refused { current: c } => {
+                assert!(!applied, "{current:?} -> {to} should apply");
+                assert_eq!(Some(c), current);
+            }
+        }
+    }
+
+    #[test]
+    fn updates_follow_the_table_and_missing_records_accept_anything() {
+        check(Some(Pending), Processing, true);
+        check(Some(Processing), Completed, true);
+        check(Some(Completed), Processing, false);
+        check(Some(Failed), Completed, false);
+        check(Some(Pending), Completed, false);
+        check(None, Completed, true);
+        check(None, Processing, true);
+    }
+}

@@ -1,0 +1,204 @@
+//! The embedded result store, in the same fjall database as the embedded queue.
+//!
+//! Records are keyed by the correlation id's 16 bytes; OpenHQM's ids are
+//! UUIDv7, so keys arrive in time order and expiry can scan from the oldest.
+//! A value is `[expires_at_ms u64 BE][record JSON]`; every write moves the
+//! expiry to `updated_at + ttl`, reads treat an expired record as absent, and a
+//! sweeper deletes expired records so storage stays bounded.
+//!
+//! Transitions run on the database's single writer thread, which makes their
+//! read-modify-write atomic. `create` and `transition` wait until the write
+//! is applied, not synced: in the API path the queue publish that follows in
+//! the same group commit makes both durable together.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use openhqm_core::time::now_ms;
+use openhqm_core::{CorrelationId, RequestRecord};
+use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Wait};
+use tokio::task::JoinHandle;
+
+use crate::{ResultStore, StoreError, Transition, Update, apply_update};
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStoreConfig {
+    /// How long a record lives after its last change.
+    pub ttl: Duration,
+    /// How often expired records are deleted.
+    pub sweep_interval: Duration,
+}
+
+/// The embedded result store.
+pub struct EmbeddedStore {
+    db: EmbeddedDb,
+    results: Keyspace,
+    ttl_ms: u64,
+    sweeper: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+fn db_error(e: DbError) -> StoreError {
+    match e {
+        DbError::Closed => StoreError::Closed,
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn encode(record: &RequestRecord, expires_at_ms: u64) -> Vec<u8> {
+    let mut out = expires_at_ms.to_be_bytes().to_vec();
+    // Serializing our own record type cannot fail.
+    serde_json::to_writer(&mut out, record).unwrap_or_default();
+    out
+}
+
+/// Decodes a value; `Ok(None)` if it has expired by `now_ms`.
+fn decode(id: CorrelationId, raw: &[u8], now_ms: u64) -> Result<Option<RequestRecord>, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { id, reason };
+    let (head, json) = raw.split_at_checked(8).ok_or_else(|| corrupt("truncated".into()))?;
+    let expires = u64::from_be_bytes(head.try_into().map_err(|_| corrupt("truncated".into()))?);
+    if expires <= now_ms {
+        return Ok(None);
+    }
+    serde_json::from_slice(json).map(Some).map_err(|e| corrupt(e.to_string()))
+}
+
+impl EmbeddedStore {
+    /// Opens the store in `db` and starts its sweeper on the current runtime.
+    ///
+    /// # Errors
+    /// If the keyspace cannot be opened.
+    pub fn open(db: EmbeddedDb, config: &EmbeddedStoreConfig) -> Result<Self, StoreError> {
+        let results = db.keyspace("results").map_err(db_error)?;
+        let ttl_ms = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
+        let sweeper = tokio::spawn(sweep_forever(db.clone(), results.clone(), ttl_ms, config.sweep_interval));
+        Ok(Self { db, results, ttl_ms, sweeper: std::sync::Mutex::new(Some(sweeper)) })
+    }
+
+    async fn put(&self, id: CorrelationId, record: RequestRecord) -> Result<(), StoreError> {
+        let value = encode(&record, record.updated_at_ms.saturating_add(self.ttl_ms));
+        let ks = self.results.clone();
+        self.db
+            .write(Wait::Applied, move |ctx| ctx.insert(&ks, id.as_bytes(), value))
+            .await
+            .map_err(db_error)
+    }
+}
+
+/// Keys of records expired at `now_ms`.
+///
+/// A record expires `ttl` after its last update, so none created in the last
+/// `ttl` can have expired: since v7 keys sort by creation time, the scan stops
+/// at the first of those and only walks the old end of the keyspace.
+pub fn expired_keys(results: &Keyspace, ttl_ms: u64, now_ms: u64) -> Vec<[u8; 16]> {
+    let horizon = now_ms.saturating_sub(ttl_ms);
+    let mut expired = Vec::new();
+    for item in results.iter() {
+        let Ok((key, value)) = item.into_inner() else { break };
+        let Ok(bytes) = <[u8; 16]>::try_from(key.as_ref()) else { continue };
+        if CorrelationId::from_bytes(bytes).timestamp_ms().is_some_and(|ts| ts > horizon) {
+            break;
+        }
+        if expires_at(&value).is_some_and(|e| e <= now_ms) {
+            expired.push(bytes);
+        }
+    }
+    expired
+}
+
+fn expires_at(value: &[u8]) -> Option<u64> {
+    value.get(..8)?.try_into().ok().map(u64::from_be_bytes)
+}
+
+async fn sweep_forever(db: EmbeddedDb, results: Keyspace, ttl_ms: u64, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ks = results.clone();
+        let Ok(expired) = tokio::task::spawn_blocking(move || expired_keys(&ks, ttl_ms, now_ms())).await
+        else {
+            continue;
+        };
+        if expired.is_empty() {
+            continue;
+        }
+        let count = expired.len();
+        let ks = results.clone();
+        let now = now_ms();
+        // Re-check inside the writer: a record may have been updated since the scan.
+        let result = db
+            .write(Wait::Applied, move |ctx| {
+                for key in expired {
+                    let still_expired = ctx
+                        .get(&ks, &key)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|v| expires_at(&v).is_some_and(|e| e <= now));
+                    if still_expired {
+                        ctx.remove(&ks, &key);
+                    }
+                }
+            })
+            .await;
+        match result {
+            Ok(()) => tracing::debug!(count, "expired results deleted"),
+            Err(DbError::Closed) => return,
+            Err(e) => tracing::warn!(error = %e, "expiring results failed"),
+        }
+    }
+}
+
+#[async_trait]
+impl ResultStore for EmbeddedStore {
+    async fn create(&self, record: RequestRecord) -> Result<(), StoreError> {
+        self.put(record.correlation_id, record).await
+    }
+
+    async fn get(&self, id: CorrelationId) -> Result<Option<RequestRecord>, StoreError> {
+        let raw = self
+            .results
+            .get(id.as_bytes())
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        match raw {
+            Some(raw) => decode(id, &raw, now_ms()),
+            None => Ok(None),
+        }
+    }
+
+    async fn transition(&self, id: CorrelationId, update: Update) -> Result<Transition, StoreError> {
+        let ks = self.results.clone();
+        let ttl_ms = self.ttl_ms;
+        self.db
+            .write(Wait::Applied, move |ctx| {
+                let now = now_ms();
+                let current = match ctx.get(&ks, id.as_bytes()) {
+                    Ok(Some(raw)) => decode(id, &raw, now)?,
+                    Ok(None) => None,
+                    Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+                };
+                let outcome = apply_update(id, current, update, now);
+                if let Transition::Applied(record) = &outcome {
+                    let value = encode(record, now.saturating_add(ttl_ms));
+                    ctx.insert(&ks, id.as_bytes(), value);
+                }
+                Ok(outcome)
+            })
+            .await
+            .map_err(db_error)?
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        self.db.probe().await.map_err(db_error)
+    }
+
+    async fn close(&self) {
+        let sweeper = self.sweeper.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
