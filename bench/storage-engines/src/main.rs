@@ -30,8 +30,16 @@ struct Fjall {
 impl Fjall {
     fn open(dir: &Path) -> Self {
         let db = fjall::Database::builder(dir).open().unwrap();
+        // Optional tuning: FJALL_MEMTABLE_MB (default 64 MiB in fjall 3.1).
+        let memtable_mb: Option<u64> = std::env::var("FJALL_MEMTABLE_MB").ok().map(|v| v.parse().unwrap());
         let ks = db
-            .keyspace("queue", fjall::KeyspaceCreateOptions::default)
+            .keyspace("queue", || {
+                let o = fjall::KeyspaceCreateOptions::default();
+                match memtable_mb {
+                    Some(mb) => o.max_memtable_size(mb * 1024 * 1024),
+                    None => o,
+                }
+            })
             .unwrap();
         Fjall { db, ks }
     }

@@ -1,1 +1,248 @@
-//! placeholder
+//! Every OpenHQM metric, named in one place.
+//!
+//! Names follow `openhqm_<subsystem>_<thing>_<unit>` and keep the names users
+//! of the earlier implementation have dashboards for. Label values are always
+//! from closed sets (route templates, never raw paths; outcome kinds, never
+//! error text), so the number of series is bounded. Hot paths hold
+//! pre-resolved handles ([`QueueMetrics`], [`WorkerMetrics`]) instead of
+//! looking labels up per event.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    method: &'static str,
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: &'static str,
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueResultLabels {
+    queue: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DlqLabels {
+    queue: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 19))
+}
+
+/// The process's metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    api_requests: Family<ApiLabels, Counter>,
+    api_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    queue_publish: Family<QueueResultLabels, Counter>,
+    queue_consume: Family<QueueLabels, Counter>,
+    queue_depth: Family<QueueLabels, Gauge>,
+    queue_dlq_depth: Family<QueueLabels, Gauge>,
+    queue_dlq: Family<DlqLabels, Counter>,
+    worker_active: Gauge,
+    worker_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+    worker_errors: Family<KindLabels, Counter>,
+    worker_retries: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    #[must_use]
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let api_requests = Family::default();
+        let api_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let queue_publish = Family::default();
+        let queue_consume = Family::default();
+        let queue_depth = Family::default();
+        let queue_dlq_depth = Family::default();
+        let queue_dlq = Family::default();
+        let worker_active = Gauge::default();
+        let worker_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let worker_errors = Family::default();
+        let worker_retries = Counter::default();
+        registry.register("openhqm_api_requests", "HTTP requests by method, route template and status", api_requests.clone());
+        registry.register("openhqm_api_request_duration_seconds", "HTTP request latency", api_duration.clone());
+        registry.register("openhqm_queue_publish", "Messages published, by result", queue_publish.clone());
+        registry.register("openhqm_queue_consume", "Messages taken from the queue", queue_consume.clone());
+        registry.register("openhqm_queue_depth", "Messages stored and not yet acknowledged", queue_depth.clone());
+        registry.register("openhqm_queue_dlq_depth", "Messages on the dead-letter queue", queue_dlq_depth.clone());
+        registry.register("openhqm_queue_dlq", "Messages dead-lettered, by final request status", queue_dlq.clone());
+        registry.register("openhqm_worker_active", "Messages being processed right now", worker_active.clone());
+        registry.register("openhqm_worker_processing_duration_seconds", "Time per processing attempt, by outcome", worker_duration.clone());
+        registry.register("openhqm_worker_errors", "Failed processing attempts, by kind", worker_errors.clone());
+        registry.register("openhqm_worker_retries", "Retries scheduled", worker_retries.clone());
+        Arc::new(Self {
+            registry,
+            api_requests,
+            api_duration,
+            queue_publish,
+            queue_consume,
+            queue_depth,
+            queue_dlq_depth,
+            queue_dlq,
+            worker_active,
+            worker_duration,
+            worker_errors,
+            worker_retries,
+        })
+    }
+
+    /// Records one HTTP request. `route` is the route template or `unmatched`.
+    pub fn api_request(&self, method: &'static str, route: &'static str, status: u16, seconds: f64) {
+        self.api_requests.get_or_create(&ApiLabels { method, route, status }).inc();
+        self.api_duration.get_or_create(&RouteLabels { method, route }).observe(seconds);
+    }
+
+    /// Handles for one queue.
+    #[must_use]
+    pub fn queue(&self, name: &str) -> QueueMetrics {
+        let q = || QueueLabels { queue: name.to_owned() };
+        let publish = |result| QueueResultLabels { queue: name.to_owned(), result };
+        let dlq = |status| DlqLabels { queue: name.to_owned(), status };
+        QueueMetrics {
+            publish_ok: self.queue_publish.get_or_create_owned(&publish("ok")),
+            publish_error: self.queue_publish.get_or_create_owned(&publish("error")),
+            consume: self.queue_consume.get_or_create_owned(&q()),
+            depth: self.queue_depth.get_or_create_owned(&q()),
+            dlq_depth: self.queue_dlq_depth.get_or_create_owned(&q()),
+            dead_lettered_failed: self.queue_dlq.get_or_create_owned(&dlq("FAILED")),
+            dead_lettered_timeout: self.queue_dlq.get_or_create_owned(&dlq("TIMEOUT")),
+        }
+    }
+
+    /// Handles for the worker pool.
+    #[must_use]
+    pub fn worker(&self) -> WorkerMetrics {
+        let outcome = |outcome| self.worker_duration.get_or_create_owned(&OutcomeLabels { outcome });
+        let errors = |kind| self.worker_errors.get_or_create_owned(&KindLabels { kind });
+        WorkerMetrics {
+            active: self.worker_active.clone(),
+            completed: outcome("completed"),
+            failed: outcome("failed"),
+            retried: outcome("retried"),
+            errors_transient: errors("transient"),
+            errors_timeout: errors("timeout"),
+            errors_permanent: errors("permanent"),
+            errors_malformed: errors("malformed"),
+            retries: self.worker_retries.clone(),
+        }
+    }
+
+    /// The Prometheus/OpenMetrics text exposition.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Pre-resolved metrics of one queue.
+#[derive(Clone, Debug)]
+pub struct QueueMetrics {
+    /// Successful publishes.
+    pub publish_ok: Counter,
+    /// Failed publishes.
+    pub publish_error: Counter,
+    /// Messages received.
+    pub consume: Counter,
+    /// Unacknowledged messages (kept current by a sampler).
+    pub depth: Gauge,
+    /// Dead letters (kept current by a sampler).
+    pub dlq_depth: Gauge,
+    /// Dead-lettered with status FAILED.
+    pub dead_lettered_failed: Counter,
+    /// Dead-lettered with status TIMEOUT.
+    pub dead_lettered_timeout: Counter,
+}
+
+/// Pre-resolved metrics of the worker pool.
+#[derive(Clone, Debug)]
+pub struct WorkerMetrics {
+    /// In-flight messages.
+    pub active: Gauge,
+    /// Attempt durations that completed the request.
+    pub completed: Histogram,
+    /// Attempt durations that failed the request for good.
+    pub failed: Histogram,
+    /// Attempt durations that were retried.
+    pub retried: Histogram,
+    /// Transient errors.
+    pub errors_transient: Counter,
+    /// Timeouts.
+    pub errors_timeout: Counter,
+    /// Permanent errors.
+    pub errors_permanent: Counter,
+    /// Messages that could not be decoded.
+    pub errors_malformed: Counter,
+    /// Retries scheduled.
+    pub retries: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_names_are_exported() {
+        let m = Metrics::new();
+        m.api_request("POST", "/api/v1/submit", 202, 0.001);
+        let q = m.queue("openhqm-requests");
+        q.publish_ok.inc();
+        q.depth.set(3);
+        m.worker().active.set(1);
+        m.worker().completed.observe(0.01);
+        m.worker().errors_transient.inc();
+        let text = m.render();
+        for name in [
+            "openhqm_api_requests_total{method=\"POST\",route=\"/api/v1/submit\",status=\"202\"} 1",
+            "openhqm_api_request_duration_seconds_bucket",
+            "openhqm_queue_publish_total{queue=\"openhqm-requests\",result=\"ok\"} 1",
+            "openhqm_queue_consume_total",
+            "openhqm_queue_depth{queue=\"openhqm-requests\"} 3",
+            "openhqm_queue_dlq_total",
+            "openhqm_worker_active 1",
+            "openhqm_worker_processing_duration_seconds_bucket",
+            "openhqm_worker_errors_total{kind=\"transient\"} 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}
