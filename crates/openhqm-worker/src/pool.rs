@@ -1,0 +1,315 @@
+//! The worker pool: a fetch loop feeding up to `count` concurrent handlers.
+//!
+//! One loop receives batches sized to the free slots; each delivery runs in
+//! its own task holding a slot. A handler goes through named steps:
+//! [`begin`](Handler::begin) (decode, mark PROCESSING, drop duplicates),
+//! [`attempt`](Handler::attempt) (run the processor under its deadline while
+//! extending the lease), and [`settle`](Handler::settle) (record the outcome,
+//! then ack, retry or dead-letter). The store is written before the delivery
+//! is settled, so a crash in between causes a redelivery that finds the
+//! request finished and only acks it.
+//!
+//! On shutdown the loop stops receiving, in-flight handlers get `drain` to
+//! finish, and any still running are abandoned unsettled: their messages are
+//! redelivered later, and nothing is failed or dead-lettered by a shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openhqm_core::envelope::DEFAULT_TIMEOUT_SECS;
+use openhqm_core::time::now_ms;
+use openhqm_core::{Backoff, CorrelationId, Decision, Envelope, Failure, FailureKind, RequestStatus, ResultData, decide};
+use openhqm_metrics::{QueueMetrics, WorkerMetrics};
+use openhqm_queue::{Delivery, Nack, QueueBackend};
+use openhqm_store::{ResultStore, Transition, Update};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::{Output, Processor, Request};
+
+/// Settings of the worker pool.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Messages in flight per process.
+    pub count: usize,
+    /// Most messages taken per receive.
+    pub batch_size: usize,
+    /// Upper bound of any attempt's timeout.
+    pub timeout: Duration,
+    /// Retry policy.
+    pub backoff: Backoff,
+    /// The queue's lease; the pool extends it every third of it while processing.
+    pub lease: Duration,
+    /// How long in-flight work may finish after shutdown begins.
+    pub drain: Duration,
+    /// Delay before retrying after the queue or store is unavailable.
+    pub unavailable_backoff: Duration,
+}
+
+/// The worker pool of one process.
+pub struct WorkerPool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    queue: Arc<dyn QueueBackend>,
+    store: Arc<dyn ResultStore>,
+    processor: Arc<dyn Processor>,
+    config: WorkerConfig,
+    metrics: WorkerMetrics,
+    queue_metrics: QueueMetrics,
+}
+
+impl WorkerPool {
+    /// Assembles a pool; nothing runs until [`WorkerPool::run`].
+    #[must_use]
+    pub fn new(
+        queue: Arc<dyn QueueBackend>,
+        store: Arc<dyn ResultStore>,
+        processor: Arc<dyn Processor>,
+        config: WorkerConfig,
+        metrics: (WorkerMetrics, QueueMetrics),
+    ) -> Self {
+        let (metrics, queue_metrics) = metrics;
+        Self { shared: Arc::new(Shared { queue, store, processor, config, metrics, queue_metrics }) }
+    }
+
+    /// Runs until `shutdown` turns `true`, then drains. Returns how many
+    /// handlers were abandoned because the drain timeout ran out.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> usize {
+        let count = self.shared.config.count.max(1);
+        let slots = Arc::new(Semaphore::new(count));
+        let mut running = JoinSet::new();
+        tracing::info!(count, "worker pool started");
+        while !*shutdown.borrow() {
+            let first = tokio::select! {
+                permit = Arc::clone(&slots).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = shutdown.changed() => break,
+            };
+            let want = (1 + slots.available_permits()).min(self.shared.config.batch_size.max(1));
+            let received = tokio::select! {
+                r = self.shared.queue.receive(want, Duration::from_secs(1)) => r,
+                _ = shutdown.changed() => break,
+            };
+            let deliveries = match received {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receiving from the queue failed; backing off");
+                    drop(first);
+                    tokio::select! {
+                        () = tokio::time::sleep(self.shared.config.unavailable_backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            self.shared.queue_metrics.consume.inc_by(deliveries.len() as u64);
+            let mut first = Some(first);
+            for delivery in deliveries {
+                // Only this loop takes slots and `want` never exceeded the free
+                // ones, so a slot is always there.
+                let permit = first.take().or_else(|| Arc::clone(&slots).try_acquire_owned().ok());
+                let shared = Arc::clone(&self.shared);
+                running.spawn(async move {
+                    let _permit = permit;
+                    Handler { shared }.handle(delivery).await;
+                });
+            }
+            while running.try_join_next().is_some() {}
+        }
+        self.drain(running).await
+    }
+
+    async fn drain(&self, mut running: JoinSet<()>) -> usize {
+        let in_flight = running.len();
+        tracing::info!(in_flight, drain = ?self.shared.config.drain, "worker pool draining");
+        let drained = tokio::time::timeout(self.shared.config.drain, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        let abandoned = running.len();
+        if drained.is_err() {
+            tracing::warn!(abandoned, "drain timeout: in-flight messages left unacknowledged for redelivery");
+            running.abort_all();
+            while running.join_next().await.is_some() {}
+        }
+        tracing::info!("worker pool stopped");
+        abandoned
+    }
+}
+
+struct Handler {
+    shared: Arc<Shared>,
+}
+
+/// What [`Handler::begin`] found.
+enum Begin {
+    Process { envelope: Envelope, attempt: u32 },
+    /// Already finished: a duplicate delivery.
+    Ack,
+    /// Undecodable: no processor can help.
+    DeadLetter(String),
+    /// The store cannot be written; try the message again later.
+    RetryLater,
+}
+
+impl Handler {
+    async fn handle(self, mut delivery: Delivery) {
+        let active = self.shared.metrics.active.clone();
+        active.inc();
+        match self.begin(&delivery).await {
+            Begin::Process { envelope, attempt } => {
+                let span = tracing::info_span!("request", correlation_id = %envelope.correlation_id, attempt);
+                async {
+                    let started = Instant::now();
+                    let result = self.attempt(&mut delivery, &envelope, attempt).await;
+                    self.settle(delivery, envelope.correlation_id, attempt, started, result).await;
+                }
+                .instrument(span)
+                .await;
+            }
+            Begin::Ack => self.finish(delivery.ack().await),
+            Begin::DeadLetter(reason) => {
+                self.shared.queue_metrics.dead_lettered_failed.inc();
+                self.finish(delivery.nack(Nack::DeadLetter { reason }).await);
+            }
+            Begin::RetryLater => self.retry_later(delivery).await,
+        }
+        active.dec();
+    }
+
+    /// Decodes the message and marks it PROCESSING.
+    async fn begin(&self, delivery: &Delivery) -> Begin {
+        let message = delivery.message();
+        let envelope = match Envelope::from_json(&message.body) {
+            Ok(e) => e,
+            Err(e) => {
+                self.shared.metrics.errors_malformed.inc();
+                tracing::warn!(message_id = %message.id, error = %e, "undecodable message dead-lettered");
+                return Begin::DeadLetter(format!("malformed envelope: {e}"));
+            }
+        };
+        let attempt = message.attempt.saturating_add(envelope.metadata.retry_count);
+        let update = Update { to: RequestStatus::Processing, attempts: Some(attempt), outcome: None };
+        match self.shared.store.transition(envelope.correlation_id, update).await {
+            Ok(Transition::Applied(_)) => Begin::Process { envelope, attempt },
+            Ok(Transition::Refused { current }) => {
+                tracing::debug!(correlation_id = %envelope.correlation_id, %current, "duplicate delivery of a finished request acknowledged");
+                Begin::Ack
+            }
+            Err(e) => {
+                tracing::warn!(correlation_id = %envelope.correlation_id, error = %e, "result store unavailable; message will be retried");
+                Begin::RetryLater
+            }
+        }
+    }
+
+    /// Runs the processor under the attempt's deadline, extending the lease meanwhile.
+    async fn attempt(&self, delivery: &mut Delivery, envelope: &Envelope, attempt: u32) -> Result<Output, Failure> {
+        let asked = Duration::from_secs(envelope.metadata.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
+        let timeout = asked.min(self.shared.config.timeout);
+        let request = Request { envelope, attempt, timeout };
+        let work = tokio::time::timeout(timeout, self.shared.processor.process(&request));
+        tokio::pin!(work);
+        let lease = self.shared.config.lease;
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+        loop {
+            tokio::select! {
+                result = &mut work => {
+                    return result.unwrap_or_else(|_| {
+                        Err(Failure::new(FailureKind::Timeout, format!("processing exceeded its timeout of {}s", timeout.as_secs_f64())))
+                    });
+                }
+                _ = heartbeat.tick() => {
+                    if let Err(e) = delivery.extend(lease).await {
+                        tracing::warn!(error = %e, "could not extend the lease; the message may be processed twice");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records the outcome, then acks, retries or dead-letters.
+    async fn settle(&self, delivery: Delivery, id: CorrelationId, attempt: u32, started: Instant, result: Result<Output, Failure>) {
+        let elapsed = started.elapsed();
+        let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        let m = &self.shared.metrics;
+        let failure = match result {
+            Ok(output) => {
+                m.completed.observe(elapsed.as_secs_f64());
+                let outcome = output.into_result_data(ms, now_ms());
+                let update = Update { to: RequestStatus::Completed, attempts: Some(attempt), outcome: Some(outcome) };
+                if self.record(id, update).await {
+                    tracing::debug!(processing_time_ms = ms, "request completed");
+                    self.finish(delivery.ack().await);
+                } else {
+                    self.retry_later(delivery).await;
+                }
+                return;
+            }
+            Err(failure) => failure,
+        };
+        match failure.kind {
+            FailureKind::Transient => m.errors_transient.inc(),
+            FailureKind::Timeout => m.errors_timeout.inc(),
+            FailureKind::Permanent => m.errors_permanent.inc(),
+        };
+        let error = ResultData { error: Some(failure.message.clone()), processing_time_ms: Some(ms), ..ResultData::default() };
+        match decide(&failure, attempt, &self.shared.config.backoff, fastrand::f64()) {
+            Decision::Retry { delay } => {
+                m.retried.observe(elapsed.as_secs_f64());
+                m.retries.inc();
+                tracing::info!(error = %failure.message, retry_in_ms = delay.as_millis() as u64, "attempt failed; retry scheduled");
+                let update = Update { to: RequestStatus::Pending, attempts: Some(attempt), outcome: Some(error) };
+                if self.record(id, update).await {
+                    self.finish(delivery.nack(Nack::Retry { delay }).await);
+                } else {
+                    self.retry_later(delivery).await;
+                }
+            }
+            Decision::GiveUp { status, reason } => {
+                m.failed.observe(elapsed.as_secs_f64());
+                tracing::warn!(%status, error = %reason, "request failed; dead-lettered");
+                let outcome = ResultData { completed_at_ms: Some(now_ms()), ..error };
+                let update = Update { to: status, attempts: Some(attempt), outcome: Some(outcome) };
+                if self.record(id, update).await {
+                    match status {
+                        RequestStatus::Timeout => self.shared.queue_metrics.dead_lettered_timeout.inc(),
+                        _ => self.shared.queue_metrics.dead_lettered_failed.inc(),
+                    };
+                    self.finish(delivery.nack(Nack::DeadLetter { reason }).await);
+                } else {
+                    self.retry_later(delivery).await;
+                }
+            }
+        }
+    }
+
+    /// Writes a transition; `false` if the store could not take it.
+    async fn record(&self, id: CorrelationId, update: Update) -> bool {
+        match self.shared.store.transition(id, update).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "result store unavailable; message will be retried");
+                false
+            }
+        }
+    }
+
+    /// The store could not record the outcome: hand the message back so the
+    /// work is redone once it can, instead of losing the result.
+    async fn retry_later(&self, delivery: Delivery) {
+        let delay = self.shared.config.unavailable_backoff;
+        self.finish(delivery.nack(Nack::Retry { delay }).await);
+    }
+
+    fn finish(&self, settled: Result<(), openhqm_queue::QueueError>) {
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, "settling the delivery failed; it will be redelivered");
+        }
+    }
+}

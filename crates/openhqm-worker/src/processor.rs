@@ -1,0 +1,63 @@
+//! The processor trait: what a worker does with one request.
+//!
+//! Implement [`Processor`] to plug in your own logic (see
+//! `examples/custom_processor.rs`). A processor returns an [`Output`] or a
+//! [`Failure`]: the worker turns a failure into a retry or a dead letter by
+//! its kind, so a processor never retries by itself.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use openhqm_core::{Envelope, Failure, ResultData};
+use serde_json::{Map, Value};
+
+/// One attempt at one request.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The request as submitted.
+    pub envelope: &'a Envelope,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// How long this attempt may take; the worker enforces it.
+    pub timeout: Duration,
+}
+
+/// What a successful attempt produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Output {
+    /// The result body: any JSON value.
+    pub result: Value,
+    /// An HTTP status to report, if the processor talked HTTP.
+    pub status_code: Option<u16>,
+    /// Response headers to report.
+    pub headers: Option<Map<String, Value>>,
+}
+
+impl Output {
+    /// A result with just a body.
+    #[must_use]
+    pub fn json(result: Value) -> Self {
+        Self { result, ..Self::default() }
+    }
+
+    pub(crate) fn into_result_data(self, processing_time_ms: u64, completed_at_ms: u64) -> ResultData {
+        ResultData {
+            result: Some(self.result),
+            headers: self.headers,
+            status_code: self.status_code,
+            error: None,
+            processing_time_ms: Some(processing_time_ms),
+            completed_at_ms: Some(completed_at_ms),
+        }
+    }
+}
+
+/// Processing logic run by the worker pool.
+#[async_trait]
+pub trait Processor: Send + Sync + 'static {
+    /// Processes one attempt.
+    ///
+    /// # Errors
+    /// A [`Failure`] whose kind says whether trying again can help.
+    async fn process(&self, request: &Request<'_>) -> Result<Output, Failure>;
+}
