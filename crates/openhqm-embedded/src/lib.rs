@@ -64,6 +64,9 @@ impl DbError {
     }
 }
 
+/// Memtable size per keyspace: bounds memory; larger only saves flushes.
+const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+
 type Completion = Box<dyn FnOnce(Result<(), Arc<fjall::Error>>) + Send>;
 type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Completion + Send>;
 
@@ -109,9 +112,13 @@ impl EmbeddedDb {
     /// # Errors
     /// If the directory cannot be opened or recovered, or is locked by another process.
     pub fn open(path: &Path, options: &Options) -> Result<Self, DbError> {
+        // Small memtables, cache and journal keep memory and disk bounded for a
+        // queue whose entries live briefly (measured: bench/storage-engines).
         let db = fjall::Database::builder(path)
             .worker_threads(options.worker_threads.max(1))
             .manual_journal_persist(true)
+            .cache_size(8 * 1024 * 1024)
+            .max_journaling_size(64 * 1024 * 1024)
             .open()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let failed = Arc::new(AtomicBool::new(false));
@@ -132,7 +139,8 @@ impl EmbeddedDb {
     /// # Errors
     /// On I/O failure.
     pub fn keyspace(&self, name: &str) -> Result<Keyspace, DbError> {
-        Ok(self.inner.db.keyspace(name, fjall::KeyspaceCreateOptions::default)?)
+        let options = || fjall::KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        Ok(self.inner.db.keyspace(name, options)?)
     }
 
     /// Runs `op` on the writer thread as part of the next group and waits as

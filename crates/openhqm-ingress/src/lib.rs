@@ -1,1 +1,81 @@
-//! placeholder
+//! The HTTP API (CONTRACT.md's v1) on axum.
+//!
+//! [`router`] builds every route over an [`ApiState`]. Handlers never decide
+//! anything about processing: submit stores the status record and publishes
+//! the envelope, the rest read the store. Every error is an RFC 9457 problem
+//! ([`problem::Problem`]) with a stable `code`.
+
+mod docs;
+mod handlers;
+mod health;
+mod problem;
+mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use openhqm_metrics::{Metrics, QueueMetrics};
+use openhqm_queue::QueueBackend;
+use openhqm_store::ResultStore;
+
+pub use problem::Problem;
+
+/// Settings of the API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest submit body, in bytes.
+    pub max_body_size: usize,
+    /// `Retry-After` seconds sent with 503 answers.
+    pub retry_after_secs: u32,
+    /// How long a health probe may take before the dependency counts as down.
+    pub probe_timeout: Duration,
+    /// Whether `/metrics` is served.
+    pub metrics_enabled: bool,
+}
+
+/// What the handlers share.
+pub struct ApiState {
+    /// Where submits go.
+    pub queue: Arc<dyn QueueBackend>,
+    /// Where status and results are read.
+    pub store: Arc<dyn ResultStore>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Pre-resolved metrics of the request queue.
+    pub queue_metrics: QueueMetrics,
+    /// Settings.
+    pub config: ApiConfig,
+}
+
+/// The route templates served, as they appear in metrics and the API description.
+pub const ROUTES: &[&str] = &[
+    "/api/v1/submit",
+    "/api/v1/status/{correlation_id}",
+    "/api/v1/response/{correlation_id}",
+    "/health",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+];
+
+/// Builds the API router.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route(ROUTES[0], post(handlers::submit))
+        .route(ROUTES[1], get(handlers::status))
+        .route(ROUTES[2], get(handlers::response))
+        .route(ROUTES[3], get(health::health))
+        .route(ROUTES[4], get(health::live))
+        .route(ROUTES[5], get(health::ready))
+        .route(ROUTES[6], get(telemetry::metrics))
+        .route(ROUTES[7], get(docs::openapi))
+        .route(ROUTES[8], get(docs::page))
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), telemetry::track))
+        .with_state(state)
+}

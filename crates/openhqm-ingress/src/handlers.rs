@@ -1,0 +1,141 @@
+//! Submit, status and response.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use openhqm_core::time::{now_ms, rfc3339_ms};
+use openhqm_core::{CorrelationId, Envelope, RequestRecord, SubmitRequest};
+use openhqm_queue::{OutgoingMessage, QueueError};
+use serde_json::{Value, json};
+
+use crate::{ApiState, Problem};
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Reads the body, refusing it as soon as it passes the limit.
+async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, Problem> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Problem::too_large(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large { Problem::too_large(limit) } else { Problem::malformed_json(format!("could not read the body: {e}")) }
+    })
+}
+
+fn parse_submit(bytes: &[u8]) -> Result<SubmitRequest, Problem> {
+    let req: SubmitRequest = serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            Problem::malformed_json(e.to_string())
+        } else {
+            Problem::invalid_request(e.to_string())
+        }
+    })?;
+    if let Some(metadata) = &req.metadata {
+        metadata.validate().map_err(Problem::invalid_request)?;
+    }
+    Ok(req)
+}
+
+/// `POST /api/v1/submit`: store, publish, answer 202 only once both are done.
+pub(crate) async fn submit(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+    let limit = state.config.max_body_size;
+    let bytes = read_limited(&headers, body, limit).await?;
+    let req = parse_submit(&bytes)?;
+    let id = CorrelationId::new();
+    let now = now_ms();
+    let submitted_at = rfc3339_ms(now);
+    let priority = req.metadata.as_ref().map_or(0, |m| m.priority);
+    let envelope = Envelope::from_submit(id, req, &submitted_at);
+    let encoded = envelope.to_json().map_err(|e| Problem::invalid_request(e.to_string()))?;
+    let message = OutgoingMessage { body: encoded.into(), attributes: Default::default(), priority };
+    // Both writes start together; for the embedded engine they share one group commit.
+    let (created, published) =
+        tokio::join!(state.store.create(RequestRecord::pending(id, now)), state.queue.publish(message));
+    let retry_after = state.config.retry_after_secs;
+    if let Err(e) = published {
+        state.queue_metrics.publish_error.inc();
+        return Err(match e {
+            QueueError::PayloadTooLarge { .. } => Problem::too_large(limit),
+            other => {
+                tracing::warn!(correlation_id = %id, error = %other, "publish failed; answered 503");
+                Problem::unavailable("queue", retry_after)
+            }
+        });
+    }
+    state.queue_metrics.publish_ok.inc();
+    if let Err(e) = created {
+        // The message is stored and will be processed (the worker recreates the
+        // status), but the client cannot follow it yet: say so with a 503.
+        tracing::warn!(correlation_id = %id, error = %e, "status record not stored; answered 503");
+        return Err(Problem::unavailable("result store", retry_after));
+    }
+    tracing::debug!(correlation_id = %id, "request accepted");
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({ "correlation_id": id, "status": "PENDING", "submitted_at": submitted_at }),
+    ))
+}
+
+async fn lookup(state: &ApiState, raw_id: &str) -> Result<RequestRecord, Problem> {
+    let id: CorrelationId = raw_id.parse().map_err(|_| Problem::unknown_request(raw_id))?;
+    match state.store.get(id).await {
+        Ok(Some(record)) => Ok(record),
+        Ok(None) => Err(Problem::unknown_request(raw_id)),
+        Err(e) => {
+            tracing::warn!(correlation_id = %id, error = %e, "status lookup failed; answered 503");
+            Err(Problem::unavailable("result store", state.config.retry_after_secs))
+        }
+    }
+}
+
+fn status_body(record: &RequestRecord) -> Value {
+    json!({
+        "correlation_id": record.correlation_id,
+        "status": record.status,
+        "submitted_at": rfc3339_ms(record.submitted_at_ms),
+        "updated_at": rfc3339_ms(record.updated_at_ms),
+    })
+}
+
+/// `GET /api/v1/status/{id}`.
+pub(crate) async fn status(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let record = lookup(&state, &id).await?;
+    Ok(json_response(StatusCode::OK, &status_body(&record)))
+}
+
+/// `GET /api/v1/response/{id}`: 200 with every field once finished, 202 with the status before.
+pub(crate) async fn response(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let record = lookup(&state, &id).await?;
+    if !record.status.is_terminal() {
+        let mut response = json_response(StatusCode::ACCEPTED, &status_body(&record));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(response);
+    }
+    let outcome = record.outcome.unwrap_or_default();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "correlation_id": record.correlation_id,
+            "status": record.status,
+            "result": outcome.result,
+            "headers": outcome.headers,
+            "status_code": outcome.status_code,
+            "error": outcome.error,
+            "processing_time_ms": outcome.processing_time_ms,
+            "completed_at": outcome.completed_at_ms.map(rfc3339_ms),
+        }),
+    ))
+}

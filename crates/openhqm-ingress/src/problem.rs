@@ -1,0 +1,104 @@
+//! RFC 9457 problem details: the one error shape of the API.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An API error. `code` is stable and documented; `detail` is for people.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    title: &'static str,
+    detail: String,
+    retry_after: Option<u32>,
+}
+
+impl Problem {
+    /// A problem with the given status, stable code, title and detail.
+    pub fn new(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, code, title, detail: detail.into(), retry_after: None }
+    }
+
+    /// 400: the body is not JSON.
+    pub fn malformed_json(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed-json", "Request body is not valid JSON", detail)
+    }
+
+    /// 422: JSON, but not a valid request.
+    pub fn invalid_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "Request is not valid", detail)
+    }
+
+    /// 413: body over the limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Request body is too large",
+            format!("the body exceeds server.max_body_size ({limit} bytes)"),
+        )
+    }
+
+    /// 404: unknown or expired request.
+    pub fn unknown_request(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "request-not-found",
+            "Request not found",
+            format!("no request `{id}`: it is unknown or its result has expired"),
+        )
+    }
+
+    /// 503: a dependency is down; nothing was stored. The detail stays generic:
+    /// the cause goes to the logs, not to clients.
+    pub fn unavailable(what: &'static str, retry_after: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service-unavailable",
+                "Service temporarily unavailable",
+                format!("the {what} is unavailable; nothing was stored, retry later"),
+            )
+        }
+    }
+
+    /// The HTTP status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": format!("urn:openhqm:problem:{}", self.code),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        });
+        let mut response = (self.status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+pub(crate) async fn not_found(uri: axum::http::Uri) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("no endpoint at `{}`", uri.path()))
+}
+
+pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("`{method}` is not allowed on `{}`", uri.path()),
+    )
+}

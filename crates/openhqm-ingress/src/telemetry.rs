@@ -1,0 +1,49 @@
+//! Request metrics (labelled by route template, never by raw path) and `/metrics`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::{ApiState, Problem, ROUTES};
+
+fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+    matched
+        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
+        .unwrap_or("unmatched")
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+pub(crate) async fn track(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    let route = route_label(request.extensions().get::<MatchedPath>());
+    let method = method_label(request.method());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.api_request(method, route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    if !state.config.metrics_enabled {
+        return Problem::new(StatusCode::NOT_FOUND, "metrics-disabled", "Metrics are disabled", "monitoring.metrics_enabled is false").into_response();
+    }
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(openhqm_metrics::CONTENT_TYPE));
+    response
+}
