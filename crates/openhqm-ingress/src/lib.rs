@@ -62,6 +62,18 @@ pub const ROUTES: &[&str] = &[
     "/docs",
 ];
 
+/// Health and metrics only, for processes that run workers without the API.
+pub fn admin_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route(ROUTES[3], get(health::health))
+        .route(ROUTES[4], get(health::live))
+        .route(ROUTES[5], get(health::ready))
+        .route(ROUTES[6], get(telemetry::metrics))
+        .fallback(problem::not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), telemetry::track))
+        .with_state(state)
+}
+
 /// Builds the API router.
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()

@@ -30,7 +30,7 @@ struct Api {
 async fn serve() -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
-    let qc = EmbeddedQueueConfig { name: "requests".into(), lease: Duration::from_secs(30), max_payload: MAX_BODY * 2 };
+    let qc = EmbeddedQueueConfig { name: "requests".into(), dead_letter_name: "requests-dlq".into(), lease: Duration::from_secs(30), max_payload: MAX_BODY * 2 };
     let queue: Arc<dyn QueueBackend> = Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"));
     let sc = EmbeddedStoreConfig { ttl: Duration::from_secs(60), sweep_interval: Duration::from_secs(60) };
     let store: Arc<dyn ResultStore> = Arc::new(EmbeddedStore::open(db.clone(), &sc).expect("store"));

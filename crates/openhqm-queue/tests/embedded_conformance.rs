@@ -30,6 +30,7 @@ impl Embedded {
         *self.db.lock().expect("lock") = Some(db.clone());
         let config = EmbeddedQueueConfig {
             name: "conformance".into(),
+            dead_letter_name: "conformance-dlq".into(),
             lease: self.lease(),
             max_payload: 64 * 1024,
         };

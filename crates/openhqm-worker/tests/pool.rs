@@ -40,7 +40,7 @@ fn config(count: usize, max_retries: u32) -> WorkerConfig {
 async fn rig(processor: Arc<dyn Processor>, config: WorkerConfig) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
-    let qc = EmbeddedQueueConfig { name: "requests".into(), lease: config.lease, max_payload: 1 << 20 };
+    let qc = EmbeddedQueueConfig { name: "requests".into(), dead_letter_name: "requests-dlq".into(), lease: config.lease, max_payload: 1 << 20 };
     let queue: Arc<dyn QueueBackend> = Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"));
     let sc = EmbeddedStoreConfig { ttl: Duration::from_secs(600), sweep_interval: Duration::from_secs(60) };
     let store: Arc<dyn ResultStore> = Arc::new(EmbeddedStore::open(db.clone(), &sc).expect("store"));

@@ -14,7 +14,7 @@
 //!   leases, so after a restart every unacknowledged message is waiting again.
 //! - **Settling.** Ack deletes the key; a retry rewrites it with attempt + 1
 //!   and a due time (the delay is held by the queue, not by a sleeping task);
-//!   a dead letter moves it to the `<name>.dlq` keyspace with its reason, in
+//!   a dead letter moves it to the dead-letter keyspace with its reason, in
 //!   one atomic batch. Settling waits until the write is applied, not synced:
 //!   a crash before the next sync can only cause a redelivery.
 //! - **Depth** counts every stored message: waiting, delayed and leased.
@@ -40,8 +40,10 @@ use state::State;
 /// Settings of one embedded queue.
 #[derive(Debug, Clone)]
 pub struct EmbeddedQueueConfig {
-    /// Queue name; the keyspaces are `<name>` and `<name>.dlq`.
+    /// Queue name: the keyspace of waiting messages.
     pub name: String,
+    /// The keyspace of dead letters.
+    pub dead_letter_name: String,
     /// How long a delivery is held before it is handed out again.
     pub lease: Duration,
     /// Largest body accepted.
@@ -92,7 +94,7 @@ impl EmbeddedQueue {
     /// If the keyspaces cannot be opened or a stored record cannot be read.
     pub fn open(db: EmbeddedDb, config: EmbeddedQueueConfig) -> Result<Self, QueueError> {
         let messages = db.keyspace(&config.name).map_err(db_error)?;
-        let dead = db.keyspace(&format!("{}.dlq", config.name)).map_err(db_error)?;
+        let dead = db.keyspace(&config.dead_letter_name).map_err(db_error)?;
         let mut state = State::default();
         let now = now_ms();
         let mut next_seq = 0;

@@ -1,0 +1,83 @@
+//! Command line: subcommands and the flags that become the last config layer.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{CONFIG_FILE_VAR, Config, ConfigError, Sources};
+
+/// OpenHQM: accept HTTP requests onto a durable queue, process or forward them,
+/// and hand back the results.
+#[derive(Debug, Parser)]
+#[command(name = "openhqm", version)]
+pub struct Cli {
+    /// YAML configuration file.
+    #[arg(long, global = true, env = CONFIG_FILE_VAR)]
+    pub config: Option<PathBuf>,
+    /// Override any key, e.g. `--set worker.count=128` (repeatable; applied last).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Shortcut for `--set server.host=...`.
+    #[arg(long, global = true)]
+    pub host: Option<String>,
+    /// Shortcut for `--set server.port=...`.
+    #[arg(long, global = true)]
+    pub port: Option<u16>,
+    /// Shortcut for `--set queue.data_dir=...`.
+    #[arg(long, global = true)]
+    pub data_dir: Option<String>,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Ingress and workers in one process (the default setup).
+    Serve,
+    /// Ingress only (needs a queue shared between processes).
+    Listener,
+    /// Workers only, with health and metrics endpoints (needs a shared queue).
+    Worker,
+    /// Validate the configuration, print it with secrets masked, list every error.
+    CheckConfig,
+}
+
+impl Cli {
+    /// The configuration sources this command line names.
+    #[must_use]
+    pub fn sources(&self) -> Sources {
+        let mut overrides = Vec::new();
+        if let Some(host) = &self.host {
+            overrides.push(format!("server.host={host}"));
+        }
+        if let Some(port) = self.port {
+            overrides.push(format!("server.port={port}"));
+        }
+        if let Some(dir) = &self.data_dir {
+            overrides.push(format!("queue.data_dir={dir}"));
+        }
+        overrides.extend(self.set.iter().cloned());
+        Sources { file: self.config.clone(), env: std::env::vars().collect(), overrides }
+    }
+}
+
+/// `openhqm check-config`: the effective configuration on stdout, errors on stderr.
+#[must_use]
+pub fn check_config(config: &Config, errors: &[ConfigError]) -> ExitCode {
+    match serde_norway::to_string(config) {
+        Ok(yaml) => print!("{yaml}"),
+        Err(e) => eprintln!("error: cannot print the configuration: {e}"),
+    }
+    if errors.is_empty() {
+        eprintln!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{} configuration error(s)", errors.len());
+    ExitCode::from(2)
+}

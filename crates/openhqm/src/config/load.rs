@@ -1,0 +1,305 @@
+//! Layering: defaults, then the YAML file, then `OPENHQM_<SECTION>__<KEY>`
+//! environment variables, then `--set key.path=value` flags.
+//!
+//! Layers are merged as JSON trees and deserialized once at the end, so every
+//! layer obeys the same rules. Values from the environment and flags are
+//! strings; the type of the default at the same key decides how they parse
+//! (so `OPENHQM_PROXY__FORWARD_HEADERS=a,b` is a list and `OPENHQM_SERVER__PORT`
+//! a number). Every problem is collected and named by its key path.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::Config;
+
+/// Where configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The YAML file, if any.
+    pub file: Option<PathBuf>,
+    /// The process environment (also used for `${VAR}` expansion).
+    pub env: HashMap<String, String>,
+    /// `key.path=value` overrides from the command line, applied last.
+    pub overrides: Vec<String>,
+}
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `queue.type`; empty for the file as a whole.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "`{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "OPENHQM_";
+/// Names the file; not a config key.
+pub const CONFIG_FILE_VAR: &str = "OPENHQM_CONFIG";
+
+/// Loads, merges, deserializes and validates the configuration.
+///
+/// # Errors
+/// Every problem found, each naming its key.
+pub fn load(sources: &Sources) -> Result<Config, Vec<ConfigError>> {
+    let (config, errors) = load_all(sources);
+    if errors.is_empty() { Ok(config) } else { Err(errors) }
+}
+
+/// Like [`load`], but also returns the configuration as far as it could be
+/// built (keys in error keep their defaults), for `check-config`.
+pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
+    let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
+    let mut errors = Vec::new();
+    let mut tree = Value::Object(Map::new());
+    if let Some(path) = &sources.file {
+        if let Some(file) = read_file(path, &sources.env, &mut errors) {
+            merge(&mut tree, file);
+        }
+    }
+    let mut env: Vec<(&String, &String)> = sources.env.iter().collect();
+    env.sort();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        if name == CONFIG_FILE_VAR {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        layer_string(&mut tree, &defaults, &path, raw, &format!("from environment variable {name}"), &mut errors);
+    }
+    for item in &sources.overrides {
+        let Some((key, raw)) = item.split_once('=') else {
+            errors.push(ConfigError::new(item.clone(), "a --set override must look like key.path=value"));
+            continue;
+        };
+        let path: Vec<String> = key.trim().split('.').map(str::to_owned).collect();
+        layer_string(&mut tree, &defaults, &path, raw, "from --set", &mut errors);
+    }
+    prune_unknown(&mut tree, &defaults, "", &mut errors);
+    let config = deserialize_sections(&tree, &mut errors);
+    errors.extend(super::validate::validate(&config));
+    (config, errors)
+}
+
+fn read_file(path: &PathBuf, env: &HashMap<String, String>, errors: &mut Vec<ConfigError>) -> Option<Value> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(ConfigError::new("", format!("cannot read config file {}: {e}", path.display())));
+            return None;
+        }
+    };
+    let mut value: Value = match serde_norway::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            errors.push(ConfigError::new("", format!("config file {} is not valid YAML: {e}", path.display())));
+            return None;
+        }
+    };
+    match &value {
+        Value::Object(_) => {}
+        Value::Null => return None,
+        _ => {
+            errors.push(ConfigError::new("", format!("config file {} must be a mapping of sections", path.display())));
+            return None;
+        }
+    }
+    expand_tree(&mut value, "", env, errors);
+    Some(value)
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in every string of the tree; `$${`
+/// stands for a literal `${`.
+fn expand_tree(value: &mut Value, path: &str, env: &HashMap<String, String>, errors: &mut Vec<ConfigError>) {
+    match value {
+        Value::String(s) => match expand(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(message) => errors.push(ConfigError::new(path, message)),
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_tree(item, &format!("{path}[{i}]"), env, errors);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                expand_tree(v, &join(path, k), env, errors);
+            }
+        }
+        _ => {}
+    }
+}
+
+pub(crate) fn expand(input: &str, env: &HashMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let end = after.find('}').ok_or_else(|| format!("unterminated `${{` in `{input}`"))?;
+            let inner = &after[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            match (env.get(name), default) {
+                (Some(v), _) => out.push_str(v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => return Err(format!("environment variable `{name}` is not set")),
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+}
+
+/// Parses a string from the environment or a flag by the type of the default
+/// at `path`, and sets it in `tree`.
+fn layer_string(tree: &mut Value, defaults: &Value, path: &[String], raw: &str, origin: &str, errors: &mut Vec<ConfigError>) {
+    let key = path.join(".");
+    if path.iter().any(String::is_empty) {
+        errors.push(ConfigError::new(key, format!("malformed key {origin}")));
+        return;
+    }
+    let Some(hint) = path.iter().try_fold(defaults, |v, k| v.get(k)) else {
+        errors.push(ConfigError::new(key, format!("unknown key ({origin})")));
+        return;
+    };
+    match typed(hint, raw) {
+        Ok(value) => set(tree, path, value),
+        Err(message) => errors.push(ConfigError::new(key, format!("{message} ({origin})"))),
+    }
+}
+
+fn typed(hint: &Value, raw: &str) -> Result<Value, String> {
+    let trimmed = raw.trim();
+    let json = || serde_json::from_str::<Value>(trimmed).map_err(|e| format!("invalid JSON: {e}"));
+    match hint {
+        Value::Bool(_) => match trimmed.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Bool(true)),
+            "false" | "0" | "no" | "off" => Ok(Value::Bool(false)),
+            _ => Err(format!("expected true or false, got `{raw}`")),
+        },
+        Value::Number(_) => trimmed
+            .parse::<serde_json::Number>()
+            .map(Value::Number)
+            .map_err(|_| format!("expected a number, got `{raw}`")),
+        Value::Array(_) if trimmed.starts_with('[') => json(),
+        Value::Array(_) => Ok(Value::Array(
+            trimmed.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_owned())).collect(),
+        )),
+        Value::Object(_) => json(),
+        Value::Null if trimmed.starts_with('{') || trimmed.starts_with('[') => json(),
+        Value::Null | Value::String(_) => Ok(Value::String(raw.to_owned())),
+    }
+}
+
+fn set(tree: &mut Value, path: &[String], value: Value) {
+    let mut node = tree;
+    for key in &path[..path.len() - 1] {
+        if !node.get(key).is_some_and(Value::is_object) {
+            if let Value::Object(map) = node {
+                map.insert(key.clone(), Value::Object(Map::new()));
+            }
+        }
+        let Some(next) = node.get_mut(key) else { return };
+        node = next;
+    }
+    if let (Value::Object(map), Some(last)) = (node, path.last()) {
+        map.insert(last.clone(), value);
+    }
+}
+
+fn merge(base: &mut Value, layer: Value) {
+    match (base, layer) {
+        (Value::Object(base), Value::Object(layer)) => {
+            for (k, v) in layer {
+                match base.get_mut(&k) {
+                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                    _ => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, layer) => *base = layer,
+    }
+}
+
+/// Reports and removes keys that do not exist. Maps whose default is empty
+/// (`proxy.endpoints`, static headers) are free-form; their entries are
+/// checked by their own types during deserialization.
+fn prune_unknown(tree: &mut Value, defaults: &Value, path: &str, errors: &mut Vec<ConfigError>) {
+    let (Value::Object(map), Value::Object(known)) = (tree, defaults) else { return };
+    if known.is_empty() {
+        return;
+    }
+    map.retain(|k, _| {
+        let ok = known.contains_key(k);
+        if !ok {
+            errors.push(ConfigError::new(join(path, k), "unknown key"));
+        }
+        ok
+    });
+    for (k, v) in map.iter_mut() {
+        if let Some(d) = known.get(k) {
+            prune_unknown(v, d, &join(path, k), errors);
+        }
+    }
+}
+
+fn section<T: DeserializeOwned>(tree: &Value, name: &str, slot: &mut T, errors: &mut Vec<ConfigError>) {
+    let Some(value) = tree.get(name) else { return };
+    match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        Ok(v) => *slot = v,
+        Err(e) => {
+            let inner = e.path().to_string();
+            let key = if inner == "." { name.to_owned() } else { join(name, &inner) };
+            errors.push(ConfigError::new(key, e.into_inner().to_string()));
+        }
+    }
+}
+
+fn deserialize_sections(tree: &Value, errors: &mut Vec<ConfigError>) -> Config {
+    let mut c = Config::default();
+    section(tree, "server", &mut c.server, errors);
+    section(tree, "queue", &mut c.queue, errors);
+    section(tree, "worker", &mut c.worker, errors);
+    section(tree, "proxy", &mut c.proxy, errors);
+    section(tree, "cache", &mut c.cache, errors);
+    section(tree, "monitoring", &mut c.monitoring, errors);
+    section(tree, "routing", &mut c.routing, errors);
+    section(tree, "partitioning", &mut c.partitioning, errors);
+    c
+}

@@ -1,0 +1,376 @@
+//! The root configuration: every key of CONTRACT.md's table, plus ours.
+//!
+//! Only the binary composes this; each component receives its own settings
+//! struct built from it in `wiring`. Durations are plain numbers of seconds
+//! (`*_seconds`, or the contract's `retry_delay_*`), one convention everywhere.
+
+mod load;
+mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{CONFIG_FILE_VAR, ConfigError, Sources, load, load_all};
+pub use secret::Secret;
+
+/// Everything OpenHQM can be configured with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The HTTP listener.
+    pub server: ServerConfig,
+    /// The request queue.
+    pub queue: QueueConfig,
+    /// The worker pool.
+    pub worker: WorkerSection,
+    /// Forwarding to HTTP backends.
+    pub proxy: ProxyConfig,
+    /// The result store.
+    pub cache: CacheConfig,
+    /// Logs and metrics.
+    pub monitoring: MonitoringConfig,
+    /// Content-based routing.
+    pub routing: RoutingConfig,
+    /// Partitioned consumption.
+    pub partitioning: PartitioningConfig,
+}
+
+/// `server.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on.
+    pub port: u16,
+    /// Async runtime threads; 0 means one per CPU.
+    pub workers: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body_size: usize,
+    /// `Retry-After` sent with 503 answers, in seconds.
+    pub retry_after_seconds: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8000,
+            workers: 0,
+            max_body_size: 10 * 1024 * 1024,
+            retry_after_seconds: 1,
+        }
+    }
+}
+
+/// Queue backends named by `queue.type` and `cache.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendType {
+    /// In-process durable storage; the default.
+    Embedded,
+    /// Redis Streams (queue) or Redis keys (store).
+    Redis,
+    /// Apache Kafka.
+    Kafka,
+    /// AWS SQS.
+    Sqs,
+    /// Azure Event Hubs.
+    AzureEventhubs,
+    /// GCP Pub/Sub.
+    GcpPubsub,
+    /// MQTT.
+    Mqtt,
+    /// A user-supplied backend.
+    Custom,
+}
+
+impl BackendType {
+    /// The config spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded",
+            Self::Redis => "redis",
+            Self::Kafka => "kafka",
+            Self::Sqs => "sqs",
+            Self::AzureEventhubs => "azure_eventhubs",
+            Self::GcpPubsub => "gcp_pubsub",
+            Self::Mqtt => "mqtt",
+            Self::Custom => "custom",
+        }
+    }
+}
+
+/// `queue.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct QueueConfig {
+    #[serde(rename = "type")]
+    pub kind: BackendType,
+    /// Directory of the embedded database (queue and store).
+    pub data_dir: String,
+    /// Embedded: fsync every group commit (power-loss durability); `false`
+    /// hands commits to the OS (process-crash durability).
+    pub fsync: bool,
+    /// How long a delivery is leased before it is handed out again.
+    pub lease_seconds: u64,
+    pub redis_url: Secret,
+    pub kafka_bootstrap_servers: String,
+    pub kafka_consumer_group: String,
+    pub kafka_topics: Vec<String>,
+    pub sqs_region: String,
+    pub sqs_queue_url: String,
+    pub azure_eventhubs_connection_string: Secret,
+    pub azure_eventhubs_name: String,
+    pub azure_eventhubs_consumer_group: String,
+    pub gcp_project_id: String,
+    pub gcp_credentials_path: String,
+    pub gcp_max_messages: u32,
+    pub mqtt_broker_host: String,
+    pub mqtt_broker_port: u16,
+    pub mqtt_username: String,
+    pub mqtt_password: Secret,
+    pub mqtt_qos: u8,
+    pub mqtt_client_id: Option<String>,
+    pub request_queue_name: String,
+    pub response_queue_name: String,
+    pub dlq_name: String,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            kind: BackendType::Embedded,
+            data_dir: "openhqm-data".into(),
+            fsync: true,
+            lease_seconds: 30,
+            redis_url: Secret::from("redis://localhost:6379"),
+            kafka_bootstrap_servers: "localhost:9092".into(),
+            kafka_consumer_group: "openhqm-workers".into(),
+            kafka_topics: vec!["openhqm-requests".into()],
+            sqs_region: "us-east-1".into(),
+            sqs_queue_url: String::new(),
+            azure_eventhubs_connection_string: Secret::default(),
+            azure_eventhubs_name: "openhqm".into(),
+            azure_eventhubs_consumer_group: "$Default".into(),
+            gcp_project_id: String::new(),
+            gcp_credentials_path: String::new(),
+            gcp_max_messages: 10,
+            mqtt_broker_host: "localhost".into(),
+            mqtt_broker_port: 1883,
+            mqtt_username: String::new(),
+            mqtt_password: Secret::default(),
+            mqtt_qos: 1,
+            mqtt_client_id: None,
+            request_queue_name: "openhqm-requests".into(),
+            response_queue_name: "openhqm-responses".into(),
+            dlq_name: "openhqm-dlq".into(),
+        }
+    }
+}
+
+/// `worker.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSection {
+    /// Messages in flight per process.
+    pub count: usize,
+    /// Most messages taken per receive.
+    pub batch_size: usize,
+    /// Upper bound of a processing attempt, in seconds.
+    pub timeout_seconds: u64,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Shortest retry delay, in seconds.
+    pub retry_delay_base: f64,
+    /// Longest retry delay, in seconds.
+    pub retry_delay_max: f64,
+    /// How long in-flight work may finish after SIGTERM, in seconds.
+    pub drain_timeout_seconds: u64,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        Self {
+            count: 64,
+            batch_size: 10,
+            timeout_seconds: 300,
+            max_retries: 3,
+            retry_delay_base: 1.0,
+            retry_delay_max: 60.0,
+            drain_timeout_seconds: 30,
+        }
+    }
+}
+
+/// `proxy.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct ProxyConfig {
+    pub enabled: bool,
+    pub default_endpoint: Option<String>,
+    pub endpoints: BTreeMap<String, EndpointConfig>,
+    pub forward_headers: Vec<String>,
+    pub strip_headers: Vec<String>,
+    pub max_response_size: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            default_endpoint: None,
+            endpoints: BTreeMap::new(),
+            forward_headers: vec!["Content-Type".into(), "Accept".into(), "User-Agent".into()],
+            strip_headers: vec!["Host".into(), "Connection".into()],
+            max_response_size: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// `proxy.endpoints.<name>`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct EndpointConfig {
+    pub url: String,
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default = "default_endpoint_timeout")]
+    pub timeout: u64,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub auth_type: Option<AuthType>,
+    #[serde(default)]
+    pub auth_token: Secret,
+    #[serde(default)]
+    pub auth_username: Option<String>,
+    #[serde(default)]
+    pub auth_password: Secret,
+    #[serde(default)]
+    pub auth_header_name: Option<String>,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+fn default_endpoint_timeout() -> u64 {
+    300
+}
+
+/// `proxy.endpoints.<name>.auth_type`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum AuthType {
+    Bearer,
+    Basic,
+    ApiKey,
+    Custom,
+}
+
+/// `cache.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct CacheConfig {
+    #[serde(rename = "type")]
+    pub kind: BackendType,
+    pub redis_url: Secret,
+    /// How long a result is kept after its last change, in seconds.
+    pub ttl_seconds: u64,
+    pub max_connections: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            kind: BackendType::Embedded,
+            redis_url: Secret::from("redis://localhost:6379"),
+            ttl_seconds: 3600,
+            max_connections: 10,
+        }
+    }
+}
+
+/// `monitoring.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct MonitoringConfig {
+    pub metrics_enabled: bool,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self { metrics_enabled: true, log_level: "INFO".into(), log_format: LogFormat::Json }
+    }
+}
+
+/// `monitoring.log_format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// `routing.*`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RoutingConfig {
+    pub enabled: bool,
+    pub config_path: Option<String>,
+}
+
+/// `partitioning.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct PartitioningConfig {
+    pub enabled: bool,
+    pub strategy: PartitionStrategy,
+    pub partition_count: u32,
+    pub partition_key_field: String,
+    pub session_key_field: String,
+    pub sticky_session_ttl: u64,
+}
+
+impl Default for PartitioningConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            strategy: PartitionStrategy::Hash,
+            partition_count: 10,
+            partition_key_field: "metadata.partition_key".into(),
+            session_key_field: "metadata.session_id".into(),
+            sticky_session_ttl: 3600,
+        }
+    }
+}
+
+/// `partitioning.strategy`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum PartitionStrategy {
+    Sticky,
+    Hash,
+    Key,
+    RoundRobin,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+use std::collections::HashMap;
+use std::io::Write;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn yaml(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+    f.write_all(text.as_bytes()).expect("write");
+    f
+}
+
+fn errors_of(sources: &Sources) -> Vec<String> {
+    load(sources).expect_err("should fail").iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn defaults_are_the_embedded_single_process_setup() {
+    let c = load(&Sources::default()).expect("defaults are valid");
+    assert_eq!(c.queue.kind, BackendType::Embedded);
+    assert_eq!(c.cache.kind, BackendType::Embedded);
+    assert_eq!(c.server.port, 8000);
+    assert_eq!(c.worker.count, 64);
+    assert_eq!(c.queue.request_queue_name, "openhqm-requests");
+    assert_eq!(c.proxy.forward_headers, ["Content-Type", "Accept", "User-Agent"]);
+}
+
+#[test]
+fn layers_apply_in_order_file_env_flags() {
+    let file = yaml("server:\n  port: 9000\n  host: 127.0.0.1\nworker:\n  count: 8\n  max_retries: 5\n");
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[("OPENHQM_WORKER__COUNT", "16"), ("OPENHQM_SERVER__PORT", "9100"), ("PORT", "1"), ("TYPE", "kafka")]),
+        overrides: vec!["server.port=9200".into()],
+    };
+    let c = load(&sources).expect("valid");
+    assert_eq!(c.server.host, "127.0.0.1", "file");
+    assert_eq!(c.worker.max_retries, 5, "file");
+    assert_eq!(c.worker.count, 16, "env over file");
+    assert_eq!(c.server.port, 9200, "flag over env");
+}
+
+#[test]
+fn env_values_parse_by_the_type_of_their_key() {
+    let sources = Sources {
+        env: env(&[
+            ("OPENHQM_PROXY__FORWARD_HEADERS", "Content-Type, X-Request-Id"),
+            ("OPENHQM_PROXY__STRIP_HEADERS", r#"["Host","Cookie"]"#),
+            ("OPENHQM_QUEUE__FSYNC", "false"),
+            ("OPENHQM_WORKER__RETRY_DELAY_BASE", "0.5"),
+            ("OPENHQM_PROXY__ENDPOINTS", r#"{"api": {"url": "http://127.0.0.1:9/x", "auth_type": "bearer", "auth_token": "t0k"}}"#),
+            ("OPENHQM_PROXY__DEFAULT_ENDPOINT", "api"),
+            ("OPENHQM_CONFIG", "ignored-here"),
+        ]),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("valid");
+    assert_eq!(c.proxy.forward_headers, ["Content-Type", "X-Request-Id"]);
+    assert_eq!(c.proxy.strip_headers, ["Host", "Cookie"]);
+    assert!(!c.queue.fsync);
+    assert!((c.worker.retry_delay_base - 0.5).abs() < f64::EPSILON);
+    assert_eq!(c.proxy.endpoints["api"].auth_token.expose(), "t0k");
+    assert_eq!(c.proxy.endpoints["api"].method, "POST");
+}
+
+#[test]
+fn variables_expand_in_the_file_and_secrets_never_print() {
+    let file = yaml("proxy:\n  endpoints:\n    api:\n      url: \"${API_URL:-http://127.0.0.1:8080}\"\n      auth_type: bearer\n      auth_token: \"${API_TOKEN}\"\n");
+    let sources = Sources { file: Some(file.path().to_path_buf()), env: env(&[("API_TOKEN", "s3cr3t")]), ..Sources::default() };
+    let c = load(&sources).expect("valid");
+    let endpoint = &c.proxy.endpoints["api"];
+    assert_eq!(endpoint.url, "http://127.0.0.1:8080");
+    assert_eq!(endpoint.auth_token.expose(), "s3cr3t");
+    let printed = format!("{c:?} {}", serde_json::to_string(&c).expect("json"));
+    assert!(!printed.contains("s3cr3t"), "secret leaked: {printed}");
+    assert!(printed.contains("***"));
+}
+
+#[test]
+fn every_error_is_collected_and_names_its_key() {
+    let file = yaml("server:\n  prot: 1\n  port: \"eighty\"\nqueue:\n  type: kafka\nworker:\n  count: 0\n  retry_delay_base: 5\n  retry_delay_max: 1\nbogus: {}\nproxy:\n  endpoints:\n    api:\n      url: \"${MISSING}\"\n      auth_type: custom\n      auth_token: x\n");
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[("OPENHQM_QUEUE__NOPE", "1"), ("OPENHQM_SERVER__WORKERS", "many")]),
+        overrides: vec![],
+    };
+    let errors = errors_of(&sources);
+    let expect = [
+        "`server.prot`: unknown key",
+        "`bogus`: unknown key",
+        "`server.port`: invalid type",
+        "`queue.type`: `kafka` is not available in this build",
+        "`worker.count`: must be at least 1",
+        "`worker.retry_delay_max`: must be at least worker.retry_delay_base",
+        "`proxy.endpoints.api.url`: environment variable `MISSING` is not set",
+        "`proxy.endpoints.api.auth_header_name`: is required",
+        "`queue.nope`: unknown key (from environment variable OPENHQM_QUEUE__NOPE)",
+        "`server.workers`: expected a number, got `many`",
+    ];
+    for needle in expect {
+        assert!(errors.iter().any(|e| e.starts_with(needle)), "missing `{needle}` in {errors:#?}");
+    }
+}
+
+#[test]
+fn unknown_keys_inside_endpoints_are_named() {
+    let file = yaml("proxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1\n      tiemout: 3\n");
+    let errors = errors_of(&Sources { file: Some(file.path().to_path_buf()), ..Sources::default() });
+    assert!(errors.iter().any(|e| e.starts_with("`proxy.endpoints.api.tiemout`: unknown field `tiemout`")), "{errors:#?}");
+}
+
+#[test]
+fn every_contract_key_parses() {
+    let file = yaml(
+        r#"
+server: {host: 0.0.0.0, port: 8000, workers: 4}
+queue:
+  type: embedded
+  redis_url: redis://localhost:6379
+  kafka_bootstrap_servers: localhost:9092
+  kafka_consumer_group: openhqm-workers
+  kafka_topics: [openhqm-requests]
+  sqs_region: us-east-1
+  sqs_queue_url: ""
+  azure_eventhubs_connection_string: ""
+  azure_eventhubs_name: openhqm
+  azure_eventhubs_consumer_group: $Default
+  gcp_project_id: ""
+  gcp_credentials_path: ""
+  gcp_max_messages: 10
+  mqtt_broker_host: localhost
+  mqtt_broker_port: 1883
+  mqtt_username: ""
+  mqtt_password: ""
+  mqtt_qos: 1
+  mqtt_client_id: null
+  request_queue_name: openhqm-requests
+  response_queue_name: openhqm-responses
+  dlq_name: openhqm-dlq
+worker: {count: 5, batch_size: 10, timeout_seconds: 300, max_retries: 3, retry_delay_base: 1.0, retry_delay_max: 60.0}
+proxy:
+  enabled: false
+  default_endpoint: null
+  endpoints:
+    legacy:
+      url: http://localhost:8080
+      method: PUT
+      timeout: 30
+      headers: {X-Service: openhqm}
+      auth_type: basic
+      auth_username: u
+      auth_password: p
+  forward_headers: ["*"]
+  strip_headers: [Host, Connection]
+  max_response_size: 10485760
+cache: {type: embedded, redis_url: "redis://localhost:6379", ttl_seconds: 3600, max_connections: 10}
+monitoring: {metrics_enabled: true, log_level: INFO, log_format: json}
+routing: {enabled: false, config_path: routes.yaml}
+partitioning: {enabled: false, strategy: sticky, partition_count: 10, partition_key_field: metadata.partition_key, session_key_field: metadata.session_id, sticky_session_ttl: 3600}
+"#,
+    );
+    let c = load(&Sources { file: Some(file.path().to_path_buf()), ..Sources::default() }).expect("the contract's keys all parse");
+    assert_eq!(c.worker.count, 5);
+    assert_eq!(c.proxy.endpoints["legacy"].method, "PUT");
+    assert_eq!(c.partitioning.strategy, PartitionStrategy::Sticky);
+}
+
+#[test]
+fn contract_backends_parse_but_unavailable_ones_are_refused() {
+    for kind in ["redis", "kafka", "sqs", "azure_eventhubs", "gcp_pubsub", "mqtt", "custom"] {
+        let sources = Sources { env: env(&[("OPENHQM_QUEUE__TYPE", kind)]), ..Sources::default() };
+        let errors = errors_of(&sources);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with(&format!("`queue.type`: `{kind}` is not available")), "{errors:?}");
+    }
+    let sources = Sources { env: env(&[("OPENHQM_QUEUE__TYPE", "rabbit")]), ..Sources::default() };
+    assert!(errors_of(&sources)[0].starts_with("`queue.type`: unknown variant `rabbit`"));
+}
+
+#[test]
+fn expansion_rules() {
+    let vars = env(&[("A", "1")]);
+    for (input, expected) in [
+        ("x${A}y", Ok("x1y".to_owned())),
+        ("${B:-dflt}", Ok("dflt".to_owned())),
+        ("$${A}", Ok("${A}".to_owned())),
+        ("cost $5", Ok("cost $5".to_owned())),
+        ("${B}", Err("environment variable `B` is not set".to_owned())),
+        ("${A", Err("unterminated `${` in `${A`".to_owned())),
+    ] {
+        assert_eq!(load::expand(input, &vars), expected, "{input}");
+    }
+}

@@ -1,0 +1,214 @@
+//! Builds the components from the configuration and runs them until a
+//! signal: the one place that knows every concrete type.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use openhqm_core::Backoff;
+use openhqm_embedded::{Durability, EmbeddedDb, Options};
+use openhqm_ingress::{ApiConfig, ApiState};
+use openhqm_metrics::{Metrics, QueueMetrics};
+use openhqm_queue::QueueBackend;
+use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
+use openhqm_store::ResultStore;
+use openhqm_store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
+use openhqm_worker::{Processor, WorkerConfig, WorkerPool};
+use tokio::sync::watch;
+
+use crate::config::{BackendType, Config};
+
+/// Which parts run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Serve,
+    Listener,
+    Worker,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Serve => "serve",
+            Self::Listener => "listener",
+            Self::Worker => "worker",
+        }
+    }
+}
+
+/// Queue and store, and the embedded database under them if any.
+struct Backends {
+    db: Option<EmbeddedDb>,
+    queue: Arc<dyn QueueBackend>,
+    store: Arc<dyn ResultStore>,
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn open_backends(config: &Config) -> anyhow::Result<Backends> {
+    // Validation guarantees both are embedded in this build.
+    if config.queue.kind != BackendType::Embedded || config.cache.kind != BackendType::Embedded {
+        bail!("only the embedded queue and store are available in this build");
+    }
+    let dir = Path::new(&config.queue.data_dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create queue.data_dir {}", dir.display()))?;
+    let durability = if config.queue.fsync { Durability::Fsync } else { Durability::Process };
+    let db = EmbeddedDb::open(dir, &Options { durability, worker_threads: 1 })
+        .with_context(|| format!("cannot open the embedded database in {} (is another openhqm using it?)", dir.display()))?;
+    let queue = EmbeddedQueue::open(
+        db.clone(),
+        EmbeddedQueueConfig {
+            name: config.queue.request_queue_name.clone(),
+            dead_letter_name: config.queue.dlq_name.clone(),
+            lease: secs(config.queue.lease_seconds),
+            max_payload: config.server.max_body_size.saturating_mul(2).max(64 * 1024),
+        },
+    )
+    .context("cannot open the embedded queue")?;
+    let store = EmbeddedStore::open(
+        db.clone(),
+        &EmbeddedStoreConfig {
+            ttl: secs(config.cache.ttl_seconds),
+            sweep_interval: secs(config.cache.ttl_seconds).min(secs(60)),
+        },
+    )
+    .context("cannot open the embedded result store")?;
+    Ok(Backends { db: Some(db), queue: Arc::new(queue), store: Arc::new(store) })
+}
+
+fn worker_config(config: &Config) -> WorkerConfig {
+    let w = &config.worker;
+    WorkerConfig {
+        count: w.count,
+        batch_size: w.batch_size,
+        timeout: secs(w.timeout_seconds),
+        backoff: Backoff {
+            base: Duration::from_secs_f64(w.retry_delay_base),
+            max: Duration::from_secs_f64(w.retry_delay_max),
+            max_retries: w.max_retries,
+        },
+        lease: secs(config.queue.lease_seconds),
+        drain: secs(w.drain_timeout_seconds),
+        unavailable_backoff: Duration::from_secs_f64(w.retry_delay_base),
+    }
+}
+
+/// Runs `mode` until SIGTERM or SIGINT, then shuts down in order: stop
+/// accepting, drain the workers, close the queue, the store and the database.
+pub(crate) async fn run(config: Config, mode: Mode, processor: Arc<dyn Processor>) -> anyhow::Result<()> {
+    if mode != Mode::Serve && config.queue.kind == BackendType::Embedded {
+        bail!(
+            "`openhqm {}` runs part of the system in its own process, which needs a queue shared between processes; \
+             with queue.type embedded, run `openhqm serve`",
+            mode.name()
+        );
+    }
+    let backends = open_backends(&config)?;
+    let metrics = Metrics::new();
+    let queue_metrics = metrics.queue(&config.queue.request_queue_name);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(wait_for_signal(stop_tx));
+    tokio::spawn(sample_depth(Arc::clone(&backends.queue), queue_metrics.clone(), stop_rx.clone()));
+
+    let state = Arc::new(ApiState {
+        queue: Arc::clone(&backends.queue),
+        store: Arc::clone(&backends.store),
+        metrics: Arc::clone(&metrics),
+        queue_metrics: queue_metrics.clone(),
+        config: ApiConfig {
+            max_body_size: config.server.max_body_size,
+            retry_after_secs: config.server.retry_after_seconds,
+            probe_timeout: secs(2),
+            metrics_enabled: config.monitoring.metrics_enabled,
+        },
+    });
+    let router = match mode {
+        Mode::Worker => openhqm_ingress::admin_router(state),
+        Mode::Serve | Mode::Listener => openhqm_ingress::router(state),
+    };
+    let address = format!("{}:{}", config.server.host, config.server.port);
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address} (server.host / server.port)"))?;
+    tracing::info!(%address, mode = mode.name(), queue = config.queue.kind.as_str(), "openhqm listening");
+
+    let workers = (mode != Mode::Listener).then(|| {
+        let pool = WorkerPool::new(
+            Arc::clone(&backends.queue),
+            Arc::clone(&backends.store),
+            processor,
+            worker_config(&config),
+            (metrics.worker(), queue_metrics),
+        );
+        tokio::spawn(pool.run(stop_rx.clone()))
+    });
+    let mut http_stop = stop_rx.clone();
+    // Small responses must not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("HTTP server failed")?;
+    if let Some(workers) = workers {
+        let abandoned = workers.await.unwrap_or(0);
+        if abandoned > 0 {
+            tracing::warn!(abandoned, "messages left unacknowledged for redelivery");
+        }
+    }
+    backends.queue.close().await;
+    backends.store.close().await;
+    if let Some(db) = backends.db {
+        db.close().await;
+    }
+    tracing::info!("openhqm stopped");
+    Ok(())
+}
+
+async fn wait_for_signal(stop: watch::Sender<bool>) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received; shutting down"),
+        () = term => tracing::info!("SIGTERM received; shutting down"),
+    }
+    let _ = stop.send(true);
+}
+
+/// Keeps the depth gauges current for scrapers and autoscalers.
+async fn sample_depth(queue: Arc<dyn QueueBackend>, metrics: QueueMetrics, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Ok(depth) = queue.depth().await {
+            metrics.depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
+        if let Ok(dead) = queue.dead_letter_depth().await {
+            metrics.dlq_depth.set(i64::try_from(dead).unwrap_or(i64::MAX));
+        }
+    }
+}
