@@ -1,0 +1,267 @@
+//! The real `openhqm` binary as a child process on 127.0.0.1: crash
+//! durability (`kill -9` under load), graceful shutdown, start-up errors,
+//! logs and metrics.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_openhqm");
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn start(dir: &Path, port: u16, extra: &[&str]) -> Server {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("log file");
+    let child = Command::new(BIN)
+        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(extra)
+        .env_remove("OPENHQM_CONFIG")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn openhqm");
+    Server { child, base: format!("http://127.0.0.1:{port}") }
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "openhqm never became ready at {base}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill").args([sig, &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "openhqm did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn submit(http: &reqwest::Client, base: &str, body: &Value) -> Option<String> {
+    let response = http.post(format!("{base}/api/v1/submit")).json(body).send().await.ok()?;
+    if response.status() != reqwest::StatusCode::ACCEPTED {
+        return None;
+    }
+    let accepted: Value = response.json().await.ok()?;
+    accepted["correlation_id"].as_str().map(str::to_owned)
+}
+
+async fn status_of(http: &reqwest::Client, base: &str, id: &str) -> Option<String> {
+    let r = http.get(format!("{base}/api/v1/status/{id}")).send().await.ok()?;
+    let body: Value = r.json().await.ok()?;
+    body["status"].as_str().map(str::to_owned)
+}
+
+/// A 202 means the request is persisted: kill -9 the server while clients
+/// submit, restart it on the same data, and every acknowledged id completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_dash_nine_under_load_loses_no_acknowledged_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut server = start(dir.path(), port, &["--set", "worker.count=8"]);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &server.base).await;
+
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (http, base, acked) = (http.clone(), server.base.clone(), Arc::clone(&acked));
+        clients.push(tokio::spawn(async move {
+            for i in 0.. {
+                let body = json!({"payload": {"operation": "sleep", "ms": 5, "data": format!("{c}-{i}")}});
+                match submit(&http, &base, &body).await {
+                    Some(id) => acked.lock().expect("lock").push(id),
+                    None => return, // the server is gone
+                }
+            }
+        }));
+    }
+    // Let load build up (a backlog and in-flight work), then pull the plug.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().expect("lock").len() < 1500 {
+        assert!(Instant::now() < deadline, "load never built up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.child.kill().expect("kill -9");
+    server.child.wait().expect("reap");
+    for c in clients {
+        c.await.expect("client");
+    }
+    let acked: Vec<String> = acked.lock().expect("lock").clone();
+
+    let server = start(dir.path(), port, &[]);
+    wait_ready(&http, &server.base).await;
+    let mut pending: HashSet<String> = acked.iter().cloned().collect();
+    assert_eq!(pending.len(), acked.len(), "ids are unique");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() {
+        let mut done = Vec::new();
+        for id in pending.iter().take(200) {
+            match status_of(&http, &server.base, id).await.as_deref() {
+                Some("COMPLETED") => done.push(id.clone()),
+                Some("PENDING" | "PROCESSING") => {}
+                other => panic!("acknowledged request {id} is {other:?} after the crash"),
+            }
+        }
+        for id in done {
+            pending.remove(&id);
+        }
+        assert!(Instant::now() < deadline, "{} of {} acknowledged requests never completed", pending.len(), acked.len());
+    }
+    let mut server = server;
+    signal(&server.child, "-TERM");
+    assert!(wait_exit(&mut server.child, Duration::from_secs(30)).success());
+    // The test only proves something if the crash left work behind.
+    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("log");
+    let recovered: u64 = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "embedded queue opened")
+        .filter_map(|v| v["recovered"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(recovered > 0, "the kill left no unfinished work; the test proved nothing:\n{log}");
+}
+
+/// SIGTERM: stop taking work, finish what is in flight, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_work_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut server = start(dir.path(), port, &[]);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &server.base).await;
+    let id = submit(&http, &server.base, &json!({"payload": {"operation": "sleep", "ms": 800, "data": "slow"}}))
+        .await
+        .expect("accepted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_of(&http, &server.base, &id).await.as_deref() != Some("PROCESSING") {
+        assert!(Instant::now() < deadline, "never started processing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&server.child, "-TERM");
+    let status = wait_exit(&mut server.child, Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}");
+
+    let server = start(dir.path(), port, &[]);
+    wait_ready(&http, &server.base).await;
+    let r: Value = http.get(format!("{}/api/v1/response/{id}", server.base)).send().await.expect("get").json().await.expect("json");
+    assert_eq!(r["status"], "COMPLETED", "in-flight work finished during the drain: {r}");
+    assert_eq!(r["result"]["output"], "slow");
+    let mut server = server;
+    signal(&server.child, "-TERM");
+    assert!(wait_exit(&mut server.child, Duration::from_secs(15)).success());
+}
+
+/// Every log line about a request names it, and worker metrics are exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_logs_carry_the_correlation_id_and_worker_metrics_are_exported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut server = start(dir.path(), port, &["--set", "worker.max_retries=1", "--set", "worker.retry_delay_base=0.05", "--set", "worker.retry_delay_max=0.1"]);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &server.base).await;
+    let id = submit(&http, &server.base, &json!({"payload": {"operation": "fail", "error": "backend said no"}})).await.expect("accepted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_of(&http, &server.base, &id).await.as_deref() != Some("FAILED") {
+        assert!(Instant::now() < deadline, "never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = http.get(format!("{}/metrics", server.base)).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("openhqm_worker_processing_duration_seconds_count{outcome=\"failed\"} 1"), "{metrics}");
+    assert!(metrics.contains("openhqm_worker_errors_total{kind=\"transient\"} 2"), "{metrics}");
+    assert!(metrics.contains("openhqm_queue_dlq_total{queue=\"openhqm-requests\",status=\"FAILED\"} 1"), "{metrics}");
+    signal(&server.child, "-TERM");
+    wait_exit(&mut server.child, Duration::from_secs(15));
+
+    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("log");
+    let about: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.to_string().contains("backend said no"))
+        .collect();
+    assert!(about.len() >= 2, "expected a retry and a failure line:\n{log}");
+    for line in about {
+        assert_eq!(line["span"]["correlation_id"], id.as_str(), "{line}");
+    }
+}
+
+#[test]
+fn check_config_lists_every_error_by_key_and_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, "server:\n  prot: 1\nqueue:\n  type: kafka\nworker:\n  count: 0\n").expect("write");
+    let out = Command::new(BIN).arg("check-config").arg("--config").arg(&file).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in ["`server.prot`", "`queue.type`", "`worker.count`"] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_masked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("ok.yaml");
+    std::fs::write(&file, "proxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:9\n      auth_type: bearer\n      auth_token: ${TOKEN}\n").expect("write");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .env("TOKEN", "hunter2-secret")
+        .env("OPENHQM_WORKER__COUNT", "12")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("count: 12"), "{stdout}");
+    assert!(stdout.contains("auth_token: '***'") || stdout.contains("auth_token: \"***\""), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "secret printed:\n{stdout}");
+}
+
+#[test]
+fn split_roles_on_the_embedded_queue_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["listener", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("OPENHQM_CONFIG")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("queue.type embedded") && stderr.contains("openhqm serve"), "{stderr}");
+}
