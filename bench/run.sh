@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# OpenHQM benchmark: durable submit throughput/latency and end-to-end
+# throughput (submit until COMPLETED) of `openhqm serve` on the embedded queue,
+# measured in the same run as the baseline, nginx `proxy_pass` to a static
+# backend. Installs its own tools (wrk, nginx). Prints a table.
+#
+#   bash bench/run.sh            # 10 s per measurement
+#   DURATION=30 bash bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+WRK_THREADS=${WRK_THREADS:-1}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/openhqm-target}
+BIN="$CARGO_TARGET_DIR/release/openhqm"
+WORK=$(mktemp -d /tmp/openhqm-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q wrk nginx >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk nginx >/dev/null; }
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+echo "building openhqm (release)..." >&2
+cargo build --release -q -p openhqm
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 200); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# wrk output -> "req_per_s p50_ms p99_ms non2xx"
+wrk_run() {
+  local url=$1; shift
+  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url" > "$WORK/wrk.out" 2>&1
+  python3 - "$WORK/wrk.out" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(label):
+    m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % label, text, re.M)
+    if not m: return float("nan")
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+errs = re.search(r"Socket errors:.*", text)
+print(f"{rps:.0f} {ms('50'):.2f} {ms('99'):.2f} {bad.group(1) if bad else 0}")
+if errs: print(errs.group(0), file=sys.stderr)
+PY
+}
+
+# --- baseline: nginx proxy_pass to a static nginx backend -------------------
+BACKEND_PORT=$(port); PROXY_PORT=$(port)
+cat > "$WORK/nginx.conf" <<NGX
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
+  server { listen 127.0.0.1:$BACKEND_PORT; location / { default_type application/json; return 200 '{"ok":true}'; } }
+  server {
+    listen 127.0.0.1:$PROXY_PORT;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGX
+"$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
+wait_http "http://127.0.0.1:$PROXY_PORT/"
+echo "measuring nginx proxy_pass..." >&2
+read -r NGX_RPS NGX_P50 NGX_P99 NGX_BAD < <(wrk_run "http://127.0.0.1:$PROXY_PORT/" -s bench/submit.lua)
+kill "$(cat "$WORK/nginx.pid")"; sleep 0.5
+
+# --- openhqm serve on the embedded queue (fsync on every group commit) --------
+OHQ_PORT=$(port)
+"$BIN" serve --host 127.0.0.1 --port "$OHQ_PORT" --data-dir "$WORK/data" \
+  --set monitoring.log_level=WARNING > "$WORK/openhqm.log" 2>&1 &
+OHQ_PID=$!; PIDS+=("$OHQ_PID")
+wait_http "http://127.0.0.1:$OHQ_PORT/health/live"
+sleep 1
+IDLE_RSS=$(rss_kib "$OHQ_PID")
+
+metric() { curl -fs "http://127.0.0.1:$OHQ_PORT/metrics" | awk -v m="$1" 'index($0, m) == 1 {v = $NF} END {print v + 0}'; }
+echo "measuring openhqm durable submit + end to end..." >&2
+START=$(date +%s.%N)
+read -r OHQ_RPS OHQ_P50 OHQ_P99 OHQ_BAD < <(wrk_run "http://127.0.0.1:$OHQ_PORT/api/v1/submit" -s bench/submit.lua)
+LOAD_RSS=$(rss_kib "$OHQ_PID")
+ACCEPTED=$(metric 'openhqm_api_requests_total{method="POST",route="/api/v1/submit",status="202"}')
+while :; do
+  DONE=$(metric 'openhqm_worker_processing_duration_seconds_count{outcome="completed"}')
+  [ "${DONE:-0}" -ge "$ACCEPTED" ] && break
+  sleep 0.05
+done
+END=$(date +%s.%N)
+PEAK_RSS=$(awk '/VmHWM/ {print $2}' "/proc/$OHQ_PID/status")
+E2E_RPS=$(python3 -c "print(round($ACCEPTED / ($END - $START)))")
+kill -TERM "$OHQ_PID"; wait "$OHQ_PID" || true
+
+python3 - <<PY
+ngx, ohq, e2e = $NGX_RPS, $OHQ_RPS, $E2E_RPS
+print()
+print(f"machine: $(nproc) cores; wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s on the same machine")
+print(f"{'measurement':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs nginx':>9}")
+print(f"{'nginx proxy_pass -> static nginx (baseline)':44} {ngx:>9.0f} {$NGX_P50:>8.2f} {$NGX_P99:>8.2f} {$NGX_BAD:>8} {1:>9.2f}")
+print(f"{'openhqm submit (durable, fsync per commit)':44} {ohq:>9.0f} {$OHQ_P50:>8.2f} {$OHQ_P99:>8.2f} {$OHQ_BAD:>8} {ohq/ngx:>9.2f}")
+print(f"{'openhqm end to end (submit -> COMPLETED)':44} {e2e:>9.0f} {'':>8} {'':>8} {'':>8} {e2e/ngx:>9.2f}")
+print(f"openhqm RSS: idle {$IDLE_RSS/1024:.1f} MiB, after load {$LOAD_RSS/1024:.1f} MiB, peak {$PEAK_RSS/1024:.1f} MiB; accepted {$ACCEPTED} requests")
+PY

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what it needs, then runs
+# formatting and lint checks and every test (unit, conformance, HTTP API
+# against real servers on 127.0.0.1, and the real binary under kill -9).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build outside the clone so repeated runs reuse compiled dependencies.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/openhqm-target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need cargo; then
+  echo "cargo is required (https://rustup.rs)" >&2
+  exit 1
+fi
+# The binary tests signal child processes with kill(1) and probe with curl.
+if ! need kill || ! need curl; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q procps curl >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q procps curl; }
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked
