@@ -20,13 +20,16 @@ struct WordCount;
 #[async_trait]
 impl Processor for WordCount {
     async fn process(&self, request: &Request<'_>) -> Result<Output, Failure> {
-        let payload: Value = serde_json::from_str(request.envelope.payload.get())
-            .map_err(|e| Failure::new(FailureKind::Permanent, format!("payload is not JSON: {e}")))?;
+        let payload: Value = serde_json::from_str(request.envelope.payload.get()).map_err(|e| {
+            Failure::new(FailureKind::Permanent, format!("payload is not JSON: {e}"))
+        })?;
         let text = payload
             .get("text")
             .and_then(Value::as_str)
             .ok_or_else(|| Failure::new(FailureKind::Permanent, "payload needs a string `text`"))?;
-        Ok(Output::json(json!({ "words": text.split_whitespace().count() })))
+        Ok(Output::json(
+            json!({ "words": text.split_whitespace().count() }),
+        ))
     }
 }
 

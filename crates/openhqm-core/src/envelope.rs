@@ -163,7 +163,10 @@ mod tests {
         let back = Envelope::from_json(&env.to_json().expect("json")).expect("parse");
         assert_eq!(back.metadata.priority, 3);
         assert_eq!(back.metadata.extra.get("type"), Some(&Value::from("order")));
-        assert_eq!(back.metadata.extra.get("session_id"), Some(&Value::from("s1")));
+        assert_eq!(
+            back.metadata.extra.get("session_id"),
+            Some(&Value::from("s1"))
+        );
         assert_eq!(back.v, ENVELOPE_VERSION);
     }
 
@@ -171,8 +174,14 @@ mod tests {
     fn bad_submits_say_what_is_wrong() {
         let cases = [
             (r#"{"metadata": {}}"#, "missing field `payload`"),
-            (r#"{"payload": 1, "metadata": {"priority": 12}}"#, "metadata.priority"),
-            (r#"{"payload": 1, "metadata": {"timeout": 0}}"#, "metadata.timeout"),
+            (
+                r#"{"payload": 1, "metadata": {"priority": 12}}"#,
+                "metadata.priority",
+            ),
+            (
+                r#"{"payload": 1, "metadata": {"timeout": 0}}"#,
+                "metadata.timeout",
+            ),
             (r#"{"payload": 1, "headers": {"a": 1}}"#, "invalid type"),
             (r#"{"payload": "#, "EOF"),
         ];

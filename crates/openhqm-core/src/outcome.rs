@@ -122,21 +122,36 @@ mod tests {
         max_retries: 3,
     };
 
-    fn check(kind: FailureKind, retry_after: Option<u64>, attempt: u32, jitter: f64, expected: Decision) {
+    fn check(
+        kind: FailureKind,
+        retry_after: Option<u64>,
+        attempt: u32,
+        jitter: f64,
+        expected: Decision,
+    ) {
         let failure = Failure {
             kind,
             message: "boom".into(),
             retry_after: retry_after.map(Duration::from_secs),
         };
-        assert_eq!(decide(&failure, attempt, &POLICY, jitter), expected, "{kind:?} attempt {attempt}");
+        assert_eq!(
+            decide(&failure, attempt, &POLICY, jitter),
+            expected,
+            "{kind:?} attempt {attempt}"
+        );
     }
 
     fn retry(ms: u64) -> Decision {
-        Decision::Retry { delay: Duration::from_millis(ms) }
+        Decision::Retry {
+            delay: Duration::from_millis(ms),
+        }
     }
 
     fn give_up(status: RequestStatus, reason: &str) -> Decision {
-        Decision::GiveUp { status, reason: reason.into() }
+        Decision::GiveUp {
+            status,
+            reason: reason.into(),
+        }
     }
 
     #[test]
@@ -146,9 +161,21 @@ mod tests {
         check(Transient, None, 1, 0.0, retry(1000));
         check(Transient, None, 1, 1.0, retry(2000));
         check(Transient, None, 3, 1.0, retry(8000));
-        check(Transient, None, 4, 0.5, give_up(Failed, "boom (after 4 attempts)"));
+        check(
+            Transient,
+            None,
+            4,
+            0.5,
+            give_up(Failed, "boom (after 4 attempts)"),
+        );
         check(Timeout, None, 2, 0.0, retry(1000));
-        check(Timeout, None, 4, 0.0, give_up(TimedOut, "boom (after 4 attempts)"));
+        check(
+            Timeout,
+            None,
+            4,
+            0.0,
+            give_up(TimedOut, "boom (after 4 attempts)"),
+        );
         check(Permanent, None, 1, 0.0, give_up(Failed, "boom"));
         // Retry-After raises the delay, but never past the configured maximum.
         check(Transient, Some(30), 1, 0.0, retry(30_000));

@@ -57,11 +57,14 @@ impl RequestStatus {
     #[must_use]
     pub fn can_become(self, to: Self) -> bool {
         use RequestStatus::{Completed, Failed, Pending, Processing, Timeout};
-        match (self, to) {
-            (Pending, Processing | Failed) => true,
-            (Processing, Pending | Processing | Completed | Failed | Timeout) => true,
-            _ => false,
-        }
+        matches!(
+            (self, to),
+            (Pending, Processing | Failed)
+                | (
+                    Processing,
+                    Pending | Processing | Completed | Failed | Timeout
+                )
+        )
     }
 
     /// The wire name, e.g. `COMPLETED`.
@@ -100,18 +103,17 @@ mod tests {
 
     fn check(from: RequestStatus, allowed: &[RequestStatus]) {
         for to in RequestStatus::ALL {
-            assert_eq!(
-                from.can_become(to),
-                allowed.contains(&to),
-                "{from} -> {to}"
-            );
+            assert_eq!(from.can_become(to), allowed.contains(&to), "{from} -> {to}");
         }
     }
 
     #[test]
     fn transition_table() {
         check(Pending, &[Processing, Failed]);
-        check(Processing, &[Pending, Processing, Completed, Failed, Timeout]);
+        check(
+            Processing,
+            &[Pending, Processing, Completed, Failed, Timeout],
+        );
         check(Completed, &[]);
         check(Failed, &[]);
         check(Timeout, &[]);

@@ -187,7 +187,10 @@ impl EmbeddedDb {
         });
         self.inner
             .tx
-            .send(Request { job, wait: Wait::Applied })
+            .send(Request {
+                job,
+                wait: Wait::Applied,
+            })
             .map_err(|_| DbError::Closed)
     }
 

@@ -10,9 +10,11 @@ async fn durable_write_survives_reopen() {
     let db = open(dir.path());
     let ks = db.keyspace("items").expect("keyspace");
     let ks2 = ks.clone();
-    db.write(Wait::Durable, move |ctx| ctx.insert(&ks2, b"k", b"v".as_slice()))
-        .await
-        .expect("write");
+    db.write(Wait::Durable, move |ctx| {
+        ctx.insert(&ks2, b"k", b"v".as_slice())
+    })
+    .await
+    .expect("write");
     assert_eq!(ks.get(b"k").expect("get").as_deref(), Some(b"v".as_slice()));
     db.close().await;
     drop(ks);
@@ -37,10 +39,9 @@ async fn jobs_in_one_group_see_each_others_writes() {
         let ks = ks.clone();
         tasks.push(tokio::spawn(async move {
             db.write(Wait::Applied, move |ctx| {
-                let n = ctx
-                    .get(&ks, b"n")
-                    .expect("get")
-                    .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")));
+                let n = ctx.get(&ks, b"n").expect("get").map_or(0, |v| {
+                    u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes"))
+                });
                 ctx.insert(&ks, b"n", (n + 1).to_be_bytes().to_vec());
             })
             .await
@@ -50,7 +51,10 @@ async fn jobs_in_one_group_see_each_others_writes() {
         t.await.expect("join").expect("write");
     }
     let n = ks.get(b"n").expect("get").expect("present");
-    assert_eq!(u64::from_be_bytes(n.as_ref().try_into().expect("8 bytes")), 200);
+    assert_eq!(
+        u64::from_be_bytes(n.as_ref().try_into().expect("8 bytes")),
+        200
+    );
     db.close().await;
 }
 

@@ -36,7 +36,8 @@ impl WriteCtx<'_> {
     /// Writes `key` = `value` in this group.
     pub fn insert(&mut self, ks: &Keyspace, key: &[u8], value: impl Into<Slice>) {
         let value: Slice = value.into();
-        self.overlay.insert((ks.id(), key.to_vec()), Some(value.clone()));
+        self.overlay
+            .insert((ks.id(), key.to_vec()), Some(value.clone()));
         self.batch.insert(ks, key, value);
     }
 

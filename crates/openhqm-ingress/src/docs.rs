@@ -9,7 +9,10 @@ pub(crate) const OPENAPI: &str = include_str!("openapi.json");
 
 pub(crate) async fn openapi() -> Response {
     let mut response = OPENAPI.into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -48,8 +51,15 @@ mod tests {
         let spec: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
         let paths = spec["paths"].as_object().expect("paths");
         for route in crate::ROUTES {
-            assert!(paths.contains_key(*route), "{route} missing from openapi.json");
+            assert!(
+                paths.contains_key(*route),
+                "{route} missing from openapi.json"
+            );
         }
-        assert_eq!(paths.len(), crate::ROUTES.len(), "openapi.json lists a route that does not exist");
+        assert_eq!(
+            paths.len(),
+            crate::ROUTES.len(),
+            "openapi.json lists a route that does not exist"
+        );
     }
 }

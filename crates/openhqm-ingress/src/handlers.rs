@@ -15,12 +15,19 @@ use crate::{ApiState, Problem};
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
 /// Reads the body, refusing it as soon as it passes the limit.
-async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, Problem> {
+async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, Problem> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -31,7 +38,11 @@ async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<b
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large { Problem::too_large(limit) } else { Problem::malformed_json(format!("could not read the body: {e}")) }
+        if too_large {
+            Problem::too_large(limit)
+        } else {
+            Problem::malformed_json(format!("could not read the body: {e}"))
+        }
     })
 }
 
@@ -50,7 +61,11 @@ fn parse_submit(bytes: &[u8]) -> Result<SubmitRequest, Problem> {
 }
 
 /// `POST /api/v1/submit`: store, publish, answer 202 only once both are done.
-pub(crate) async fn submit(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+pub(crate) async fn submit(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
     let limit = state.config.max_body_size;
     let bytes = read_limited(&headers, body, limit).await?;
     let req = parse_submit(&bytes)?;
@@ -59,11 +74,19 @@ pub(crate) async fn submit(State(state): State<Arc<ApiState>>, headers: HeaderMa
     let submitted_at = rfc3339_ms(now);
     let priority = req.metadata.as_ref().map_or(0, |m| m.priority);
     let envelope = Envelope::from_submit(id, req, &submitted_at);
-    let encoded = envelope.to_json().map_err(|e| Problem::invalid_request(e.to_string()))?;
-    let message = OutgoingMessage { body: encoded.into(), attributes: Default::default(), priority };
+    let encoded = envelope
+        .to_json()
+        .map_err(|e| Problem::invalid_request(e.to_string()))?;
+    let message = OutgoingMessage {
+        body: encoded.into(),
+        attributes: Default::default(),
+        priority,
+    };
     // Both writes start together; for the embedded engine they share one group commit.
-    let (created, published) =
-        tokio::join!(state.store.create(RequestRecord::pending(id, now)), state.queue.publish(message));
+    let (created, published) = tokio::join!(
+        state.store.create(RequestRecord::pending(id, now)),
+        state.queue.publish(message)
+    );
     let retry_after = state.config.retry_after_secs;
     if let Err(e) = published {
         state.queue_metrics.publish_error.inc();
@@ -90,13 +113,18 @@ pub(crate) async fn submit(State(state): State<Arc<ApiState>>, headers: HeaderMa
 }
 
 async fn lookup(state: &ApiState, raw_id: &str) -> Result<RequestRecord, Problem> {
-    let id: CorrelationId = raw_id.parse().map_err(|_| Problem::unknown_request(raw_id))?;
+    let id: CorrelationId = raw_id
+        .parse()
+        .map_err(|_| Problem::unknown_request(raw_id))?;
     match state.store.get(id).await {
         Ok(Some(record)) => Ok(record),
         Ok(None) => Err(Problem::unknown_request(raw_id)),
         Err(e) => {
             tracing::warn!(correlation_id = %id, error = %e, "status lookup failed; answered 503");
-            Err(Problem::unavailable("result store", state.config.retry_after_secs))
+            Err(Problem::unavailable(
+                "result store",
+                state.config.retry_after_secs,
+            ))
         }
     }
 }
@@ -111,17 +139,25 @@ fn status_body(record: &RequestRecord) -> Value {
 }
 
 /// `GET /api/v1/status/{id}`.
-pub(crate) async fn status(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, Problem> {
+pub(crate) async fn status(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let record = lookup(&state, &id).await?;
     Ok(json_response(StatusCode::OK, &status_body(&record)))
 }
 
 /// `GET /api/v1/response/{id}`: 200 with every field once finished, 202 with the status before.
-pub(crate) async fn response(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, Problem> {
+pub(crate) async fn response(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let record = lookup(&state, &id).await?;
     if !record.status.is_terminal() {
         let mut response = json_response(StatusCode::ACCEPTED, &status_body(&record));
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return Ok(response);
     }
     let outcome = record.outcome.unwrap_or_default();

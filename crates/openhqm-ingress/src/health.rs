@@ -33,21 +33,34 @@ fn component(result: &Result<(), String>) -> Value {
 /// Probes both dependencies; `true` if both answer.
 async fn check(state: &ApiState) -> (bool, Value) {
     let timeout = state.config.probe_timeout;
-    let (queue, store) = tokio::join!(probe(timeout, state.queue.health()), probe(timeout, state.store.health()));
+    let (queue, store) = tokio::join!(
+        probe(timeout, state.queue.health()),
+        probe(timeout, state.store.health())
+    );
     let ok = queue.is_ok() && store.is_ok();
     for (name, result) in [("queue", &queue), ("store", &store)] {
         if let Err(e) = result {
             tracing::warn!(component = name, error = %e, "health probe failed");
         }
     }
-    (ok, json!({ "queue": component(&queue), "store": component(&store) }))
+    (
+        ok,
+        json!({ "queue": component(&queue), "store": component(&store) }),
+    )
 }
 
 fn with_status(ok: bool, body: &Value, retry_after: u32) -> Response {
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let mut response = (status, body.to_string()).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if !ok {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
@@ -75,6 +88,7 @@ pub(crate) async fn live() -> Response {
 /// `GET /health/ready`.
 pub(crate) async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     let (ok, components) = check(&state).await;
-    let body = json!({ "status": if ok { "ready" } else { "not_ready" }, "components": components });
+    let body =
+        json!({ "status": if ok { "ready" } else { "not_ready" }, "components": components });
     with_status(ok, &body, state.config.retry_after_secs)
 }

@@ -70,7 +70,10 @@ pub fn admin_router(state: Arc<ApiState>) -> Router {
         .route(ROUTES[5], get(health::ready))
         .route(ROUTES[6], get(telemetry::metrics))
         .fallback(problem::not_found)
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), telemetry::track))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            telemetry::track,
+        ))
         .with_state(state)
 }
 
@@ -88,6 +91,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(ROUTES[8], get(docs::page))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), telemetry::track))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            telemetry::track,
+        ))
         .with_state(state)
 }

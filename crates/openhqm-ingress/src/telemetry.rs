@@ -29,21 +29,39 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-pub(crate) async fn track(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+pub(crate) async fn track(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = route_label(request.extensions().get::<MatchedPath>());
     let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
-    state.metrics.api_request(method, route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    state.metrics.api_request(
+        method,
+        route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     response
 }
 
 /// `GET /metrics`.
 pub(crate) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     if !state.config.metrics_enabled {
-        return Problem::new(StatusCode::NOT_FOUND, "metrics-disabled", "Metrics are disabled", "monitoring.metrics_enabled is false").into_response();
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            "metrics-disabled",
+            "Metrics are disabled",
+            "monitoring.metrics_enabled is false",
+        )
+        .into_response();
     }
     let mut response = state.metrics.render().into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(openhqm_metrics::CONTENT_TYPE));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(openhqm_metrics::CONTENT_TYPE),
+    );
     response
 }

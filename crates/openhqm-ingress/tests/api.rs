@@ -30,10 +30,20 @@ struct Api {
 async fn serve() -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
-    let qc = EmbeddedQueueConfig { name: "requests".into(), dead_letter_name: "requests-dlq".into(), lease: Duration::from_secs(30), max_payload: MAX_BODY * 2 };
-    let queue: Arc<dyn QueueBackend> = Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"));
-    let sc = EmbeddedStoreConfig { ttl: Duration::from_secs(60), sweep_interval: Duration::from_secs(60) };
-    let store: Arc<dyn ResultStore> = Arc::new(EmbeddedStore::open(db.clone(), &sc).expect("store"));
+    let qc = EmbeddedQueueConfig {
+        name: "requests".into(),
+        dead_letter_name: "requests-dlq".into(),
+        lease: Duration::from_secs(30),
+        max_payload: MAX_BODY * 2,
+    };
+    let queue: Arc<dyn QueueBackend> =
+        Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"));
+    let sc = EmbeddedStoreConfig {
+        ttl: Duration::from_secs(60),
+        sweep_interval: Duration::from_secs(60),
+    };
+    let store: Arc<dyn ResultStore> =
+        Arc::new(EmbeddedStore::open(db.clone(), &sc).expect("store"));
     let metrics = Metrics::new();
     let state = Arc::new(ApiState {
         queue: Arc::clone(&queue),
@@ -47,10 +57,19 @@ async fn serve() -> Api {
             metrics_enabled: true,
         },
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr: SocketAddr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    Api { _dir: dir, db, queue, store, base: format!("http://{addr}"), http: reqwest::Client::new() }
+    Api {
+        _dir: dir,
+        db,
+        queue,
+        store,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+    }
 }
 
 impl Api {
@@ -65,7 +84,11 @@ impl Api {
     }
 
     async fn get(&self, path: &str) -> reqwest::Response {
-        self.http.get(format!("{}{path}", self.base)).send().await.expect("send")
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("send")
     }
 }
 
@@ -75,7 +98,12 @@ async fn json_of(response: reqwest::Response) -> Value {
 
 async fn expect_problem(response: reqwest::Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status);
-    let ct = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let ct = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     assert_eq!(ct, "application/problem+json");
     let body = json_of(response).await;
     assert_eq!(body["code"], code, "{body}");
@@ -88,25 +116,44 @@ async fn expect_problem(response: reqwest::Response, status: StatusCode, code: &
 async fn submit_accepts_any_json_payload_and_stores_it_verbatim() {
     let api = serve().await;
     for payload in [r#"{"a": [1, 2]}"#, "[1,2,3]", "\"text\"", "42", "null"] {
-        let body = format!(r#"{{"payload": {payload}, "metadata": {{"priority": 2, "type": "order", "session_id": "s-1"}}}}"#);
+        let body = format!(
+            r#"{{"payload": {payload}, "metadata": {{"priority": 2, "type": "order", "session_id": "s-1"}}}}"#
+        );
         let response = api.post_raw("/api/v1/submit", body).await;
         assert_eq!(response.status(), StatusCode::ACCEPTED, "{payload}");
         let accepted = json_of(response).await;
         assert_eq!(accepted["status"], "PENDING");
-        let id: CorrelationId = accepted["correlation_id"].as_str().expect("id").parse().expect("uuid");
-        assert!(accepted["submitted_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+        let id: CorrelationId = accepted["correlation_id"]
+            .as_str()
+            .expect("id")
+            .parse()
+            .expect("uuid");
+        assert!(
+            accepted["submitted_at"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
 
         let status = json_of(api.get(&format!("/api/v1/status/{id}")).await).await;
         assert_eq!(status["status"], "PENDING");
         assert_eq!(status["submitted_at"], accepted["submitted_at"]);
 
-        let delivery = api.queue.receive(1, Duration::from_secs(1)).await.expect("receive").pop().expect("queued");
+        let delivery = api
+            .queue
+            .receive(1, Duration::from_secs(1))
+            .await
+            .expect("receive")
+            .pop()
+            .expect("queued");
         let envelope = Envelope::from_json(&delivery.message().body).expect("envelope");
         assert_eq!(envelope.correlation_id, id);
         assert_eq!(envelope.payload.get(), payload);
         assert_eq!(envelope.metadata.priority, 2);
         assert_eq!(envelope.metadata.extra.get("type"), Some(&json!("order")));
-        assert_eq!(envelope.metadata.extra.get("session_id"), Some(&json!("s-1")));
+        assert_eq!(
+            envelope.metadata.extra.get("session_id"),
+            Some(&json!("s-1"))
+        );
         delivery.ack().await.expect("ack");
     }
 }
@@ -114,8 +161,18 @@ async fn submit_accepts_any_json_payload_and_stores_it_verbatim() {
 #[tokio::test]
 async fn malformed_json_is_a_400_problem_and_stores_nothing() {
     let api = serve().await;
-    let body = expect_problem(api.post_raw("/api/v1/submit", "{\"payload\": [1,").await, StatusCode::BAD_REQUEST, "malformed-json").await;
-    assert!(body["detail"].as_str().is_some_and(|d| d.contains("line 1")), "{body}");
+    let body = expect_problem(
+        api.post_raw("/api/v1/submit", "{\"payload\": [1,").await,
+        StatusCode::BAD_REQUEST,
+        "malformed-json",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("line 1")),
+        "{body}"
+    );
     assert_eq!(api.queue.depth().await.expect("depth"), 0);
 }
 
@@ -124,12 +181,28 @@ async fn invalid_requests_are_422_problems_naming_the_field() {
     let api = serve().await;
     for (body, needle) in [
         (r#"{"metadata": {}}"#, "missing field `payload`"),
-        (r#"{"payload": 1, "metadata": {"priority": 12}}"#, "metadata.priority"),
-        (r#"{"payload": 1, "metadata": {"timeout": 0}}"#, "metadata.timeout"),
+        (
+            r#"{"payload": 1, "metadata": {"priority": 12}}"#,
+            "metadata.priority",
+        ),
+        (
+            r#"{"payload": 1, "metadata": {"timeout": 0}}"#,
+            "metadata.timeout",
+        ),
         (r#"{"payload": 1, "headers": {"x": 1}}"#, "invalid type"),
     ] {
-        let problem = expect_problem(api.post_raw("/api/v1/submit", body).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid-request").await;
-        assert!(problem["detail"].as_str().is_some_and(|d| d.contains(needle)), "{body}: {problem}");
+        let problem = expect_problem(
+            api.post_raw("/api/v1/submit", body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+        )
+        .await;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(needle)),
+            "{body}: {problem}"
+        );
     }
     assert_eq!(api.queue.depth().await.expect("depth"), 0);
 }
@@ -138,7 +211,12 @@ async fn invalid_requests_are_422_problems_naming_the_field() {
 async fn oversized_bodies_are_413_with_or_without_content_length() {
     let api = serve().await;
     let big = format!(r#"{{"payload": "{}"}}"#, "x".repeat(MAX_BODY));
-    expect_problem(api.post_raw("/api/v1/submit", big.clone()).await, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large").await;
+    expect_problem(
+        api.post_raw("/api/v1/submit", big.clone()).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload-too-large",
+    )
+    .await;
     // Chunked: no Content-Length, so the limit is enforced while reading.
     let head = chunked_post(&api.base, "/api/v1/submit", big.as_bytes()).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
@@ -151,7 +229,9 @@ async fn chunked_post(base: &str, path: &str, body: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(head.as_bytes()).await.expect("head");
     for chunk in body.chunks(4096) {
         let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
@@ -168,16 +248,35 @@ async fn chunked_post(base: &str, path: &str, body: &[u8]) -> String {
 #[tokio::test]
 async fn unknown_endpoints_and_methods_are_problems() {
     let api = serve().await;
-    expect_problem(api.get("/api/v2/nothing").await, StatusCode::NOT_FOUND, "not-found").await;
-    expect_problem(api.get("/api/v1/submit").await, StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed").await;
+    expect_problem(
+        api.get("/api/v2/nothing").await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    )
+    .await;
+    expect_problem(
+        api.get("/api/v1/submit").await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn unknown_ids_are_404_on_status_and_response() {
     let api = serve().await;
     let id = CorrelationId::new();
-    for path in [format!("/api/v1/status/{id}"), format!("/api/v1/response/{id}"), "/api/v1/status/not-a-uuid".into()] {
-        expect_problem(api.get(&path).await, StatusCode::NOT_FOUND, "request-not-found").await;
+    for path in [
+        format!("/api/v1/status/{id}"),
+        format!("/api/v1/response/{id}"),
+        "/api/v1/status/not-a-uuid".into(),
+    ] {
+        expect_problem(
+            api.get(&path).await,
+            StatusCode::NOT_FOUND,
+            "request-not-found",
+        )
+        .await;
     }
 }
 
@@ -185,20 +284,45 @@ async fn unknown_ids_are_404_on_status_and_response() {
 async fn response_is_202_until_finished_then_200_with_every_field() {
     let api = serve().await;
     let accepted = json_of(api.post_raw("/api/v1/submit", r#"{"payload": [1]}"#).await).await;
-    let id: CorrelationId = accepted["correlation_id"].as_str().expect("id").parse().expect("uuid");
+    let id: CorrelationId = accepted["correlation_id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
     let pending = api.get(&format!("/api/v1/response/{id}")).await;
     assert_eq!(pending.status(), StatusCode::ACCEPTED);
     assert!(pending.headers().contains_key("retry-after"));
     assert_eq!(json_of(pending).await["status"], "PENDING");
 
-    api.store.transition(id, Update::to(RequestStatus::Processing)).await.expect("processing");
-    let outcome = ResultData { result: Some(json!([3, 2, 1])), processing_time_ms: Some(5), completed_at_ms: Some(1_770_000_000_000), ..ResultData::default() };
-    let done = Update { to: RequestStatus::Completed, attempts: Some(1), outcome: Some(outcome) };
+    api.store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    let outcome = ResultData {
+        result: Some(json!([3, 2, 1])),
+        processing_time_ms: Some(5),
+        completed_at_ms: Some(1_770_000_000_000),
+        ..ResultData::default()
+    };
+    let done = Update {
+        to: RequestStatus::Completed,
+        attempts: Some(1),
+        outcome: Some(outcome),
+    };
     api.store.transition(id, done).await.expect("completed");
     let finished = api.get(&format!("/api/v1/response/{id}")).await;
     assert_eq!(finished.status(), StatusCode::OK);
     let body = json_of(finished).await;
-    for field in ["correlation_id", "status", "result", "headers", "status_code", "error", "processing_time_ms", "completed_at"] {
+    for field in [
+        "correlation_id",
+        "status",
+        "result",
+        "headers",
+        "status_code",
+        "error",
+        "processing_time_ms",
+        "completed_at",
+    ] {
         assert!(body.get(field).is_some(), "{field} missing: {body}");
     }
     assert_eq!(body["status"], "COMPLETED");
@@ -220,15 +344,29 @@ async fn storage_down_means_503_with_retry_after_never_202() {
     api.db.close().await; // the storage engine stops taking writes
 
     let refused = api.post_raw("/api/v1/submit", r#"{"payload": 1}"#).await;
-    assert_eq!(refused.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("2"));
-    expect_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "service-unavailable").await;
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("2")
+    );
+    expect_problem(
+        refused,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service-unavailable",
+    )
+    .await;
 
     let health = api.get("/health").await;
     assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body = json_of(health).await;
     assert_eq!(body["status"], "degraded");
     assert_eq!(body["components"]["queue"]["status"], "unhealthy");
-    assert_eq!(api.get("/health/ready").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        api.get("/health/ready").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(api.get("/health/live").await.status(), StatusCode::OK);
 }
 
@@ -241,7 +379,10 @@ async fn metrics_use_route_templates_not_raw_paths() {
     let text = api.get("/metrics").await.text().await.expect("text");
     assert!(text.contains(r#"openhqm_api_requests_total{method="GET",route="/api/v1/status/{correlation_id}",status="404"} 1"#), "{text}");
     assert!(text.contains(r#"route="unmatched""#));
-    assert!(!text.contains(&id.to_string()), "raw path leaked into labels");
+    assert!(
+        !text.contains(&id.to_string()),
+        "raw path leaked into labels"
+    );
 }
 
 #[tokio::test]

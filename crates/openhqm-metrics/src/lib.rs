@@ -96,17 +96,61 @@ impl Metrics {
         let worker_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let worker_errors = Family::default();
         let worker_retries = Counter::default();
-        registry.register("openhqm_api_requests", "HTTP requests by method, route template and status", api_requests.clone());
-        registry.register("openhqm_api_request_duration_seconds", "HTTP request latency", api_duration.clone());
-        registry.register("openhqm_queue_publish", "Messages published, by result", queue_publish.clone());
-        registry.register("openhqm_queue_consume", "Messages taken from the queue", queue_consume.clone());
-        registry.register("openhqm_queue_depth", "Messages stored and not yet acknowledged", queue_depth.clone());
-        registry.register("openhqm_queue_dlq_depth", "Messages on the dead-letter queue", queue_dlq_depth.clone());
-        registry.register("openhqm_queue_dlq", "Messages dead-lettered, by final request status", queue_dlq.clone());
-        registry.register("openhqm_worker_active", "Messages being processed right now", worker_active.clone());
-        registry.register("openhqm_worker_processing_duration_seconds", "Time per processing attempt, by outcome", worker_duration.clone());
-        registry.register("openhqm_worker_errors", "Failed processing attempts, by kind", worker_errors.clone());
-        registry.register("openhqm_worker_retries", "Retries scheduled", worker_retries.clone());
+        registry.register(
+            "openhqm_api_requests",
+            "HTTP requests by method, route template and status",
+            api_requests.clone(),
+        );
+        registry.register(
+            "openhqm_api_request_duration_seconds",
+            "HTTP request latency",
+            api_duration.clone(),
+        );
+        registry.register(
+            "openhqm_queue_publish",
+            "Messages published, by result",
+            queue_publish.clone(),
+        );
+        registry.register(
+            "openhqm_queue_consume",
+            "Messages taken from the queue",
+            queue_consume.clone(),
+        );
+        registry.register(
+            "openhqm_queue_depth",
+            "Messages stored and not yet acknowledged",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "openhqm_queue_dlq_depth",
+            "Messages on the dead-letter queue",
+            queue_dlq_depth.clone(),
+        );
+        registry.register(
+            "openhqm_queue_dlq",
+            "Messages dead-lettered, by final request status",
+            queue_dlq.clone(),
+        );
+        registry.register(
+            "openhqm_worker_active",
+            "Messages being processed right now",
+            worker_active.clone(),
+        );
+        registry.register(
+            "openhqm_worker_processing_duration_seconds",
+            "Time per processing attempt, by outcome",
+            worker_duration.clone(),
+        );
+        registry.register(
+            "openhqm_worker_errors",
+            "Failed processing attempts, by kind",
+            worker_errors.clone(),
+        );
+        registry.register(
+            "openhqm_worker_retries",
+            "Retries scheduled",
+            worker_retries.clone(),
+        );
         Arc::new(Self {
             registry,
             api_requests,
@@ -124,17 +168,39 @@ impl Metrics {
     }
 
     /// Records one HTTP request. `route` is the route template or `unmatched`.
-    pub fn api_request(&self, method: &'static str, route: &'static str, status: u16, seconds: f64) {
-        self.api_requests.get_or_create(&ApiLabels { method, route, status }).inc();
-        self.api_duration.get_or_create(&RouteLabels { method, route }).observe(seconds);
+    pub fn api_request(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: u16,
+        seconds: f64,
+    ) {
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                method,
+                route,
+                status,
+            })
+            .inc();
+        self.api_duration
+            .get_or_create(&RouteLabels { method, route })
+            .observe(seconds);
     }
 
     /// Handles for one queue.
     #[must_use]
     pub fn queue(&self, name: &str) -> QueueMetrics {
-        let q = || QueueLabels { queue: name.to_owned() };
-        let publish = |result| QueueResultLabels { queue: name.to_owned(), result };
-        let dlq = |status| DlqLabels { queue: name.to_owned(), status };
+        let q = || QueueLabels {
+            queue: name.to_owned(),
+        };
+        let publish = |result| QueueResultLabels {
+            queue: name.to_owned(),
+            result,
+        };
+        let dlq = |status| DlqLabels {
+            queue: name.to_owned(),
+            status,
+        };
         QueueMetrics {
             publish_ok: self.queue_publish.get_or_create_owned(&publish("ok")),
             publish_error: self.queue_publish.get_or_create_owned(&publish("error")),
@@ -149,7 +215,10 @@ impl Metrics {
     /// Handles for the worker pool.
     #[must_use]
     pub fn worker(&self) -> WorkerMetrics {
-        let outcome = |outcome| self.worker_duration.get_or_create_owned(&OutcomeLabels { outcome });
+        let outcome = |outcome| {
+            self.worker_duration
+                .get_or_create_owned(&OutcomeLabels { outcome })
+        };
         let errors = |kind| self.worker_errors.get_or_create_owned(&KindLabels { kind });
         WorkerMetrics {
             active: self.worker_active.clone(),

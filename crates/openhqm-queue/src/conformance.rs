@@ -76,7 +76,9 @@ async fn receive_one(q: &dyn QueueBackend, wait: Duration) -> Option<Delivery> {
 }
 
 async fn expect_one(q: &dyn QueueBackend) -> Delivery {
-    receive_one(q, WAIT).await.expect("a message within the wait")
+    receive_one(q, WAIT)
+        .await
+        .expect("a message within the wait")
 }
 
 fn body(d: &Delivery) -> String {
@@ -102,7 +104,11 @@ pub async fn round_trip_keeps_body_attributes_and_id(h: &dyn Harness) {
     assert_eq!(d.message().attempt, 1);
     let id = d.message().id.clone();
     assert!(!id.is_empty());
-    d.nack(Nack::Retry { delay: Duration::ZERO }).await.expect("nack");
+    d.nack(Nack::Retry {
+        delay: Duration::ZERO,
+    })
+    .await
+    .expect("nack");
     let again = expect_one(q.as_ref()).await;
     assert_eq!(again.message().id, id, "id is stable across redeliveries");
     assert_eq!(again.message().body, out.body);
@@ -115,7 +121,11 @@ pub async fn ack_prevents_redelivery(h: &dyn Harness) {
     publish(q.as_ref(), "once").await;
     expect_one(q.as_ref()).await.ack().await.expect("ack");
     let again = receive_one(q.as_ref(), h.lease() * 3).await;
-    assert!(again.is_none(), "acked message came back: {:?}", again.map(|d| body(&d)));
+    assert!(
+        again.is_none(),
+        "acked message came back: {:?}",
+        again.map(|d| body(&d))
+    );
     assert_eq!(q.depth().await.expect("depth"), 0);
 }
 
@@ -129,12 +139,18 @@ pub async fn unacked_message_is_redelivered_after_lease(h: &dyn Harness) {
     let second = receive_one(q.as_ref(), h.lease() * 4)
         .await
         .expect("redelivered after the lease");
-    assert!(started.elapsed() + Duration::from_millis(50) >= h.lease(), "redelivered before the lease ran out");
+    assert!(
+        started.elapsed() + Duration::from_millis(50) >= h.lease(),
+        "redelivered before the lease ran out"
+    );
     assert_eq!(body(&second), "lost-worker");
     assert_eq!(second.message().id, first.message().id);
     assert_eq!(second.message().attempt, 2);
     let stale = first.ack().await;
-    assert!(matches!(stale, Err(QueueError::LeaseLost(_))), "stale ack: {stale:?}");
+    assert!(
+        matches!(stale, Err(QueueError::LeaseLost(_))),
+        "stale ack: {stale:?}"
+    );
     second.ack().await.expect("ack by the current holder");
     assert_eq!(q.depth().await.expect("depth"), 0);
 }
@@ -161,9 +177,18 @@ pub async fn retry_delay_is_honoured_with_attempt_plus_one(h: &dyn Harness) {
     let delay = Duration::from_millis(600);
     let nacked_at = Instant::now();
     d.nack(Nack::Retry { delay }).await.expect("nack");
-    assert!(receive_one(q.as_ref(), Duration::from_millis(200)).await.is_none(), "came back before its delay");
+    assert!(
+        receive_one(q.as_ref(), Duration::from_millis(200))
+            .await
+            .is_none(),
+        "came back before its delay"
+    );
     let again = expect_one(q.as_ref()).await;
-    assert!(nacked_at.elapsed() >= delay, "came back after {:?}", nacked_at.elapsed());
+    assert!(
+        nacked_at.elapsed() >= delay,
+        "came back after {:?}",
+        nacked_at.elapsed()
+    );
     assert_eq!(again.message().attempt, 2);
     assert_eq!(body(&again), "flaky");
     again.ack().await.expect("ack");
@@ -174,14 +199,21 @@ pub async fn dead_letter_and_redrive(h: &dyn Harness) {
     let q = h.open().await;
     publish(q.as_ref(), "poison").await;
     let d = expect_one(q.as_ref()).await;
-    d.nack(Nack::DeadLetter { reason: "cannot parse".into() }).await.expect("dead-letter");
+    d.nack(Nack::DeadLetter {
+        reason: "cannot parse".into(),
+    })
+    .await
+    .expect("dead-letter");
     assert_eq!(q.depth().await.expect("depth"), 0);
     assert_eq!(q.dead_letter_depth().await.expect("dlq depth"), 1);
     let dead = q.dead_letters(10).await.expect("list");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason, "cannot parse");
     assert_eq!(dead[0].message.body, Bytes::from_static(b"poison"));
-    assert!(receive_one(q.as_ref(), h.lease() * 2).await.is_none(), "dead letter was delivered");
+    assert!(
+        receive_one(q.as_ref(), h.lease() * 2).await.is_none(),
+        "dead letter was delivered"
+    );
     assert_eq!(q.redrive(10).await.expect("redrive"), 1);
     assert_eq!(q.dead_letter_depth().await.expect("dlq depth"), 0);
     let back = expect_one(q.as_ref()).await;
@@ -204,7 +236,10 @@ pub async fn competing_consumers_each_get_every_message_once(h: &dyn Harness) {
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             loop {
-                let batch = q.receive(7, Duration::from_millis(300)).await.expect("receive");
+                let batch = q
+                    .receive(7, Duration::from_millis(300))
+                    .await
+                    .expect("receive");
                 if batch.is_empty() {
                     return seen;
                 }
@@ -248,7 +283,9 @@ pub async fn higher_priority_is_delivered_first(h: &dyn Harness) {
         return; // capability not promised: nothing to check
     }
     for (b, priority) in [("low", 0), ("high", 9), ("mid", 5)] {
-        q.publish(OutgoingMessage { priority, ..msg(b) }).await.expect("publish");
+        q.publish(OutgoingMessage { priority, ..msg(b) })
+            .await
+            .expect("publish");
     }
     let order: Vec<String> = {
         let mut v = Vec::new();
@@ -270,9 +307,21 @@ pub async fn depth_counts_every_unacknowledged_message(h: &dyn Harness) {
     }
     assert_eq!(q.depth().await.expect("depth"), 3);
     let d = expect_one(q.as_ref()).await;
-    assert_eq!(q.depth().await.expect("depth"), 3, "a leased message still counts");
-    d.nack(Nack::Retry { delay: Duration::from_secs(30) }).await.expect("nack");
-    assert_eq!(q.depth().await.expect("depth"), 3, "a delayed message still counts");
+    assert_eq!(
+        q.depth().await.expect("depth"),
+        3,
+        "a leased message still counts"
+    );
+    d.nack(Nack::Retry {
+        delay: Duration::from_secs(30),
+    })
+    .await
+    .expect("nack");
+    assert_eq!(
+        q.depth().await.expect("depth"),
+        3,
+        "a delayed message still counts"
+    );
     expect_one(q.as_ref()).await.ack().await.expect("ack");
     assert_eq!(q.depth().await.expect("depth"), 2);
 }
@@ -288,7 +337,11 @@ pub async fn restart_recovers_unacknowledged_messages(h: &dyn Harness) {
     assert_eq!(body(&acked), "r0");
     acked.ack().await.expect("ack");
     let dead = expect_one(q.as_ref()).await;
-    dead.nack(Nack::DeadLetter { reason: "bad".into() }).await.expect("dlq");
+    dead.nack(Nack::DeadLetter {
+        reason: "bad".into(),
+    })
+    .await
+    .expect("dlq");
     let in_flight = expect_one(q.as_ref()).await; // abandoned by the "crash"
     let in_flight_body = body(&in_flight);
     drop(in_flight);
@@ -302,7 +355,13 @@ pub async fn restart_recovers_unacknowledged_messages(h: &dyn Harness) {
         d.ack().await.expect("ack");
     }
     assert!(bodies.contains(&in_flight_body));
-    assert_eq!(bodies, ["r2", "r3", "r4", "r5"].iter().map(|s| (*s).to_owned()).collect());
+    assert_eq!(
+        bodies,
+        ["r2", "r3", "r4", "r5"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    );
 }
 
 /// A body over the backend's limit is refused and nothing is stored.
@@ -310,9 +369,14 @@ pub async fn oversized_payload_is_rejected(h: &dyn Harness) {
     let q = h.open().await;
     let limit = q.capabilities().max_payload;
     let big = OutgoingMessage::new(vec![b'x'; limit + 1]);
-    let err = q.publish(big).await.expect_err("oversized publish must fail");
+    let err = q
+        .publish(big)
+        .await
+        .expect_err("oversized publish must fail");
     assert!(matches!(err, QueueError::PayloadTooLarge { .. }), "{err}");
     assert!(!err.is_retryable());
     assert_eq!(q.depth().await.expect("depth"), 0);
-    q.publish(OutgoingMessage::new(vec![b'x'; limit])).await.expect("a body at the limit fits");
+    q.publish(OutgoingMessage::new(vec![b'x'; limit]))
+        .await
+        .expect("a body at the limit fits");
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use openhqm_embedded::{EmbeddedDb, Options};
+use openhqm_queue::QueueBackend;
 use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
 use openhqm_queue::conformance::Harness;
-use openhqm_queue::QueueBackend;
 
 struct Embedded {
     dir: tempfile::TempDir,
@@ -18,7 +18,10 @@ struct Embedded {
 
 impl Embedded {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("tempdir"), db: Mutex::new(None) }
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            db: Mutex::new(None),
+        }
     }
 
     fn path(&self) -> PathBuf {

@@ -55,12 +55,16 @@ fn encode(record: &RequestRecord, expires_at_ms: u64) -> Vec<u8> {
 /// Decodes a value; `Ok(None)` if it has expired by `now_ms`.
 fn decode(id: CorrelationId, raw: &[u8], now_ms: u64) -> Result<Option<RequestRecord>, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt { id, reason };
-    let (head, json) = raw.split_at_checked(8).ok_or_else(|| corrupt("truncated".into()))?;
+    let (head, json) = raw
+        .split_at_checked(8)
+        .ok_or_else(|| corrupt("truncated".into()))?;
     let expires = u64::from_be_bytes(head.try_into().map_err(|_| corrupt("truncated".into()))?);
     if expires <= now_ms {
         return Ok(None);
     }
-    serde_json::from_slice(json).map(Some).map_err(|e| corrupt(e.to_string()))
+    serde_json::from_slice(json)
+        .map(Some)
+        .map_err(|e| corrupt(e.to_string()))
 }
 
 impl EmbeddedStore {
@@ -71,15 +75,27 @@ impl EmbeddedStore {
     pub fn open(db: EmbeddedDb, config: &EmbeddedStoreConfig) -> Result<Self, StoreError> {
         let results = db.keyspace("results").map_err(db_error)?;
         let ttl_ms = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
-        let sweeper = tokio::spawn(sweep_forever(db.clone(), results.clone(), ttl_ms, config.sweep_interval));
-        Ok(Self { db, results, ttl_ms, sweeper: std::sync::Mutex::new(Some(sweeper)) })
+        let sweeper = tokio::spawn(sweep_forever(
+            db.clone(),
+            results.clone(),
+            ttl_ms,
+            config.sweep_interval,
+        ));
+        Ok(Self {
+            db,
+            results,
+            ttl_ms,
+            sweeper: std::sync::Mutex::new(Some(sweeper)),
+        })
     }
 
     async fn put(&self, id: CorrelationId, record: RequestRecord) -> Result<(), StoreError> {
         let value = encode(&record, record.updated_at_ms.saturating_add(self.ttl_ms));
         let ks = self.results.clone();
         self.db
-            .write(Wait::Applied, move |ctx| ctx.insert(&ks, id.as_bytes(), value))
+            .write(Wait::Applied, move |ctx| {
+                ctx.insert(&ks, id.as_bytes(), value)
+            })
             .await
             .map_err(db_error)
     }
@@ -94,9 +110,16 @@ pub fn expired_keys(results: &Keyspace, ttl_ms: u64, now_ms: u64) -> Vec<[u8; 16
     let horizon = now_ms.saturating_sub(ttl_ms);
     let mut expired = Vec::new();
     for item in results.iter() {
-        let Ok((key, value)) = item.into_inner() else { break };
-        let Ok(bytes) = <[u8; 16]>::try_from(key.as_ref()) else { continue };
-        if CorrelationId::from_bytes(bytes).timestamp_ms().is_some_and(|ts| ts > horizon) {
+        let Ok((key, value)) = item.into_inner() else {
+            break;
+        };
+        let Ok(bytes) = <[u8; 16]>::try_from(key.as_ref()) else {
+            continue;
+        };
+        if CorrelationId::from_bytes(bytes)
+            .timestamp_ms()
+            .is_some_and(|ts| ts > horizon)
+        {
             break;
         }
         if expires_at(&value).is_some_and(|e| e <= now_ms) {
@@ -116,7 +139,8 @@ async fn sweep_forever(db: EmbeddedDb, results: Keyspace, ttl_ms: u64, every: Du
     loop {
         tick.tick().await;
         let ks = results.clone();
-        let Ok(expired) = tokio::task::spawn_blocking(move || expired_keys(&ks, ttl_ms, now_ms())).await
+        let Ok(expired) =
+            tokio::task::spawn_blocking(move || expired_keys(&ks, ttl_ms, now_ms())).await
         else {
             continue;
         };
@@ -166,7 +190,11 @@ impl ResultStore for EmbeddedStore {
         }
     }
 
-    async fn transition(&self, id: CorrelationId, update: Update) -> Result<Transition, StoreError> {
+    async fn transition(
+        &self,
+        id: CorrelationId,
+        update: Update,
+    ) -> Result<Transition, StoreError> {
         let ks = self.results.clone();
         let ttl_ms = self.ttl_ms;
         self.db
@@ -193,7 +221,11 @@ impl ResultStore for EmbeddedStore {
     }
 
     async fn close(&self) {
-        let sweeper = self.sweeper.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let sweeper = self
+            .sweeper
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }

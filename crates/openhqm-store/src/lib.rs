@@ -54,7 +54,11 @@ impl Update {
     /// A bare status change.
     #[must_use]
     pub fn to(status: RequestStatus) -> Self {
-        Self { to: status, attempts: None, outcome: None }
+        Self {
+            to: status,
+            attempts: None,
+            outcome: None,
+        }
     }
 }
 
@@ -91,7 +95,8 @@ pub trait ResultStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] if nothing was written.
-    async fn transition(&self, id: CorrelationId, update: Update) -> Result<Transition, StoreError>;
+    async fn transition(&self, id: CorrelationId, update: Update)
+    -> Result<Transition, StoreError>;
 
     /// Proves the store can write right now.
     ///
@@ -114,11 +119,16 @@ pub fn apply_update(
 ) -> Transition {
     let mut record = match current {
         Some(rec) if !rec.status.can_become(update.to) => {
-            return Transition::Refused { current: rec.status };
+            return Transition::Refused {
+                current: rec.status,
+            };
         }
         Some(rec) => rec,
         None => {
-            let submitted = id.timestamp_ms().filter(|ts| *ts <= now_ms).unwrap_or(now_ms);
+            let submitted = id
+                .timestamp_ms()
+                .filter(|ts| *ts <= now_ms)
+                .unwrap_or(now_ms);
             RequestRecord::pending(id, submitted)
         }
     };
@@ -140,7 +150,10 @@ mod tests {
 
     fn check(current: Option<RequestStatus>, to: RequestStatus, applied: bool) {
         let id = CorrelationId::new();
-        let rec = current.map(|st| RequestRecord { status: st, ..RequestRecord::pending(id, 1) });
+        let rec = current.map(|st| RequestRecord {
+            status: st,
+            ..RequestRecord::pending(id, 1)
+        });
         let got = apply_update(id, rec, Update::to(to), 10);
         match got {
             Transition::Applied(r) => {

@@ -26,8 +26,14 @@ fn permanent(message: String) -> Failure {
 fn uppercase(data: &Value) -> Result<Value, Failure> {
     match data {
         Value::String(s) => Ok(Value::String(s.to_uppercase())),
-        Value::Array(items) => items.iter().map(uppercase).collect::<Result<_, _>>().map(Value::Array),
-        other => Err(permanent(format!("uppercase needs a string or an array of strings, got {other}"))),
+        Value::Array(items) => items
+            .iter()
+            .map(uppercase)
+            .collect::<Result<_, _>>()
+            .map(Value::Array),
+        other => Err(permanent(format!(
+            "uppercase needs a string or an array of strings, got {other}"
+        ))),
     }
 }
 
@@ -35,7 +41,9 @@ fn reverse(data: &Value) -> Result<Value, Failure> {
     match data {
         Value::String(s) => Ok(Value::String(s.chars().rev().collect())),
         Value::Array(items) => Ok(Value::Array(items.iter().rev().cloned().collect())),
-        other => Err(permanent(format!("reverse needs a string or an array, got {other}"))),
+        other => Err(permanent(format!(
+            "reverse needs a string or an array, got {other}"
+        ))),
     }
 }
 
@@ -53,12 +61,19 @@ impl Processor for DemoProcessor {
             "uppercase" => uppercase(data)?,
             "reverse" => reverse(data)?,
             "sleep" => {
-                let ms = payload.get("ms").and_then(Value::as_u64).unwrap_or(1000).min(MAX_SLEEP_MS);
+                let ms = payload
+                    .get("ms")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1000)
+                    .min(MAX_SLEEP_MS);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 data.clone()
             }
             "fail" => {
-                let message = payload.get("error").and_then(Value::as_str).unwrap_or("demo failure");
+                let message = payload
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("demo failure");
                 let kind = if payload.get("permanent").and_then(Value::as_bool) == Some(true) {
                     FailureKind::Permanent
                 } else {
@@ -68,7 +83,9 @@ impl Processor for DemoProcessor {
             }
             other => return Err(permanent(format!("unknown operation `{other}`"))),
         };
-        Ok(Output::json(json!({ "operation": operation, "output": output })))
+        Ok(Output::json(
+            json!({ "operation": operation, "output": output }),
+        ))
     }
 }
 
@@ -80,10 +97,19 @@ mod tests {
     use super::*;
 
     async fn run(payload: Value) -> Result<Value, FailureKind> {
-        let req: SubmitRequest = serde_json::from_value(json!({ "payload": payload })).expect("submit");
+        let req: SubmitRequest =
+            serde_json::from_value(json!({ "payload": payload })).expect("submit");
         let envelope = Envelope::from_submit(CorrelationId::new(), req, "now");
-        let request = Request { envelope: &envelope, attempt: 1, timeout: Duration::from_secs(1) };
-        DemoProcessor.process(&request).await.map(|o| o.result).map_err(|f| f.kind)
+        let request = Request {
+            envelope: &envelope,
+            attempt: 1,
+            timeout: Duration::from_secs(1),
+        };
+        DemoProcessor
+            .process(&request)
+            .await
+            .map(|o| o.result)
+            .map_err(|f| f.kind)
     }
 
     async fn check(payload: Value, expected: Result<Value, FailureKind>) {
@@ -92,14 +118,38 @@ mod tests {
 
     #[tokio::test]
     async fn operations() {
-        check(json!({"operation": "echo", "data": "Hello"}), Ok(json!({"operation": "echo", "output": "Hello"}))).await;
-        check(json!({"operation": "uppercase", "data": "Hello"}), Ok(json!({"operation": "uppercase", "output": "HELLO"}))).await;
-        check(json!({"operation": "reverse", "data": "abc"}), Ok(json!({"operation": "reverse", "output": "cba"}))).await;
-        check(json!({"operation": "reverse", "data": [1, 2]}), Ok(json!({"operation": "reverse", "output": [2, 1]}))).await;
+        check(
+            json!({"operation": "echo", "data": "Hello"}),
+            Ok(json!({"operation": "echo", "output": "Hello"})),
+        )
+        .await;
+        check(
+            json!({"operation": "uppercase", "data": "Hello"}),
+            Ok(json!({"operation": "uppercase", "output": "HELLO"})),
+        )
+        .await;
+        check(
+            json!({"operation": "reverse", "data": "abc"}),
+            Ok(json!({"operation": "reverse", "output": "cba"})),
+        )
+        .await;
+        check(
+            json!({"operation": "reverse", "data": [1, 2]}),
+            Ok(json!({"operation": "reverse", "output": [2, 1]})),
+        )
+        .await;
         check(json!([1, 2, 3]), Ok(json!({"output": [1, 2, 3]}))).await;
-        check(json!({"operation": "uppercase", "data": 1}), Err(FailureKind::Permanent)).await;
+        check(
+            json!({"operation": "uppercase", "data": 1}),
+            Err(FailureKind::Permanent),
+        )
+        .await;
         check(json!({"operation": "nope"}), Err(FailureKind::Permanent)).await;
         check(json!({"operation": "fail"}), Err(FailureKind::Transient)).await;
-        check(json!({"operation": "fail", "permanent": true}), Err(FailureKind::Permanent)).await;
+        check(
+            json!({"operation": "fail", "permanent": true}),
+            Err(FailureKind::Permanent),
+        )
+        .await;
     }
 }

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use openhqm_core::envelope::DEFAULT_TIMEOUT_SECS;
 use openhqm_core::time::now_ms;
-use openhqm_core::{Backoff, CorrelationId, Decision, Envelope, Failure, FailureKind, RequestStatus, ResultData, decide};
+use openhqm_core::{
+    Backoff, CorrelationId, Decision, Envelope, Failure, FailureKind, RequestStatus, ResultData,
+    decide,
+};
 use openhqm_metrics::{QueueMetrics, WorkerMetrics};
 use openhqm_queue::{Delivery, Nack, QueueBackend};
 use openhqm_store::{ResultStore, Transition, Update};
@@ -72,7 +75,16 @@ impl WorkerPool {
         metrics: (WorkerMetrics, QueueMetrics),
     ) -> Self {
         let (metrics, queue_metrics) = metrics;
-        Self { shared: Arc::new(Shared { queue, store, processor, config, metrics, queue_metrics }) }
+        Self {
+            shared: Arc::new(Shared {
+                queue,
+                store,
+                processor,
+                config,
+                metrics,
+                queue_metrics,
+            }),
+        }
     }
 
     /// Runs until `shutdown` turns `true`, then drains. Returns how many
@@ -107,12 +119,17 @@ impl WorkerPool {
                     continue;
                 }
             };
-            self.shared.queue_metrics.consume.inc_by(deliveries.len() as u64);
+            self.shared
+                .queue_metrics
+                .consume
+                .inc_by(deliveries.len() as u64);
             let mut first = Some(first);
             for delivery in deliveries {
                 // Only this loop takes slots and `want` never exceeded the free
                 // ones, so a slot is always there.
-                let permit = first.take().or_else(|| Arc::clone(&slots).try_acquire_owned().ok());
+                let permit = first
+                    .take()
+                    .or_else(|| Arc::clone(&slots).try_acquire_owned().ok());
                 let shared = Arc::clone(&self.shared);
                 running.spawn(async move {
                     let _permit = permit;
@@ -133,7 +150,10 @@ impl WorkerPool {
         .await;
         let abandoned = running.len();
         if drained.is_err() {
-            tracing::warn!(abandoned, "drain timeout: in-flight messages left unacknowledged for redelivery");
+            tracing::warn!(
+                abandoned,
+                "drain timeout: in-flight messages left unacknowledged for redelivery"
+            );
             running.abort_all();
             while running.join_next().await.is_some() {}
         }
@@ -148,7 +168,10 @@ struct Handler {
 
 /// What [`Handler::begin`] found.
 enum Begin {
-    Process { envelope: Envelope, attempt: u32 },
+    Process {
+        envelope: Envelope,
+        attempt: u32,
+    },
     /// Already finished: a duplicate delivery.
     Ack,
     /// Undecodable: no processor can help.
@@ -167,7 +190,8 @@ impl Handler {
                 async {
                     let started = Instant::now();
                     let result = self.attempt(&mut delivery, &envelope, attempt).await;
-                    self.settle(delivery, envelope.correlation_id, attempt, started, result).await;
+                    self.settle(delivery, envelope.correlation_id, attempt, started, result)
+                        .await;
                 }
                 .instrument(span)
                 .await;
@@ -193,9 +217,20 @@ impl Handler {
                 return Begin::DeadLetter(format!("malformed envelope: {e}"));
             }
         };
-        let attempt = message.attempt.saturating_add(envelope.metadata.retry_count);
-        let update = Update { to: RequestStatus::Processing, attempts: Some(attempt), outcome: None };
-        match self.shared.store.transition(envelope.correlation_id, update).await {
+        let attempt = message
+            .attempt
+            .saturating_add(envelope.metadata.retry_count);
+        let update = Update {
+            to: RequestStatus::Processing,
+            attempts: Some(attempt),
+            outcome: None,
+        };
+        match self
+            .shared
+            .store
+            .transition(envelope.correlation_id, update)
+            .await
+        {
             Ok(Transition::Applied(_)) => Begin::Process { envelope, attempt },
             Ok(Transition::Refused { current }) => {
                 tracing::debug!(correlation_id = %envelope.correlation_id, %current, "duplicate delivery of a finished request acknowledged");
@@ -209,14 +244,24 @@ impl Handler {
     }
 
     /// Runs the processor under the attempt's deadline, extending the lease meanwhile.
-    async fn attempt(&self, delivery: &mut Delivery, envelope: &Envelope, attempt: u32) -> Result<Output, Failure> {
+    async fn attempt(
+        &self,
+        delivery: &mut Delivery,
+        envelope: &Envelope,
+        attempt: u32,
+    ) -> Result<Output, Failure> {
         let asked = Duration::from_secs(envelope.metadata.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
         let timeout = asked.min(self.shared.config.timeout);
-        let request = Request { envelope, attempt, timeout };
+        let request = Request {
+            envelope,
+            attempt,
+            timeout,
+        };
         let work = tokio::time::timeout(timeout, self.shared.processor.process(&request));
         tokio::pin!(work);
         let lease = self.shared.config.lease;
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
         loop {
             tokio::select! {
                 result = &mut work => {
@@ -234,7 +279,14 @@ impl Handler {
     }
 
     /// Records the outcome, then acks, retries or dead-letters.
-    async fn settle(&self, delivery: Delivery, id: CorrelationId, attempt: u32, started: Instant, result: Result<Output, Failure>) {
+    async fn settle(
+        &self,
+        delivery: Delivery,
+        id: CorrelationId,
+        attempt: u32,
+        started: Instant,
+        result: Result<Output, Failure>,
+    ) {
         let elapsed = started.elapsed();
         let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         let m = &self.shared.metrics;
@@ -242,7 +294,11 @@ impl Handler {
             Ok(output) => {
                 m.completed.observe(elapsed.as_secs_f64());
                 let outcome = output.into_result_data(ms, now_ms());
-                let update = Update { to: RequestStatus::Completed, attempts: Some(attempt), outcome: Some(outcome) };
+                let update = Update {
+                    to: RequestStatus::Completed,
+                    attempts: Some(attempt),
+                    outcome: Some(outcome),
+                };
                 if self.record(id, update).await {
                     tracing::debug!(processing_time_ms = ms, "request completed");
                     self.finish(delivery.ack().await);
@@ -258,13 +314,26 @@ impl Handler {
             FailureKind::Timeout => m.errors_timeout.inc(),
             FailureKind::Permanent => m.errors_permanent.inc(),
         };
-        let error = ResultData { error: Some(failure.message.clone()), processing_time_ms: Some(ms), ..ResultData::default() };
-        match decide(&failure, attempt, &self.shared.config.backoff, fastrand::f64()) {
+        let error = ResultData {
+            error: Some(failure.message.clone()),
+            processing_time_ms: Some(ms),
+            ..ResultData::default()
+        };
+        match decide(
+            &failure,
+            attempt,
+            &self.shared.config.backoff,
+            fastrand::f64(),
+        ) {
             Decision::Retry { delay } => {
                 m.retried.observe(elapsed.as_secs_f64());
                 m.retries.inc();
                 tracing::info!(error = %failure.message, retry_in_ms = delay.as_millis() as u64, "attempt failed; retry scheduled");
-                let update = Update { to: RequestStatus::Pending, attempts: Some(attempt), outcome: Some(error) };
+                let update = Update {
+                    to: RequestStatus::Pending,
+                    attempts: Some(attempt),
+                    outcome: Some(error),
+                };
                 if self.record(id, update).await {
                     self.finish(delivery.nack(Nack::Retry { delay }).await);
                 } else {
@@ -274,11 +343,20 @@ impl Handler {
             Decision::GiveUp { status, reason } => {
                 m.failed.observe(elapsed.as_secs_f64());
                 tracing::warn!(%status, error = %reason, "request failed; dead-lettered");
-                let outcome = ResultData { completed_at_ms: Some(now_ms()), ..error };
-                let update = Update { to: status, attempts: Some(attempt), outcome: Some(outcome) };
+                let outcome = ResultData {
+                    completed_at_ms: Some(now_ms()),
+                    ..error
+                };
+                let update = Update {
+                    to: status,
+                    attempts: Some(attempt),
+                    outcome: Some(outcome),
+                };
                 if self.record(id, update).await {
                     match status {
-                        RequestStatus::Timeout => self.shared.queue_metrics.dead_lettered_timeout.inc(),
+                        RequestStatus::Timeout => {
+                            self.shared.queue_metrics.dead_lettered_timeout.inc()
+                        }
                         _ => self.shared.queue_metrics.dead_lettered_failed.inc(),
                     };
                     self.finish(delivery.nack(Nack::DeadLetter { reason }).await);

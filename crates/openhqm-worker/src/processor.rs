@@ -37,10 +37,17 @@ impl Output {
     /// A result with just a body.
     #[must_use]
     pub fn json(result: Value) -> Self {
-        Self { result, ..Self::default() }
+        Self {
+            result,
+            ..Self::default()
+        }
     }
 
-    pub(crate) fn into_result_data(self, processing_time_ms: u64, completed_at_ms: u64) -> ResultData {
+    pub(crate) fn into_result_data(
+        self,
+        processing_time_ms: u64,
+        completed_at_ms: u64,
+    ) -> ResultData {
         ResultData {
             result: Some(self.result),
             headers: self.headers,

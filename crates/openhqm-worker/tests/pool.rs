@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use openhqm_core::{Backoff, CorrelationId, Envelope, Failure, FailureKind, RequestRecord, RequestStatus, SubmitRequest};
+use openhqm_core::{
+    Backoff, CorrelationId, Envelope, Failure, FailureKind, RequestRecord, RequestStatus,
+    SubmitRequest,
+};
 use openhqm_embedded::{EmbeddedDb, Options};
 use openhqm_metrics::Metrics;
 use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
@@ -30,7 +33,11 @@ fn config(count: usize, max_retries: u32) -> WorkerConfig {
         count,
         batch_size: 16,
         timeout: Duration::from_secs(30),
-        backoff: Backoff { base: Duration::from_millis(20), max: Duration::from_millis(50), max_retries },
+        backoff: Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(50),
+            max_retries,
+        },
         lease: Duration::from_secs(2),
         drain: Duration::from_secs(5),
         unavailable_backoff: Duration::from_millis(50),
@@ -40,10 +47,20 @@ fn config(count: usize, max_retries: u32) -> WorkerConfig {
 async fn rig(processor: Arc<dyn Processor>, config: WorkerConfig) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
-    let qc = EmbeddedQueueConfig { name: "requests".into(), dead_letter_name: "requests-dlq".into(), lease: config.lease, max_payload: 1 << 20 };
-    let queue: Arc<dyn QueueBackend> = Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"));
-    let sc = EmbeddedStoreConfig { ttl: Duration::from_secs(600), sweep_interval: Duration::from_secs(60) };
-    let store: Arc<dyn ResultStore> = Arc::new(EmbeddedStore::open(db.clone(), &sc).expect("store"));
+    let qc = EmbeddedQueueConfig {
+        name: "requests".into(),
+        dead_letter_name: "requests-dlq".into(),
+        lease: config.lease,
+        max_payload: 1 << 20,
+    };
+    let queue: Arc<dyn QueueBackend> =
+        Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"));
+    let sc = EmbeddedStoreConfig {
+        ttl: Duration::from_secs(600),
+        sweep_interval: Duration::from_secs(60),
+    };
+    let store: Arc<dyn ResultStore> =
+        Arc::new(EmbeddedStore::open(db.clone(), &sc).expect("store"));
     let metrics = Metrics::new();
     let pool = WorkerPool::new(
         Arc::clone(&queue),
@@ -54,7 +71,14 @@ async fn rig(processor: Arc<dyn Processor>, config: WorkerConfig) -> Rig {
     );
     let (stop, stopped) = watch::channel(false);
     let pool = tokio::spawn(pool.run(stopped));
-    Rig { _dir: dir, db, queue, store, stop, pool }
+    Rig {
+        _dir: dir,
+        db,
+        queue,
+        store,
+        stop,
+        pool,
+    }
 }
 
 impl Rig {
@@ -62,20 +86,29 @@ impl Rig {
         let id = CorrelationId::new();
         let req: SubmitRequest = serde_json::from_value(body).expect("submit body");
         let env = Envelope::from_submit(id, req, "now");
-        self.store.create(RequestRecord::pending(id, openhqm_core::time::now_ms())).await.expect("create");
-        self.queue.publish(OutgoingMessage::new(env.to_json().expect("json"))).await.expect("publish");
+        self.store
+            .create(RequestRecord::pending(id, openhqm_core::time::now_ms()))
+            .await
+            .expect("create");
+        self.queue
+            .publish(OutgoingMessage::new(env.to_json().expect("json")))
+            .await
+            .expect("publish");
         id
     }
 
     async fn wait_terminal(&self, id: CorrelationId) -> RequestRecord {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(rec) = self.store.get(id).await.expect("get") {
-                if rec.status.is_terminal() {
-                    return rec;
-                }
+            if let Some(rec) = self.store.get(id).await.expect("get")
+                && rec.status.is_terminal()
+            {
+                return rec;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{id} never finished");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} never finished"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -100,7 +133,10 @@ impl Processor for Flaky {
     async fn process(&self, request: &Request<'_>) -> Result<Output, Failure> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if request.attempt <= self.fail_times {
-            return Err(Failure::new(self.kind, format!("attempt {} failed", request.attempt)));
+            return Err(Failure::new(
+                self.kind,
+                format!("attempt {} failed", request.attempt),
+            ));
         }
         Ok(Output::json(json!({"attempt": request.attempt})))
     }
@@ -109,49 +145,79 @@ impl Processor for Flaky {
 #[tokio::test]
 async fn demo_request_completes_with_its_result() {
     let rig = rig(Arc::new(DemoProcessor), config(4, 3)).await;
-    let id = rig.submit(json!({"payload": {"operation": "uppercase", "data": "hello"}})).await;
+    let id = rig
+        .submit(json!({"payload": {"operation": "uppercase", "data": "hello"}}))
+        .await;
     let rec = rig.wait_terminal(id).await;
     assert_eq!(rec.status, RequestStatus::Completed);
     let outcome = rec.outcome.expect("outcome");
-    assert_eq!(outcome.result, Some(json!({"operation": "uppercase", "output": "HELLO"})));
+    assert_eq!(
+        outcome.result,
+        Some(json!({"operation": "uppercase", "output": "HELLO"}))
+    );
     assert!(outcome.processing_time_ms.is_some() && outcome.completed_at_ms.is_some());
-    assert_eq!(rig.queue.depth().await.expect("depth"), 0, "completed message is acked");
+    assert_eq!(
+        rig.queue.depth().await.expect("depth"),
+        0,
+        "completed message is acked"
+    );
     rig.stop().await;
 }
 
 #[tokio::test]
 async fn transient_failures_are_retried_until_success() {
-    let flaky = Arc::new(Flaky { fail_times: 2, kind: FailureKind::Transient, calls: AtomicU32::new(0) });
+    let flaky = Arc::new(Flaky {
+        fail_times: 2,
+        kind: FailureKind::Transient,
+        calls: AtomicU32::new(0),
+    });
     let rig = rig(Arc::clone(&flaky) as Arc<dyn Processor>, config(4, 3)).await;
     let id = rig.submit(json!({"payload": 1})).await;
     let rec = rig.wait_terminal(id).await;
     assert_eq!(rec.status, RequestStatus::Completed);
     assert_eq!(rec.attempts, 3);
-    assert_eq!(rec.outcome.and_then(|o| o.result), Some(json!({"attempt": 3})));
+    assert_eq!(
+        rec.outcome.and_then(|o| o.result),
+        Some(json!({"attempt": 3}))
+    );
     assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
     rig.stop().await;
 }
 
 #[tokio::test]
 async fn exhausted_retries_fail_the_request_and_dead_letter_it() {
-    let flaky = Arc::new(Flaky { fail_times: u32::MAX, kind: FailureKind::Transient, calls: AtomicU32::new(0) });
+    let flaky = Arc::new(Flaky {
+        fail_times: u32::MAX,
+        kind: FailureKind::Transient,
+        calls: AtomicU32::new(0),
+    });
     let rig = rig(Arc::clone(&flaky) as Arc<dyn Processor>, config(4, 2)).await;
     let id = rig.submit(json!({"payload": 1})).await;
     let rec = rig.wait_terminal(id).await;
     assert_eq!(rec.status, RequestStatus::Failed);
-    assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "1 attempt + 2 retries");
+    assert_eq!(
+        flaky.calls.load(Ordering::SeqCst),
+        3,
+        "1 attempt + 2 retries"
+    );
     let error = rec.outcome.and_then(|o| o.error).expect("error kept");
     assert!(error.contains("attempt 3 failed"), "{error}");
     let dead = rig.queue.dead_letters(10).await.expect("dlq");
     assert_eq!(dead.len(), 1);
-    assert!(dead[0].reason.contains("attempt 3 failed"), "{}", dead[0].reason);
+    assert!(
+        dead[0].reason.contains("attempt 3 failed"),
+        "{}",
+        dead[0].reason
+    );
     rig.stop().await;
 }
 
 #[tokio::test]
 async fn permanent_failure_is_not_retried() {
     let rig = rig(Arc::new(DemoProcessor), config(4, 3)).await;
-    let id = rig.submit(json!({"payload": {"operation": "no-such-op"}})).await;
+    let id = rig
+        .submit(json!({"payload": {"operation": "no-such-op"}}))
+        .await;
     let rec = rig.wait_terminal(id).await;
     assert_eq!(rec.status, RequestStatus::Failed);
     assert_eq!(rec.attempts, 1);
@@ -167,38 +233,67 @@ async fn attempt_past_its_timeout_ends_as_timeout() {
         .await;
     let rec = rig.wait_terminal(id).await;
     assert_eq!(rec.status, RequestStatus::Timeout);
-    assert_eq!(rec.attempts, 2, "a timed-out attempt is retried like a transient failure");
-    assert!(rec.outcome.and_then(|o| o.error).is_some_and(|e| e.contains("timeout")));
+    assert_eq!(
+        rec.attempts, 2,
+        "a timed-out attempt is retried like a transient failure"
+    );
+    assert!(
+        rec.outcome
+            .and_then(|o| o.error)
+            .is_some_and(|e| e.contains("timeout"))
+    );
     rig.stop().await;
 }
 
 #[tokio::test]
 async fn undecodable_message_is_dead_lettered_not_redelivered_forever() {
     let rig = rig(Arc::new(DemoProcessor), config(4, 3)).await;
-    rig.queue.publish(OutgoingMessage::new(&b"{not json"[..])).await.expect("publish");
+    rig.queue
+        .publish(OutgoingMessage::new(&b"{not json"[..]))
+        .await
+        .expect("publish");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while rig.queue.dead_letter_depth().await.expect("dlq") == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "malformed message never dead-lettered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "malformed message never dead-lettered"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let dead = rig.queue.dead_letters(1).await.expect("dlq");
-    assert!(dead[0].reason.starts_with("malformed envelope"), "{}", dead[0].reason);
+    assert!(
+        dead[0].reason.starts_with("malformed envelope"),
+        "{}",
+        dead[0].reason
+    );
     assert_eq!(rig.queue.depth().await.expect("depth"), 0);
     rig.stop().await;
 }
 
 #[tokio::test]
 async fn duplicate_delivery_of_a_finished_request_is_not_processed_again() {
-    let flaky = Arc::new(Flaky { fail_times: 0, kind: FailureKind::Transient, calls: AtomicU32::new(0) });
+    let flaky = Arc::new(Flaky {
+        fail_times: 0,
+        kind: FailureKind::Transient,
+        calls: AtomicU32::new(0),
+    });
     let rig = rig(Arc::clone(&flaky) as Arc<dyn Processor>, config(4, 3)).await;
     let id = rig.submit(json!({"payload": 1})).await;
     rig.wait_terminal(id).await;
     // The same envelope again, as an at-least-once broker may deliver it.
     let env = json!({"v": 1, "correlation_id": id.to_string(), "payload": 1});
-    rig.queue.publish(OutgoingMessage::new(serde_json::to_vec(&env).expect("json"))).await.expect("publish");
+    rig.queue
+        .publish(OutgoingMessage::new(
+            serde_json::to_vec(&env).expect("json"),
+        ))
+        .await
+        .expect("publish");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while rig.queue.depth().await.expect("depth") > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "duplicate never acked");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "duplicate never acked"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
@@ -224,7 +319,10 @@ impl Processor for Gauge {
 
 #[tokio::test]
 async fn pool_runs_count_messages_concurrently_and_never_more() {
-    let gauge = Arc::new(Gauge { now: AtomicUsize::new(0), max: AtomicUsize::new(0) });
+    let gauge = Arc::new(Gauge {
+        now: AtomicUsize::new(0),
+        max: AtomicUsize::new(0),
+    });
     let rig = rig(Arc::clone(&gauge) as Arc<dyn Processor>, config(8, 0)).await;
     let mut ids = Vec::new();
     for _ in 0..80 {
@@ -240,9 +338,12 @@ async fn pool_runs_count_messages_concurrently_and_never_more() {
 #[tokio::test]
 async fn shutdown_finishes_in_flight_work_within_the_drain() {
     let rig = rig(Arc::new(DemoProcessor), config(4, 3)).await;
-    let id = rig.submit(json!({"payload": {"operation": "sleep", "ms": 300}})).await;
+    let id = rig
+        .submit(json!({"payload": {"operation": "sleep", "ms": 300}}))
+        .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while rig.store.get(id).await.expect("get").map(|r| r.status) != Some(RequestStatus::Processing) {
+    while rig.store.get(id).await.expect("get").map(|r| r.status) != Some(RequestStatus::Processing)
+    {
         assert!(tokio::time::Instant::now() < deadline, "never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -250,7 +351,11 @@ async fn shutdown_finishes_in_flight_work_within_the_drain() {
     rig.stop.send(true).expect("stop");
     assert_eq!(rig.pool.await.expect("pool"), 0, "nothing abandoned");
     let rec = store.get(id).await.expect("get").expect("record");
-    assert_eq!(rec.status, RequestStatus::Completed, "in-flight work finished during the drain");
+    assert_eq!(
+        rec.status,
+        RequestStatus::Completed,
+        "in-flight work finished during the drain"
+    );
     rig.db.close().await;
 }
 
@@ -259,9 +364,12 @@ async fn work_past_the_drain_is_left_for_redelivery_not_failed() {
     let mut cfg = config(4, 3);
     cfg.drain = Duration::from_millis(100);
     let rig = rig(Arc::new(DemoProcessor), cfg).await;
-    let id = rig.submit(json!({"payload": {"operation": "sleep", "ms": 10000}})).await;
+    let id = rig
+        .submit(json!({"payload": {"operation": "sleep", "ms": 10000}}))
+        .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while rig.store.get(id).await.expect("get").map(|r| r.status) != Some(RequestStatus::Processing) {
+    while rig.store.get(id).await.expect("get").map(|r| r.status) != Some(RequestStatus::Processing)
+    {
         assert!(tokio::time::Instant::now() < deadline, "never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -269,9 +377,17 @@ async fn work_past_the_drain_is_left_for_redelivery_not_failed() {
     rig.stop.send(true).expect("stop");
     let abandoned = rig.pool.await.expect("pool");
     assert_eq!(abandoned, 1);
-    assert_eq!(queue.depth().await.expect("depth"), 1, "message stays on the queue");
+    assert_eq!(
+        queue.depth().await.expect("depth"),
+        1,
+        "message stays on the queue"
+    );
     assert_eq!(queue.dead_letter_depth().await.expect("dlq"), 0);
     let rec = store.get(id).await.expect("get").expect("record");
-    assert!(!rec.status.is_terminal(), "shutdown must not finish the request: {}", rec.status);
+    assert!(
+        !rec.status.is_terminal(),
+        "shutdown must not finish the request: {}",
+        rec.status
+    );
     rig.db.close().await;
 }

@@ -60,7 +60,11 @@ impl Cli {
             overrides.push(format!("queue.data_dir={dir}"));
         }
         overrides.extend(self.set.iter().cloned());
-        Sources { file: self.config.clone(), env: std::env::vars().collect(), overrides }
+        Sources {
+            file: self.config.clone(),
+            env: std::env::vars().collect(),
+            overrides,
+        }
     }
 }
 

@@ -26,7 +26,10 @@ pub fn main_with(processor: Arc<dyn Processor>) -> ExitCode {
         for e in &errors {
             eprintln!("error: invalid configuration: {e}");
         }
-        eprintln!("{} configuration error(s); run `openhqm check-config` to see the effective configuration", errors.len());
+        eprintln!(
+            "{} configuration error(s); run `openhqm check-config` to see the effective configuration",
+            errors.len()
+        );
         return ExitCode::from(2);
     }
     let mode = match cli.command {

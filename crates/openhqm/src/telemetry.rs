@@ -13,7 +13,9 @@ pub(crate) fn init(monitoring: &MonitoringConfig) {
         other => other.to_owned(),
     };
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     let result = match monitoring.log_format {
         LogFormat::Json => builder
             .json()

@@ -54,10 +54,26 @@ fn open_backends(config: &Config) -> anyhow::Result<Backends> {
         bail!("only the embedded queue and store are available in this build");
     }
     let dir = Path::new(&config.queue.data_dir);
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create queue.data_dir {}", dir.display()))?;
-    let durability = if config.queue.fsync { Durability::Fsync } else { Durability::Process };
-    let db = EmbeddedDb::open(dir, &Options { durability, worker_threads: 1 })
-        .with_context(|| format!("cannot open the embedded database in {} (is another openhqm using it?)", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create queue.data_dir {}", dir.display()))?;
+    let durability = if config.queue.fsync {
+        Durability::Fsync
+    } else {
+        Durability::Process
+    };
+    let db = EmbeddedDb::open(
+        dir,
+        &Options {
+            durability,
+            worker_threads: 1,
+        },
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the embedded database in {} (is another openhqm using it?)",
+            dir.display()
+        )
+    })?;
     let queue = EmbeddedQueue::open(
         db.clone(),
         EmbeddedQueueConfig {
@@ -76,7 +92,11 @@ fn open_backends(config: &Config) -> anyhow::Result<Backends> {
         },
     )
     .context("cannot open the embedded result store")?;
-    Ok(Backends { db: Some(db), queue: Arc::new(queue), store: Arc::new(store) })
+    Ok(Backends {
+        db: Some(db),
+        queue: Arc::new(queue),
+        store: Arc::new(store),
+    })
 }
 
 fn worker_config(config: &Config) -> WorkerConfig {
@@ -98,7 +118,11 @@ fn worker_config(config: &Config) -> WorkerConfig {
 
 /// Runs `mode` until SIGTERM or SIGINT, then shuts down in order: stop
 /// accepting, drain the workers, close the queue, the store and the database.
-pub(crate) async fn run(config: Config, mode: Mode, processor: Arc<dyn Processor>) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    config: Config,
+    mode: Mode,
+    processor: Arc<dyn Processor>,
+) -> anyhow::Result<()> {
     if mode != Mode::Serve && config.queue.kind == BackendType::Embedded {
         bail!(
             "`openhqm {}` runs part of the system in its own process, which needs a queue shared between processes; \
@@ -111,7 +135,11 @@ pub(crate) async fn run(config: Config, mode: Mode, processor: Arc<dyn Processor
     let queue_metrics = metrics.queue(&config.queue.request_queue_name);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(wait_for_signal(stop_tx));
-    tokio::spawn(sample_depth(Arc::clone(&backends.queue), queue_metrics.clone(), stop_rx.clone()));
+    tokio::spawn(sample_depth(
+        Arc::clone(&backends.queue),
+        queue_metrics.clone(),
+        stop_rx.clone(),
+    ));
 
     let state = Arc::new(ApiState {
         queue: Arc::clone(&backends.queue),
@@ -197,7 +225,11 @@ async fn wait_for_signal(stop: watch::Sender<bool>) {
 }
 
 /// Keeps the depth gauges current for scrapers and autoscalers.
-async fn sample_depth(queue: Arc<dyn QueueBackend>, metrics: QueueMetrics, mut stop: watch::Receiver<bool>) {
+async fn sample_depth(
+    queue: Arc<dyn QueueBackend>,
+    metrics: QueueMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -208,7 +240,9 @@ async fn sample_depth(queue: Arc<dyn QueueBackend>, metrics: QueueMetrics, mut s
             metrics.depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
         if let Ok(dead) = queue.dead_letter_depth().await {
-            metrics.dlq_depth.set(i64::try_from(dead).unwrap_or(i64::MAX));
+            metrics
+                .dlq_depth
+                .set(i64::try_from(dead).unwrap_or(i64::MAX));
         }
     }
 }

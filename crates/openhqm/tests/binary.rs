@@ -38,24 +38,33 @@ fn start(dir: &Path, port: u16, extra: &[&str]) -> Server {
         .stderr(log)
         .spawn()
         .expect("spawn openhqm");
-    Server { child, base: format!("http://127.0.0.1:{port}") }
+    Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
 }
 
 async fn wait_ready(http: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await {
-            if r.status().is_success() {
-                return;
-            }
+        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await
+            && r.status().is_success()
+        {
+            return;
         }
-        assert!(Instant::now() < deadline, "openhqm never became ready at {base}");
+        assert!(
+            Instant::now() < deadline,
+            "openhqm never became ready at {base}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill").args([sig, &child.id().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
 }
 
@@ -65,13 +74,21 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().expect("try_wait") {
             return status;
         }
-        assert!(Instant::now() < deadline, "openhqm did not exit within {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "openhqm did not exit within {within:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 async fn submit(http: &reqwest::Client, base: &str, body: &Value) -> Option<String> {
-    let response = http.post(format!("{base}/api/v1/submit")).json(body).send().await.ok()?;
+    let response = http
+        .post(format!("{base}/api/v1/submit"))
+        .json(body)
+        .send()
+        .await
+        .ok()?;
     if response.status() != reqwest::StatusCode::ACCEPTED {
         return None;
     }
@@ -80,7 +97,11 @@ async fn submit(http: &reqwest::Client, base: &str, body: &Value) -> Option<Stri
 }
 
 async fn status_of(http: &reqwest::Client, base: &str, id: &str) -> Option<String> {
-    let r = http.get(format!("{base}/api/v1/status/{id}")).send().await.ok()?;
+    let r = http
+        .get(format!("{base}/api/v1/status/{id}"))
+        .send()
+        .await
+        .ok()?;
     let body: Value = r.json().await.ok()?;
     body["status"].as_str().map(str::to_owned)
 }
@@ -101,7 +122,8 @@ async fn kill_dash_nine_under_load_loses_no_acknowledged_request() {
         let (http, base, acked) = (http.clone(), server.base.clone(), Arc::clone(&acked));
         clients.push(tokio::spawn(async move {
             for i in 0.. {
-                let body = json!({"payload": {"operation": "sleep", "ms": 5, "data": format!("{c}-{i}")}});
+                let body =
+                    json!({"payload": {"operation": "sleep", "ms": 5, "data": format!("{c}-{i}")}});
                 match submit(&http, &base, &body).await {
                     Some(id) => acked.lock().expect("lock").push(id),
                     None => return, // the server is gone
@@ -139,7 +161,12 @@ async fn kill_dash_nine_under_load_loses_no_acknowledged_request() {
         for id in done {
             pending.remove(&id);
         }
-        assert!(Instant::now() < deadline, "{} of {} acknowledged requests never completed", pending.len(), acked.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged requests never completed",
+            pending.len(),
+            acked.len()
+        );
     }
     let mut server = server;
     signal(&server.child, "-TERM");
@@ -153,7 +180,10 @@ async fn kill_dash_nine_under_load_loses_no_acknowledged_request() {
         .filter_map(|v| v["recovered"].as_u64())
         .max()
         .unwrap_or(0);
-    assert!(recovered > 0, "the kill left no unfinished work; the test proved nothing:\n{log}");
+    assert!(
+        recovered > 0,
+        "the kill left no unfinished work; the test proved nothing:\n{log}"
+    );
 }
 
 /// SIGTERM: stop taking work, finish what is in flight, exit 0.
@@ -164,9 +194,13 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     let mut server = start(dir.path(), port, &[]);
     let http = reqwest::Client::new();
     wait_ready(&http, &server.base).await;
-    let id = submit(&http, &server.base, &json!({"payload": {"operation": "sleep", "ms": 800, "data": "slow"}}))
-        .await
-        .expect("accepted");
+    let id = submit(
+        &http,
+        &server.base,
+        &json!({"payload": {"operation": "sleep", "ms": 800, "data": "slow"}}),
+    )
+    .await
+    .expect("accepted");
     let deadline = Instant::now() + Duration::from_secs(10);
     while status_of(&http, &server.base, &id).await.as_deref() != Some("PROCESSING") {
         assert!(Instant::now() < deadline, "never started processing");
@@ -178,8 +212,18 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
 
     let server = start(dir.path(), port, &[]);
     wait_ready(&http, &server.base).await;
-    let r: Value = http.get(format!("{}/api/v1/response/{id}", server.base)).send().await.expect("get").json().await.expect("json");
-    assert_eq!(r["status"], "COMPLETED", "in-flight work finished during the drain: {r}");
+    let r: Value = http
+        .get(format!("{}/api/v1/response/{id}", server.base))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        r["status"], "COMPLETED",
+        "in-flight work finished during the drain: {r}"
+    );
     assert_eq!(r["result"]["output"], "slow");
     let mut server = server;
     signal(&server.child, "-TERM");
@@ -191,19 +235,52 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
 async fn request_logs_carry_the_correlation_id_and_worker_metrics_are_exported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let mut server = start(dir.path(), port, &["--set", "worker.max_retries=1", "--set", "worker.retry_delay_base=0.05", "--set", "worker.retry_delay_max=0.1"]);
+    let mut server = start(
+        dir.path(),
+        port,
+        &[
+            "--set",
+            "worker.max_retries=1",
+            "--set",
+            "worker.retry_delay_base=0.05",
+            "--set",
+            "worker.retry_delay_max=0.1",
+        ],
+    );
     let http = reqwest::Client::new();
     wait_ready(&http, &server.base).await;
-    let id = submit(&http, &server.base, &json!({"payload": {"operation": "fail", "error": "backend said no"}})).await.expect("accepted");
+    let id = submit(
+        &http,
+        &server.base,
+        &json!({"payload": {"operation": "fail", "error": "backend said no"}}),
+    )
+    .await
+    .expect("accepted");
     let deadline = Instant::now() + Duration::from_secs(10);
     while status_of(&http, &server.base, &id).await.as_deref() != Some("FAILED") {
         assert!(Instant::now() < deadline, "never failed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let metrics = http.get(format!("{}/metrics", server.base)).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("openhqm_worker_processing_duration_seconds_count{outcome=\"failed\"} 1"), "{metrics}");
-    assert!(metrics.contains("openhqm_worker_errors_total{kind=\"transient\"} 2"), "{metrics}");
-    assert!(metrics.contains("openhqm_queue_dlq_total{queue=\"openhqm-requests\",status=\"FAILED\"} 1"), "{metrics}");
+    let metrics = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("openhqm_worker_processing_duration_seconds_count{outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("openhqm_worker_errors_total{kind=\"transient\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("openhqm_queue_dlq_total{queue=\"openhqm-requests\",status=\"FAILED\"} 1"),
+        "{metrics}"
+    );
     signal(&server.child, "-TERM");
     wait_exit(&mut server.child, Duration::from_secs(15));
 
@@ -213,7 +290,10 @@ async fn request_logs_carry_the_correlation_id_and_worker_metrics_are_exported()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v.to_string().contains("backend said no"))
         .collect();
-    assert!(about.len() >= 2, "expected a retry and a failure line:\n{log}");
+    assert!(
+        about.len() >= 2,
+        "expected a retry and a failure line:\n{log}"
+    );
     for line in about {
         assert_eq!(line["span"]["correlation_id"], id.as_str(), "{line}");
     }
@@ -223,8 +303,17 @@ async fn request_logs_carry_the_correlation_id_and_worker_metrics_are_exported()
 fn check_config_lists_every_error_by_key_and_exits_non_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bad.yaml");
-    std::fs::write(&file, "server:\n  prot: 1\nqueue:\n  type: kafka\nworker:\n  count: 0\n").expect("write");
-    let out = Command::new(BIN).arg("check-config").arg("--config").arg(&file).output().expect("run");
+    std::fs::write(
+        &file,
+        "server:\n  prot: 1\nqueue:\n  type: kafka\nworker:\n  count: 0\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     for key in ["`server.prot`", "`queue.type`", "`worker.count`"] {
@@ -245,10 +334,17 @@ fn check_config_prints_the_effective_config_with_secrets_masked() {
         .env("OPENHQM_WORKER__COUNT", "12")
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("count: 12"), "{stdout}");
-    assert!(stdout.contains("auth_token: '***'") || stdout.contains("auth_token: \"***\""), "{stdout}");
+    assert!(
+        stdout.contains("auth_token: '***'") || stdout.contains("auth_token: \"***\""),
+        "{stdout}"
+    );
     assert!(!stdout.contains("hunter2"), "secret printed:\n{stdout}");
 }
 
@@ -263,5 +359,8 @@ fn split_roles_on_the_embedded_queue_are_refused_with_a_reason() {
         .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("queue.type embedded") && stderr.contains("openhqm serve"), "{stderr}");
+    assert!(
+        stderr.contains("queue.type embedded") && stderr.contains("openhqm serve"),
+        "{stderr}"
+    );
 }

@@ -8,7 +8,10 @@ use crate::{ResultStore, Transition, Update};
 
 fn open(dir: &std::path::Path, ttl: Duration) -> (EmbeddedDb, EmbeddedStore) {
     let db = EmbeddedDb::open(dir, &Options::default()).expect("db");
-    let config = EmbeddedStoreConfig { ttl, sweep_interval: Duration::from_millis(50) };
+    let config = EmbeddedStoreConfig {
+        ttl,
+        sweep_interval: Duration::from_millis(50),
+    };
     let store = EmbeddedStore::open(db.clone(), &config).expect("store");
     (db, store)
 }
@@ -18,21 +21,47 @@ async fn status_and_result_are_written_together_and_survive_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (db, store) = open(dir.path(), Duration::from_secs(60));
     let id = CorrelationId::new();
-    store.create(RequestRecord::pending(id, 1)).await.expect("create");
-    store.transition(id, Update::to(RequestStatus::Processing)).await.expect("processing");
-    let outcome = ResultData { result: Some(serde_json::json!([1, 2])), status_code: Some(200), ..ResultData::default() };
-    let done = Update { to: RequestStatus::Completed, attempts: Some(1), outcome: Some(outcome.clone()) };
+    store
+        .create(RequestRecord::pending(id, 1))
+        .await
+        .expect("create");
+    store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    let outcome = ResultData {
+        result: Some(serde_json::json!([1, 2])),
+        status_code: Some(200),
+        ..ResultData::default()
+    };
+    let done = Update {
+        to: RequestStatus::Completed,
+        attempts: Some(1),
+        outcome: Some(outcome.clone()),
+    };
     let applied = store.transition(id, done).await.expect("complete");
     assert!(matches!(applied, Transition::Applied(ref r) if r.outcome.as_ref() == Some(&outcome)));
     // A late duplicate cannot reopen a finished request.
-    let late = store.transition(id, Update::to(RequestStatus::Processing)).await.expect("late");
-    assert_eq!(late, Transition::Refused { current: RequestStatus::Completed });
+    let late = store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("late");
+    assert_eq!(
+        late,
+        Transition::Refused {
+            current: RequestStatus::Completed
+        }
+    );
     store.close().await;
     db.close().await;
     drop((store, db));
 
     let (db, store) = open(dir.path(), Duration::from_secs(60));
-    let rec = store.get(id).await.expect("get").expect("present after reopen");
+    let rec = store
+        .get(id)
+        .await
+        .expect("get")
+        .expect("present after reopen");
     assert_eq!(rec.status, RequestStatus::Completed);
     assert_eq!(rec.outcome, Some(outcome));
     assert_eq!(rec.attempts, 1);
@@ -49,7 +78,10 @@ async fn records_expire_after_ttl_and_are_deleted() {
     let ids: Vec<CorrelationId> = (0..20).map(|_| CorrelationId::new()).collect();
     for id in &ids {
         let now = openhqm_core::time::now_ms();
-        store.create(RequestRecord::pending(*id, now)).await.expect("create");
+        store
+            .create(RequestRecord::pending(*id, now))
+            .await
+            .expect("create");
     }
     assert!(store.get(ids[0]).await.expect("get").is_some());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -58,10 +90,16 @@ async fn records_expire_after_ttl_and_are_deleted() {
         if left == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{left} expired records were never deleted");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} expired records were never deleted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(store.get(ids[0]).await.expect("get").is_none(), "expired record is unknown");
+    assert!(
+        store.get(ids[0]).await.expect("get").is_none(),
+        "expired record is unknown"
+    );
     store.close().await;
     db.close().await;
 }
@@ -71,7 +109,10 @@ async fn expiry_scan_stops_at_records_too_young_to_expire() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (db, store) = open(dir.path(), Duration::from_secs(3600));
     let id = CorrelationId::new();
-    store.create(RequestRecord::pending(id, openhqm_core::time::now_ms())).await.expect("create");
+    store
+        .create(RequestRecord::pending(id, openhqm_core::time::now_ms()))
+        .await
+        .expect("create");
     let results = db.keyspace("results").expect("ks");
     let now = openhqm_core::time::now_ms();
     assert!(expired_keys(&results, 3_600_000, now).is_empty());
@@ -87,5 +128,10 @@ async fn store_reports_unavailable_when_its_database_is_closed() {
     let (db, store) = open(dir.path(), Duration::from_secs(60));
     db.close().await;
     assert!(store.health().await.is_err());
-    assert!(store.create(RequestRecord::pending(CorrelationId::new(), 1)).await.is_err());
+    assert!(
+        store
+            .create(RequestRecord::pending(CorrelationId::new(), 1))
+            .await
+            .is_err()
+    );
 }

@@ -38,7 +38,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -62,7 +65,11 @@ pub const CONFIG_FILE_VAR: &str = "OPENHQM_CONFIG";
 /// Every problem found, each naming its key.
 pub fn load(sources: &Sources) -> Result<Config, Vec<ConfigError>> {
     let (config, errors) = load_all(sources);
-    if errors.is_empty() { Ok(config) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Like [`load`], but also returns the configuration as far as it could be
@@ -71,24 +78,36 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
     let mut errors = Vec::new();
     let mut tree = Value::Object(Map::new());
-    if let Some(path) = &sources.file {
-        if let Some(file) = read_file(path, &sources.env, &mut errors) {
-            merge(&mut tree, file);
-        }
+    if let Some(path) = &sources.file
+        && let Some(file) = read_file(path, &sources.env, &mut errors)
+    {
+        merge(&mut tree, file);
     }
     let mut env: Vec<(&String, &String)> = sources.env.iter().collect();
     env.sort();
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         if name == CONFIG_FILE_VAR {
             continue;
         }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        layer_string(&mut tree, &defaults, &path, raw, &format!("from environment variable {name}"), &mut errors);
+        layer_string(
+            &mut tree,
+            &defaults,
+            &path,
+            raw,
+            &format!("from environment variable {name}"),
+            &mut errors,
+        );
     }
     for item in &sources.overrides {
         let Some((key, raw)) = item.split_once('=') else {
-            errors.push(ConfigError::new(item.clone(), "a --set override must look like key.path=value"));
+            errors.push(ConfigError::new(
+                item.clone(),
+                "a --set override must look like key.path=value",
+            ));
             continue;
         };
         let path: Vec<String> = key.trim().split('.').map(str::to_owned).collect();
@@ -100,18 +119,28 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     (config, errors)
 }
 
-fn read_file(path: &PathBuf, env: &HashMap<String, String>, errors: &mut Vec<ConfigError>) -> Option<Value> {
+fn read_file(
+    path: &PathBuf,
+    env: &HashMap<String, String>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Value> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            errors.push(ConfigError::new("", format!("cannot read config file {}: {e}", path.display())));
+            errors.push(ConfigError::new(
+                "",
+                format!("cannot read config file {}: {e}", path.display()),
+            ));
             return None;
         }
     };
     let mut value: Value = match serde_norway::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
-            errors.push(ConfigError::new("", format!("config file {} is not valid YAML: {e}", path.display())));
+            errors.push(ConfigError::new(
+                "",
+                format!("config file {} is not valid YAML: {e}", path.display()),
+            ));
             return None;
         }
     };
@@ -119,7 +148,13 @@ fn read_file(path: &PathBuf, env: &HashMap<String, String>, errors: &mut Vec<Con
         Value::Object(_) => {}
         Value::Null => return None,
         _ => {
-            errors.push(ConfigError::new("", format!("config file {} must be a mapping of sections", path.display())));
+            errors.push(ConfigError::new(
+                "",
+                format!(
+                    "config file {} must be a mapping of sections",
+                    path.display()
+                ),
+            ));
             return None;
         }
     }
@@ -129,7 +164,12 @@ fn read_file(path: &PathBuf, env: &HashMap<String, String>, errors: &mut Vec<Con
 
 /// Expands `${VAR}` and `${VAR:-default}` in every string of the tree; `$${`
 /// stands for a literal `${`.
-fn expand_tree(value: &mut Value, path: &str, env: &HashMap<String, String>, errors: &mut Vec<ConfigError>) {
+fn expand_tree(
+    value: &mut Value,
+    path: &str,
+    env: &HashMap<String, String>,
+    errors: &mut Vec<ConfigError>,
+) {
     match value {
         Value::String(s) => match expand(s, env) {
             Ok(expanded) => *s = expanded,
@@ -159,7 +199,9 @@ pub(crate) fn expand(input: &str, env: &HashMap<String, String>) -> Result<Strin
             out.push_str("${");
             rest = after;
         } else if let Some(after) = tail.strip_prefix("${") {
-            let end = after.find('}').ok_or_else(|| format!("unterminated `${{` in `{input}`"))?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in `{input}`"))?;
             let inner = &after[..end];
             let (name, default) = match inner.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
@@ -181,12 +223,23 @@ pub(crate) fn expand(input: &str, env: &HashMap<String, String>) -> Result<Strin
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// Parses a string from the environment or a flag by the type of the default
 /// at `path`, and sets it in `tree`.
-fn layer_string(tree: &mut Value, defaults: &Value, path: &[String], raw: &str, origin: &str, errors: &mut Vec<ConfigError>) {
+fn layer_string(
+    tree: &mut Value,
+    defaults: &Value,
+    path: &[String],
+    raw: &str,
+    origin: &str,
+    errors: &mut Vec<ConfigError>,
+) {
     let key = path.join(".");
     if path.iter().any(String::is_empty) {
         errors.push(ConfigError::new(key, format!("malformed key {origin}")));
@@ -217,7 +270,12 @@ fn typed(hint: &Value, raw: &str) -> Result<Value, String> {
             .map_err(|_| format!("expected a number, got `{raw}`")),
         Value::Array(_) if trimmed.starts_with('[') => json(),
         Value::Array(_) => Ok(Value::Array(
-            trimmed.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_owned())).collect(),
+            trimmed
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
         )),
         Value::Object(_) => json(),
         Value::Null if trimmed.starts_with('{') || trimmed.starts_with('[') => json(),
@@ -228,12 +286,14 @@ fn typed(hint: &Value, raw: &str) -> Result<Value, String> {
 fn set(tree: &mut Value, path: &[String], value: Value) {
     let mut node = tree;
     for key in &path[..path.len() - 1] {
-        if !node.get(key).is_some_and(Value::is_object) {
-            if let Value::Object(map) = node {
-                map.insert(key.clone(), Value::Object(Map::new()));
-            }
+        if !node.get(key).is_some_and(Value::is_object)
+            && let Value::Object(map) = node
+        {
+            map.insert(key.clone(), Value::Object(Map::new()));
         }
-        let Some(next) = node.get_mut(key) else { return };
+        let Some(next) = node.get_mut(key) else {
+            return;
+        };
         node = next;
     }
     if let (Value::Object(map), Some(last)) = (node, path.last()) {
@@ -261,7 +321,9 @@ fn merge(base: &mut Value, layer: Value) {
 /// (`proxy.endpoints`, static headers) are free-form; their entries are
 /// checked by their own types during deserialization.
 fn prune_unknown(tree: &mut Value, defaults: &Value, path: &str, errors: &mut Vec<ConfigError>) {
-    let (Value::Object(map), Value::Object(known)) = (tree, defaults) else { return };
+    let (Value::Object(map), Value::Object(known)) = (tree, defaults) else {
+        return;
+    };
     if known.is_empty() {
         return;
     }
@@ -279,13 +341,22 @@ fn prune_unknown(tree: &mut Value, defaults: &Value, path: &str, errors: &mut Ve
     }
 }
 
-fn section<T: DeserializeOwned>(tree: &Value, name: &str, slot: &mut T, errors: &mut Vec<ConfigError>) {
+fn section<T: DeserializeOwned>(
+    tree: &Value,
+    name: &str,
+    slot: &mut T,
+    errors: &mut Vec<ConfigError>,
+) {
     let Some(value) = tree.get(name) else { return };
     match serde_path_to_error::deserialize::<_, T>(value.clone()) {
         Ok(v) => *slot = v,
         Err(e) => {
             let inner = e.path().to_string();
-            let key = if inner == "." { name.to_owned() } else { join(name, &inner) };
+            let key = if inner == "." {
+                name.to_owned()
+            } else {
+                join(name, &inner)
+            };
             errors.push(ConfigError::new(key, e.into_inner().to_string()));
         }
     }

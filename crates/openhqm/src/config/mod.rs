@@ -312,7 +312,11 @@ pub struct MonitoringConfig {
 
 impl Default for MonitoringConfig {
     fn default() -> Self {
-        Self { metrics_enabled: true, log_level: "INFO".into(), log_format: LogFormat::Json }
+        Self {
+            metrics_enabled: true,
+            log_level: "INFO".into(),
+            log_format: LogFormat::Json,
+        }
     }
 }
 

@@ -4,7 +4,10 @@ use std::io::Write;
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 fn yaml(text: &str) -> tempfile::NamedTempFile {
@@ -14,7 +17,11 @@ fn yaml(text: &str) -> tempfile::NamedTempFile {
 }
 
 fn errors_of(sources: &Sources) -> Vec<String> {
-    load(sources).expect_err("should fail").iter().map(ToString::to_string).collect()
+    load(sources)
+        .expect_err("should fail")
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[test]
@@ -25,15 +32,24 @@ fn defaults_are_the_embedded_single_process_setup() {
     assert_eq!(c.server.port, 8000);
     assert_eq!(c.worker.count, 64);
     assert_eq!(c.queue.request_queue_name, "openhqm-requests");
-    assert_eq!(c.proxy.forward_headers, ["Content-Type", "Accept", "User-Agent"]);
+    assert_eq!(
+        c.proxy.forward_headers,
+        ["Content-Type", "Accept", "User-Agent"]
+    );
 }
 
 #[test]
 fn layers_apply_in_order_file_env_flags() {
-    let file = yaml("server:\n  port: 9000\n  host: 127.0.0.1\nworker:\n  count: 8\n  max_retries: 5\n");
+    let file =
+        yaml("server:\n  port: 9000\n  host: 127.0.0.1\nworker:\n  count: 8\n  max_retries: 5\n");
     let sources = Sources {
         file: Some(file.path().to_path_buf()),
-        env: env(&[("OPENHQM_WORKER__COUNT", "16"), ("OPENHQM_SERVER__PORT", "9100"), ("PORT", "1"), ("TYPE", "kafka")]),
+        env: env(&[
+            ("OPENHQM_WORKER__COUNT", "16"),
+            ("OPENHQM_SERVER__PORT", "9100"),
+            ("PORT", "1"),
+            ("TYPE", "kafka"),
+        ]),
         overrides: vec!["server.port=9200".into()],
     };
     let c = load(&sources).expect("valid");
@@ -47,11 +63,17 @@ fn layers_apply_in_order_file_env_flags() {
 fn env_values_parse_by_the_type_of_their_key() {
     let sources = Sources {
         env: env(&[
-            ("OPENHQM_PROXY__FORWARD_HEADERS", "Content-Type, X-Request-Id"),
+            (
+                "OPENHQM_PROXY__FORWARD_HEADERS",
+                "Content-Type, X-Request-Id",
+            ),
             ("OPENHQM_PROXY__STRIP_HEADERS", r#"["Host","Cookie"]"#),
             ("OPENHQM_QUEUE__FSYNC", "false"),
             ("OPENHQM_WORKER__RETRY_DELAY_BASE", "0.5"),
-            ("OPENHQM_PROXY__ENDPOINTS", r#"{"api": {"url": "http://127.0.0.1:9/x", "auth_type": "bearer", "auth_token": "t0k"}}"#),
+            (
+                "OPENHQM_PROXY__ENDPOINTS",
+                r#"{"api": {"url": "http://127.0.0.1:9/x", "auth_type": "bearer", "auth_token": "t0k"}}"#,
+            ),
             ("OPENHQM_PROXY__DEFAULT_ENDPOINT", "api"),
             ("OPENHQM_CONFIG", "ignored-here"),
         ]),
@@ -68,8 +90,14 @@ fn env_values_parse_by_the_type_of_their_key() {
 
 #[test]
 fn variables_expand_in_the_file_and_secrets_never_print() {
-    let file = yaml("proxy:\n  endpoints:\n    api:\n      url: \"${API_URL:-http://127.0.0.1:8080}\"\n      auth_type: bearer\n      auth_token: \"${API_TOKEN}\"\n");
-    let sources = Sources { file: Some(file.path().to_path_buf()), env: env(&[("API_TOKEN", "s3cr3t")]), ..Sources::default() };
+    let file = yaml(
+        "proxy:\n  endpoints:\n    api:\n      url: \"${API_URL:-http://127.0.0.1:8080}\"\n      auth_type: bearer\n      auth_token: \"${API_TOKEN}\"\n",
+    );
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[("API_TOKEN", "s3cr3t")]),
+        ..Sources::default()
+    };
     let c = load(&sources).expect("valid");
     let endpoint = &c.proxy.endpoints["api"];
     assert_eq!(endpoint.url, "http://127.0.0.1:8080");
@@ -81,10 +109,15 @@ fn variables_expand_in_the_file_and_secrets_never_print() {
 
 #[test]
 fn every_error_is_collected_and_names_its_key() {
-    let file = yaml("server:\n  prot: 1\n  port: \"eighty\"\nqueue:\n  type: kafka\nworker:\n  count: 0\n  retry_delay_base: 5\n  retry_delay_max: 1\nbogus: {}\nproxy:\n  endpoints:\n    api:\n      url: \"${MISSING}\"\n      auth_type: custom\n      auth_token: x\n");
+    let file = yaml(
+        "server:\n  prot: 1\n  port: \"eighty\"\nqueue:\n  type: kafka\nworker:\n  count: 0\n  retry_delay_base: 5\n  retry_delay_max: 1\nbogus: {}\nproxy:\n  endpoints:\n    api:\n      url: \"${MISSING}\"\n      auth_type: custom\n      auth_token: x\n",
+    );
     let sources = Sources {
         file: Some(file.path().to_path_buf()),
-        env: env(&[("OPENHQM_QUEUE__NOPE", "1"), ("OPENHQM_SERVER__WORKERS", "many")]),
+        env: env(&[
+            ("OPENHQM_QUEUE__NOPE", "1"),
+            ("OPENHQM_SERVER__WORKERS", "many"),
+        ]),
         overrides: vec![],
     };
     let errors = errors_of(&sources);
@@ -101,15 +134,27 @@ fn every_error_is_collected_and_names_its_key() {
         "`server.workers`: expected a number, got `many`",
     ];
     for needle in expect {
-        assert!(errors.iter().any(|e| e.starts_with(needle)), "missing `{needle}` in {errors:#?}");
+        assert!(
+            errors.iter().any(|e| e.starts_with(needle)),
+            "missing `{needle}` in {errors:#?}"
+        );
     }
 }
 
 #[test]
 fn unknown_keys_inside_endpoints_are_named() {
-    let file = yaml("proxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1\n      tiemout: 3\n");
-    let errors = errors_of(&Sources { file: Some(file.path().to_path_buf()), ..Sources::default() });
-    assert!(errors.iter().any(|e| e.starts_with("`proxy.endpoints.api.tiemout`: unknown field `tiemout`")), "{errors:#?}");
+    let file =
+        yaml("proxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1\n      tiemout: 3\n");
+    let errors = errors_of(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    });
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("`proxy.endpoints.api.tiemout`: unknown field `tiemout`")),
+        "{errors:#?}"
+    );
 }
 
 #[test]
@@ -162,7 +207,11 @@ routing: {enabled: false, config_path: routes.yaml}
 partitioning: {enabled: false, strategy: sticky, partition_count: 10, partition_key_field: metadata.partition_key, session_key_field: metadata.session_id, sticky_session_ttl: 3600}
 "#,
     );
-    let c = load(&Sources { file: Some(file.path().to_path_buf()), ..Sources::default() }).expect("the contract's keys all parse");
+    let c = load(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    })
+    .expect("the contract's keys all parse");
     assert_eq!(c.worker.count, 5);
     assert_eq!(c.proxy.endpoints["legacy"].method, "PUT");
     assert_eq!(c.partitioning.strategy, PartitionStrategy::Sticky);
@@ -170,13 +219,30 @@ partitioning: {enabled: false, strategy: sticky, partition_count: 10, partition_
 
 #[test]
 fn contract_backends_parse_but_unavailable_ones_are_refused() {
-    for kind in ["redis", "kafka", "sqs", "azure_eventhubs", "gcp_pubsub", "mqtt", "custom"] {
-        let sources = Sources { env: env(&[("OPENHQM_QUEUE__TYPE", kind)]), ..Sources::default() };
+    for kind in [
+        "redis",
+        "kafka",
+        "sqs",
+        "azure_eventhubs",
+        "gcp_pubsub",
+        "mqtt",
+        "custom",
+    ] {
+        let sources = Sources {
+            env: env(&[("OPENHQM_QUEUE__TYPE", kind)]),
+            ..Sources::default()
+        };
         let errors = errors_of(&sources);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].starts_with(&format!("`queue.type`: `{kind}` is not available")), "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!("`queue.type`: `{kind}` is not available")),
+            "{errors:?}"
+        );
     }
-    let sources = Sources { env: env(&[("OPENHQM_QUEUE__TYPE", "rabbit")]), ..Sources::default() };
+    let sources = Sources {
+        env: env(&[("OPENHQM_QUEUE__TYPE", "rabbit")]),
+        ..Sources::default()
+    };
     assert!(errors_of(&sources)[0].starts_with("`queue.type`: unknown variant `rabbit`"));
 }
 
@@ -188,7 +254,10 @@ fn expansion_rules() {
         ("${B:-dflt}", Ok("dflt".to_owned())),
         ("$${A}", Ok("${A}".to_owned())),
         ("cost $5", Ok("cost $5".to_owned())),
-        ("${B}", Err("environment variable `B` is not set".to_owned())),
+        (
+            "${B}",
+            Err("environment variable `B` is not set".to_owned()),
+        ),
         ("${A", Err("unterminated `${` in `${A`".to_owned())),
     ] {
         assert_eq!(load::expand(input, &vars), expected, "{input}");

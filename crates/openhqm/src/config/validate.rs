@@ -8,7 +8,10 @@ const QUEUE_BACKENDS: &[BackendType] = &[BackendType::Embedded];
 const STORE_BACKENDS: &[BackendType] = &[BackendType::Embedded];
 
 fn supported(list: &[BackendType]) -> String {
-    list.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", ")
+    list.iter()
+        .map(|b| b.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
@@ -36,30 +39,80 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
             supported(STORE_BACKENDS)
         ),
     );
-    check(!c.proxy.enabled, "proxy.enabled", "forwarding to HTTP backends is not available in this build yet".into());
-    check(!c.routing.enabled, "routing.enabled", "content-based routing is not available in this build yet".into());
-    check(!c.partitioning.enabled, "partitioning.enabled", "partitioning is not available in this build yet".into());
+    check(
+        !c.proxy.enabled,
+        "proxy.enabled",
+        "forwarding to HTTP backends is not available in this build yet".into(),
+    );
+    check(
+        !c.routing.enabled,
+        "routing.enabled",
+        "content-based routing is not available in this build yet".into(),
+    );
+    check(
+        !c.partitioning.enabled,
+        "partitioning.enabled",
+        "partitioning is not available in this build yet".into(),
+    );
 
-    check(!c.server.host.is_empty(), "server.host", "must not be empty".into());
-    check(c.server.max_body_size > 0, "server.max_body_size", "must be at least 1 byte".into());
-    check(c.worker.count > 0, "worker.count", "must be at least 1".into());
-    check(c.worker.batch_size > 0, "worker.batch_size", "must be at least 1".into());
-    check(c.worker.timeout_seconds > 0, "worker.timeout_seconds", "must be at least 1".into());
+    check(
+        !c.server.host.is_empty(),
+        "server.host",
+        "must not be empty".into(),
+    );
+    check(
+        c.server.max_body_size > 0,
+        "server.max_body_size",
+        "must be at least 1 byte".into(),
+    );
+    check(
+        c.worker.count > 0,
+        "worker.count",
+        "must be at least 1".into(),
+    );
+    check(
+        c.worker.batch_size > 0,
+        "worker.batch_size",
+        "must be at least 1".into(),
+    );
+    check(
+        c.worker.timeout_seconds > 0,
+        "worker.timeout_seconds",
+        "must be at least 1".into(),
+    );
     let base = c.worker.retry_delay_base;
-    check(base.is_finite() && base > 0.0, "worker.retry_delay_base", format!("must be a positive number of seconds, got {base}"));
+    check(
+        base.is_finite() && base > 0.0,
+        "worker.retry_delay_base",
+        format!("must be a positive number of seconds, got {base}"),
+    );
     check(
         c.worker.retry_delay_max.is_finite() && c.worker.retry_delay_max >= base,
         "worker.retry_delay_max",
-        format!("must be at least worker.retry_delay_base ({base}), got {}", c.worker.retry_delay_max),
+        format!(
+            "must be at least worker.retry_delay_base ({base}), got {}",
+            c.worker.retry_delay_max
+        ),
     );
-    check(c.queue.lease_seconds > 0, "queue.lease_seconds", "must be at least 1".into());
-    check(c.cache.ttl_seconds > 0, "cache.ttl_seconds", "must be at least 1".into());
+    check(
+        c.queue.lease_seconds > 0,
+        "queue.lease_seconds",
+        "must be at least 1".into(),
+    );
+    check(
+        c.cache.ttl_seconds > 0,
+        "cache.ttl_seconds",
+        "must be at least 1".into(),
+    );
     check(
         c.queue.kind != BackendType::Embedded || !c.queue.data_dir.is_empty(),
         "queue.data_dir",
         "must name a directory for the embedded database".into(),
     );
-    for (key, name) in [("queue.request_queue_name", &c.queue.request_queue_name), ("queue.dlq_name", &c.queue.dlq_name)] {
+    for (key, name) in [
+        ("queue.request_queue_name", &c.queue.request_queue_name),
+        ("queue.dlq_name", &c.queue.dlq_name),
+    ] {
         check(!name.is_empty(), key, "must not be empty".into());
     }
     check(
@@ -68,11 +121,21 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         "must differ from queue.request_queue_name".into(),
     );
     check(
-        matches!(c.monitoring.log_level.to_ascii_lowercase().as_str(), "trace" | "debug" | "info" | "warn" | "warning" | "error" | "critical"),
+        matches!(
+            c.monitoring.log_level.to_ascii_lowercase().as_str(),
+            "trace" | "debug" | "info" | "warn" | "warning" | "error" | "critical"
+        ),
         "monitoring.log_level",
-        format!("must be one of TRACE, DEBUG, INFO, WARNING, ERROR, got `{}`", c.monitoring.log_level),
+        format!(
+            "must be one of TRACE, DEBUG, INFO, WARNING, ERROR, got `{}`",
+            c.monitoring.log_level
+        ),
     );
-    check(c.queue.mqtt_qos <= 2, "queue.mqtt_qos", format!("must be 0, 1 or 2, got {}", c.queue.mqtt_qos));
+    check(
+        c.queue.mqtt_qos <= 2,
+        "queue.mqtt_qos",
+        format!("must be 0, 1 or 2, got {}", c.queue.mqtt_qos),
+    );
     for (name, e) in &c.proxy.endpoints {
         let key = |field: &str| format!("proxy.endpoints.{name}.{field}");
         check(
@@ -83,14 +146,30 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         check(e.timeout > 0, &key("timeout"), "must be at least 1".into());
         match e.auth_type {
             Some(AuthType::Bearer | AuthType::ApiKey) => {
-                check(!e.auth_token.is_empty(), &key("auth_token"), "is required by this auth_type".into());
+                check(
+                    !e.auth_token.is_empty(),
+                    &key("auth_token"),
+                    "is required by this auth_type".into(),
+                );
             }
             Some(AuthType::Custom) => {
-                check(!e.auth_token.is_empty(), &key("auth_token"), "is required by this auth_type".into());
-                check(e.auth_header_name.is_some(), &key("auth_header_name"), "is required when auth_type is custom".into());
+                check(
+                    !e.auth_token.is_empty(),
+                    &key("auth_token"),
+                    "is required by this auth_type".into(),
+                );
+                check(
+                    e.auth_header_name.is_some(),
+                    &key("auth_header_name"),
+                    "is required when auth_type is custom".into(),
+                );
             }
             Some(AuthType::Basic) => {
-                check(e.auth_username.is_some(), &key("auth_username"), "is required when auth_type is basic".into());
+                check(
+                    e.auth_username.is_some(),
+                    &key("auth_username"),
+                    "is required when auth_type is basic".into(),
+                );
             }
             None => {}
         }

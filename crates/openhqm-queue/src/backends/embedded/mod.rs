@@ -136,7 +136,9 @@ impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Storage is the source of truth: a panic while holding the lock cannot
         // lose a message, so a poisoned lock is used as is.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Leases up to `max` due messages and loads them; also returns when the
@@ -158,7 +160,11 @@ impl Inner {
         }
         let mut out = Vec::with_capacity(taken.len());
         for (seq, token) in taken {
-            match self.messages.get(record::encode_key(seq)).map_err(unavailable)? {
+            match self
+                .messages
+                .get(record::encode_key(seq))
+                .map_err(unavailable)?
+            {
                 Some(raw) => {
                     let mut rec = StoredRecord::decode(&raw).map_err(unavailable)?;
                     rec.attempt = self.lock().note_attempt(seq, token, rec.attempt);
@@ -177,11 +183,11 @@ impl Inner {
         let ks = self.messages.clone();
         let result = self.db.write_detached(move |ctx| {
             let key = record::encode_key(seq);
-            if let Ok(Some(raw)) = ctx.get(&ks, &key) {
-                if let Ok(mut rec) = StoredRecord::decode(&raw) {
-                    rec.attempt = rec.attempt.max(attempt);
-                    ctx.insert(&ks, &key, rec.encode());
-                }
+            if let Ok(Some(raw)) = ctx.get(&ks, &key)
+                && let Ok(mut rec) = StoredRecord::decode(&raw)
+            {
+                rec.attempt = rec.attempt.max(attempt);
+                ctx.insert(&ks, &key, rec.encode());
             }
         });
         if let Err(e) = result {
@@ -205,7 +211,10 @@ impl QueueBackend for EmbeddedQueue {
     async fn publish(&self, message: OutgoingMessage) -> Result<(), QueueError> {
         let limit = self.inner.config.max_payload;
         if message.body.len() > limit {
-            return Err(QueueError::PayloadTooLarge { size: message.body.len(), limit });
+            return Err(QueueError::PayloadTooLarge {
+                size: message.body.len(),
+                limit,
+            });
         }
         let rec = StoredRecord::new(message);
         let priority = rec.priority;
@@ -214,7 +223,9 @@ impl QueueBackend for EmbeddedQueue {
         let value = rec.encode();
         self.inner
             .db
-            .write(Wait::Durable, move |ctx| ctx.insert(&ks, &record::encode_key(seq), value))
+            .write(Wait::Durable, move |ctx| {
+                ctx.insert(&ks, &record::encode_key(seq), value)
+            })
             .await
             .map_err(db_error)?;
         self.inner.lock().push_ready(seq, priority);
@@ -261,7 +272,11 @@ impl QueueBackend for EmbeddedQueue {
         for item in self.inner.dead.iter().take(limit) {
             let (key, value) = item.into_inner().map_err(unavailable)?;
             let seq = record::decode_key(&key).map_err(unavailable)?;
-            out.push(DeadRecord::decode(&value).map_err(unavailable)?.into_dead_letter(seq));
+            out.push(
+                DeadRecord::decode(&value)
+                    .map_err(unavailable)?
+                    .into_dead_letter(seq),
+            );
         }
         Ok(out)
     }
@@ -276,7 +291,10 @@ impl QueueBackend for EmbeddedQueue {
             let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
             moves.push((key, seq, rec));
         }
-        let placed: Vec<(u64, u8)> = moves.iter().map(|(_, seq, rec)| (*seq, rec.priority)).collect();
+        let placed: Vec<(u64, u8)> = moves
+            .iter()
+            .map(|(_, seq, rec)| (*seq, rec.priority))
+            .collect();
         let (messages, dead) = (self.inner.messages.clone(), self.inner.dead.clone());
         self.inner
             .db

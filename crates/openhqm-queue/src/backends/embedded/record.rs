@@ -24,7 +24,9 @@ pub(crate) fn encode_key(seq: u64) -> [u8; 8] {
 }
 
 pub(crate) fn decode_key(key: &[u8]) -> Result<u64, CorruptRecord> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| CorruptRecord("key is not 8 bytes"))?;
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| CorruptRecord("key is not 8 bytes"))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -197,13 +199,22 @@ mod tests {
             body: Bytes::from_static(b"{\"x\":1}"),
         };
         assert_eq!(StoredRecord::decode(&rec.encode()).ok(), Some(rec.clone()));
-        let dead = DeadRecord { dead_lettered_at_ms: 99, reason: "bad".into(), record: rec };
+        let dead = DeadRecord {
+            dead_lettered_at_ms: 99,
+            reason: "bad".into(),
+            record: rec,
+        };
         assert_eq!(DeadRecord::decode(&dead.encode()).ok(), Some(dead));
     }
 
     #[test]
     fn corrupt_records_are_errors_not_panics() {
-        for raw in [&b""[..], &[2u8][..], &[1u8, 0, 0][..], &[1u8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9][..]] {
+        for raw in [
+            &b""[..],
+            &[2u8][..],
+            &[1u8, 0, 0][..],
+            &[1u8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9][..],
+        ] {
             assert!(StoredRecord::decode(raw).is_err(), "{raw:?}");
         }
         assert!(decode_key(b"123").is_err());

@@ -20,7 +20,12 @@ pub(crate) struct Handle {
 
 impl Handle {
     pub fn new(inner: Arc<Inner>, seq: u64, token: u64, record: StoredRecord) -> Self {
-        Self { inner, seq, token, record }
+        Self {
+            inner,
+            seq,
+            token,
+            record,
+        }
     }
 
     /// Ends the lease, or says it was lost.
@@ -56,7 +61,9 @@ impl Settle for Handle {
                 let ks = self.inner.messages.clone();
                 self.inner
                     .db
-                    .write(Wait::Applied, move |ctx| ctx.insert(&ks, &key, rec.encode()))
+                    .write(Wait::Applied, move |ctx| {
+                        ctx.insert(&ks, &key, rec.encode())
+                    })
                     .await
                     .map_err(db_error)?;
                 self.inner.lock().push_delayed(self.seq, priority, due);

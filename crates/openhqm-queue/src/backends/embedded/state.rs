@@ -87,14 +87,22 @@ impl State {
         let mut out = Vec::new();
         for priority in (0..LEVELS).rev() {
             while out.len() < max {
-                let Some(seq) = self.ready[priority].pop_front() else { break };
+                let Some(seq) = self.ready[priority].pop_front() else {
+                    break;
+                };
                 self.ready_len -= 1;
                 self.next_token += 1;
                 let token = self.next_token;
                 #[allow(clippy::cast_possible_truncation)]
-                let lease = Lease { token, deadline_ms, priority: priority as u8, attempt: 1 };
+                let lease = Lease {
+                    token,
+                    deadline_ms,
+                    priority: priority as u8,
+                    attempt: 1,
+                };
                 self.leased.insert(seq, lease);
-                self.lease_deadlines.push(Reverse((deadline_ms, seq, token)));
+                self.lease_deadlines
+                    .push(Reverse((deadline_ms, seq, token)));
                 out.push((seq, token));
             }
         }
@@ -118,7 +126,8 @@ impl State {
         match self.leased.get_mut(&seq) {
             Some(lease) if lease.token == token => {
                 lease.deadline_ms = deadline_ms;
-                self.lease_deadlines.push(Reverse((deadline_ms, seq, token)));
+                self.lease_deadlines
+                    .push(Reverse((deadline_ms, seq, token)));
                 true
             }
             _ => false,
@@ -176,7 +185,11 @@ mod tests {
         assert_eq!(s.note_attempt(1, token, 1), 1);
         assert_eq!(s.promote(100), vec![(1, 2)]);
         let (_, token2) = s.lease(1, 200)[0];
-        assert_eq!(s.note_attempt(1, token2, 1), 2, "expiry counts as an attempt");
+        assert_eq!(
+            s.note_attempt(1, token2, 1),
+            2,
+            "expiry counts as an attempt"
+        );
         assert_ne!(token, token2);
         assert!(!s.extend(1, token, 500));
         assert_eq!(s.release(1, token), None);
