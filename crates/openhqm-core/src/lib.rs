@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod id;
 pub mod outcome;
 pub mod record;
+pub mod secret;
 pub mod status;
 pub mod time;
 
@@ -17,4 +18,5 @@ pub use envelope::{Envelope, Metadata, SubmitRequest};
 pub use id::CorrelationId;
 pub use outcome::{Backoff, Decision, Failure, FailureKind, decide};
 pub use record::{RequestRecord, ResultData};
+pub use secret::Secret;
 pub use status::RequestStatus;

@@ -5,7 +5,6 @@
 //! (`*_seconds`, or the contract's `retry_delay_*`), one convention everywhere.
 
 mod load;
-mod secret;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -13,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use load::{CONFIG_FILE_VAR, ConfigError, Sources, load, load_all};
-pub use secret::Secret;
+pub use openhqm_core::Secret;
 
 /// Everything OpenHQM can be configured with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
