@@ -15,8 +15,9 @@
 //! - **Settling.** Ack deletes the key; a retry rewrites it with attempt + 1
 //!   and a due time (the delay is held by the queue, not by a sleeping task);
 //!   a dead letter moves it to the dead-letter keyspace with its reason, in
-//!   one atomic batch. Settling waits until the write is applied, not synced:
-//!   a crash before the next sync can only cause a redelivery.
+//!   one atomic batch. A nack waits until its write is applied; an ack does not
+//!   wait at all. Neither waits for a sync: a crash before the next sync can
+//!   only cause a redelivery.
 //! - **Depth** counts every stored message: waiting, delayed and leased.
 //! - **Storage stays bounded**: acknowledged and dead-lettered messages are
 //!   deleted, and fjall's compaction reclaims the space.

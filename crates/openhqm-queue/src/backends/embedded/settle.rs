@@ -42,10 +42,13 @@ impl Settle for Handle {
     async fn ack(&self) -> Result<(), QueueError> {
         self.release()?;
         let (ks, key) = (self.inner.messages.clone(), record::encode_key(self.seq));
+        // Not waited for: the message already left the in-memory state, so it
+        // cannot be handed out again by this process, and the delete is
+        // ordered before any later write. Losing it in a crash only means a
+        // redelivery, which at-least-once allows and the worker deduplicates.
         self.inner
             .db
-            .write(Wait::Applied, move |ctx| ctx.remove(&ks, &key))
-            .await
+            .write_detached(move |ctx| ctx.remove(&ks, &key))
             .map_err(db_error)
     }
 
