@@ -1,5 +1,6 @@
 //! Submit, status and response.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -46,7 +47,10 @@ async fn read_limited(
     })
 }
 
-fn parse_submit(bytes: &[u8]) -> Result<SubmitRequest, Problem> {
+fn parse_submit(
+    bytes: &[u8],
+    known_endpoints: Option<&HashSet<String>>,
+) -> Result<SubmitRequest, Problem> {
     let req: SubmitRequest = serde_json::from_slice(bytes).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             Problem::malformed_json(e.to_string())
@@ -56,6 +60,18 @@ fn parse_submit(bytes: &[u8]) -> Result<SubmitRequest, Problem> {
     })?;
     if let Some(metadata) = &req.metadata {
         metadata.validate().map_err(Problem::invalid_request)?;
+        if let Some(method) = &metadata.method
+            && axum::http::Method::from_bytes(method.as_bytes()).is_err()
+        {
+            return Err(Problem::invalid_request(format!(
+                "metadata.method `{method}` is not an HTTP method"
+            )));
+        }
+        if let (Some(name), Some(known)) = (&metadata.endpoint, known_endpoints)
+            && !known.contains(name)
+        {
+            return Err(Problem::unknown_endpoint(name));
+        }
     }
     Ok(req)
 }
@@ -68,7 +84,7 @@ pub(crate) async fn submit(
 ) -> Result<Response, Problem> {
     let limit = state.config.max_body_size;
     let bytes = read_limited(&headers, body, limit).await?;
-    let req = parse_submit(&bytes)?;
+    let req = parse_submit(&bytes, state.config.known_endpoints.as_ref())?;
     let id = CorrelationId::new();
     let now = now_ms();
     let submitted_at = rfc3339_ms(now);

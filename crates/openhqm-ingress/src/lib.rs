@@ -33,6 +33,9 @@ pub struct ApiConfig {
     pub probe_timeout: Duration,
     /// Whether `/metrics` is served.
     pub metrics_enabled: bool,
+    /// With proxy mode on, the endpoint names a submit may ask for; a request
+    /// naming another is refused at once instead of failing in a worker.
+    pub known_endpoints: Option<std::collections::HashSet<String>>,
 }
 
 /// What the handlers share.

@@ -51,6 +51,16 @@ impl Problem {
         )
     }
 
+    /// 400: `metadata.endpoint` names no configured endpoint.
+    pub fn unknown_endpoint(name: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "unknown-endpoint",
+            "Unknown endpoint",
+            format!("metadata.endpoint `{name}` is not a configured proxy endpoint"),
+        )
+    }
+
     /// 413: body over the limit.
     pub fn too_large(limit: usize) -> Self {
         Self::new(

@@ -28,6 +28,10 @@ struct Api {
 }
 
 async fn serve() -> Api {
+    serve_with(None).await
+}
+
+async fn serve_with(known_endpoints: Option<std::collections::HashSet<String>>) -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
     let qc = EmbeddedQueueConfig {
@@ -55,6 +59,7 @@ async fn serve() -> Api {
             retry_after_secs: 2,
             probe_timeout: Duration::from_secs(2),
             metrics_enabled: true,
+            known_endpoints,
         },
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -393,4 +398,46 @@ async fn api_description_and_docs_are_served() {
     let docs = api.get("/docs").await;
     assert_eq!(docs.status(), StatusCode::OK);
     assert!(docs.text().await.expect("html").contains("/openapi.json"));
+}
+
+#[tokio::test]
+async fn unknown_endpoint_names_are_refused_at_submit() {
+    let api = serve_with(Some(["orders".to_owned()].into_iter().collect())).await;
+    let ok = api
+        .post_raw(
+            "/api/v1/submit",
+            r#"{"payload": 1, "metadata": {"endpoint": "orders", "method": "PUT"}}"#,
+        )
+        .await;
+    assert_eq!(ok.status(), StatusCode::ACCEPTED);
+    let problem = expect_problem(
+        api.post_raw(
+            "/api/v1/submit",
+            r#"{"payload": 1, "metadata": {"endpoint": "ordres"}}"#,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "unknown-endpoint",
+    )
+    .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("ordres"))
+    );
+    expect_problem(
+        api.post_raw(
+            "/api/v1/submit",
+            r#"{"payload": 1, "metadata": {"method": "GE T"}}"#,
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-request",
+    )
+    .await;
+    assert_eq!(
+        api.queue.depth().await.expect("depth"),
+        1,
+        "only the valid submit was stored"
+    );
 }

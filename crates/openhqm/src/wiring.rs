@@ -151,6 +151,10 @@ pub(crate) async fn run(
             retry_after_secs: config.server.retry_after_seconds,
             probe_timeout: secs(2),
             metrics_enabled: config.monitoring.metrics_enabled,
+            known_endpoints: config
+                .proxy
+                .enabled
+                .then(|| config.proxy.endpoints.keys().cloned().collect()),
         },
     });
     let router = match mode {
