@@ -59,6 +59,28 @@ struct KindLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    endpoint: String,
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetClassLabels {
+    endpoint: String,
+    target: String,
+    class: &'static str,
+}
+
+/// Status classes of [`UpstreamTargetMetrics::request`]; anything else is
+/// counted as `error`, so the label set stays closed.
+pub const UPSTREAM_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"];
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~65 s
     Histogram::new(exponential_buckets(0.000_25, 2.0, 19))
@@ -78,6 +100,12 @@ pub struct Metrics {
     worker_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     worker_errors: Family<KindLabels, Counter>,
     worker_retries: Counter,
+    upstream_requests: Family<TargetClassLabels, Counter>,
+    upstream_duration: Family<TargetLabels, Histogram, fn() -> Histogram>,
+    upstream_retries: Family<EndpointLabels, Counter>,
+    upstream_breaker: Family<TargetLabels, Gauge>,
+    upstream_healthy: Family<TargetLabels, Gauge>,
+    upstream_in_flight: Family<TargetLabels, Gauge>,
 }
 
 impl Metrics {
@@ -96,6 +124,13 @@ impl Metrics {
         let worker_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let worker_errors = Family::default();
         let worker_retries = Counter::default();
+        let upstream_requests = Family::default();
+        let upstream_duration =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let upstream_retries = Family::default();
+        let upstream_breaker = Family::default();
+        let upstream_healthy = Family::default();
+        let upstream_in_flight = Family::default();
         registry.register(
             "openhqm_api_requests",
             "HTTP requests by method, route template and status",
@@ -151,6 +186,36 @@ impl Metrics {
             "Retries scheduled",
             worker_retries.clone(),
         );
+        registry.register(
+            "openhqm_upstream_requests",
+            "Forwards to proxy targets, by endpoint, target and status class",
+            upstream_requests.clone(),
+        );
+        registry.register(
+            "openhqm_upstream_request_duration_seconds",
+            "Forward latency, by endpoint and target",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "openhqm_upstream_retries",
+            "Forwards that were a retry of an earlier attempt, by endpoint",
+            upstream_retries.clone(),
+        );
+        registry.register(
+            "openhqm_upstream_breaker_state",
+            "Circuit breaker state per target: 0 closed, 1 open, 2 half-open",
+            upstream_breaker.clone(),
+        );
+        registry.register(
+            "openhqm_upstream_healthy",
+            "1 while active health checks find a target healthy, else 0",
+            upstream_healthy.clone(),
+        );
+        registry.register(
+            "openhqm_upstream_in_flight",
+            "Forwards in flight per target",
+            upstream_in_flight.clone(),
+        );
         Arc::new(Self {
             registry,
             api_requests,
@@ -164,6 +229,48 @@ impl Metrics {
             worker_duration,
             worker_errors,
             worker_retries,
+            upstream_requests,
+            upstream_duration,
+            upstream_retries,
+            upstream_breaker,
+            upstream_healthy,
+            upstream_in_flight,
+        })
+    }
+
+    /// Handles for one proxy target. `endpoint` and `target` come from the
+    /// configuration (endpoint name, target URL), so they are bounded.
+    #[must_use]
+    pub fn upstream_target(&self, endpoint: &str, target: &str) -> UpstreamTargetMetrics {
+        let labels = TargetLabels {
+            endpoint: endpoint.to_owned(),
+            target: target.to_owned(),
+        };
+        let requests = UPSTREAM_CLASSES
+            .iter()
+            .map(|class| {
+                self.upstream_requests
+                    .get_or_create_owned(&TargetClassLabels {
+                        endpoint: endpoint.to_owned(),
+                        target: target.to_owned(),
+                        class,
+                    })
+            })
+            .collect();
+        UpstreamTargetMetrics {
+            requests: Arc::new(requests),
+            duration: self.upstream_duration.get_or_create_owned(&labels),
+            breaker_state: self.upstream_breaker.get_or_create_owned(&labels),
+            healthy: self.upstream_healthy.get_or_create_owned(&labels),
+            in_flight: self.upstream_in_flight.get_or_create_owned(&labels),
+        }
+    }
+
+    /// The retry counter of one proxy endpoint.
+    #[must_use]
+    pub fn upstream_retries(&self, endpoint: &str) -> Counter {
+        self.upstream_retries.get_or_create_owned(&EndpointLabels {
+            endpoint: endpoint.to_owned(),
         })
     }
 
@@ -285,6 +392,35 @@ pub struct WorkerMetrics {
     pub retries: Counter,
 }
 
+/// Pre-resolved metrics of one proxy target.
+#[derive(Clone, Debug)]
+pub struct UpstreamTargetMetrics {
+    requests: Arc<Vec<Counter>>,
+    /// Forward latency.
+    pub duration: Histogram,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: Gauge,
+    /// 1 while active health checks find the target healthy.
+    pub healthy: Gauge,
+    /// Forwards in flight.
+    pub in_flight: Gauge,
+}
+
+impl UpstreamTargetMetrics {
+    /// Counts one forward by status class (see [`UPSTREAM_CLASSES`]) and
+    /// records its latency.
+    pub fn request(&self, class: &str, seconds: f64) {
+        let idx = UPSTREAM_CLASSES
+            .iter()
+            .position(|c| *c == class)
+            .unwrap_or(UPSTREAM_CLASSES.len() - 2);
+        if let Some(c) = self.requests.get(idx) {
+            c.inc();
+        }
+        self.duration.observe(seconds);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,8 +435,18 @@ mod tests {
         m.worker().active.set(1);
         m.worker().completed.observe(0.01);
         m.worker().errors_transient.inc();
+        let t = m.upstream_target("api", "http://127.0.0.1:9/");
+        t.request("2xx", 0.01);
+        t.healthy.set(1);
+        m.upstream_retries("api").inc();
         let text = m.render();
         for name in [
+            "openhqm_upstream_requests_total{endpoint=\"api\",target=\"http://127.0.0.1:9/\",class=\"2xx\"} 1",
+            "openhqm_upstream_request_duration_seconds_bucket",
+            "openhqm_upstream_healthy{endpoint=\"api\",target=\"http://127.0.0.1:9/\"} 1",
+            "openhqm_upstream_retries_total{endpoint=\"api\"} 1",
+            "openhqm_upstream_breaker_state",
+            "openhqm_upstream_in_flight",
             "openhqm_api_requests_total{method=\"POST\",route=\"/api/v1/submit\",status=\"202\"} 1",
             "openhqm_api_request_duration_seconds_bucket",
             "openhqm_queue_publish_total{queue=\"openhqm-requests\",result=\"ok\"} 1",

@@ -1,0 +1,242 @@
+//! A circuit breaker per target: closed, open, half-open.
+//!
+//! After `failure_threshold` consecutive failures the breaker opens and the
+//! target gets no traffic for `open_seconds`, so a failing backend is given
+//! room to recover instead of being hammered by every retry. Then up to
+//! `half_open_max` trial requests go through at once: one success closes the
+//! breaker, one failure opens it again. The state machine is pure (time is
+//! passed in) and table-tested.
+
+use std::time::{Duration, Instant};
+
+use crate::config::CircuitBreakerConfig;
+
+/// Where the breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Traffic flows; counts consecutive failures.
+    Closed {
+        /// Consecutive failures so far.
+        failures: u32,
+    },
+    /// No traffic until `until`.
+    Open {
+        /// When trials may start.
+        until: Instant,
+    },
+    /// Trials in flight.
+    HalfOpen {
+        /// Trial requests not yet finished.
+        trials: u32,
+    },
+}
+
+impl State {
+    /// Gauge value: 0 closed, 1 open, 2 half-open.
+    #[must_use]
+    pub fn gauge(&self) -> i64 {
+        match self {
+            Self::Closed { .. } => 0,
+            Self::Open { .. } => 1,
+            Self::HalfOpen { .. } => 2,
+        }
+    }
+}
+
+/// How a request got through, so its result is counted in the right state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Let through while closed.
+    Normal,
+    /// A half-open trial.
+    Trial,
+}
+
+/// The breaker.
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    threshold: u32,
+    open_for: Duration,
+    half_open_max: u32,
+    state: State,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    #[must_use]
+    pub fn new(cfg: &CircuitBreakerConfig) -> Self {
+        Self {
+            threshold: cfg.failure_threshold.max(1),
+            open_for: Duration::from_secs(cfg.open_seconds),
+            half_open_max: cfg.half_open_max.max(1),
+            state: State::Closed { failures: 0 },
+        }
+    }
+
+    /// The current state (an expired `Open` is reported until the next call
+    /// to [`Breaker::admit`]).
+    #[must_use]
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether a request could be admitted now, without admitting it.
+    #[must_use]
+    pub fn available(&self, now: Instant) -> bool {
+        match self.state {
+            State::Closed { .. } => true,
+            State::Open { until } => now >= until,
+            State::HalfOpen { trials } => trials < self.half_open_max,
+        }
+    }
+
+    /// Admits a request, or refuses it.
+    pub fn admit(&mut self, now: Instant) -> Option<Admission> {
+        if let State::Open { until } = self.state {
+            if now < until {
+                return None;
+            }
+            self.state = State::HalfOpen { trials: 0 };
+        }
+        match &mut self.state {
+            State::Closed { .. } => Some(Admission::Normal),
+            State::HalfOpen { trials } if *trials < self.half_open_max => {
+                *trials += 1;
+                Some(Admission::Trial)
+            }
+            _ => None,
+        }
+    }
+
+    /// Records the result of an admitted request.
+    pub fn record(&mut self, admission: Admission, success: bool, now: Instant) {
+        self.state = match (self.state, admission, success) {
+            (State::Closed { .. }, _, true) => State::Closed { failures: 0 },
+            (State::Closed { failures }, _, false) if failures + 1 >= self.threshold => {
+                State::Open {
+                    until: now + self.open_for,
+                }
+            }
+            (State::Closed { failures }, _, false) => State::Closed {
+                failures: failures + 1,
+            },
+            (State::HalfOpen { .. }, Admission::Trial, true) => State::Closed { failures: 0 },
+            (State::HalfOpen { .. }, Admission::Trial, false) => State::Open {
+                until: now + self.open_for,
+            },
+            // A request admitted before the breaker changed state says nothing
+            // about the state it finishes in.
+            (state, _, _) => state,
+        };
+    }
+
+    /// A trial abandoned without a result (the attempt was cancelled).
+    pub fn release(&mut self, admission: Admission) {
+        if let (State::HalfOpen { trials }, Admission::Trial) = (&mut self.state, admission) {
+            *trials = trials.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        /// Admit at t seconds; expect admission.
+        Admit(u64, Option<Admission>),
+        /// Record a result at t seconds.
+        Record(u64, Admission, bool),
+    }
+
+    fn check(steps: &[Step], expected: &[&str]) {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&CircuitBreakerConfig {
+            failure_threshold: 2,
+            open_seconds: 10,
+            half_open_max: 1,
+        });
+        let mut got = Vec::new();
+        for step in steps {
+            match *step {
+                Step::Admit(t, want) => {
+                    assert_eq!(b.admit(t0 + Duration::from_secs(t)), want, "{step:?}");
+                }
+                Step::Record(t, a, ok) => b.record(a, ok, t0 + Duration::from_secs(t)),
+            }
+            got.push(match b.state() {
+                State::Closed { failures } => format!("closed{failures}"),
+                State::Open { until } => format!("open{}", (until - t0).as_secs()),
+                State::HalfOpen { trials } => format!("half{trials}"),
+            });
+        }
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn breaker_transitions() {
+        use Admission::{Normal, Trial};
+        use Step::{Admit, Record};
+        // Failures open it; a success in between resets the count.
+        check(
+            &[
+                Record(0, Normal, false),
+                Record(0, Normal, true),
+                Record(1, Normal, false),
+                Record(2, Normal, false),
+                Admit(5, None),
+            ],
+            &["closed1", "closed0", "closed1", "open12", "open12"],
+        );
+        // After open_seconds one trial goes through; a second waits.
+        check(
+            &[
+                Record(0, Normal, false),
+                Record(0, Normal, false),
+                Admit(10, Some(Trial)),
+                Admit(10, None),
+                Record(11, Trial, true),
+                Admit(11, Some(Normal)),
+            ],
+            &["closed1", "open10", "half1", "half1", "closed0", "closed0"],
+        );
+        // A failed trial opens it again from the time of the failure.
+        check(
+            &[
+                Record(0, Normal, false),
+                Record(0, Normal, false),
+                Admit(10, Some(Trial)),
+                Record(12, Trial, false),
+                Admit(13, None),
+            ],
+            &["closed1", "open10", "half1", "open22", "open22"],
+        );
+        // Late results of requests admitted while closed change nothing.
+        check(
+            &[
+                Record(0, Normal, false),
+                Record(0, Normal, false),
+                Record(1, Normal, true),
+                Admit(10, Some(Trial)),
+                Record(10, Normal, false),
+            ],
+            &["closed1", "open10", "open10", "half1", "half1"],
+        );
+    }
+
+    #[test]
+    fn released_trial_frees_its_slot() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&CircuitBreakerConfig {
+            failure_threshold: 1,
+            open_seconds: 0,
+            half_open_max: 1,
+        });
+        b.record(Admission::Normal, false, t0);
+        assert_eq!(b.admit(t0), Some(Admission::Trial));
+        assert!(!b.available(t0));
+        b.release(Admission::Trial);
+        assert!(b.available(t0));
+    }
+}

@@ -1,0 +1,236 @@
+//! Cross-field checks of the proxy configuration.
+//!
+//! Each problem is reported as `(key path, message)` with the full path from
+//! the root of the configuration (`proxy.endpoints.<name>.<key>`), so the
+//! binary can merge them with its own errors unchanged.
+
+use reqwest::{Method, Url};
+
+use super::{AuthType, EndpointConfig, PathRewrite, Strategy, UpstreamConfig};
+use crate::balance::HashKey;
+use crate::headers::is_hop_by_hop;
+
+type Problems = Vec<(String, String)>;
+
+impl UpstreamConfig {
+    /// Every problem of `proxy.*`, each naming its key path.
+    #[must_use]
+    pub fn validate(&self) -> Problems {
+        let mut out = Problems::new();
+        for (name, endpoint) in &self.endpoints {
+            out.extend(endpoint.validate(name));
+        }
+        if let Some(default) = &self.default_endpoint
+            && !self.endpoints.contains_key(default)
+            && check_url(default).is_err()
+        {
+            out.push((
+                "proxy.default_endpoint".into(),
+                format!("`{default}` is neither a configured endpoint nor an http(s) URL"),
+            ));
+        }
+        if self.max_response_size == 0 {
+            out.push((
+                "proxy.max_response_size".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        out
+    }
+
+    /// Whether `name` is a configured endpoint (the API rejects others at submit).
+    #[must_use]
+    pub fn has_endpoint(&self, name: &str) -> bool {
+        self.endpoints.contains_key(name)
+    }
+}
+
+impl EndpointConfig {
+    /// Every problem of `proxy.endpoints.<name>`, each naming its key path.
+    #[must_use]
+    pub fn validate(&self, name: &str) -> Problems {
+        let mut out = Problems::new();
+        let mut add = |field: &str, msg: String| {
+            out.push((format!("proxy.endpoints.{name}.{field}"), msg));
+        };
+        if self.url.is_none() && self.targets.is_empty() {
+            add("url", "is required (or give `targets`)".into());
+        }
+        if let Some(url) = &self.url
+            && let Err(e) = check_url(url)
+        {
+            add("url", e);
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            if let Err(e) = check_url(&t.url) {
+                add(&format!("targets.{i}.url"), e);
+            }
+            if t.weight == 0 {
+                add(&format!("targets.{i}.weight"), "must be at least 1".into());
+            }
+        }
+        if Method::from_bytes(self.method.as_bytes()).is_err() {
+            add("method", format!("`{}` is not an HTTP method", self.method));
+        }
+        if self.timeout == 0 {
+            add("timeout", "must be at least 1".into());
+        }
+        for (header, value) in &self.headers {
+            if let Err(e) = check_header(header, value) {
+                add(&format!("headers.{header}"), e);
+            }
+        }
+        auth_problems(self, &mut add);
+        match (&self.strategy, &self.hash_key) {
+            (Strategy::ConsistentHash, None) => {
+                add(
+                    "hash_key",
+                    "is required when strategy is consistent_hash".into(),
+                );
+            }
+            (_, Some(key)) => {
+                if let Err(e) = HashKey::parse(key) {
+                    add("hash_key", e);
+                }
+            }
+            _ => {}
+        }
+        if let Some(h) = &self.health_check {
+            if !h.path.starts_with('/') {
+                add("health_check.path", "must start with `/`".into());
+            }
+            for (field, v) in [
+                ("interval_seconds", h.interval_seconds),
+                ("timeout_seconds", h.timeout_seconds),
+                ("healthy_threshold", u64::from(h.healthy_threshold)),
+                ("unhealthy_threshold", u64::from(h.unhealthy_threshold)),
+            ] {
+                if v == 0 {
+                    add(
+                        &format!("health_check.{field}"),
+                        "must be at least 1".into(),
+                    );
+                }
+            }
+            if !(100..=599).contains(&h.expected_status) {
+                add(
+                    "health_check.expected_status",
+                    "must be an HTTP status".into(),
+                );
+            }
+        }
+        if let Some(p) = &self.passive_ejection
+            && p.consecutive_failures == 0
+        {
+            add(
+                "passive_ejection.consecutive_failures",
+                "must be at least 1".into(),
+            );
+        }
+        if let Some(b) = &self.circuit_breaker {
+            if b.failure_threshold == 0 {
+                add(
+                    "circuit_breaker.failure_threshold",
+                    "must be at least 1".into(),
+                );
+            }
+            if b.half_open_max == 0 {
+                add("circuit_breaker.half_open_max", "must be at least 1".into());
+            }
+        }
+        if self.max_concurrency == Some(0) {
+            add("max_concurrency", "must be at least 1".into());
+        }
+        if let Some(r) = &self.rate_limit {
+            if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0) {
+                add(
+                    "rate_limit.requests_per_second",
+                    "must be a positive number".into(),
+                );
+            }
+            if r.burst == 0 {
+                add("rate_limit.burst", "must be at least 1".into());
+            }
+        }
+        for status in &self.retry_on {
+            if !(100..=599).contains(status) {
+                add("retry_on", format!("{status} is not an HTTP status"));
+            }
+        }
+        if let Some(rw) = &self.path_rewrite
+            && let Err(e) = check_rewrite(rw)
+        {
+            add("path_rewrite", e);
+        }
+        if self.tls.ca_file.as_deref() == Some("") {
+            add("tls.ca_file", "must name a PEM file".into());
+        }
+        out
+    }
+}
+
+fn auth_problems(e: &EndpointConfig, add: &mut impl FnMut(&str, String)) {
+    let needs_token = matches!(
+        e.auth_type,
+        Some(AuthType::Bearer | AuthType::ApiKey | AuthType::Custom)
+    );
+    if needs_token && e.auth_token.is_empty() {
+        add("auth_token", "is required by this auth_type".into());
+    }
+    match e.auth_type {
+        Some(AuthType::Basic) if e.auth_username.is_none() => {
+            add(
+                "auth_username",
+                "is required when auth_type is basic".into(),
+            );
+        }
+        Some(AuthType::Custom) if e.auth_header_name.is_none() => {
+            add(
+                "auth_header_name",
+                "is required when auth_type is custom".into(),
+            );
+        }
+        None if !e.auth_token.is_empty() || e.auth_username.is_some() => {
+            add("auth_type", "is required when credentials are set".into());
+        }
+        _ => {}
+    }
+    if let Some(h) = &e.auth_header_name
+        && let Err(err) = check_header(h, "x")
+    {
+        add("auth_header_name", err);
+    }
+}
+
+/// Checks that `url` is an absolute http(s) URL.
+pub(crate) fn check_url(url: &str) -> Result<Url, String> {
+    let parsed = Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!("must be an http:// or https:// URL, got `{url}`"));
+    }
+    Ok(parsed)
+}
+
+fn check_header(name: &str, value: &str) -> Result<(), String> {
+    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("`{name}` is not a valid header name"));
+    }
+    if is_hop_by_hop(name) {
+        return Err(format!("`{name}` is hop-by-hop and is never forwarded"));
+    }
+    if reqwest::header::HeaderValue::from_str(value).is_err() {
+        return Err("the value is not a valid header value".into());
+    }
+    Ok(())
+}
+
+fn check_rewrite(rw: &PathRewrite) -> Result<(), String> {
+    match (&rw.strip_prefix, &rw.regex, &rw.replace) {
+        (Some(_), None, None) => Ok(()),
+        (None, Some(re), Some(_)) => regex::Regex::new(re)
+            .map(|_| ())
+            .map_err(|e| format!("invalid regex: {e}")),
+        (None, Some(_), None) => Err("`regex` needs `replace`".into()),
+        _ => Err("give either `strip_prefix`, or `regex` with `replace`".into()),
+    }
+}

@@ -1,0 +1,268 @@
+//! One configured endpoint at run time, and one forward to it.
+//!
+//! A forward runs in named steps under one deadline,
+//! `min(endpoint timeout, attempt timeout)`:
+//! 1. `admit`: wait for a concurrency permit, then a rate-limit slot, both
+//!    bounded by the deadline, so a backend never sees more than
+//!    `max_concurrency` requests from this process nor more than its rate;
+//! 2. `Pool::pick` a target;
+//! 3. `prepare`: method, URL and headers;
+//! 4. `exchange`: send, then read the body within `max_response_size`;
+//! 5. `settle`: feed the target's health, then classify the answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use openhqm_core::Envelope;
+use openhqm_metrics::Metrics;
+use openhqm_worker::Output;
+use prometheus_client::metrics::counter::Counter;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::{Client, Method, RequestBuilder};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::classify::{Attempted, Verdict, classify, is_target_failure, status_class};
+use crate::config::EndpointConfig;
+use crate::error::{UpstreamError, excerpt};
+use crate::gcra::RateLimiter;
+use crate::headers::{
+    AuthHeader, HeaderPolicy, HeaderSources, OutHeader, auth_header, is_hop_by_hop, outgoing,
+};
+use crate::pool::Pool;
+use crate::response::{body_to_result, content_type, headers_to_json, read_limited};
+use crate::rewrite::{Rewrite, target_url};
+
+/// Settings shared by every endpoint (`proxy.*`).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub policy: HeaderPolicy,
+    pub max_response_size: usize,
+}
+
+/// A configured endpoint, ready to forward.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub name: String,
+    pub cfg: EndpointConfig,
+    method: Method,
+    pub client: Client,
+    pub pool: Arc<Pool>,
+    auth: Option<AuthHeader>,
+    rewrite: Rewrite,
+    permits: Option<Semaphore>,
+    limiter: Option<RateLimiter>,
+    retries: Counter,
+}
+
+impl Endpoint {
+    pub fn new(name: &str, cfg: &EndpointConfig, metrics: &Metrics) -> Result<Self, UpstreamError> {
+        let bad = |message: String| UpstreamError::Config {
+            endpoint: name.to_owned(),
+            message,
+        };
+        let method = Method::from_bytes(cfg.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| bad(format!("`{}` is not an HTTP method", cfg.method)))?;
+        Ok(Self {
+            name: name.to_owned(),
+            method,
+            client: crate::client::build(cfg).map_err(bad)?,
+            pool: Arc::new(Pool::new(name, cfg, metrics)?),
+            auth: auth_header(cfg),
+            rewrite: Rewrite::new(cfg.path_rewrite.as_ref()).map_err(bad)?,
+            permits: cfg.max_concurrency.map(|n| Semaphore::new(n.max(1))),
+            limiter: cfg.rate_limit.as_ref().map(RateLimiter::new),
+            retries: metrics.upstream_retries(name),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Forwards one attempt of `env`.
+    pub async fn forward(
+        &self,
+        shared: &Shared,
+        env: &Envelope,
+        attempt: u32,
+        timeout: Duration,
+    ) -> Result<Output, UpstreamError> {
+        let budget = Duration::from_secs(self.cfg.timeout).min(timeout);
+        let deadline = Instant::now() + budget;
+        if attempt > 1 {
+            self.retries.inc();
+        }
+        let _permit = self.admit(deadline).await?;
+        let lease = self.pool.pick(env)?;
+        let request = self.prepare(shared, env, &lease.target().url)?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let started = Instant::now();
+        let exchanged = exchange(request.timeout(remaining), shared.max_response_size).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let target = lease.target().label.clone();
+        let (class, failed, result) = match exchanged {
+            Ok((status, headers, body)) => {
+                let retry_after = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok());
+                let attempted = Attempted::Answered {
+                    status,
+                    retry_after,
+                };
+                let verdict = classify(attempted, &self.cfg.retry_on, SystemTime::now());
+                let (class, failed) = (status_class(attempted), is_target_failure(attempted));
+                (class, failed, settle(verdict, status, &headers, body))
+            }
+            Err(Exchange::Failed(e)) => {
+                let (attempted, err) = if e.is_timeout() {
+                    (Attempted::TimedOut, UpstreamError::Timeout(budget))
+                } else {
+                    (Attempted::NetworkError, UpstreamError::from(e))
+                };
+                (status_class(attempted), true, Err(err))
+            }
+            Err(Exchange::TooLarge(status, e)) => {
+                let attempted = Attempted::Answered {
+                    status,
+                    retry_after: None,
+                };
+                (
+                    status_class(attempted),
+                    is_target_failure(attempted),
+                    Err(e),
+                )
+            }
+        };
+        lease.finish(class, seconds, failed);
+        log_outcome(env, &self.name, &target, &result, seconds);
+        result
+    }
+
+    async fn admit(&self, deadline: Instant) -> Result<Option<SemaphorePermit<'_>>, UpstreamError> {
+        let started = Instant::now();
+        let permit = match &self.permits {
+            None => None,
+            Some(sem) => match tokio::time::timeout_at(deadline.into(), sem.acquire()).await {
+                Ok(Ok(p)) => Some(p),
+                // The semaphore is never closed; a timeout is the one way out.
+                Ok(Err(_)) | Err(_) => {
+                    return Err(UpstreamError::Saturated {
+                        endpoint: self.name.clone(),
+                        limit: "concurrency",
+                        waited: started.elapsed(),
+                        retry_after: None,
+                    });
+                }
+            },
+        };
+        if let Some(limiter) = &self.limiter {
+            limiter
+                .acquire(deadline)
+                .await
+                .map_err(|wait| UpstreamError::Saturated {
+                    endpoint: self.name.clone(),
+                    limit: "rate",
+                    waited: started.elapsed(),
+                    retry_after: Some(wait),
+                })?;
+        }
+        Ok(permit)
+    }
+
+    fn prepare(
+        &self,
+        shared: &Shared,
+        env: &Envelope,
+        base: &reqwest::Url,
+    ) -> Result<RequestBuilder, UpstreamError> {
+        let method = match env.metadata.method.as_deref() {
+            Some(m) => Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
+                .map_err(|_| UpstreamError::InvalidMethod(m.to_owned()))?,
+            None => self.method.clone(),
+        };
+        let url = target_url(base, env, &self.rewrite)?;
+        let sources = HeaderSources {
+            client: env.headers.as_ref(),
+            endpoint: &self.cfg.headers,
+            auth: self.auth.as_ref(),
+            correlation_id: env.correlation_id,
+        };
+        let mut headers = HeaderMap::new();
+        for h in outgoing(&shared.policy, &sources) {
+            let invalid = || UpstreamError::InvalidHeader(h.name().to_owned());
+            let name = HeaderName::from_bytes(h.name().as_bytes()).map_err(|_| invalid())?;
+            let mut value = HeaderValue::from_str(h.value()).map_err(|_| invalid())?;
+            if matches!(h, OutHeader::Secret(..)) {
+                value.set_sensitive(true);
+            }
+            headers.insert(name, value);
+        }
+        if !headers.contains_key(CONTENT_TYPE) {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        let carries_body = !matches!(method, Method::GET | Method::HEAD);
+        let mut request = self.client.request(method, url).headers(headers);
+        if carries_body {
+            request = request.body(env.payload.get().to_owned());
+        }
+        Ok(request)
+    }
+}
+
+enum Exchange {
+    Failed(reqwest::Error),
+    TooLarge(u16, UpstreamError),
+}
+
+async fn exchange(
+    request: RequestBuilder,
+    limit: usize,
+) -> Result<(u16, HeaderMap, Vec<u8>), Exchange> {
+    let resp = request.send().await.map_err(Exchange::Failed)?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    match read_limited(resp, limit).await {
+        Ok(body) => Ok((status, headers, body)),
+        Err(UpstreamError::Network(e)) => Err(Exchange::Failed(e)),
+        Err(e) => Err(Exchange::TooLarge(status, e)),
+    }
+}
+
+fn settle(
+    verdict: Verdict,
+    status: u16,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+) -> Result<Output, UpstreamError> {
+    match verdict {
+        Verdict::Deliver => {
+            let mut kept = headers_to_json(headers);
+            kept.retain(|name, _| !is_hop_by_hop(name));
+            Ok(Output {
+                result: body_to_result(content_type(headers), &body),
+                status_code: Some(status),
+                headers: Some(kept),
+            })
+        }
+        Verdict::Retry { retry_after, .. } => Err(UpstreamError::RetryableStatus {
+            status,
+            body: excerpt(&body),
+            retry_after,
+        }),
+    }
+}
+
+fn log_outcome(
+    env: &Envelope,
+    endpoint: &str,
+    target: &str,
+    result: &Result<Output, UpstreamError>,
+    seconds: f64,
+) {
+    let id = env.correlation_id;
+    match result {
+        Ok(out) => tracing::debug!(
+            correlation_id = %id, endpoint, target_url = target,
+            status = out.status_code, seconds, "forwarded"
+        ),
+        Err(e) => tracing::warn!(
+            correlation_id = %id, endpoint, target_url = target,
+            error = %e, seconds, "forward failed"
+        ),
+    }
+}

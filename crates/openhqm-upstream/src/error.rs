@@ -1,0 +1,143 @@
+//! Errors of the forwarder, and how each one fails an attempt.
+//!
+//! Messages never carry secrets: URLs are stripped from `reqwest` errors
+//! (they may hold credentials or keys in the query) and auth values never
+//! reach an error at all. Bodies quoted from a backend are cut short.
+
+use std::time::Duration;
+
+use openhqm_core::{Failure, FailureKind};
+
+/// Longest excerpt of a backend body quoted in an error.
+pub const BODY_EXCERPT: usize = 512;
+
+/// Why a forward did not produce a deliverable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The request names an endpoint that is not configured.
+    #[error("unknown proxy endpoint `{0}`")]
+    UnknownEndpoint(String),
+    /// The request names no endpoint and there is no default.
+    #[error("the request names no endpoint and proxy.default_endpoint is not set")]
+    NoEndpoint,
+    /// Every target is unhealthy, ejected or behind an open breaker.
+    #[error("no healthy target for endpoint `{0}`")]
+    NoHealthyTarget(String),
+    /// The endpoint's configuration cannot be used (checked at start-up).
+    #[error("endpoint `{endpoint}`: {message}")]
+    Config {
+        /// Endpoint name.
+        endpoint: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A header could not be encoded; the value is not quoted, it may be secret.
+    #[error("header `{0}` has an invalid name or value")]
+    InvalidHeader(String),
+    /// `metadata.method` is not an HTTP method.
+    #[error("`{0}` is not an HTTP method")]
+    InvalidMethod(String),
+    /// The target URL could not be built from the request's path.
+    #[error("cannot build the backend URL: {0}")]
+    InvalidUrl(String),
+    /// The forward took longer than its deadline.
+    #[error("backend did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Waiting for a concurrency permit or a rate-limit slot outlasted the deadline.
+    #[error("endpoint `{endpoint}` is at its {limit} limit; waited {waited:?}")]
+    Saturated {
+        /// Endpoint name.
+        endpoint: String,
+        /// `concurrency` or `rate`.
+        limit: &'static str,
+        /// How long the attempt waited.
+        waited: Duration,
+        /// When a slot frees up, if known.
+        retry_after: Option<Duration>,
+    },
+    /// Connecting, sending or reading failed.
+    #[error("backend request failed: {0}")]
+    Network(#[source] reqwest::Error),
+    /// The body was larger than `proxy.max_response_size`.
+    #[error("backend response exceeds proxy.max_response_size ({limit} bytes)")]
+    ResponseTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The backend answered with a status on the endpoint's `retry_on` list.
+    #[error("backend answered {status}: {body}")]
+    RetryableStatus {
+        /// The status.
+        status: u16,
+        /// The start of the body, so the last answer is kept when retries run out.
+        body: String,
+        /// The backend's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+}
+
+impl UpstreamError {
+    /// Whether another attempt may succeed.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        self.kind() != FailureKind::Permanent
+    }
+
+    /// How the worker should treat the failed attempt.
+    #[must_use]
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::UnknownEndpoint(_)
+            | Self::NoEndpoint
+            | Self::Config { .. }
+            | Self::InvalidHeader(_)
+            | Self::InvalidMethod(_)
+            | Self::InvalidUrl(_)
+            | Self::ResponseTooLarge { .. } => FailureKind::Permanent,
+            Self::Timeout(_) => FailureKind::Timeout,
+            Self::Network(e) if e.is_timeout() => FailureKind::Timeout,
+            Self::NoHealthyTarget(_)
+            | Self::Saturated { .. }
+            | Self::Network(_)
+            | Self::RetryableStatus { .. } => FailureKind::Transient,
+        }
+    }
+
+    /// The delay the other side asked for, if any.
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RetryableStatus { retry_after, .. } | Self::Saturated { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// The attempt's failure, as the worker takes it.
+    #[must_use]
+    pub fn into_failure(self) -> Failure {
+        Failure {
+            kind: self.kind(),
+            retry_after: self.retry_after(),
+            message: self.to_string(),
+        }
+    }
+}
+
+impl From<reqwest::Error> for UpstreamError {
+    fn from(e: reqwest::Error) -> Self {
+        Self::Network(e.without_url())
+    }
+}
+
+/// The start of a body, for an error message.
+#[must_use]
+pub fn excerpt(body: &[u8]) -> String {
+    let cut = &body[..body.len().min(BODY_EXCERPT)];
+    let mut text = String::from_utf8_lossy(cut).into_owned();
+    if body.len() > BODY_EXCERPT {
+        text.push('…');
+    }
+    text
+}

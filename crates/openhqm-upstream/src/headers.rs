@@ -1,0 +1,221 @@
+//! Which headers reach the backend, and in what order of precedence.
+//!
+//! The policy is a pure function over strings so the whole of it fits in one
+//! table of tests: client headers pass only if on the forward list (`"*"` for
+//! all) and not on the strip list, names compared case-insensitively; the
+//! endpoint's static headers override them; the auth header is injected last;
+//! hop-by-hop headers (RFC 9110 §7.6.1) never pass, from any source. Every
+//! request also carries `X-Correlation-ID` and a W3C `traceparent`.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use openhqm_core::{CorrelationId, Secret};
+
+use crate::config::{AuthType, EndpointConfig};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1,
+/// plus the de-facto `Keep-Alive` and `Proxy-Connection`).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+];
+
+/// Set by the forwarder itself; a client or static value is replaced.
+pub const CORRELATION_HEADER: &str = "X-Correlation-ID";
+const TRACEPARENT: &str = "traceparent";
+
+/// Whether `name` is a hop-by-hop header.
+#[must_use]
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// The forward and strip lists, ready to apply.
+#[derive(Debug, Clone)]
+pub struct HeaderPolicy {
+    forward_all: bool,
+    forward: Vec<String>,
+    strip: Vec<String>,
+}
+
+impl HeaderPolicy {
+    /// Builds the policy from `proxy.forward_headers` and `proxy.strip_headers`.
+    #[must_use]
+    pub fn new(forward: &[String], strip: &[String]) -> Self {
+        Self {
+            forward_all: forward.iter().any(|h| h.trim() == "*"),
+            forward: forward
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+            strip: strip
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    fn passes(&self, name: &str, connection_named: &[String]) -> bool {
+        let lower = name.to_ascii_lowercase();
+        !is_hop_by_hop(&lower)
+            && !connection_named.contains(&lower)
+            && !self.strip.contains(&lower)
+            && (self.forward_all || self.forward.contains(&lower))
+    }
+}
+
+/// The header an endpoint authenticates with, value kept secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthHeader {
+    /// Header name.
+    pub name: String,
+    /// Header value, including any scheme (`Bearer ...`).
+    pub value: Secret,
+}
+
+/// The auth header an endpoint's config asks for, if any.
+#[must_use]
+pub fn auth_header(e: &EndpointConfig) -> Option<AuthHeader> {
+    let token = e.auth_token.expose();
+    let (name, value) = match e.auth_type? {
+        AuthType::Bearer => ("Authorization".to_owned(), format!("Bearer {token}")),
+        AuthType::Basic => {
+            let user = e.auth_username.as_deref().unwrap_or_default();
+            let pair = format!("{user}:{}", e.auth_password.expose());
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            ("Authorization".to_owned(), format!("Basic {encoded}"))
+        }
+        AuthType::ApiKey => (
+            e.auth_header_name
+                .clone()
+                .unwrap_or_else(|| "X-API-Key".to_owned()),
+            token.to_owned(),
+        ),
+        AuthType::Custom => (e.auth_header_name.clone()?, token.to_owned()),
+    };
+    Some(AuthHeader {
+        name,
+        value: Secret::from(value.as_str()),
+    })
+}
+
+/// Everything that contributes headers to one forward.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderSources<'a> {
+    /// The client's headers from the envelope.
+    pub client: Option<&'a BTreeMap<String, String>>,
+    /// The endpoint's static headers.
+    pub endpoint: &'a BTreeMap<String, String>,
+    /// The endpoint's auth header.
+    pub auth: Option<&'a AuthHeader>,
+    /// The request's id.
+    pub correlation_id: CorrelationId,
+}
+
+/// One outgoing header. The value of the auth header is secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutHeader {
+    /// A header that may be logged.
+    Plain(String, String),
+    /// The auth header.
+    Secret(String, Secret),
+}
+
+impl OutHeader {
+    /// The header's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Plain(n, _) | Self::Secret(n, _) => n,
+        }
+    }
+
+    /// The header's value, for the one place that sends it.
+    #[must_use]
+    pub fn value(&self) -> &str {
+        match self {
+            Self::Plain(_, v) => v,
+            Self::Secret(_, v) => v.expose(),
+        }
+    }
+}
+
+/// The headers to send, in order, each name once.
+#[must_use]
+pub fn outgoing(policy: &HeaderPolicy, src: &HeaderSources<'_>) -> Vec<OutHeader> {
+    let mut out: Vec<OutHeader> = Vec::new();
+    let mut set = |h: OutHeader| {
+        out.retain(|o| !o.name().eq_ignore_ascii_case(h.name()));
+        out.push(h);
+    };
+    let empty = BTreeMap::new();
+    let client = src.client.unwrap_or(&empty);
+    let connection_named: Vec<String> = client
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for (name, value) in client {
+        if policy.passes(name, &connection_named) {
+            set(OutHeader::Plain(name.clone(), value.clone()));
+        }
+    }
+    for (name, value) in src.endpoint {
+        if !is_hop_by_hop(name) {
+            set(OutHeader::Plain(name.clone(), value.clone()));
+        }
+    }
+    if let Some(auth) = src.auth {
+        set(OutHeader::Secret(auth.name.clone(), auth.value.clone()));
+    }
+    set(OutHeader::Plain(
+        CORRELATION_HEADER.into(),
+        src.correlation_id.to_string(),
+    ));
+    let parent = client
+        .iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case(TRACEPARENT) && valid_traceparent(v))
+        .map(|(_, v)| v.clone());
+    let parent = parent.unwrap_or_else(|| new_traceparent(src.correlation_id, fastrand::u64(1..)));
+    set(OutHeader::Plain(TRACEPARENT.into(), parent));
+    out
+}
+
+/// A traceparent whose trace id is the correlation id, so traces and request
+/// records can be joined.
+#[must_use]
+pub fn new_traceparent(id: CorrelationId, span: u64) -> String {
+    let trace: String = id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!("00-{trace}-{span:016x}-01")
+}
+
+/// Whether `v` is a well-formed version-00 W3C traceparent.
+#[must_use]
+pub fn valid_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.trim().split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && s.bytes().any(|b| b != b'0')
+    };
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && parts[3].len() == 2
+        && parts[3].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+use super::*;
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+const ID: &str = "01890a5d-ac96-774b-bcce-b302099a8057";
+
+/// Runs the policy and checks the outgoing headers other than the two the
+/// forwarder always adds, which are checked separately.
+fn check(
+    forward: &[&str],
+    strip: &[&str],
+    client: &[(&str, &str)],
+    endpoint: &[(&str, &str)],
+    auth: Option<(&str, &str)>,
+    expected: &[(&str, &str)],
+) {
+    let policy = HeaderPolicy::new(&strings(forward), &strings(strip));
+    let client = map(client);
+    let endpoint = map(endpoint);
+    let auth = auth.map(|(n, v)| AuthHeader {
+        name: n.into(),
+        value: Secret::from(v),
+    });
+    let id: CorrelationId = serde_json::from_value(serde_json::json!(ID)).expect("id");
+    let out = outgoing(
+        &policy,
+        &HeaderSources {
+            client: Some(&client),
+            endpoint: &endpoint,
+            auth: auth.as_ref(),
+            correlation_id: id,
+        },
+    );
+    let got: Vec<(String, String)> = out
+        .iter()
+        .filter(|h| {
+            !h.name().eq_ignore_ascii_case(CORRELATION_HEADER)
+                && !h.name().eq_ignore_ascii_case(TRACEPARENT)
+        })
+        .map(|h| (h.name().to_owned(), h.value().to_owned()))
+        .collect();
+    let want: Vec<(String, String)> = expected
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    assert_eq!(got, want, "client {client:?}");
+    let corr: Vec<&OutHeader> = out
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case(CORRELATION_HEADER))
+        .collect();
+    assert_eq!(corr.len(), 1);
+    assert_eq!(corr[0].value(), ID);
+}
+
+const DEFAULT_FWD: &[&str] = &["Content-Type", "Accept", "User-Agent"];
+const DEFAULT_STRIP: &[&str] = &["Host", "Connection"];
+
+#[test]
+fn header_policy_table() {
+    // Only listed headers pass, names compared case-insensitively.
+    check(
+        DEFAULT_FWD,
+        DEFAULT_STRIP,
+        &[("accept", "a/b"), ("X-Other", "1"), ("HOST", "h")],
+        &[],
+        None,
+        &[("accept", "a/b")],
+    );
+    // "*" forwards everything but stripped and hop-by-hop headers.
+    check(
+        &["*"],
+        DEFAULT_STRIP,
+        &[
+            ("X-Other", "1"),
+            ("host", "h"),
+            ("Keep-Alive", "5"),
+            ("Transfer-Encoding", "chunked"),
+            ("TE", "trailers"),
+            ("Upgrade", "h2c"),
+            ("Proxy-Authorization", "x"),
+            ("Trailer", "x"),
+        ],
+        &[],
+        None,
+        &[("X-Other", "1")],
+    );
+    // Headers named by Connection are hop-by-hop too.
+    check(
+        &["*"],
+        &[],
+        &[
+            ("Connection", "close, X-Private"),
+            ("x-private", "p"),
+            ("X-Public", "1"),
+        ],
+        &[],
+        None,
+        &[("X-Public", "1")],
+    );
+    // The strip list wins over the forward list.
+    check(
+        &["*", "Accept"],
+        &["ACCEPT"],
+        &[("Accept", "x")],
+        &[],
+        None,
+        &[],
+    );
+    // Static headers override forwarded ones, whatever the case.
+    check(
+        &["*"],
+        &[],
+        &[("x-service", "client"), ("Accept", "a")],
+        &[("X-Service", "static")],
+        None,
+        &[("Accept", "a"), ("X-Service", "static")],
+    );
+    // The auth header is injected last and overrides both.
+    check(
+        &["*"],
+        &[],
+        &[("authorization", "Bearer client")],
+        &[("Authorization", "Bearer static")],
+        Some(("Authorization", "Bearer endpoint")),
+        &[("Authorization", "Bearer endpoint")],
+    );
+    // Static hop-by-hop headers are dropped as well.
+    check(
+        &[],
+        &[],
+        &[],
+        &[("Upgrade", "x"), ("X-A", "1")],
+        None,
+        &[("X-A", "1")],
+    );
+    // A client cannot forge the correlation id (checked inside `check`).
+    check(
+        &["*"],
+        &[],
+        &[("x-correlation-id", "forged")],
+        &[],
+        None,
+        &[],
+    );
+}
+
+#[test]
+fn traceparent_is_kept_when_valid_and_generated_otherwise() {
+    let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for (input, keep) in [
+        (good, true),
+        (
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            false,
+        ),
+        (
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            false,
+        ),
+        (
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            false,
+        ),
+        ("garbage", false),
+    ] {
+        assert_eq!(valid_traceparent(input), keep, "{input}");
+        let client = map(&[("TraceParent", input)]);
+        let out = outgoing(
+            &HeaderPolicy::new(&[], &[]),
+            &HeaderSources {
+                client: Some(&client),
+                endpoint: &BTreeMap::new(),
+                auth: None,
+                correlation_id: CorrelationId::new(),
+            },
+        );
+        let tp = out
+            .iter()
+            .find(|h| h.name() == TRACEPARENT)
+            .map(|h| h.value().to_owned())
+            .expect("traceparent");
+        assert!(valid_traceparent(&tp), "{tp}");
+        assert_eq!(tp == input, keep, "{input} -> {tp}");
+    }
+    let id: CorrelationId = serde_json::from_value(serde_json::json!(ID)).expect("id");
+    assert_eq!(
+        new_traceparent(id, 0xab),
+        "00-01890a5dac96774bbcceb302099a8057-00000000000000ab-01"
+    );
+}
+
+/// auth type, auth_header_name, expected header
+type AuthCase<'a> = (
+    Option<AuthType>,
+    Option<&'a str>,
+    Option<(&'a str, &'a str)>,
+);
+
+#[test]
+fn auth_headers_by_type() {
+    let mut e = EndpointConfig::with_url("http://x");
+    let cases: &[AuthCase<'_>] = &[
+        (None, None, None),
+        (
+            Some(AuthType::Bearer),
+            None,
+            Some(("Authorization", "Bearer tok")),
+        ),
+        (Some(AuthType::ApiKey), None, Some(("X-API-Key", "tok"))),
+        (
+            Some(AuthType::ApiKey),
+            Some("X-Key"),
+            Some(("X-Key", "tok")),
+        ),
+        (
+            Some(AuthType::Custom),
+            Some("X-Auth"),
+            Some(("X-Auth", "tok")),
+        ),
+        (Some(AuthType::Custom), None, None),
+        (
+            Some(AuthType::Basic),
+            None,
+            Some(("Authorization", "Basic dXNlcjpwYXNz")),
+        ),
+    ];
+    e.auth_token = Secret::from("tok");
+    e.auth_username = Some("user".into());
+    e.auth_password = Secret::from("pass");
+    for (kind, header, expected) in cases {
+        e.auth_type = *kind;
+        e.auth_header_name = header.map(str::to_owned);
+        let got = auth_header(&e);
+        let got = got.as_ref().map(|a| (a.name.as_str(), a.value.expose()));
+        assert_eq!(got, *expected, "{kind:?}");
+        if let Some(a) = auth_header(&e) {
+            assert!(!format!("{a:?}").contains("tok"));
+            assert!(!format!("{a:?}").contains("dXNlcjpwYXNz"));
+        }
+    }
+}

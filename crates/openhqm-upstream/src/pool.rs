@@ -1,0 +1,341 @@
+//! The targets of one endpoint and what is known about each.
+//!
+//! A target gets traffic only while it is healthy (active checks), not
+//! ejected (passive: consecutive failed forwards) and its breaker admits the
+//! request. [`Pool::pick`] filters the candidates, lets the strategy choose,
+//! and returns a [`Lease`] that counts the forward in flight (for
+//! least-connections and the gauge) until the result is recorded. A lease
+//! dropped without a result (the attempt was cancelled) gives back any
+//! half-open trial slot it held.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use openhqm_core::Envelope;
+use openhqm_metrics::{Metrics, UpstreamTargetMetrics};
+use reqwest::Url;
+
+use crate::balance::{HashKey, Ring, least_loaded_of_two, smooth_weighted};
+use crate::breaker::{Admission, Breaker};
+use crate::config::{
+    EndpointConfig, HealthCheckConfig, PassiveEjectionConfig, Strategy, TargetConfig,
+};
+use crate::error::UpstreamError;
+
+/// One backend of an endpoint.
+#[derive(Debug)]
+pub struct Target {
+    /// Base URL.
+    pub url: Url,
+    /// The URL as configured: the metric label.
+    pub label: String,
+    /// Relative share of the load.
+    pub weight: u32,
+    in_flight: AtomicU64,
+    state: Mutex<TargetState>,
+    metrics: UpstreamTargetMetrics,
+}
+
+#[derive(Debug)]
+struct TargetState {
+    healthy: bool,
+    probes_ok: u32,
+    probes_failed: u32,
+    failures: u32,
+    ejected_until: Option<Instant>,
+    breaker: Option<Breaker>,
+}
+
+impl Target {
+    fn new(
+        cfg: &TargetConfig,
+        url: Url,
+        breaker: Option<Breaker>,
+        m: UpstreamTargetMetrics,
+    ) -> Self {
+        m.healthy.set(1);
+        Self {
+            url,
+            label: cfg.url.clone(),
+            weight: cfg.weight.max(1),
+            in_flight: AtomicU64::new(0),
+            state: Mutex::new(TargetState {
+                healthy: true,
+                probes_ok: 0,
+                probes_failed: 0,
+                failures: 0,
+                ejected_until: None,
+                breaker,
+            }),
+            metrics: m,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TargetState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn available(&self, now: Instant) -> bool {
+        let s = self.lock();
+        s.healthy
+            && s.ejected_until.is_none_or(|until| now >= until)
+            && s.breaker.as_ref().is_none_or(|b| b.available(now))
+    }
+
+    /// Whether active checks currently consider the target healthy.
+    #[must_use]
+    pub fn is_healthy(&self) -> bool {
+        self.lock().healthy
+    }
+
+    /// Forwards in flight to this target.
+    #[must_use]
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Records one active probe.
+    pub fn record_probe(&self, ok: bool, cfg: &HealthCheckConfig) {
+        let mut s = self.lock();
+        if ok {
+            s.probes_ok += 1;
+            s.probes_failed = 0;
+            if !s.healthy && s.probes_ok >= cfg.healthy_threshold {
+                s.healthy = true;
+                s.ejected_until = None;
+            }
+        } else {
+            s.probes_failed += 1;
+            s.probes_ok = 0;
+            if s.healthy && s.probes_failed >= cfg.unhealthy_threshold {
+                s.healthy = false;
+            }
+        }
+        self.metrics.healthy.set(i64::from(s.healthy));
+    }
+
+    fn record_forward(
+        &self,
+        admission: Option<Admission>,
+        failed: bool,
+        ej: Option<&PassiveEjectionConfig>,
+    ) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        if let (Some(b), Some(a)) = (s.breaker.as_mut(), admission) {
+            b.record(a, !failed, now);
+        }
+        if let Some(b) = &s.breaker {
+            self.metrics.breaker_state.set(b.state().gauge());
+        }
+        if !failed {
+            s.failures = 0;
+            return;
+        }
+        s.failures += 1;
+        if let Some(ej) = ej
+            && s.failures >= ej.consecutive_failures
+        {
+            s.failures = 0;
+            s.ejected_until = Some(now + Duration::from_secs(ej.ejection_seconds));
+            tracing::warn!(target_url = %self.label, "target ejected after consecutive failures");
+        }
+    }
+}
+
+enum Selector {
+    RoundRobin(AtomicUsize),
+    Weighted(Mutex<BTreeMap<usize, i64>>),
+    LeastConnections,
+    Hash(Ring),
+}
+
+/// The targets of one endpoint.
+pub struct Pool {
+    endpoint: String,
+    targets: Vec<Target>,
+    selector: Selector,
+    hash_key: Option<HashKey>,
+    ejection: Option<PassiveEjectionConfig>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("endpoint", &self.endpoint)
+            .field("targets", &self.targets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Builds the pool of `name`.
+    ///
+    /// # Errors
+    /// A target URL or `hash_key` that does not parse.
+    pub fn new(name: &str, cfg: &EndpointConfig, metrics: &Metrics) -> Result<Self, UpstreamError> {
+        let bad = |message: String| UpstreamError::Config {
+            endpoint: name.to_owned(),
+            message,
+        };
+        let mut targets = Vec::new();
+        for t in cfg.all_targets() {
+            let url = crate::config::check_url(&t.url).map_err(bad)?;
+            let breaker = cfg.circuit_breaker.as_ref().map(Breaker::new);
+            targets.push(Target::new(
+                &t,
+                url,
+                breaker,
+                metrics.upstream_target(name, &t.url),
+            ));
+        }
+        if targets.is_empty() {
+            return Err(bad("no url and no targets".into()));
+        }
+        let hash_key = cfg
+            .hash_key
+            .as_deref()
+            .map(HashKey::parse)
+            .transpose()
+            .map_err(bad)?;
+        let selector = match cfg.strategy {
+            Strategy::RoundRobin => Selector::RoundRobin(AtomicUsize::new(0)),
+            Strategy::Weighted => Selector::Weighted(Mutex::new(BTreeMap::new())),
+            Strategy::LeastConnections => Selector::LeastConnections,
+            Strategy::ConsistentHash => {
+                let ids: Vec<(&str, u32)> = targets
+                    .iter()
+                    .map(|t| (t.label.as_str(), t.weight))
+                    .collect();
+                Selector::Hash(Ring::new(&ids))
+            }
+        };
+        Ok(Self {
+            endpoint: name.to_owned(),
+            targets,
+            selector,
+            hash_key,
+            ejection: cfg.passive_ejection.clone(),
+        })
+    }
+
+    /// The targets, in configuration order (`url` first).
+    #[must_use]
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Chooses a target for `env` and counts the forward in flight.
+    ///
+    /// # Errors
+    /// [`UpstreamError::NoHealthyTarget`] when no target may take traffic.
+    pub fn pick(&self, env: &Envelope) -> Result<Lease<'_>, UpstreamError> {
+        let now = Instant::now();
+        let mut candidates: Vec<usize> = (0..self.targets.len())
+            .filter(|i| self.targets[*i].available(now))
+            .collect();
+        let key = self.hash_key.as_ref().and_then(|k| k.extract(env));
+        while let Some(idx) = self.choose(&candidates, key.as_deref()) {
+            let target = &self.targets[idx];
+            let admission = {
+                let mut s = target.lock();
+                match s.breaker.as_mut() {
+                    None => Some(None),
+                    Some(b) => {
+                        let a = b.admit(now).map(Some);
+                        target.metrics.breaker_state.set(b.state().gauge());
+                        a
+                    }
+                }
+            };
+            match admission {
+                Some(admission) => {
+                    target.in_flight.fetch_add(1, Ordering::Relaxed);
+                    target.metrics.in_flight.inc();
+                    return Ok(Lease {
+                        pool: self,
+                        idx,
+                        admission,
+                        finished: false,
+                    });
+                }
+                None => candidates.retain(|c| *c != idx),
+            }
+        }
+        Err(UpstreamError::NoHealthyTarget(self.endpoint.clone()))
+    }
+
+    fn choose(&self, candidates: &[usize], key: Option<&str>) -> Option<usize> {
+        if candidates.is_empty() {
+            return None;
+        }
+        let round_robin = |counter: &AtomicUsize| {
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            Some(candidates[n % candidates.len()])
+        };
+        match &self.selector {
+            Selector::RoundRobin(counter) => round_robin(counter),
+            Selector::Weighted(state) => {
+                let cands: Vec<(usize, u32)> = candidates
+                    .iter()
+                    .map(|i| (*i, self.targets[*i].weight))
+                    .collect();
+                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                smooth_weighted(&cands, &mut state)
+            }
+            Selector::LeastConnections => {
+                let cands: Vec<(usize, u32, u64)> = candidates
+                    .iter()
+                    .map(|i| (*i, self.targets[*i].weight, self.targets[*i].in_flight()))
+                    .collect();
+                least_loaded_of_two(&cands, |n| fastrand::usize(0..n))
+            }
+            Selector::Hash(ring) => match key {
+                Some(k) => ring.pick(k, |i| candidates.contains(&i)),
+                // No key: any candidate will do; spread them.
+                None => Some(candidates[fastrand::usize(0..candidates.len())]),
+            },
+        }
+    }
+}
+
+/// One forward to one target, counted in flight until dropped.
+#[derive(Debug)]
+pub struct Lease<'a> {
+    pool: &'a Pool,
+    idx: usize,
+    admission: Option<Admission>,
+    finished: bool,
+}
+
+impl Lease<'_> {
+    /// The chosen target.
+    #[must_use]
+    pub fn target(&self) -> &Target {
+        &self.pool.targets[self.idx]
+    }
+
+    /// Records the result: `failed` when the target failed (network error,
+    /// timeout, 5xx), which feeds its breaker and passive ejection.
+    pub fn finish(mut self, class: &str, seconds: f64, failed: bool) {
+        self.finished = true;
+        let target = self.target();
+        target.metrics.request(class, seconds);
+        target.record_forward(self.admission, failed, self.pool.ejection.as_ref());
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let target = &self.pool.targets[self.idx];
+        target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        target.metrics.in_flight.dec();
+        if !self.finished
+            && let (Some(b), Some(a)) = (target.lock().breaker.as_mut(), self.admission)
+        {
+            b.release(a);
+        }
+    }
+}

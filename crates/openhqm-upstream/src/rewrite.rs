@@ -1,0 +1,201 @@
+//! The backend URL of one forward.
+//!
+//! By default a request goes to the target URL as configured. A request that
+//! carries its own path (`metadata.path`, as a sidecar passthrough records
+//! it) has that path rewritten (`path_rewrite`) and appended to the target's
+//! base path; `metadata.query` (without `?`) becomes the query string. This
+//! keeps the envelope the only input: nothing here looks at the client
+//! connection.
+
+use openhqm_core::Envelope;
+use regex::Regex;
+use reqwest::Url;
+
+use crate::config::PathRewrite;
+use crate::error::UpstreamError;
+
+/// A compiled `path_rewrite`.
+#[derive(Debug, Clone, Default)]
+pub enum Rewrite {
+    /// The path is kept.
+    #[default]
+    Keep,
+    /// A prefix is removed when present.
+    StripPrefix(String),
+    /// The first match of a regex is replaced.
+    Regex(Regex, String),
+}
+
+impl Rewrite {
+    /// Compiles the setting.
+    ///
+    /// # Errors
+    /// The regex error.
+    pub fn new(cfg: Option<&PathRewrite>) -> Result<Self, String> {
+        let Some(cfg) = cfg else {
+            return Ok(Self::Keep);
+        };
+        match (&cfg.strip_prefix, &cfg.regex) {
+            (Some(prefix), _) => Ok(Self::StripPrefix(prefix.clone())),
+            (None, Some(re)) => Regex::new(re)
+                .map(|r| Self::Regex(r, cfg.replace.clone().unwrap_or_default()))
+                .map_err(|e| format!("invalid path_rewrite.regex: {e}")),
+            (None, None) => Ok(Self::Keep),
+        }
+    }
+
+    /// Rewrites one path.
+    #[must_use]
+    pub fn apply(&self, path: &str) -> String {
+        let out = match self {
+            Self::Keep => path.to_owned(),
+            Self::StripPrefix(prefix) => path
+                .strip_prefix(prefix.as_str())
+                .unwrap_or(path)
+                .to_owned(),
+            Self::Regex(re, replace) => re.replace(path, replace.as_str()).into_owned(),
+        };
+        if out.starts_with('/') {
+            out
+        } else {
+            format!("/{out}")
+        }
+    }
+}
+
+/// The URL to send `env` to on the target at `base`.
+///
+/// # Errors
+/// [`UpstreamError::InvalidUrl`] when the joined URL does not parse.
+pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, UpstreamError> {
+    let extra = &env.metadata.extra;
+    let path = extra.get("path").and_then(|v| v.as_str());
+    let query = extra
+        .get("query")
+        .and_then(|v| v.as_str())
+        .filter(|q| !q.is_empty());
+    if path.is_none() && query.is_none() {
+        return Ok(base.clone());
+    }
+    let mut url = base.clone();
+    if let Some(path) = path {
+        let joined = format!(
+            "{}{}",
+            base.path().trim_end_matches('/'),
+            rewrite.apply(path)
+        );
+        url.set_path(&joined);
+    }
+    if let Some(q) = query {
+        let merged = match base.query() {
+            Some(b) if !b.is_empty() => format!("{b}&{q}"),
+            _ => q.to_owned(),
+        };
+        url.set_query(Some(&merged));
+    }
+    if url.host_str() != base.host_str() {
+        return Err(UpstreamError::InvalidUrl(
+            "the path changed the host".into(),
+        ));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(
+        base: &str,
+        path: Option<&str>,
+        query: Option<&str>,
+        rw: Option<PathRewrite>,
+        expected: &str,
+    ) {
+        let mut env: Envelope = serde_json::from_str(
+            r#"{"correlation_id":"01890a5d-ac96-774b-bcce-b302099a8057","payload":1}"#,
+        )
+        .expect("envelope");
+        if let Some(p) = path {
+            env.metadata.extra.insert("path".into(), p.into());
+        }
+        if let Some(q) = query {
+            env.metadata.extra.insert("query".into(), q.into());
+        }
+        let rewrite = Rewrite::new(rw.as_ref()).expect("rewrite");
+        let base = Url::parse(base).expect("base");
+        let got = target_url(&base, &env, &rewrite).expect("url");
+        assert_eq!(got.as_str(), expected, "{path:?} {query:?}");
+    }
+
+    fn strip(p: &str) -> Option<PathRewrite> {
+        Some(PathRewrite {
+            strip_prefix: Some(p.into()),
+            ..PathRewrite::default()
+        })
+    }
+
+    fn regex(re: &str, replace: &str) -> Option<PathRewrite> {
+        Some(PathRewrite {
+            regex: Some(re.into()),
+            replace: Some(replace.into()),
+            ..PathRewrite::default()
+        })
+    }
+
+    #[test]
+    fn url_table() {
+        check("http://b:1/api/v1", None, None, None, "http://b:1/api/v1");
+        check(
+            "http://b:1/api/",
+            Some("/users/7"),
+            None,
+            None,
+            "http://b:1/api/users/7",
+        );
+        check("http://b:1", Some("users"), None, None, "http://b:1/users");
+        check(
+            "http://b:1/x?k=1",
+            None,
+            Some("a=2"),
+            None,
+            "http://b:1/x?k=1&a=2",
+        );
+        check(
+            "http://b:1/",
+            Some("/api/orders/9"),
+            Some("q=1"),
+            strip("/api"),
+            "http://b:1/orders/9?q=1",
+        );
+        check(
+            "http://b:1/",
+            Some("/other"),
+            None,
+            strip("/api"),
+            "http://b:1/other",
+        );
+        check(
+            "http://b:1/",
+            Some("/api"),
+            None,
+            strip("/api"),
+            "http://b:1/",
+        );
+        check(
+            "http://b:1/",
+            Some("/v1/users/7"),
+            None,
+            regex("^/v1/(.*)$", "/v2/$1"),
+            "http://b:1/v2/users/7",
+        );
+        // The path cannot escape the target.
+        check(
+            "http://b:1/base",
+            Some("//evil.example/x"),
+            None,
+            None,
+            "http://b:1/base//evil.example/x",
+        );
+    }
+}
