@@ -4,7 +4,8 @@
 //! table of tests: client headers pass only if on the forward list (`"*"` for
 //! all) and not on the strip list, names compared case-insensitively; the
 //! endpoint's static headers override them; the auth header is injected last;
-//! hop-by-hop headers (RFC 9110 §7.6.1) never pass, from any source. Every
+//! hop-by-hop headers (RFC 9110 §7.6.1) never pass, from any source, nor do
+//! `Host` and `Content-Length`, which belong to the forward itself. Every
 //! request also carries `X-Correlation-ID` and a W3C `traceparent`.
 
 use std::collections::BTreeMap;
@@ -27,6 +28,10 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authorization",
     "trailer",
 ];
+
+/// Describe the client's own request to the ingress, not the forward: the
+/// target's host and the payload's length are set by the HTTP client.
+const MANAGED: &[&str] = &["host", "content-length"];
 
 /// Set by the forwarder itself; a client or static value is replaced.
 pub const CORRELATION_HEADER: &str = "X-Correlation-ID";
@@ -66,6 +71,7 @@ impl HeaderPolicy {
     fn passes(&self, name: &str, connection_named: &[String]) -> bool {
         let lower = name.to_ascii_lowercase();
         !is_hop_by_hop(&lower)
+            && !MANAGED.contains(&lower.as_str())
             && !connection_named.contains(&lower)
             && !self.strip.contains(&lower)
             && (self.forward_all || self.forward.contains(&lower))
@@ -171,7 +177,7 @@ pub fn outgoing(policy: &HeaderPolicy, src: &HeaderSources<'_>) -> Vec<OutHeader
         }
     }
     for (name, value) in src.endpoint {
-        if !is_hop_by_hop(name) {
+        if !is_hop_by_hop(name) && !MANAGED.iter().any(|m| m.eq_ignore_ascii_case(name)) {
             set(OutHeader::Plain(name.clone(), value.clone()));
         }
     }

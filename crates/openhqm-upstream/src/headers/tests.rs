@@ -88,6 +88,7 @@ fn header_policy_table() {
             ("Upgrade", "h2c"),
             ("Proxy-Authorization", "x"),
             ("Trailer", "x"),
+            ("Content-Length", "999"),
         ],
         &[],
         None,

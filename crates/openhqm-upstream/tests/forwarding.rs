@@ -1,0 +1,354 @@
+//! Forwarding against real backends: auth, headers, bodies and outcomes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::any;
+use common::*;
+use openhqm_core::{FailureKind, Secret};
+use openhqm_upstream::{AuthType, EndpointConfig, UpstreamConfig};
+use serde_json::json;
+
+async fn echo_endpoint() -> EndpointConfig {
+    EndpointConfig::with_url(url(serve(echo()).await))
+}
+
+#[tokio::test]
+async fn every_auth_type_injects_its_header() {
+    let base = echo_endpoint().await;
+    let cases: [(AuthType, Option<&str>, &str, &str); 5] = [
+        (AuthType::Bearer, None, "authorization", "Bearer s3cret"),
+        (
+            AuthType::Basic,
+            None,
+            "authorization",
+            "Basic dXNlcjpzM2NyZXQ=",
+        ),
+        (AuthType::ApiKey, None, "x-api-key", "s3cret"),
+        (AuthType::ApiKey, Some("X-Key"), "x-key", "s3cret"),
+        (
+            AuthType::Custom,
+            Some("X-Custom-Auth"),
+            "x-custom-auth",
+            "s3cret",
+        ),
+    ];
+    for (kind, header, seen_name, seen_value) in cases {
+        let mut e = base.clone();
+        e.auth_type = Some(kind);
+        e.auth_header_name = header.map(str::to_owned);
+        if kind == AuthType::Basic {
+            e.auth_username = Some("user".into());
+            e.auth_password = Secret::from("s3cret");
+        } else {
+            e.auth_token = Secret::from("s3cret");
+        }
+        let p = processor(&config(e));
+        let out = call(&p, &envelope("{}", &[])).await.unwrap();
+        assert_eq!(
+            seen_headers(&out).get(seen_name).map(String::as_str),
+            Some(seen_value),
+            "{kind:?}"
+        );
+        // Secrets never show in Debug output.
+        assert!(!format!("{p:?}").contains("s3cret"), "{kind:?}");
+        assert!(!format!("{p:?}").contains("dXNlcjpzM2NyZXQ="), "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn headers_follow_precedence_case_insensitively_and_drop_hop_by_hop() {
+    let mut e = echo_endpoint().await;
+    e.headers.insert("x-service".into(), "static".into());
+    e.headers
+        .insert("Authorization".into(), "Bearer static".into());
+    e.auth_type = Some(AuthType::Bearer);
+    e.auth_token = Secret::from("endpoint-token");
+    let mut cfg = config(e);
+    cfg.forward_headers = vec![
+        "accept".into(),
+        "X-SERVICE".into(),
+        "x-client".into(),
+        "authorization".into(),
+        "Keep-Alive".into(),
+        "Upgrade".into(),
+        "x-private".into(),
+    ];
+    cfg.strip_headers = vec!["X-Client".into()];
+    let p = processor(&cfg);
+    let env = envelope(
+        r#"{"a":1}"#,
+        &[
+            ("Accept", "text/csv"),
+            ("X-Service", "client"),
+            ("X-Client", "stripped"),
+            ("Authorization", "Bearer client"),
+            ("Keep-Alive", "timeout=5"),
+            ("Upgrade", "websocket"),
+            ("Connection", "x-private"),
+            ("X-Private", "named-by-connection"),
+            ("X-Unlisted", "nope"),
+        ],
+    );
+    let out = call(&p, &env).await.unwrap();
+    let seen = seen_headers(&out);
+    assert_eq!(seen["accept"], "text/csv");
+    assert_eq!(seen["x-service"], "static");
+    assert_eq!(seen["authorization"], "Bearer endpoint-token");
+    assert_eq!(seen["content-type"], "application/json");
+    assert_eq!(seen["x-correlation-id"], env.correlation_id.to_string());
+    assert!(seen["traceparent"].starts_with("00-"), "{seen:?}");
+    for absent in [
+        "x-client",
+        "keep-alive",
+        "upgrade",
+        "x-private",
+        "x-unlisted",
+    ] {
+        assert!(!seen.contains_key(absent), "{absent} leaked: {seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn star_forwards_everything_and_payload_is_verbatim_with_method_override() {
+    let mut cfg = config(echo_endpoint().await);
+    cfg.forward_headers = vec!["*".into()];
+    let p = processor(&cfg);
+    let payload = r#"{ "keep":  "spacing", "n": 1.50 }"#;
+    let mut env = envelope(
+        payload,
+        &[
+            ("X-Anything", "1"),
+            ("Content-Type", "application/vnd.x+json"),
+            ("Host", "evil"),
+        ],
+    );
+    env.metadata.method = Some("put".into());
+    let out = call(&p, &env).await.unwrap();
+    assert_eq!(out.result["body"], payload);
+    assert_eq!(out.result["method"], "PUT");
+    let seen = seen_headers(&out);
+    assert_eq!(seen["x-anything"], "1");
+    assert_eq!(seen["content-type"], "application/vnd.x+json");
+    assert_ne!(seen["host"], "evil");
+    assert_eq!(out.status_code, Some(200));
+}
+
+#[tokio::test]
+async fn response_bodies_are_kept_by_content_type() {
+    let big = vec![b'x'; 4096];
+    let router = Router::new()
+        .route(
+            "/array",
+            any(|| async { answer(200, &[("content-type", "application/json")], "[1,2,3]") }),
+        )
+        .route(
+            "/text",
+            any(|| async { answer(200, &[("content-type", "text/plain")], "hello") }),
+        )
+        .route(
+            "/binary",
+            any(|| async {
+                answer(
+                    200,
+                    &[("content-type", "image/png")],
+                    vec![0x89u8, 0x50, 0x4e, 0x47],
+                )
+            }),
+        )
+        .route(
+            "/cookies",
+            any(|| async { answer(201, &[("set-cookie", "a=1"), ("set-cookie", "b=2")], "") }),
+        )
+        .route(
+            "/big",
+            any(move || {
+                let big = big.clone();
+                async move { answer(200, &[], big) }
+            }),
+        )
+        .route(
+            "/stream",
+            any(|| async {
+                // No Content-Length: the limit must hold while streaming.
+                let chunks = futures::stream::iter(
+                    (0..64).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 1024])),
+                );
+                answer(200, &[], axum::body::Body::from_stream(chunks))
+            }),
+        );
+    let addr = serve(router).await;
+    let mut cfg = UpstreamConfig {
+        max_response_size: 2048,
+        ..UpstreamConfig::default()
+    };
+    for path in ["array", "text", "binary", "cookies", "big", "stream"] {
+        cfg.endpoints.insert(
+            path.into(),
+            EndpointConfig::with_url(format!("http://{addr}/{path}")),
+        );
+    }
+    let p = processor(&cfg);
+    let run = |name: &str| {
+        let mut env = envelope("{}", &[]);
+        env.metadata.endpoint = Some(name.into());
+        env
+    };
+    let out = call(&p, &run("array")).await.unwrap();
+    assert_eq!(out.result, json!([1, 2, 3]));
+    let out = call(&p, &run("text")).await.unwrap();
+    assert_eq!(
+        out.result,
+        json!({"response": "hello", "content_type": "text/plain"})
+    );
+    let out = call(&p, &run("binary")).await.unwrap();
+    assert_eq!(
+        out.result,
+        json!({"response_base64": "iVBORw==", "content_type": "image/png"})
+    );
+    let out = call(&p, &run("cookies")).await.unwrap();
+    assert_eq!(out.status_code, Some(201));
+    assert_eq!(out.headers.unwrap()["set-cookie"], json!(["a=1", "b=2"]));
+    for name in ["big", "stream"] {
+        let err = call(&p, &run(name)).await.unwrap_err();
+        assert_eq!(err.kind, FailureKind::Permanent, "{name}");
+        assert!(
+            err.message.contains("max_response_size (2048 bytes)"),
+            "{name}: {}",
+            err.message
+        );
+    }
+}
+
+#[tokio::test]
+async fn statuses_are_delivered_or_retried_with_retry_after() {
+    let router = Router::new()
+        .route(
+            "/missing",
+            any(|| async {
+                answer(
+                    404,
+                    &[("content-type", "application/json")],
+                    r#"{"error":"nope"}"#,
+                )
+            }),
+        )
+        .route(
+            "/busy",
+            any(|| async { answer(503, &[("retry-after", "7")], "overloaded") }),
+        )
+        .route(
+            "/slow",
+            any(|| async { answer(429, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "") }),
+        );
+    let addr = serve(router).await;
+    let mut cfg = UpstreamConfig::default();
+    for path in ["missing", "busy", "slow"] {
+        cfg.endpoints.insert(
+            path.into(),
+            EndpointConfig::with_url(format!("http://{addr}/{path}")),
+        );
+    }
+    let p = processor(&cfg);
+    let run = |name: &str| {
+        let mut env = envelope("{}", &[]);
+        env.metadata.endpoint = Some(name.into());
+        env
+    };
+    let out = call(&p, &run("missing")).await.unwrap();
+    assert_eq!(out.status_code, Some(404));
+    assert_eq!(out.result, json!({"error": "nope"}));
+    let err = call(&p, &run("busy")).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Transient);
+    assert_eq!(err.retry_after, Some(Duration::from_secs(7)));
+    assert!(
+        err.message.contains("503") && err.message.contains("overloaded"),
+        "{}",
+        err.message
+    );
+    // An HTTP-date in the past means "retry now".
+    let err = call(&p, &run("slow")).await.unwrap_err();
+    assert_eq!(err.retry_after, Some(Duration::ZERO));
+}
+
+#[tokio::test]
+async fn network_errors_and_timeouts_are_retryable_and_carry_no_secrets() {
+    // A port that was just free: connection refused.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = listener.local_addr().unwrap();
+    drop(listener);
+    let slow = serve(Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        "late"
+    }))
+    .await;
+    let mut cfg = UpstreamConfig::default();
+    let mut refused =
+        EndpointConfig::with_url(format!("http://user:pw-secret@{dead}/?api_key=q-secret"));
+    refused.auth_type = Some(AuthType::Bearer);
+    refused.auth_token = Secret::from("tok-secret");
+    cfg.endpoints.insert("refused".into(), refused);
+    let mut timeout = EndpointConfig::with_url(url(slow));
+    timeout.timeout = 1;
+    cfg.endpoints.insert("slow".into(), timeout);
+    let p = processor(&cfg);
+    let mut env = envelope("{}", &[]);
+    env.metadata.endpoint = Some("refused".into());
+    let err = call(&p, &env).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Transient, "{}", err.message);
+    for secret in ["pw-secret", "q-secret", "tok-secret"] {
+        assert!(!err.message.contains(secret), "{}", err.message);
+        assert!(!format!("{p:?}").contains("tok-secret"));
+    }
+    env.metadata.endpoint = Some("slow".into());
+    let started = std::time::Instant::now();
+    let err = call(&p, &env).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Timeout, "{}", err.message);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn unknown_or_missing_endpoint_is_permanent_and_default_url_works() {
+    let addr = serve(echo()).await;
+    let p = processor(&UpstreamConfig::default());
+    let mut env = envelope("{}", &[]);
+    env.metadata.endpoint = Some("nope".into());
+    let err = call(&p, &env).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Permanent);
+    assert!(err.message.contains("unknown proxy endpoint `nope`"));
+    assert!(!p.has_endpoint("nope"));
+    env.metadata.endpoint = None;
+    assert_eq!(
+        call(&p, &env).await.unwrap_err().kind,
+        FailureKind::Permanent
+    );
+    let cfg = UpstreamConfig {
+        default_endpoint: Some(format!("http://{addr}/base")),
+        ..UpstreamConfig::default()
+    };
+    let p = processor(&cfg);
+    let out = call(&p, &env).await.unwrap();
+    assert_eq!(out.result["path"], "/base");
+    assert_eq!(out.result["method"], "POST");
+}
+
+#[tokio::test]
+async fn request_path_and_query_are_rewritten_onto_the_target() {
+    let mut e = EndpointConfig::with_url(format!("http://{}/svc", serve(echo()).await));
+    e.path_rewrite = Some(openhqm_upstream::PathRewrite {
+        strip_prefix: Some("/api".into()),
+        ..Default::default()
+    });
+    let p = processor(&config(e));
+    let mut env = envelope("{}", &[]);
+    env.metadata
+        .extra
+        .insert("path".into(), json!("/api/orders/7"));
+    env.metadata.extra.insert("query".into(), json!("x=1"));
+    let out = call(&p, &env).await.unwrap();
+    assert_eq!(out.result["path"], "/svc/orders/7");
+    assert_eq!(out.result["query"], "x=1");
+}
