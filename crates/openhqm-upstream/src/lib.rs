@@ -35,4 +35,5 @@ pub use config::{
 };
 pub use error::UpstreamError;
 pub use health::HealthChecks;
+pub use pool::TargetStatus;
 pub use processor::{DEFAULT_ENDPOINT_NAME, ProxyProcessor};

@@ -90,6 +90,26 @@ impl Target {
         self.lock().healthy
     }
 
+    /// A snapshot of what is known about the target.
+    #[must_use]
+    pub fn status(&self) -> TargetStatus {
+        let now = Instant::now();
+        let s = self.lock();
+        TargetStatus {
+            url: self.label.clone(),
+            healthy: s.healthy,
+            ejected: s.ejected_until.is_some_and(|until| now < until),
+            breaker: s.breaker.as_ref().map(|b| match b.state() {
+                crate::breaker::State::Closed { .. } => "closed",
+                crate::breaker::State::Open { until } if now < until => "open",
+                crate::breaker::State::Open { .. } | crate::breaker::State::HalfOpen { .. } => {
+                    "half_open"
+                }
+            }),
+            in_flight: self.in_flight(),
+        }
+    }
+
     /// Forwards in flight to this target.
     #[must_use]
     pub fn in_flight(&self) -> u64 {
@@ -143,6 +163,21 @@ impl Target {
             tracing::warn!(target_url = %self.label, "target ejected after consecutive failures");
         }
     }
+}
+
+/// What is known about one target, for health reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetStatus {
+    /// The URL as configured.
+    pub url: String,
+    /// Active health checks find it healthy (always true without checks).
+    pub healthy: bool,
+    /// Passively ejected right now.
+    pub ejected: bool,
+    /// Breaker state (`closed`, `open`, `half_open`), if it has a breaker.
+    pub breaker: Option<&'static str>,
+    /// Forwards in flight.
+    pub in_flight: u64,
 }
 
 enum Selector {

@@ -19,6 +19,7 @@ use crate::endpoint::{Endpoint, Shared};
 use crate::error::UpstreamError;
 use crate::headers::HeaderPolicy;
 use crate::health::HealthChecks;
+use crate::pool::{Target, TargetStatus};
 
 /// Name under which a URL `default_endpoint` is labelled in metrics.
 pub const DEFAULT_ENDPOINT_NAME: &str = "default";
@@ -73,6 +74,18 @@ impl ProxyProcessor {
     #[must_use]
     pub fn max_retries(&self, endpoint: Option<&str>) -> Option<u32> {
         self.resolve(endpoint).ok()?.cfg.max_retries
+    }
+
+    /// The state of each target of `endpoint` (a name, or
+    /// [`DEFAULT_ENDPOINT_NAME`] for a URL default), for health reports.
+    #[must_use]
+    pub fn target_status(&self, endpoint: &str) -> Option<Vec<TargetStatus>> {
+        let e = self.endpoints.get(endpoint).or_else(|| {
+            self.default
+                .as_ref()
+                .filter(|_| endpoint == DEFAULT_ENDPOINT_NAME)
+        })?;
+        Some(e.pool.targets().iter().map(Target::status).collect())
     }
 
     /// Starts one health-check task per endpoint that has `health_check`.

@@ -101,10 +101,19 @@ pub fn envelope(payload: &str, headers: &[(&str, &str)]) -> Envelope {
 }
 
 pub async fn call(p: &ProxyProcessor, env: &Envelope) -> Result<Output, Failure> {
+    call_within(p, env, Duration::from_secs(30)).await
+}
+
+/// One attempt the worker allows `timeout` for.
+pub async fn call_within(
+    p: &ProxyProcessor,
+    env: &Envelope,
+    timeout: Duration,
+) -> Result<Output, Failure> {
     p.process(&Request {
         envelope: env,
         attempt: 1,
-        timeout: Duration::from_secs(30),
+        timeout,
     })
     .await
 }
@@ -133,4 +142,11 @@ pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() ->
 
 pub fn value(v: &Value, path: &str) -> Value {
     v.pointer(path).cloned().unwrap_or(Value::Null)
+}
+
+/// Like [`processor`], keeping the metrics to inspect.
+pub fn processor_with_metrics(cfg: &UpstreamConfig) -> (ProxyProcessor, std::sync::Arc<Metrics>) {
+    assert_eq!(cfg.validate(), Vec::new());
+    let m = Metrics::new();
+    (ProxyProcessor::new(cfg, &m).unwrap(), m)
 }

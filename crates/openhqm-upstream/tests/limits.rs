@@ -1,0 +1,138 @@
+//! Protecting backends: the concurrency cap and the rate limit hold under load.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use common::*;
+use openhqm_core::FailureKind;
+use openhqm_upstream::{EndpointConfig, RateLimitConfig};
+
+/// A backend that counts requests in flight and remembers the most seen.
+fn counting_backend(hold: Duration) -> (Router, Arc<AtomicUsize>) {
+    let current = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let (c, m) = (current, Arc::clone(&max));
+    let router = Router::new().fallback(move || {
+        let (c, m) = (Arc::clone(&c), Arc::clone(&m));
+        async move {
+            let now = c.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(hold).await;
+            c.fetch_sub(1, Ordering::SeqCst);
+            "{}"
+        }
+    });
+    (router, max)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_cap_is_never_exceeded_under_load() {
+    let (router, max) = counting_backend(Duration::from_millis(20));
+    let mut e = EndpointConfig::with_url(url(serve(router).await));
+    e.max_concurrency = Some(5);
+    let p = Arc::new(processor(&config(e)));
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let p = Arc::clone(&p);
+        calls.spawn(async move { call(&p, &envelope("{}", &[])).await });
+    }
+    while let Some(r) = calls.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let seen = max.load(Ordering::SeqCst);
+    assert!(seen <= 5, "backend saw {seen} in flight");
+    assert!(
+        seen >= 2,
+        "the cap should still allow parallelism, saw {seen}"
+    );
+}
+
+#[tokio::test]
+async fn waiting_for_a_permit_past_the_deadline_is_transient() {
+    let (router, _) = counting_backend(Duration::from_secs(3));
+    let mut e = EndpointConfig::with_url(url(serve(router).await));
+    e.max_concurrency = Some(1);
+    e.timeout = 1;
+    let p = processor(&config(e));
+    let env = envelope("{}", &[]);
+    let (first, second) = tokio::join!(call(&p, &env), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The attempt's own timeout ends well before the first call's.
+        call_within(&p, &envelope("{}", &[]), Duration::from_millis(300)).await
+    });
+    assert_eq!(first.unwrap_err().kind, FailureKind::Timeout);
+    let second = second.unwrap_err();
+    assert_eq!(second.kind, FailureKind::Transient);
+    assert!(
+        second.message.contains("concurrency limit"),
+        "{}",
+        second.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_holds_over_a_window() {
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let a = Arc::clone(&arrivals);
+    let router = Router::new().fallback(move || {
+        let a = Arc::clone(&a);
+        async move {
+            a.lock().unwrap().push(Instant::now());
+            "{}"
+        }
+    });
+    let mut e = EndpointConfig::with_url(url(serve(router).await));
+    e.rate_limit = Some(RateLimitConfig {
+        requests_per_second: 20.0,
+        burst: 2,
+    });
+    let p = Arc::new(processor(&config(e)));
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let p = Arc::clone(&p);
+        calls.spawn(async move { call(&p, &envelope("{}", &[])).await });
+    }
+    while let Some(r) = calls.join_next().await {
+        r.unwrap().unwrap();
+    }
+    // 2 at once, then 28 at 50 ms each: at least 1.35 s.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(1300), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    let mut times = arrivals.lock().unwrap().clone();
+    times.sort();
+    for (i, t) in times.iter().enumerate() {
+        // Within any 500 ms window: 10 at the rate, 2 of burst, 2 of slack.
+        let in_window = times[i..]
+            .iter()
+            .take_while(|u| **u - *t < Duration::from_millis(500))
+            .count();
+        assert!(in_window <= 14, "{in_window} requests within 500 ms");
+    }
+}
+
+#[tokio::test]
+async fn rate_wait_past_the_deadline_fails_with_retry_after() {
+    let mut e = EndpointConfig::with_url(url(serve(echo()).await));
+    e.rate_limit = Some(RateLimitConfig {
+        requests_per_second: 0.2,
+        burst: 1,
+    });
+    e.timeout = 1;
+    let p = processor(&config(e));
+    call(&p, &envelope("{}", &[])).await.unwrap();
+    let err = call(&p, &envelope("{}", &[])).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Transient);
+    assert!(err.message.contains("rate limit"), "{}", err.message);
+    let after = err.retry_after.unwrap();
+    assert!(
+        after > Duration::from_secs(4) && after <= Duration::from_secs(5),
+        "{after:?}"
+    );
+}
