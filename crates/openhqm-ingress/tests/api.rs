@@ -16,6 +16,14 @@ use openhqm_store::{ResultStore, Update};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+/// A plain-HTTP client. The workspace builds reqwest with rustls but no
+/// default crypto provider (the forwarder picks `ring`), so one is installed
+/// before the first client is built.
+fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 const MAX_BODY: usize = 64 * 1024;
 
 struct Api {
@@ -73,7 +81,7 @@ async fn serve_with(known_endpoints: Option<std::collections::HashSet<String>>) 
         queue,
         store,
         base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
+        http: http_client(),
     }
 }
 

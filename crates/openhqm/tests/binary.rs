@@ -12,6 +12,14 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_openhqm");
 
+/// A plain-HTTP client. The workspace builds reqwest with rustls but no
+/// default crypto provider (the forwarder picks `ring`), so one is installed
+/// before the first client is built.
+fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
@@ -113,7 +121,7 @@ async fn kill_dash_nine_under_load_loses_no_acknowledged_request() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let mut server = start(dir.path(), port, &["--set", "worker.count=8"]);
-    let http = reqwest::Client::new();
+    let http = http_client();
     wait_ready(&http, &server.base).await;
 
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -192,7 +200,7 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let mut server = start(dir.path(), port, &[]);
-    let http = reqwest::Client::new();
+    let http = http_client();
     wait_ready(&http, &server.base).await;
     let id = submit(
         &http,
@@ -247,7 +255,7 @@ async fn request_logs_carry_the_correlation_id_and_worker_metrics_are_exported()
             "worker.retry_delay_max=0.1",
         ],
     );
-    let http = reqwest::Client::new();
+    let http = http_client();
     wait_ready(&http, &server.base).await;
     let id = submit(
         &http,
