@@ -100,6 +100,11 @@ pub struct Envelope {
     /// Options.
     #[serde(default)]
     pub metadata: Metadata,
+    /// The exact body bytes, base64-encoded, when the request body was not
+    /// JSON (a sidecar passthrough, a producer forwarding binary). When set,
+    /// the forwarder sends these bytes instead of `payload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_body: Option<String>,
 }
 
 impl Envelope {
@@ -113,6 +118,7 @@ impl Envelope {
             headers: req.headers,
             timestamp: Some(Value::String(accepted_at.to_owned())),
             metadata: req.metadata.unwrap_or_default(),
+            raw_body: None,
         }
     }
 

@@ -16,7 +16,7 @@ pub mod time;
 
 pub use envelope::{Envelope, Metadata, SubmitRequest};
 pub use id::CorrelationId;
-pub use outcome::{Backoff, Decision, Failure, FailureKind, decide};
+pub use outcome::{Backoff, Decision, Failure, FailureKind, LastResponse, decide};
 pub use record::{RequestRecord, ResultData};
 pub use secret::Secret;
 pub use status::RequestStatus;

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use serde_json::{Map, Value};
+
 use crate::RequestStatus;
 
 /// Why an attempt failed, as far as retrying is concerned.
@@ -28,6 +30,20 @@ pub struct Failure {
     pub message: String,
     /// A minimum delay the other side asked for (`Retry-After`).
     pub retry_after: Option<Duration>,
+    /// What the other side answered, if it answered at all: kept with the
+    /// request so one that runs out of retries still shows the last answer.
+    pub response: Option<Box<LastResponse>>,
+}
+
+/// A backend's answer that failed the attempt (e.g. a 503).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastResponse {
+    /// The HTTP status.
+    pub status_code: u16,
+    /// The response headers; a repeated header is an array of its values.
+    pub headers: Map<String, Value>,
+    /// The body, as a result body is kept (JSON, or text with its type).
+    pub body: Value,
 }
 
 impl Failure {
@@ -37,6 +53,7 @@ impl Failure {
             kind,
             message: message.into(),
             retry_after: None,
+            response: None,
         }
     }
 }
@@ -133,6 +150,7 @@ mod tests {
             kind,
             message: "boom".into(),
             retry_after: retry_after.map(Duration::from_secs),
+            response: None,
         };
         assert_eq!(
             decide(&failure, attempt, &POLICY, jitter),

@@ -13,7 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use openhqm_core::Envelope;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use openhqm_core::{Envelope, LastResponse};
 use openhqm_metrics::Metrics;
 use openhqm_worker::Output;
 use prometheus_client::metrics::counter::Counter;
@@ -196,12 +198,42 @@ impl Endpoint {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         let carries_body = !matches!(method, Method::GET | Method::HEAD);
+        let body = carries_body
+            .then(|| outgoing_body(env, content_type(&headers)))
+            .transpose()?;
         let mut request = self.client.request(method, url).headers(headers);
-        if carries_body {
-            request = request.body(env.payload.get().to_owned());
+        if let Some(body) = body {
+            request = request.body(body);
         }
         Ok(request)
     }
+}
+
+/// The bytes sent to the backend. The payload goes as it came: JSON stays
+/// JSON text; exact bytes recorded in `raw_body` go verbatim; a JSON string
+/// sent with a non-JSON content type (XML, form, plain text) goes as the
+/// string's own text, since that is what the client meant to send.
+fn outgoing_body(env: &Envelope, content_type: Option<&str>) -> Result<Vec<u8>, UpstreamError> {
+    if let Some(encoded) = &env.raw_body {
+        return BASE64
+            .decode(encoded)
+            .map_err(|e| UpstreamError::InvalidBody(format!("raw_body is not base64: {e}")));
+    }
+    let json_type = content_type.is_none_or(is_json_content_type);
+    if !json_type && let Ok(text) = serde_json::from_str::<String>(env.payload.get()) {
+        return Ok(text.into_bytes());
+    }
+    Ok(env.payload.get().as_bytes().to_vec())
+}
+
+fn is_json_content_type(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence.ends_with("+json")
 }
 
 enum Exchange {
@@ -229,20 +261,24 @@ fn settle(
     headers: &HeaderMap,
     body: Vec<u8>,
 ) -> Result<Output, UpstreamError> {
+    let mut kept = headers_to_json(headers);
+    kept.retain(|name, _| !is_hop_by_hop(name));
+    let result = body_to_result(content_type(headers), &body);
     match verdict {
-        Verdict::Deliver => {
-            let mut kept = headers_to_json(headers);
-            kept.retain(|name, _| !is_hop_by_hop(name));
-            Ok(Output {
-                result: body_to_result(content_type(headers), &body),
-                status_code: Some(status),
-                headers: Some(kept),
-            })
-        }
+        Verdict::Deliver => Ok(Output {
+            result,
+            status_code: Some(status),
+            headers: Some(kept),
+        }),
         Verdict::Retry { retry_after, .. } => Err(UpstreamError::RetryableStatus {
             status,
             body: excerpt(&body),
             retry_after,
+            response: Box::new(LastResponse {
+                status_code: status,
+                headers: kept,
+                body: result,
+            }),
         }),
     }
 }

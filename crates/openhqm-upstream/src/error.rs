@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use openhqm_core::{Failure, FailureKind};
+use openhqm_core::{Failure, FailureKind, LastResponse};
 
 /// Longest excerpt of a backend body quoted in an error.
 pub const BODY_EXCERPT: usize = 512;
@@ -37,6 +37,9 @@ pub enum UpstreamError {
     /// `metadata.method` is not an HTTP method.
     #[error("`{0}` is not an HTTP method")]
     InvalidMethod(String),
+    /// The request's body cannot be sent as recorded.
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
     /// The target URL could not be built from the request's path.
     #[error("cannot build the backend URL: {0}")]
     InvalidUrl(String),
@@ -73,6 +76,8 @@ pub enum UpstreamError {
         body: String,
         /// The backend's `Retry-After`.
         retry_after: Option<Duration>,
+        /// The whole answer, kept with the request when retries run out.
+        response: Box<LastResponse>,
     },
 }
 
@@ -93,6 +98,7 @@ impl UpstreamError {
             | Self::InvalidHeader(_)
             | Self::InvalidMethod(_)
             | Self::InvalidUrl(_)
+            | Self::InvalidBody(_)
             | Self::ResponseTooLarge { .. } => FailureKind::Permanent,
             Self::Timeout(_) => FailureKind::Timeout,
             Self::Network(e) if e.is_timeout() => FailureKind::Timeout,
@@ -117,10 +123,16 @@ impl UpstreamError {
     /// The attempt's failure, as the worker takes it.
     #[must_use]
     pub fn into_failure(self) -> Failure {
+        let (kind, retry_after, message) = (self.kind(), self.retry_after(), self.to_string());
+        let response = match self {
+            Self::RetryableStatus { response, .. } => Some(response),
+            _ => None,
+        };
         Failure {
-            kind: self.kind(),
-            retry_after: self.retry_after(),
-            message: self.to_string(),
+            kind,
+            message,
+            retry_after,
+            response,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use openhqm_core::Failure;
+use openhqm_core::{Envelope, Failure};
 use openhqm_metrics::Metrics;
 use openhqm_worker::{Output, Processor, Request};
 
@@ -136,5 +136,9 @@ impl Processor for ProxyProcessor {
         self.forward(request)
             .await
             .map_err(UpstreamError::into_failure)
+    }
+
+    fn max_retries(&self, envelope: &Envelope) -> Option<u32> {
+        ProxyProcessor::max_retries(self, envelope.metadata.endpoint.as_deref())
     }
 }

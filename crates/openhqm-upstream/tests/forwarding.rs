@@ -269,9 +269,37 @@ async fn statuses_are_delivered_or_retried_with_retry_after() {
         "{}",
         err.message
     );
+    let last = err.response.as_deref().expect("the 503 answer is kept");
+    assert_eq!(last.status_code, 503);
+    assert_eq!(last.headers["retry-after"], "7");
+    assert_eq!(last.body["response"], "overloaded");
     // An HTTP-date in the past means "retry now".
     let err = call(&p, &run("slow")).await.unwrap_err();
     assert_eq!(err.retry_after, Some(Duration::ZERO));
+}
+
+#[tokio::test]
+async fn raw_bodies_keep_their_bytes_and_content_type() {
+    let p = processor(&config(echo_endpoint().await));
+    // A JSON string sent as XML goes as the XML text, not as a quoted string.
+    let xml = r#"<order id="7">café</order>"#;
+    let payload = serde_json::to_string(xml).unwrap();
+    let env = envelope(&payload, &[("Content-Type", "text/xml")]);
+    let out = call(&p, &env).await.unwrap();
+    assert_eq!(out.result["body"], xml);
+    assert_eq!(seen_headers(&out)["content-type"], "text/xml");
+    // Under a JSON content type the same string stays a JSON string.
+    let env = envelope(r#""just text""#, &[]);
+    let out = call(&p, &env).await.unwrap();
+    assert_eq!(out.result["body"], r#""just text""#);
+    // Exact bytes recorded as raw_body are sent verbatim.
+    let mut env = envelope("null", &[("Content-Type", "text/plain")]);
+    env.raw_body = Some("aGVsbG8sIHJhdyB3b3JsZA==".into());
+    let out = call(&p, &env).await.unwrap();
+    assert_eq!(out.result["body"], "hello, raw world");
+    env.raw_body = Some("not base64!".into());
+    let err = call(&p, &env).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Permanent);
 }
 
 #[tokio::test]

@@ -190,7 +190,7 @@ impl Handler {
                 async {
                     let started = Instant::now();
                     let result = self.attempt(&mut delivery, &envelope, attempt).await;
-                    self.settle(delivery, envelope.correlation_id, attempt, started, result)
+                    self.settle(delivery, &envelope, attempt, started, result)
                         .await;
                 }
                 .instrument(span)
@@ -282,11 +282,12 @@ impl Handler {
     async fn settle(
         &self,
         delivery: Delivery,
-        id: CorrelationId,
+        envelope: &Envelope,
         attempt: u32,
         started: Instant,
         result: Result<Output, Failure>,
     ) {
+        let id = envelope.correlation_id;
         let elapsed = started.elapsed();
         let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         let m = &self.shared.metrics;
@@ -314,17 +315,21 @@ impl Handler {
             FailureKind::Timeout => m.errors_timeout.inc(),
             FailureKind::Permanent => m.errors_permanent.inc(),
         };
+        // The backend's last answer, if any, stays visible with the error.
+        let answer = failure.response.as_deref();
         let error = ResultData {
             error: Some(failure.message.clone()),
             processing_time_ms: Some(ms),
+            result: answer.map(|r| r.body.clone()),
+            headers: answer.map(|r| r.headers.clone()),
+            status_code: answer.map(|r| r.status_code),
             ..ResultData::default()
         };
-        match decide(
-            &failure,
-            attempt,
-            &self.shared.config.backoff,
-            fastrand::f64(),
-        ) {
+        let mut policy = self.shared.config.backoff;
+        if let Some(max_retries) = self.shared.processor.max_retries(envelope) {
+            policy.max_retries = max_retries;
+        }
+        match decide(&failure, attempt, &policy, fastrand::f64()) {
             Decision::Retry { delay } => {
                 m.retried.observe(elapsed.as_secs_f64());
                 m.retries.inc();

@@ -67,4 +67,11 @@ pub trait Processor: Send + Sync + 'static {
     /// # Errors
     /// A [`Failure`] whose kind says whether trying again can help.
     async fn process(&self, request: &Request<'_>) -> Result<Output, Failure>;
+
+    /// Retries this request may have instead of `worker.max_retries` (e.g. a
+    /// proxy endpoint's own `max_retries`); `None` keeps the pool's setting.
+    fn max_retries(&self, envelope: &Envelope) -> Option<u32> {
+        let _ = envelope;
+        None
+    }
 }

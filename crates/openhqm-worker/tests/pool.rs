@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use openhqm_core::{
-    Backoff, CorrelationId, Envelope, Failure, FailureKind, RequestRecord, RequestStatus,
-    SubmitRequest,
+    Backoff, CorrelationId, Envelope, Failure, FailureKind, LastResponse, RequestRecord,
+    RequestStatus, SubmitRequest,
 };
 use openhqm_embedded::{EmbeddedDb, Options};
 use openhqm_metrics::Metrics;
@@ -209,6 +209,53 @@ async fn exhausted_retries_fail_the_request_and_dead_letter_it() {
         "{}",
         dead[0].reason
     );
+    rig.stop().await;
+}
+
+/// A backend that always answers 503, with a retry budget of its own.
+struct Overloaded {
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl Processor for Overloaded {
+    async fn process(&self, _request: &Request<'_>) -> Result<Output, Failure> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut failure = Failure::new(FailureKind::Transient, "backend answered 503");
+        failure.response = Some(Box::new(LastResponse {
+            status_code: 503,
+            headers: serde_json::Map::from_iter([("x-why".into(), json!("busy"))]),
+            body: json!({"error": "overloaded"}),
+        }));
+        Err(failure)
+    }
+
+    fn max_retries(&self, envelope: &Envelope) -> Option<u32> {
+        (envelope.metadata.endpoint.as_deref() == Some("strict")).then_some(1)
+    }
+}
+
+#[tokio::test]
+async fn processor_retry_budget_overrides_the_pool_and_the_last_answer_is_kept() {
+    let overloaded = Arc::new(Overloaded {
+        calls: AtomicU32::new(0),
+    });
+    let rig = rig(Arc::clone(&overloaded) as Arc<dyn Processor>, config(4, 5)).await;
+    let id = rig
+        .submit(json!({"payload": 1, "metadata": {"endpoint": "strict"}}))
+        .await;
+    let rec = rig.wait_terminal(id).await;
+    assert_eq!(rec.status, RequestStatus::Failed);
+    assert_eq!(
+        overloaded.calls.load(Ordering::SeqCst),
+        2,
+        "1 attempt + 1 retry, not 5"
+    );
+    let outcome = rec.outcome.expect("outcome");
+    assert_eq!(outcome.status_code, Some(503));
+    assert_eq!(outcome.result, Some(json!({"error": "overloaded"})));
+    assert_eq!(outcome.headers.expect("headers")["x-why"], "busy");
+    assert!(outcome.error.expect("error").contains("503"));
     rig.stop().await;
 }
 

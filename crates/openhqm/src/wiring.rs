@@ -14,6 +14,7 @@ use openhqm_queue::QueueBackend;
 use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
 use openhqm_store::ResultStore;
 use openhqm_store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
+use openhqm_upstream::{HealthChecks, ProxyProcessor};
 use openhqm_worker::{Processor, WorkerConfig, WorkerPool};
 use tokio::sync::watch;
 
@@ -167,6 +168,10 @@ pub(crate) async fn run(
         .with_context(|| format!("cannot listen on {address} (server.host / server.port)"))?;
     tracing::info!(%address, mode = mode.name(), queue = config.queue.kind.as_str(), "openhqm listening");
 
+    let (processor, health_checks) = match mode {
+        Mode::Listener => (processor, None),
+        Mode::Serve | Mode::Worker => choose_processor(&config, processor, &metrics)?,
+    };
     let workers = (mode != Mode::Listener).then(|| {
         let pool = WorkerPool::new(
             Arc::clone(&backends.queue),
@@ -194,6 +199,9 @@ pub(crate) async fn run(
             tracing::warn!(abandoned, "messages left unacknowledged for redelivery");
         }
     }
+    if let Some(checks) = health_checks {
+        checks.stop().await;
+    }
     backends.queue.close().await;
     backends.store.close().await;
     if let Some(db) = backends.db {
@@ -201,6 +209,22 @@ pub(crate) async fn run(
     }
     tracing::info!("openhqm stopped");
     Ok(())
+}
+
+/// With `proxy.enabled` the workers forward to HTTP backends; otherwise they
+/// run `processor` (the demo one, or the user's from `main_with`).
+fn choose_processor(
+    config: &Config,
+    processor: Arc<dyn Processor>,
+    metrics: &Metrics,
+) -> anyhow::Result<(Arc<dyn Processor>, Option<HealthChecks>)> {
+    if !config.proxy.enabled {
+        return Ok((processor, None));
+    }
+    let proxy = ProxyProcessor::new(&config.proxy.upstream(), metrics)
+        .context("cannot set up proxy mode")?;
+    let checks = proxy.start_health_checks();
+    Ok((Arc::new(proxy), Some(checks)))
 }
 
 async fn wait_for_signal(stop: watch::Sender<bool>) {

@@ -97,6 +97,7 @@ pub fn envelope(payload: &str, headers: &[(&str, &str)]) -> Envelope {
             endpoint: Some("api".into()),
             ..Metadata::default()
         },
+        raw_body: None,
     }
 }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{CONFIG_FILE_VAR, ConfigError, Sources, load, load_all};
 pub use openhqm_core::Secret;
+pub use openhqm_upstream::{AuthType, EndpointConfig, UpstreamConfig};
 
 /// Everything OpenHQM can be configured with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -206,7 +207,9 @@ impl Default for WorkerSection {
     }
 }
 
-/// `proxy.*`
+/// `proxy.*`: the forwarder's own settings ([`UpstreamConfig`]) plus the
+/// switch that turns proxy mode on. Kept flat rather than flattened, because
+/// serde cannot combine `flatten` with `deny_unknown_fields`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[allow(missing_docs)]
@@ -221,58 +224,30 @@ pub struct ProxyConfig {
 
 impl Default for ProxyConfig {
     fn default() -> Self {
+        let u = UpstreamConfig::default();
         Self {
             enabled: false,
-            default_endpoint: None,
-            endpoints: BTreeMap::new(),
-            forward_headers: vec!["Content-Type".into(), "Accept".into(), "User-Agent".into()],
-            strip_headers: vec!["Host".into(), "Connection".into()],
-            max_response_size: 10 * 1024 * 1024,
+            default_endpoint: u.default_endpoint,
+            endpoints: u.endpoints,
+            forward_headers: u.forward_headers,
+            strip_headers: u.strip_headers,
+            max_response_size: u.max_response_size,
         }
     }
 }
 
-/// `proxy.endpoints.<name>`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct EndpointConfig {
-    pub url: String,
-    #[serde(default = "default_method")]
-    pub method: String,
-    #[serde(default = "default_endpoint_timeout")]
-    pub timeout: u64,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    #[serde(default)]
-    pub auth_type: Option<AuthType>,
-    #[serde(default)]
-    pub auth_token: Secret,
-    #[serde(default)]
-    pub auth_username: Option<String>,
-    #[serde(default)]
-    pub auth_password: Secret,
-    #[serde(default)]
-    pub auth_header_name: Option<String>,
-}
-
-fn default_method() -> String {
-    "POST".into()
-}
-
-fn default_endpoint_timeout() -> u64 {
-    300
-}
-
-/// `proxy.endpoints.<name>.auth_type`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[allow(missing_docs)]
-pub enum AuthType {
-    Bearer,
-    Basic,
-    ApiKey,
-    Custom,
+impl ProxyConfig {
+    /// The forwarder's configuration.
+    #[must_use]
+    pub fn upstream(&self) -> UpstreamConfig {
+        UpstreamConfig {
+            endpoints: self.endpoints.clone(),
+            default_endpoint: self.default_endpoint.clone(),
+            forward_headers: self.forward_headers.clone(),
+            strip_headers: self.strip_headers.clone(),
+            max_response_size: self.max_response_size,
+        }
+    }
 }
 
 /// `cache.*`

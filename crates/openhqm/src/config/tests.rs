@@ -100,7 +100,7 @@ fn variables_expand_in_the_file_and_secrets_never_print() {
     };
     let c = load(&sources).expect("valid");
     let endpoint = &c.proxy.endpoints["api"];
-    assert_eq!(endpoint.url, "http://127.0.0.1:8080");
+    assert_eq!(endpoint.url.as_deref(), Some("http://127.0.0.1:8080"));
     assert_eq!(endpoint.auth_token.expose(), "s3cr3t");
     let printed = format!("{c:?} {}", serde_json::to_string(&c).expect("json"));
     assert!(!printed.contains("s3cr3t"), "secret leaked: {printed}");

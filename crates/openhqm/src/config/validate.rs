@@ -1,7 +1,7 @@
 //! Checks across keys that types alone cannot express. Every problem is
 //! reported, not just the first.
 
-use super::{AuthType, BackendType, Config, ConfigError};
+use super::{BackendType, Config, ConfigError};
 
 /// Queue and store backends this build can serve.
 const QUEUE_BACKENDS: &[BackendType] = &[BackendType::Embedded];
@@ -38,11 +38,6 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
             c.cache.kind.as_str(),
             supported(STORE_BACKENDS)
         ),
-    );
-    check(
-        !c.proxy.enabled,
-        "proxy.enabled",
-        "forwarding to HTTP backends is not available in this build yet".into(),
     );
     check(
         !c.routing.enabled,
@@ -136,51 +131,17 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         "queue.mqtt_qos",
         format!("must be 0, 1 or 2, got {}", c.queue.mqtt_qos),
     );
-    for (name, e) in &c.proxy.endpoints {
-        let key = |field: &str| format!("proxy.endpoints.{name}.{field}");
+    if c.proxy.enabled {
         check(
-            e.url.starts_with("http://") || e.url.starts_with("https://"),
-            &key("url"),
-            format!("must be an http:// or https:// URL, got `{}`", e.url),
-        );
-        check(e.timeout > 0, &key("timeout"), "must be at least 1".into());
-        match e.auth_type {
-            Some(AuthType::Bearer | AuthType::ApiKey) => {
-                check(
-                    !e.auth_token.is_empty(),
-                    &key("auth_token"),
-                    "is required by this auth_type".into(),
-                );
-            }
-            Some(AuthType::Custom) => {
-                check(
-                    !e.auth_token.is_empty(),
-                    &key("auth_token"),
-                    "is required by this auth_type".into(),
-                );
-                check(
-                    e.auth_header_name.is_some(),
-                    &key("auth_header_name"),
-                    "is required when auth_type is custom".into(),
-                );
-            }
-            Some(AuthType::Basic) => {
-                check(
-                    e.auth_username.is_some(),
-                    &key("auth_username"),
-                    "is required when auth_type is basic".into(),
-                );
-            }
-            None => {}
-        }
-    }
-    if let Some(default) = &c.proxy.default_endpoint {
-        let is_url = default.starts_with("http://") || default.starts_with("https://");
-        check(
-            is_url || c.proxy.endpoints.contains_key(default),
+            c.proxy.default_endpoint.is_some() || !c.proxy.endpoints.is_empty(),
             "proxy.default_endpoint",
-            format!("`{default}` is neither a configured endpoint nor an http(s) URL"),
+            "proxy mode needs a default endpoint or at least one entry in proxy.endpoints".into(),
         );
+    }
+    // Endpoints are checked even while proxy mode is off, so a file that is
+    // about to switch it on is known to be good.
+    for (key, message) in c.proxy.upstream().validate() {
+        errors.push(ConfigError::new(&key, message));
     }
     errors
 }
