@@ -169,7 +169,8 @@ struct Handler {
 /// What [`Handler::begin`] found.
 enum Begin {
     Process {
-        envelope: Envelope,
+        // Boxed: an envelope is large and the other outcomes are tiny.
+        envelope: Box<Envelope>,
         attempt: u32,
     },
     /// Already finished: a duplicate delivery.
@@ -231,7 +232,10 @@ impl Handler {
             .transition(envelope.correlation_id, update)
             .await
         {
-            Ok(Transition::Applied(_)) => Begin::Process { envelope, attempt },
+            Ok(Transition::Applied(_)) => Begin::Process {
+                envelope: Box::new(envelope),
+                attempt,
+            },
             Ok(Transition::Refused { current }) => {
                 tracing::debug!(correlation_id = %envelope.correlation_id, %current, "duplicate delivery of a finished request acknowledged");
                 Begin::Ack
