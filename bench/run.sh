@@ -23,39 +23,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need nginx; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q wrk nginx >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk nginx >/dev/null; }
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+source bench/lib.sh
 
 echo "building openhqm (release)..." >&2
 cargo build --release -q -p openhqm
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 200); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-
-# wrk output -> "req_per_s p50_ms p99_ms non2xx"
-wrk_run() {
-  local url=$1; shift
-  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url" > "$WORK/wrk.out" 2>&1
-  python3 - "$WORK/wrk.out" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-def ms(label):
-    m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % label, text, re.M)
-    if not m: return float("nan")
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-errs = re.search(r"Socket errors:.*", text)
-print(f"{rps:.0f} {ms('50'):.2f} {ms('99'):.2f} {bad.group(1) if bad else 0}")
-if errs: print(errs.group(0), file=sys.stderr)
-PY
-}
 
 # --- baseline: nginx proxy_pass to a static nginx backend -------------------
 BACKEND_PORT=$(port); PROXY_PORT=$(port)
@@ -89,17 +60,11 @@ wait_http "http://127.0.0.1:$OHQ_PORT/health/live"
 sleep 1
 IDLE_RSS=$(rss_kib "$OHQ_PID")
 
-metric() { curl -fs "http://127.0.0.1:$OHQ_PORT/metrics" | awk -v m="$1" 'index($0, m) == 1 {v = $NF} END {print v + 0}'; }
 echo "measuring openhqm durable submit + end to end..." >&2
 START=$(date +%s.%N)
 read -r OHQ_RPS OHQ_P50 OHQ_P99 OHQ_BAD < <(wrk_run "http://127.0.0.1:$OHQ_PORT/api/v1/submit" -s bench/submit.lua)
 LOAD_RSS=$(rss_kib "$OHQ_PID")
-ACCEPTED=$(metric 'openhqm_api_requests_total{method="POST",route="/api/v1/submit",status="202"}')
-while :; do
-  DONE=$(metric 'openhqm_worker_processing_duration_seconds_count{outcome="completed"}')
-  [ "${DONE:-0}" -ge "$ACCEPTED" ] && break
-  sleep 0.05
-done
+ACCEPTED=$(wait_drained "http://127.0.0.1:$OHQ_PORT")
 END=$(date +%s.%N)
 PEAK_RSS=$(awk '/VmHWM/ {print $2}' "/proc/$OHQ_PID/status")
 E2E_RPS=$(python3 -c "print(round($ACCEPTED / ($END - $START)))")

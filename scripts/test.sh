@@ -14,10 +14,12 @@ if ! need cargo; then
   echo "cargo is required (https://rustup.rs)" >&2
   exit 1
 fi
-# The binary tests signal child processes with kill(1) and probe with curl.
-if ! need kill || ! need curl; then
+# The binary tests signal child processes with kill(1) and probe with curl;
+# the TLS test makes certificates with openssl and serves HTTPS from python3.
+if ! need kill || ! need curl || ! need openssl || ! need python3; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q procps curl >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q procps curl; }
+  pkgs="procps curl openssl python3"
+  apt-get install -y -q $pkgs >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q $pkgs; }
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 

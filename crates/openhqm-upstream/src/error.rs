@@ -59,7 +59,7 @@ pub enum UpstreamError {
         retry_after: Option<Duration>,
     },
     /// Connecting, sending or reading failed.
-    #[error("backend request failed: {0}")]
+    #[error("backend request failed: {}", causes(.0))]
     Network(#[source] reqwest::Error),
     /// The body was larger than `proxy.max_response_size`.
     #[error("backend response exceeds proxy.max_response_size ({limit} bytes)")]
@@ -141,6 +141,23 @@ impl From<reqwest::Error> for UpstreamError {
     fn from(e: reqwest::Error) -> Self {
         Self::Network(e.without_url())
     }
+}
+
+/// An error and its causes, `outer: inner: root`, so the stored error says
+/// why ("invalid peer certificate: UnknownIssuer"), not just "error sending
+/// request". URLs were stripped before this point.
+fn causes(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The start of a body, for an error message.

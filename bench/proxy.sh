@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Proxy-mode benchmark, in one run on one machine:
+#   1. nginx proxy_pass -> a static nginx backend (the baseline);
+#   2. openhqm's whole async path to the same backend: submit (durable),
+#      forward, result stored; end-to-end requests/s;
+#   3. openhqm forwarding to a backend that answers after 50 ms, with
+#      worker.count 256: forwarded messages/s.
+# Installs wrk and nginx if missing. Prints a table.
+#
+#   bash bench/proxy.sh            # 10 s per load phase
+#   DURATION=30 bash bench/proxy.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+WRK_THREADS=${WRK_THREADS:-1}
+SLOW_MS=${SLOW_MS:-50}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/openhqm-target}
+BIN="$CARGO_TARGET_DIR/release/openhqm"
+BACKEND_BIN="$CARGO_TARGET_DIR/release/examples/bench_backend"
+WORK=$(mktemp -d /tmp/openhqm-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+source bench/lib.sh
+
+echo "building openhqm and the bench backend (release)..." >&2
+cargo build --release -q -p openhqm --bin openhqm --example bench_backend
+
+# --- nginx: a static backend, and proxy_pass in front of it ------------------
+BACKEND_PORT=$(port); PROXY_PORT=$(port)
+cat > "$WORK/nginx.conf" <<NGX
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
+  server { listen 127.0.0.1:$BACKEND_PORT; location / { default_type application/json; return 200 '{"ok":true}'; } }
+  server {
+    listen 127.0.0.1:$PROXY_PORT;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGX
+"$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
+wait_http "http://127.0.0.1:$PROXY_PORT/"
+echo "measuring nginx proxy_pass..." >&2
+read -r NGX_RPS NGX_P50 NGX_P99 NGX_BAD < <(wrk_run "http://127.0.0.1:$PROXY_PORT/" -s bench/submit.lua)
+
+# Runs openhqm in proxy mode against $1 with worker.count $2, drives submits
+# for DURATION, waits until every accepted request is finished, and prints
+# "submit_rps e2e_rps accepted non2xx".
+forward_run() {
+  local backend=$1 count=$2 ohq_port pid start end accepted
+  ohq_port=$(port)
+  rm -rf "$WORK/data"
+  "$BIN" serve --host 127.0.0.1 --port "$ohq_port" --data-dir "$WORK/data" \
+    --set monitoring.log_level=WARNING --set proxy.enabled=true \
+    --set proxy.default_endpoint="$backend" --set worker.count="$count" \
+    > "$WORK/openhqm.log" 2>&1 &
+  pid=$!; PIDS+=("$pid")
+  wait_http "http://127.0.0.1:$ohq_port/health/ready"
+  start=$(date +%s.%N)
+  read -r rps _p50 _p99 bad < <(wrk_run "http://127.0.0.1:$ohq_port/api/v1/submit" -s bench/submit.lua)
+  accepted=$(wait_drained "http://127.0.0.1:$ohq_port")
+  end=$(date +%s.%N)
+  failed=$(metric "http://127.0.0.1:$ohq_port" 'openhqm_worker_processing_duration_seconds_count{outcome="failed"}')
+  kill -TERM "$pid"; wait "$pid" || true
+  if [ "${failed:-0}" != 0 ]; then echo "warning: $failed forwards failed" >&2; fi
+  python3 -c "print($rps, round($accepted / ($end - $start)), $accepted, $bad)"
+}
+
+echo "measuring openhqm submit -> forward -> stored, same static backend..." >&2
+read -r FAST_SUBMIT FAST_E2E FAST_N FAST_BAD < <(forward_run "http://127.0.0.1:$BACKEND_PORT/" 256)
+kill "$(cat "$WORK/nginx.pid")"
+
+SLOW_PORT=$(port)
+"$BACKEND_BIN" "127.0.0.1:$SLOW_PORT" "$SLOW_MS" &
+PIDS+=("$!")
+wait_http "http://127.0.0.1:$SLOW_PORT/"
+echo "measuring openhqm forwarding to a ${SLOW_MS} ms backend with worker.count 256..." >&2
+read -r SLOW_SUBMIT SLOW_E2E SLOW_N SLOW_BAD < <(forward_run "http://127.0.0.1:$SLOW_PORT/" 256)
+
+python3 - <<PY
+ngx = $NGX_RPS
+print()
+print(f"machine: $(nproc) cores; wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s on the same machine")
+print(f"{'measurement':58} {'req/s':>9} {'vs nginx':>9}")
+print(f"{'nginx proxy_pass -> static nginx (baseline)':58} {ngx:>9.0f} {1:>9.2f}")
+print(f"{'openhqm submit, proxy mode (durable 202)':58} {$FAST_SUBMIT:>9.0f} {$FAST_SUBMIT/ngx:>9.2f}")
+print(f"{'openhqm end to end: submit -> forward -> result stored':58} {$FAST_E2E:>9.0f} {$FAST_E2E/ngx:>9.2f}")
+print(f"{'openhqm forwarding to a ${SLOW_MS} ms backend, worker.count 256':58} {$SLOW_E2E:>9.0f} {'':>9}")
+print(f"(requests accepted: {$FAST_N} and {$SLOW_N}; non-2xx submits: {$FAST_BAD} and {$SLOW_BAD}; the ${SLOW_MS} ms ceiling is {256*1000/$SLOW_MS:.0f} msg/s)")
+PY
