@@ -13,8 +13,12 @@ use reqwest::{Certificate, Client, redirect};
 
 use crate::config::EndpointConfig;
 
-/// Idle keep-alive connections kept per backend host.
-pub const MAX_IDLE_PER_HOST: usize = 32;
+/// Idle keep-alive connections kept per backend host when the endpoint sets
+/// no `max_concurrency`. A pool smaller than the forwards in flight closes
+/// and reopens connections on every burst (a TCP handshake per forward
+/// beyond the pool), so it is sized for a busy worker pool; with
+/// `max_concurrency` it is exactly that cap.
+pub const MAX_IDLE_PER_HOST: usize = 256;
 /// How long an idle connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -27,7 +31,7 @@ pub fn build(cfg: &EndpointConfig) -> Result<Client, String> {
     // just as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = Client::builder()
-        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+        .pool_max_idle_per_host(cfg.max_concurrency.unwrap_or(MAX_IDLE_PER_HOST))
         .pool_idle_timeout(IDLE_TIMEOUT)
         .tcp_nodelay(true)
         .redirect(redirect::Policy::none());
