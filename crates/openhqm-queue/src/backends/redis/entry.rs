@@ -174,11 +174,23 @@ pub(crate) fn parse_read(v: &Value) -> Vec<Entry> {
         .collect()
 }
 
-/// The prepare script's reply: claimed `(entry, delivery count)` and the ms
-/// until the next delayed retry is due.
-pub(crate) fn parse_prepare(v: &Value) -> (Vec<(Entry, u64)>, Option<u64>) {
+/// The prepare script's reply.
+pub(crate) struct Prepared {
+    /// Entries taken over, with their delivery counts.
+    pub claimed: Vec<(Entry, u64)>,
+    /// Ms until the next delayed retry is due.
+    pub next_due_ms: Option<u64>,
+    /// Where the next takeover scan starts.
+    pub cursor: String,
+}
+
+pub(crate) fn parse_prepare(v: &Value) -> Prepared {
     let Value::Array(parts) = v else {
-        return (Vec::new(), None);
+        return Prepared {
+            claimed: Vec::new(),
+            next_due_ms: None,
+            cursor: "0-0".into(),
+        };
     };
     let claimed = match parts.first() {
         Some(Value::Array(items)) => items
@@ -192,9 +204,12 @@ pub(crate) fn parse_prepare(v: &Value) -> (Vec<(Entry, u64)>, Option<u64>) {
             .collect(),
         _ => Vec::new(),
     };
-    let wait = parts
-        .get(1)
-        .and_then(int)
-        .and_then(|n| u64::try_from(n).ok());
-    (claimed, wait)
+    Prepared {
+        claimed,
+        next_due_ms: parts
+            .get(1)
+            .and_then(int)
+            .and_then(|n| u64::try_from(n).ok()),
+        cursor: parts.get(2).and_then(text).unwrap_or_else(|| "0-0".into()),
+    }
 }

@@ -120,8 +120,18 @@ pub(crate) struct Shared {
     blocking: tokio::sync::Mutex<ConnectionManager>,
     scripts: Scripts,
     delayed: String,
+    /// Where the next `XAUTOCLAIM` scan of the pending list starts.
+    claim_cursor: std::sync::Mutex<String>,
     closed: AtomicBool,
     config: RedisQueueConfig,
+}
+
+impl Shared {
+    fn lock_cursor(&self) -> std::sync::MutexGuard<'_, String> {
+        self.claim_cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -167,6 +177,7 @@ impl RedisQueue {
                 blocking: tokio::sync::Mutex::new(blocking),
                 scripts: Scripts::new(),
                 delayed: format!("{}:delayed", config.stream),
+                claim_cursor: std::sync::Mutex::new("0-0".into()),
                 closed: AtomicBool::new(false),
                 config,
             }),

@@ -59,6 +59,7 @@ impl RedisQueue {
     ) -> Result<(Vec<(Entry, u64)>, Option<Duration>), QueueError> {
         let s = &self.shared;
         let mut conn = s.conn.clone();
+        let cursor = s.lock_cursor().clone();
         let reply: Result<redis::Value, _> = s
             .scripts
             .prepare
@@ -68,12 +69,16 @@ impl RedisQueue {
             .arg(&s.config.consumer)
             .arg(duration_ms(s.config.lease))
             .arg(max)
+            .arg(cursor)
             .invoke_async(&mut conn)
             .await;
         match reply {
             Ok(v) => {
-                let (claimed, wait) = entry::parse_prepare(&v);
-                Ok((claimed, wait.map(Duration::from_millis)))
+                let p = entry::parse_prepare(&v);
+                // Resuming where the scan stopped reaches every pending entry
+                // even when more are pending than one call examines.
+                *s.lock_cursor() = p.cursor;
+                Ok((p.claimed, p.next_due_ms.map(Duration::from_millis)))
             }
             Err(e) if is_nogroup(&e) => {
                 self.recreate_group().await?;

@@ -95,12 +95,14 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 return 1
 ";
 
-/// KEYS: stream, delayed zset. ARGV: group, consumer, lease ms, count.
+/// KEYS: stream, delayed zset. ARGV: group, consumer, lease ms, count,
+/// claim cursor.
 ///
 /// Moves due retries back onto the stream, then takes over up to `count`
-/// entries idle longer than the lease. Returns `{claimed, wait}`: claimed is
-/// `{id, fields, delivery count}` triples, wait the ms until the next retry
-/// is due (-1 if none).
+/// entries idle longer than the lease, scanning the pending list from the
+/// cursor. Returns `{claimed, wait, cursor}`: claimed is `{id, fields,
+/// delivery count}` triples, wait the ms until the next retry is due (-1 if
+/// none), cursor where the next scan starts (`0-0` after a full pass).
 const PREPARE: &str = r"
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
@@ -111,7 +113,7 @@ for _, m in ipairs(due) do
   redis.call('DEL', hkey)
   redis.call('ZREM', KEYS[2], m)
 end
-local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
+local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[5], 'COUNT', ARGV[4])
 local out = {}
 for _, e in ipairs(claimed[2]) do
   if e and e[2] then
@@ -122,7 +124,7 @@ end
 local wait = -1
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 if nxt[2] then wait = math.max(0, tonumber(nxt[2]) - now) end
-return {out, wait}
+return {out, wait, claimed[1]}
 ";
 
 /// KEYS: dead-letter stream, stream. ARGV: limit. Returns how many moved.
