@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs what it needs, then runs
-# formatting and lint checks and every test (unit, conformance, HTTP API
-# against real servers on 127.0.0.1, and the real binary under kill -9).
+# The whole test suite, from a fresh clone: installs what it needs (curl,
+# redis-server), then runs formatting and lint checks and every test (unit,
+# conformance, HTTP API against real servers on 127.0.0.1, Redis backends on
+# private redis-servers, and the real binary under kill -9).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,13 @@ if ! need kill || ! need curl || ! need openssl || ! need python3; then
   pkgs="procps curl openssl python3"
   apt-get install -y -q $pkgs >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q $pkgs; }
 fi
+# Tests that need Redis start their own redis-server on a free 127.0.0.1 port
+# (crates/openhqm-redis-testkit) and fail, rather than skip, without it.
+if ! need redis-server; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q redis-server >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q redis-server; }
+fi
+# The Debian package starts a system redis-server on 6379; the tests do not use it.
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 echo "== cargo fmt --check"

@@ -10,8 +10,13 @@
 //! read-modify-write atomic. `create` and `transition` wait until the write
 //! is applied, not synced: in the API path the queue publish that follows in
 //! the same group commit makes both durable together.
+//!
+//! Waiters for a terminal status listen on an in-process broadcast of the ids
+//! whose transition to a terminal status was just applied.
 
 use std::time::Duration;
+
+use tokio::sync::broadcast;
 
 use async_trait::async_trait;
 use openhqm_core::time::now_ms;
@@ -35,6 +40,8 @@ pub struct EmbeddedStore {
     db: EmbeddedDb,
     results: Keyspace,
     ttl_ms: u64,
+    /// Ids that just became terminal, for [`ResultStore::wait_terminal`].
+    finished: broadcast::Sender<CorrelationId>,
     sweeper: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -85,6 +92,8 @@ impl EmbeddedStore {
             db,
             results,
             ttl_ms,
+            // A waiter that lags re-reads the record, so the size only bounds memory.
+            finished: broadcast::channel(1024).0,
             sweeper: std::sync::Mutex::new(Some(sweeper)),
         })
     }
@@ -197,7 +206,8 @@ impl ResultStore for EmbeddedStore {
     ) -> Result<Transition, StoreError> {
         let ks = self.results.clone();
         let ttl_ms = self.ttl_ms;
-        self.db
+        let outcome = self
+            .db
             .write(Wait::Applied, move |ctx| {
                 let now = now_ms();
                 let current = match ctx.get(&ks, id.as_bytes()) {
@@ -213,7 +223,41 @@ impl ResultStore for EmbeddedStore {
                 Ok(outcome)
             })
             .await
-            .map_err(db_error)?
+            .map_err(db_error)??;
+        if let Transition::Applied(record) = &outcome
+            && record.status.is_terminal()
+        {
+            // No receiver is fine: nobody is waiting.
+            let _ = self.finished.send(id);
+        }
+        Ok(outcome)
+    }
+
+    async fn wait_terminal(
+        &self,
+        id: CorrelationId,
+        timeout: Duration,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        // Subscribe before reading, so a transition between the read and the
+        // wait is still seen.
+        let mut finished = self.finished.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(record) = self.get(id).await?
+                && record.status.is_terminal()
+            {
+                return Ok(Some(record));
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, finished.recv()).await {
+                    Err(_elapsed) => return Ok(None),
+                    Ok(Ok(done)) if done == id => break,
+                    Ok(Ok(_other)) => {}
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return Err(StoreError::Closed),
+                }
+            }
+        }
     }
 
     async fn health(&self) -> Result<(), StoreError> {

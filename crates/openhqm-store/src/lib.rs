@@ -8,6 +8,10 @@
 
 #[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use openhqm_core::{CorrelationId, RequestRecord, RequestStatus, ResultData};
@@ -97,6 +101,20 @@ pub trait ResultStore: Send + Sync + 'static {
     /// [`StoreError::Unavailable`] if nothing was written.
     async fn transition(&self, id: CorrelationId, update: Update)
     -> Result<Transition, StoreError>;
+
+    /// Waits until the request reaches a terminal status, without polling:
+    /// stores wake waiters when a transition to a terminal status is written,
+    /// in this process or (for shared stores) any other. Returns the record
+    /// once it is terminal (at once if it already is), or `None` if it is not
+    /// terminal when `timeout` runs out.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the store cannot answer.
+    async fn wait_terminal(
+        &self,
+        id: CorrelationId,
+        timeout: Duration,
+    ) -> Result<Option<RequestRecord>, StoreError>;
 
     /// Proves the store can write right now.
     ///

@@ -1,6 +1,9 @@
 //! Builds the components from the configuration and runs them until a
 //! signal: the one place that knows every concrete type.
 
+#[cfg(feature = "redis")]
+mod redis;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,11 +52,20 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-fn open_backends(config: &Config) -> anyhow::Result<Backends> {
-    // Validation guarantees both are embedded in this build.
+/// Opens the configured backends; validation has refused any this build lacks.
+async fn open(config: &Config) -> anyhow::Result<Backends> {
+    #[cfg(feature = "redis")]
+    if config.queue.kind == BackendType::Redis || config.cache.kind == BackendType::Redis {
+        return redis::open_redis(config).await;
+    }
     if config.queue.kind != BackendType::Embedded || config.cache.kind != BackendType::Embedded {
         bail!("only the embedded queue and store are available in this build");
     }
+    open_backends(config)
+}
+
+/// The embedded database with the embedded queue and store in it.
+fn open_backends(config: &Config) -> anyhow::Result<Backends> {
     let dir = Path::new(&config.queue.data_dir);
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create queue.data_dir {}", dir.display()))?;
@@ -131,7 +143,14 @@ pub(crate) async fn run(
             mode.name()
         );
     }
-    let backends = open_backends(&config)?;
+    if mode != Mode::Serve && config.cache.kind == BackendType::Embedded {
+        bail!(
+            "`openhqm {}` needs a result store shared between processes (the API reads what workers write); \
+             with cache.type embedded results stay in one process: set cache.type redis, or run `openhqm serve`",
+            mode.name()
+        );
+    }
+    let backends = open(&config).await?;
     let metrics = Metrics::new();
     let queue_metrics = metrics.queue(&config.queue.request_queue_name);
     let (stop_tx, stop_rx) = watch::channel(false);

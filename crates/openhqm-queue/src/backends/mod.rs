@@ -2,3 +2,6 @@
 
 #[cfg(feature = "embedded")]
 pub mod embedded;
+
+#[cfg(feature = "redis")]
+pub mod redis;

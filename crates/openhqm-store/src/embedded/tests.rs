@@ -135,3 +135,34 @@ async fn store_reports_unavailable_when_its_database_is_closed() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn wait_terminal_is_woken_by_a_finishing_transition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_db, store) = open(dir.path(), Duration::from_secs(60));
+    let store = std::sync::Arc::new(store);
+    let id = CorrelationId::new();
+    store
+        .create(RequestRecord::pending(id, 1))
+        .await
+        .expect("create");
+    let none = store
+        .wait_terminal(id, Duration::from_millis(50))
+        .await
+        .expect("wait");
+    assert!(none.is_none(), "not terminal yet");
+    let waiting = {
+        let store = std::sync::Arc::clone(&store);
+        tokio::spawn(async move { store.wait_terminal(id, Duration::from_secs(30)).await })
+    };
+    store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    store
+        .transition(id, Update::to(RequestStatus::Failed))
+        .await
+        .expect("failed");
+    let rec = waiting.await.expect("join").expect("wait");
+    assert_eq!(rec.map(|r| r.status), Some(RequestStatus::Failed));
+}

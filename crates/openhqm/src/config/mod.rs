@@ -119,6 +119,12 @@ pub struct QueueConfig {
     /// How long a delivery is leased before it is handed out again.
     pub lease_seconds: u64,
     pub redis_url: Secret,
+    /// Redis: the consumer group shared by every worker process.
+    pub redis_consumer_group: String,
+    /// Redis: this process's consumer name; unset means `<hostname>-<pid>`.
+    /// Must be unique among live workers: two processes under one name would
+    /// settle each other's deliveries.
+    pub redis_consumer_name: Option<String>,
     pub kafka_bootstrap_servers: String,
     pub kafka_consumer_group: String,
     pub kafka_topics: Vec<String>,
@@ -149,6 +155,8 @@ impl Default for QueueConfig {
             fsync: true,
             lease_seconds: 30,
             redis_url: Secret::from("redis://localhost:6379"),
+            redis_consumer_group: "openhqm-workers".into(),
+            redis_consumer_name: None,
             kafka_bootstrap_servers: "localhost:9092".into(),
             kafka_consumer_group: "openhqm-workers".into(),
             kafka_topics: vec!["openhqm-requests".into()],

@@ -220,6 +220,7 @@ partitioning: {enabled: false, strategy: sticky, partition_count: 10, partition_
 #[test]
 fn contract_backends_parse_but_unavailable_ones_are_refused() {
     for kind in [
+        #[cfg(not(feature = "redis"))]
         "redis",
         "kafka",
         "sqs",
@@ -262,4 +263,28 @@ fn expansion_rules() {
     ] {
         assert_eq!(load::expand(input, &vars), expected, "{input}");
     }
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_queue_and_store_are_accepted_with_their_keys() {
+    let sources = Sources {
+        env: env(&[
+            ("OPENHQM_QUEUE__TYPE", "redis"),
+            ("OPENHQM_CACHE__TYPE", "redis"),
+            ("OPENHQM_QUEUE__REDIS_CONSUMER_NAME", "worker-7"),
+        ]),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("redis is available in this build");
+    assert_eq!(c.queue.redis_consumer_group, "openhqm-workers");
+    assert_eq!(c.queue.redis_consumer_name.as_deref(), Some("worker-7"));
+    let sources = Sources {
+        env: env(&[
+            ("OPENHQM_QUEUE__TYPE", "redis"),
+            ("OPENHQM_QUEUE__REDIS_CONSUMER_GROUP", ""),
+        ]),
+        ..Sources::default()
+    };
+    assert!(errors_of(&sources)[0].starts_with("`queue.redis_consumer_group`: must not be empty"));
 }

@@ -4,8 +4,16 @@
 use super::{BackendType, Config, ConfigError};
 
 /// Queue and store backends this build can serve.
-const QUEUE_BACKENDS: &[BackendType] = &[BackendType::Embedded];
-const STORE_BACKENDS: &[BackendType] = &[BackendType::Embedded];
+const QUEUE_BACKENDS: &[BackendType] = &[
+    BackendType::Embedded,
+    #[cfg(feature = "redis")]
+    BackendType::Redis,
+];
+const STORE_BACKENDS: &[BackendType] = &[
+    BackendType::Embedded,
+    #[cfg(feature = "redis")]
+    BackendType::Redis,
+];
 
 fn supported(list: &[BackendType]) -> String {
     list.iter()
@@ -103,6 +111,19 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         c.queue.kind != BackendType::Embedded || !c.queue.data_dir.is_empty(),
         "queue.data_dir",
         "must name a directory for the embedded database".into(),
+    );
+    check(
+        c.queue.kind != BackendType::Redis || !c.queue.redis_consumer_group.is_empty(),
+        "queue.redis_consumer_group",
+        "must not be empty".into(),
+    );
+    check(
+        c.queue
+            .redis_consumer_name
+            .as_ref()
+            .is_none_or(|n| !n.is_empty()),
+        "queue.redis_consumer_name",
+        "must not be empty (leave it unset for `<hostname>-<pid>`)".into(),
     );
     for (key, name) in [
         ("queue.request_queue_name", &c.queue.request_queue_name),

@@ -1,0 +1,308 @@
+//! The Redis Streams queue: one stream, one consumer group, many processes.
+//!
+//! # How our semantics map onto Redis
+//! - **Publish** is `XADD <stream> * payload <body> ...` (field layout in
+//!   [`entry`]). An external producer's `XADD openhqm-requests * payload
+//!   '<envelope JSON>'` is therefore a message like any other; its id is the
+//!   entry id and its attempt 1. A publish returns once Redis has the entry in
+//!   memory; how durable that is depends on Redis's own persistence settings.
+//! - **Receive** reads new entries with `XREADGROUP ... >` on a connection of
+//!   its own (a blocking read on the shared multiplexed connection would stall
+//!   every other command behind it). Blocks are capped at a fraction of the
+//!   lease and at the next retry's due time, because the same loop must also
+//!   move due retries back and take over expired leases (below).
+//! - **Leases** are Redis's pending entries list: an entry read by a consumer
+//!   stays pending until acked. An entry idle (not re-claimed) longer than the
+//!   lease is taken over with `XAUTOCLAIM` by whichever consumer receives next,
+//!   including the same one after a restart. Extending is `XCLAIM ... JUSTID`
+//!   to ourselves, which resets the idle time without counting a delivery.
+//! - **Attempt** = the entry's `attempt` field (1 if absent) + its delivery
+//!   count - 1. The delivery count is also the lease token: every settle runs
+//!   as a Lua script ([`scripts`]) that first checks that the entry is still
+//!   pending for this consumer with the count we saw, and otherwise answers
+//!   [`QueueError::LeaseLost`] without touching it.
+//! - **Ack** is `XACK` + `XDEL` in one script, so the stream holds only
+//!   unacknowledged entries and storage stays bounded.
+//! - **Retry** moves the entry, atomically, into the sorted set
+//!   `<stream>:delayed` (scored by its due time from Redis's clock, fields in
+//!   a hash) with attempt + 1 and its message id kept in `origin`, and deletes
+//!   it from the stream. Every receive first runs a script moving due members
+//!   back with `XADD`; being one script, two workers never both move one.
+//! - **Dead letters** go, atomically with the ack, to the dead-letter stream
+//!   with `reason` and `dead_at`. Redrive moves them back with attempt 1.
+//!   An entry without a `payload` field cannot become a message: receive
+//!   dead-letters it at once with a reason instead of leaving it pending.
+//! - **Depth** is `XLEN` of the stream + `ZCARD` of the delayed set. Since
+//!   acked entries are deleted, the stream length is exactly the waiting plus
+//!   leased entries. The group's `lag` is not used: Redis cannot compute it
+//!   once entries are deleted from the middle of a stream. This assumes the
+//!   stream is consumed by our group only.
+//! - **Ordering**: one consumer sees new entries in stream order. A retry or
+//!   a takeover goes to the back, as with the embedded queue.
+//! - **Group creation**: `XGROUP CREATE <stream> <group> 0 MKSTREAM` on open,
+//!   tolerating `BUSYGROUP`; id `0` so entries written before the group
+//!   existed are consumed. A `NOGROUP` error later (Redis restarted without
+//!   its data) recreates the group and carries on.
+//! - **Redis down**: commands time out after a few seconds and map to
+//!   [`QueueError::Unavailable`]; the connection manager reconnects on its own.
+//!
+//! The Lua scripts touch keys derived from the stream name, so this backend
+//! targets a single Redis (or a primary with replicas), not Redis Cluster.
+
+mod entry;
+mod receive;
+mod scripts;
+mod settle;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::{Capabilities, DeadLetter, Delivery, OutgoingMessage, QueueBackend, QueueError};
+use scripts::Scripts;
+
+/// The consumer group used unless configured otherwise.
+pub const DEFAULT_GROUP: &str = "openhqm-workers";
+
+/// How long a non-blocking command may take before Redis counts as down.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest single blocking read (see the module docs).
+const MAX_BLOCK: Duration = Duration::from_secs(1);
+
+/// Settings of the Redis queue.
+#[derive(Clone)]
+pub struct RedisQueueConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// The request stream (`queue.request_queue_name`).
+    pub stream: String,
+    /// The consumer group shared by every worker.
+    pub group: String,
+    /// This process's consumer name; unique per live process.
+    pub consumer: String,
+    /// The dead-letter stream (`queue.dlq_name`).
+    pub dead_letter_stream: String,
+    /// Idle time after which another consumer takes an entry over.
+    pub lease: Duration,
+    /// Largest body accepted.
+    pub max_payload: usize,
+}
+
+impl std::fmt::Debug for RedisQueueConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("RedisQueueConfig")
+            .field("url", &"***")
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("consumer", &self.consumer)
+            .field("dead_letter_stream", &self.dead_letter_stream)
+            .field("lease", &self.lease)
+            .field("max_payload", &self.max_payload)
+            .finish()
+    }
+}
+
+/// The Redis Streams queue. Share it as `Arc<dyn QueueBackend>`.
+pub struct RedisQueue {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    /// Multiplexed, auto-reconnecting: every non-blocking command.
+    conn: ConnectionManager,
+    /// Blocking reads only, one at a time.
+    blocking: tokio::sync::Mutex<ConnectionManager>,
+    scripts: Scripts,
+    delayed: String,
+    /// Where the next `XAUTOCLAIM` scan of the pending list starts.
+    claim_cursor: std::sync::Mutex<String>,
+    closed: AtomicBool,
+    config: RedisQueueConfig,
+}
+
+impl Shared {
+    fn lock_cursor(&self) -> std::sync::MutexGuard<'_, String> {
+        self.claim_cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn redis_error(e: redis::RedisError) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
+fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500))
+}
+
+impl RedisQueue {
+    /// Connects, and creates the stream and group if they do not exist.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] if Redis cannot be reached or the URL is invalid.
+    pub async fn open(config: RedisQueueConfig) -> Result<Self, QueueError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(redis_error)?;
+        let conn =
+            ConnectionManager::new_with_config(client.clone(), manager_config(RESPONSE_TIMEOUT))
+                .await
+                .map_err(redis_error)?;
+        let blocking = ConnectionManager::new_with_config(
+            client,
+            manager_config(MAX_BLOCK + RESPONSE_TIMEOUT),
+        )
+        .await
+        .map_err(redis_error)?;
+        let queue = Self {
+            shared: Arc::new(Shared {
+                conn,
+                blocking: tokio::sync::Mutex::new(blocking),
+                scripts: Scripts::new(),
+                delayed: format!("{}:delayed", config.stream),
+                claim_cursor: std::sync::Mutex::new("0-0".into()),
+                closed: AtomicBool::new(false),
+                config,
+            }),
+        };
+        queue.create_group().await?;
+        Ok(queue)
+    }
+
+    /// `XGROUP CREATE ... 0 MKSTREAM`; an existing group is fine.
+    async fn create_group(&self) -> Result<(), QueueError> {
+        let c = &self.shared.config;
+        let mut conn = self.shared.conn.clone();
+        let created: Result<(), _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&c.stream)
+            .arg(&c.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(()) => {
+                tracing::info!(stream = %c.stream, group = %c.group, "created the consumer group");
+                Ok(())
+            }
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(redis_error(e)),
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, QueueError> {
+        let mut conn = self.shared.conn.clone();
+        cmd.query_async(&mut conn).await.map_err(redis_error)
+    }
+}
+
+#[async_trait]
+impl QueueBackend for RedisQueue {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            delayed_delivery: true,
+            native_dead_letter: true,
+            priority: false,
+            fifo: true,
+            max_payload: self.shared.config.max_payload,
+        }
+    }
+
+    async fn publish(&self, message: OutgoingMessage) -> Result<(), QueueError> {
+        let limit = self.shared.config.max_payload;
+        if message.body.len() > limit {
+            return Err(QueueError::PayloadTooLarge {
+                size: message.body.len(),
+                limit,
+            });
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(QueueError::Closed);
+        }
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.shared.config.stream).arg("*");
+        for (k, v) in entry::publish_fields(&message) {
+            cmd.arg(k).arg(v);
+        }
+        let _id: String = self.query(&cmd).await?;
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        self.receive_batch(max.max(1), wait).await
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN")
+            .arg(&self.shared.config.stream)
+            .cmd("ZCARD")
+            .arg(&self.shared.delayed);
+        let mut conn = self.shared.conn.clone();
+        let (len, delayed): (u64, u64) = pipe.query_async(&mut conn).await.map_err(redis_error)?;
+        Ok(len + delayed)
+    }
+
+    async fn dead_letter_depth(&self) -> Result<u64, QueueError> {
+        self.query(redis::cmd("XLEN").arg(&self.shared.config.dead_letter_stream))
+            .await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let reply: redis::Value = self
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(&self.shared.config.dead_letter_stream)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit),
+            )
+            .await?;
+        Ok(entry::parse_entries(&reply)
+            .iter()
+            .map(entry::Entry::dead_letter)
+            .collect())
+    }
+
+    async fn redrive(&self, limit: usize) -> Result<u64, QueueError> {
+        let c = &self.shared.config;
+        let mut conn = self.shared.conn.clone();
+        self.shared
+            .scripts
+            .redrive
+            .key(&c.dead_letter_stream)
+            .key(&c.stream)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn health(&self) -> Result<(), QueueError> {
+        let _pong: String = self.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,221 @@
+//! Redis-specific behaviour beyond the conformance suite: the wire format
+//! external producers use, malformed entries, takeover between consumers,
+//! and Redis going away.
+#![cfg(feature = "redis")]
+
+use std::time::{Duration, Instant};
+
+use openhqm_queue::backends::redis::{RedisQueue, RedisQueueConfig};
+use openhqm_queue::{OutgoingMessage, QueueBackend, QueueError};
+use openhqm_redis_testkit::RedisServer;
+
+const LEASE: Duration = Duration::from_millis(500);
+
+fn config(server: &RedisServer, consumer: &str) -> RedisQueueConfig {
+    RedisQueueConfig {
+        url: server.url(),
+        stream: "openhqm-requests".into(),
+        group: "openhqm-workers".into(),
+        consumer: consumer.into(),
+        dead_letter_stream: "openhqm-dlq".into(),
+        lease: LEASE,
+        max_payload: 64 * 1024,
+    }
+}
+
+async fn open(server: &RedisServer, consumer: &str) -> RedisQueue {
+    RedisQueue::open(config(server, consumer))
+        .await
+        .expect("open redis queue")
+}
+
+/// A plain command on a connection of the test's own, as an outside producer would.
+async fn raw(server: &RedisServer, cmd: &redis::Cmd) -> redis::Value {
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    cmd.query_async(&mut conn).await.expect("raw command")
+}
+
+/// Waits until `check` holds, failing after `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn external_producer_entry_is_received_as_is() {
+    let server = RedisServer::start();
+    let q = open(&server, "a").await;
+    let envelope = r#"{"correlation_id":"0192f6e4-7b1a-7c3e-9a4b-1234567890ab","payload":{"operation":"echo"},"headers":{},"timestamp":"2025-01-01T00:00:00Z","metadata":{}}"#;
+    raw(
+        &server,
+        redis::cmd("XADD")
+            .arg("openhqm-requests")
+            .arg("*")
+            .arg("payload")
+            .arg(envelope),
+    )
+    .await;
+    let mut got = q.receive(1, Duration::from_secs(5)).await.expect("receive");
+    let d = got.pop().expect("the external entry");
+    assert_eq!(d.message().body.as_ref(), envelope.as_bytes());
+    assert_eq!(d.message().attempt, 1);
+    assert!(d.message().attributes.is_empty());
+    d.ack().await.expect("ack");
+    assert_eq!(q.depth().await.expect("depth"), 0);
+}
+
+#[tokio::test]
+async fn entries_written_before_the_group_existed_are_consumed() {
+    let server = RedisServer::start();
+    raw(
+        &server,
+        redis::cmd("XADD")
+            .arg("openhqm-requests")
+            .arg("*")
+            .arg("payload")
+            .arg("early"),
+    )
+    .await;
+    let q = open(&server, "a").await;
+    let d = q
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("the early entry");
+    assert_eq!(d.message().body.as_ref(), b"early");
+    d.ack().await.expect("ack");
+}
+
+#[tokio::test]
+async fn entry_without_payload_is_dead_lettered_with_a_reason() {
+    let server = RedisServer::start();
+    let q = open(&server, "a").await;
+    raw(
+        &server,
+        redis::cmd("XADD")
+            .arg("openhqm-requests")
+            .arg("*")
+            .arg("body")
+            .arg("not the field we read"),
+    )
+    .await;
+    q.publish(OutgoingMessage::new("good"))
+        .await
+        .expect("publish");
+    let got = q
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1, "only the well-formed entry is delivered");
+    assert_eq!(got[0].message().body.as_ref(), b"good");
+    assert_eq!(q.dead_letter_depth().await.expect("dlq depth"), 1);
+    let dead = q.dead_letters(10).await.expect("dead letters");
+    assert!(dead[0].reason.contains("payload"), "{}", dead[0].reason);
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(q.depth().await.expect("depth"), 0, "nothing left pending");
+}
+
+#[tokio::test]
+async fn another_consumer_takes_over_after_the_lease_with_attempt_two() {
+    let server = RedisServer::start();
+    let a = open(&server, "consumer-a").await;
+    let b = open(&server, "consumer-b").await;
+    a.publish(OutgoingMessage::new("job"))
+        .await
+        .expect("publish");
+    let held = a
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("a gets it");
+    assert_eq!(held.message().attempt, 1);
+    let taken_at = Instant::now();
+    let taken = b
+        .receive(1, LEASE * 4)
+        .await
+        .expect("receive")
+        .pop()
+        .expect("b takes it over after the lease");
+    assert!(taken_at.elapsed() + Duration::from_millis(50) >= LEASE);
+    assert_eq!(taken.message().attempt, 2);
+    assert_eq!(taken.message().id, held.message().id);
+    let stale = held.ack().await;
+    assert!(
+        matches!(stale, Err(QueueError::LeaseLost(_))),
+        "a's stale ack must not settle b's delivery: {stale:?}"
+    );
+    assert_eq!(b.depth().await.expect("depth"), 1, "still b's to settle");
+    taken.ack().await.expect("b acks");
+    assert_eq!(b.depth().await.expect("depth"), 0);
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_recreates_the_group_without_help() {
+    let mut server = RedisServer::start();
+    let q = open(&server, "a").await;
+    q.publish(OutgoingMessage::new("before"))
+        .await
+        .expect("publish");
+    server.start_again();
+    // The connection manager reconnects on its own; the group is gone.
+    eventually(Duration::from_secs(10), "publish after restart", || async {
+        q.publish(OutgoingMessage::new("after")).await.is_ok()
+    })
+    .await;
+    let mut bodies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bodies.is_empty() {
+        assert!(Instant::now() < deadline, "nothing received after restart");
+        if let Ok(got) = q.receive(1, Duration::from_millis(500)).await {
+            for d in got {
+                bodies.push(d.message().body.clone());
+                d.ack().await.expect("ack");
+            }
+        }
+    }
+    assert_eq!(bodies[0].as_ref(), b"after");
+}
+
+#[tokio::test]
+async fn redis_down_answers_unavailable_quickly() {
+    let mut server = RedisServer::start();
+    let q = open(&server, "a").await;
+    server.kill();
+    let started = Instant::now();
+    let published = q.publish(OutgoingMessage::new("x")).await;
+    assert!(
+        matches!(published, Err(QueueError::Unavailable(_))),
+        "{published:?}"
+    );
+    let health = q.health().await;
+    assert!(
+        matches!(health, Err(QueueError::Unavailable(_))),
+        "{health:?}"
+    );
+    let received = q.receive(1, Duration::from_millis(200)).await;
+    assert!(
+        matches!(received, Err(QueueError::Unavailable(_))),
+        "{received:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(published.err().is_some_and(|e| e.is_retryable()));
+}

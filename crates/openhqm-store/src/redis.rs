@@ -1,0 +1,402 @@
+//! The Redis result store, shared by every listener and worker process.
+//!
+//! # How the store maps onto Redis
+//! - **One key per request**, `<prefix><correlation id>` (prefix
+//!   `openhqm:result:` by default), holding the [`RequestRecord`] as JSON.
+//!   Every write sets the expiry to `ttl` (`PX`), so a record lives `ttl`
+//!   after its last change and Redis itself deletes it: no sweeper.
+//! - **Transitions** read the record, apply [`apply_update`] in Rust (the one
+//!   place the transition table lives) and write the result with a
+//!   compare-and-set Lua script that only writes if the stored value is still
+//!   the one read. A lost race re-reads and re-applies. Status and result are
+//!   one value in one `SET`, so COMPLETED is never visible without its result.
+//!   `WATCH`/`MULTI` would do the same but needs a connection per
+//!   transaction; the script works on the shared multiplexed connection.
+//! - **Completion is published**: the same script, when the new status is
+//!   terminal, does `PUBLISH <channel> <id>` (channel `openhqm:done`), in the
+//!   same atomic step as the write.
+//! - **Waiting** ([`ResultStore::wait_terminal`]): each process holds one
+//!   subscriber connection, run by one listener task, that fans published ids
+//!   out to waiters through a map of id → [`Notify`]. A waiter registers, then
+//!   reads the record, then sleeps until notified or timed out, so a result
+//!   landing between the read and the sleep still wakes it. While the
+//!   subscriber is reconnecting messages can be missed, so after every
+//!   (re)subscription it wakes every waiter to read again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use openhqm_core::time::now_ms;
+use openhqm_core::{CorrelationId, RequestRecord};
+use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::{ResultStore, StoreError, Transition, Update, apply_update};
+
+/// Default key prefix of records.
+pub const DEFAULT_KEY_PREFIX: &str = "openhqm:result:";
+/// Default channel on which finished ids are published.
+pub const DEFAULT_CHANNEL: &str = "openhqm:done";
+
+/// How often a transition re-reads after losing a race before giving up.
+const MAX_CAS_ROUNDS: usize = 64;
+
+/// KEYS: record. ARGV: expected ("0" = absent, "1" = ARGV[2]), expected
+/// value, new value, ttl ms, channel ("" = do not publish), id.
+const CAS: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '0' then
+  if cur then return 0 end
+elseif cur ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+return 1
+";
+
+/// Settings of the Redis store.
+#[derive(Clone)]
+pub struct RedisStoreConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// How long a record lives after its last change.
+    pub ttl: Duration,
+    /// Prefix of record keys.
+    pub key_prefix: String,
+    /// Channel on which finished ids are published.
+    pub channel: String,
+}
+
+impl std::fmt::Debug for RedisStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("RedisStoreConfig")
+            .field("url", &"***")
+            .field("ttl", &self.ttl)
+            .field("key_prefix", &self.key_prefix)
+            .field("channel", &self.channel)
+            .finish()
+    }
+}
+
+/// Waiters by id; one [`Notify`] per id however many wait on it.
+#[derive(Default)]
+struct Waiters {
+    map: Mutex<HashMap<CorrelationId, (Arc<Notify>, usize)>>,
+}
+
+/// A registration; removes itself when the last waiter for the id leaves.
+struct Waiting<'a> {
+    waiters: &'a Waiters,
+    id: CorrelationId,
+    notify: Arc<Notify>,
+}
+
+impl Waiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CorrelationId, (Arc<Notify>, usize)>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn register(&self, id: CorrelationId) -> Waiting<'_> {
+        let mut map = self.lock();
+        let entry = map
+            .entry(id)
+            .or_insert_with(|| (Arc::new(Notify::new()), 0));
+        entry.1 += 1;
+        Waiting {
+            waiters: self,
+            id,
+            notify: Arc::clone(&entry.0),
+        }
+    }
+
+    fn wake(&self, id: CorrelationId) {
+        if let Some((notify, _)) = self.lock().get(&id) {
+            notify.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        for (notify, _) in self.lock().values() {
+            notify.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut map = self.waiters.lock();
+        if let Some(entry) = map.get_mut(&self.id) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                map.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// The Redis result store.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    cas: Script,
+    waiters: Arc<Waiters>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+    config: RedisStoreConfig,
+}
+
+fn redis_error(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn encode(record: &RequestRecord) -> Vec<u8> {
+    // Serializing our own record type cannot fail.
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
+fn decode(id: CorrelationId, raw: &[u8]) -> Result<RequestRecord, StoreError> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt {
+        id,
+        reason: e.to_string(),
+    })
+}
+
+impl RedisStore {
+    /// Connects, and subscribes to the completion channel before returning.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if Redis cannot be reached or the URL is invalid.
+    pub async fn open(config: RedisStoreConfig) -> Result<Self, StoreError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(redis_error)?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client.clone(), manager)
+            .await
+            .map_err(redis_error)?;
+        let waiters = Arc::new(Waiters::default());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let listener = tokio::spawn(listen(
+            client,
+            config.channel.clone(),
+            Arc::clone(&waiters),
+            ready_tx,
+        ));
+        match tokio::time::timeout(Duration::from_secs(5), ready_rx).await {
+            Ok(Ok(())) => {}
+            _ => {
+                listener.abort();
+                return Err(StoreError::Unavailable(
+                    "cannot subscribe to the completion channel".into(),
+                ));
+            }
+        }
+        Ok(Self {
+            conn,
+            cas: Script::new(CAS),
+            waiters,
+            listener: Mutex::new(Some(listener)),
+            config,
+        })
+    }
+
+    fn key(&self, id: CorrelationId) -> String {
+        format!("{}{id}", self.config.key_prefix)
+    }
+
+    async fn get_raw(&self, id: CorrelationId) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("GET")
+            .arg(self.key(id))
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)
+    }
+
+    /// Writes `new` if the record still reads `expected`; publishes if `done`.
+    async fn compare_and_set(
+        &self,
+        id: CorrelationId,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        done: bool,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.cas.key(self.key(id));
+        invocation
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
+            .arg(new)
+            .arg(ttl_ms(self.config.ttl))
+            .arg(if done {
+                self.config.channel.as_str()
+            } else {
+                ""
+            })
+            .arg(id.to_string());
+        let mut conn = self.conn.clone();
+        let written: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(written == 1)
+    }
+}
+
+/// The one subscriber of this process: fans finished ids out to waiters,
+/// and resubscribes after a lost connection.
+async fn listen(
+    client: redis::Client,
+    channel: String,
+    waiters: Arc<Waiters>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    loop {
+        match subscribe(&client, &channel).await {
+            Ok(mut pubsub) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                // Anything finished while we were not subscribed: read again.
+                waiters.wake_all();
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    let id = msg
+                        .get_payload::<String>()
+                        .ok()
+                        .and_then(|s| s.parse::<CorrelationId>().ok());
+                    if let Some(id) = id {
+                        waiters.wake(id);
+                    }
+                }
+                tracing::warn!(%channel, "result-store subscription lost; resubscribing");
+            }
+            Err(e) => tracing::warn!(%channel, error = %e, "cannot subscribe to the result store"),
+        }
+        // Back off before reconnecting so a down Redis is not hammered.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> Result<redis::aio::PubSub, redis::RedisError> {
+    let connect = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub)
+    };
+    tokio::time::timeout(Duration::from_secs(3), connect)
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "subscribe timed out",
+            )))
+        })
+}
+
+#[async_trait]
+impl ResultStore for RedisStore {
+    async fn create(&self, record: RequestRecord) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(self.key(record.correlation_id))
+            .arg(encode(&record))
+            .arg("PX")
+            .arg(ttl_ms(self.config.ttl))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn get(&self, id: CorrelationId) -> Result<Option<RequestRecord>, StoreError> {
+        self.get_raw(id)
+            .await?
+            .map(|raw| decode(id, &raw))
+            .transpose()
+    }
+
+    async fn transition(
+        &self,
+        id: CorrelationId,
+        update: Update,
+    ) -> Result<Transition, StoreError> {
+        for _ in 0..MAX_CAS_ROUNDS {
+            let raw = self.get_raw(id).await?;
+            let current = raw.as_deref().map(|r| decode(id, r)).transpose()?;
+            let outcome = apply_update(id, current, update.clone(), now_ms());
+            let Transition::Applied(record) = &outcome else {
+                return Ok(outcome);
+            };
+            let done = record.status.is_terminal();
+            if self
+                .compare_and_set(id, raw.as_deref(), &encode(record), done)
+                .await?
+            {
+                return Ok(outcome);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "record {id} kept changing during {MAX_CAS_ROUNDS} attempts to update it"
+        )))
+    }
+
+    async fn wait_terminal(
+        &self,
+        id: CorrelationId,
+        timeout: Duration,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        let waiting = self.waiters.register(id);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = waiting.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the read: a publish after it wakes us.
+            notified.as_mut().enable();
+            if let Some(record) = self.get(id).await?
+                && record.status.is_terminal()
+            {
+                return Ok(Some(record));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(format!("{}health", self.config.key_prefix))
+            .arg(now_ms())
+            .arg("PX")
+            .arg(10_000)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn close(&self) {
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(listener) = listener {
+            listener.abort();
+        }
+    }
+}

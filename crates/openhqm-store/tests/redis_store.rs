@@ -1,0 +1,226 @@
+//! The Redis result store on a private `redis-server`: transitions follow the
+//! table, every write sets the TTL, and `wait_terminal` is woken across two
+//! store instances (two connections, as two processes would have).
+#![cfg(feature = "redis")]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openhqm_core::{CorrelationId, RequestRecord, RequestStatus, ResultData};
+use openhqm_redis_testkit::RedisServer;
+use openhqm_store::redis::{DEFAULT_CHANNEL, DEFAULT_KEY_PREFIX, RedisStore, RedisStoreConfig};
+use openhqm_store::{ResultStore, Transition, Update};
+
+async fn open(server: &RedisServer, ttl: Duration) -> RedisStore {
+    RedisStore::open(RedisStoreConfig {
+        url: server.url(),
+        ttl,
+        key_prefix: DEFAULT_KEY_PREFIX.into(),
+        channel: DEFAULT_CHANNEL.into(),
+    })
+    .await
+    .expect("open redis store")
+}
+
+async fn pttl(server: &RedisServer, id: CorrelationId) -> i64 {
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    redis::cmd("PTTL")
+        .arg(format!("{DEFAULT_KEY_PREFIX}{id}"))
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL")
+}
+
+fn completed() -> Update {
+    Update {
+        to: RequestStatus::Completed,
+        attempts: Some(1),
+        outcome: Some(ResultData {
+            result: Some(serde_json::json!({"ok": true})),
+            status_code: Some(200),
+            ..ResultData::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn transitions_follow_the_table_and_keep_result_with_status() {
+    let server = RedisServer::start();
+    let store = open(&server, Duration::from_secs(60)).await;
+    let id = CorrelationId::new();
+    store
+        .create(RequestRecord::pending(id, 1))
+        .await
+        .expect("create");
+    let refused = store.transition(id, completed()).await.expect("transition");
+    assert_eq!(
+        refused,
+        Transition::Refused {
+            current: RequestStatus::Pending
+        },
+        "PENDING cannot jump to COMPLETED"
+    );
+    let processing = store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    assert!(matches!(processing, Transition::Applied(_)));
+    store.transition(id, completed()).await.expect("completed");
+    let rec = store.get(id).await.expect("get").expect("record");
+    assert_eq!(rec.status, RequestStatus::Completed);
+    assert_eq!(rec.attempts, 1);
+    assert_eq!(
+        rec.outcome.and_then(|o| o.result),
+        Some(serde_json::json!({"ok": true}))
+    );
+    let again = store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("transition");
+    assert_eq!(
+        again,
+        Transition::Refused {
+            current: RequestStatus::Completed
+        },
+        "terminal states are final"
+    );
+    let unknown = CorrelationId::new();
+    let created = store
+        .transition(unknown, Update::to(RequestStatus::Processing))
+        .await
+        .expect("transition of a missing record");
+    assert!(matches!(created, Transition::Applied(r) if r.status == RequestStatus::Processing));
+}
+
+#[tokio::test]
+async fn every_write_sets_the_ttl_and_expired_records_are_gone() {
+    let server = RedisServer::start();
+    let store = open(&server, Duration::from_secs(30)).await;
+    let id = CorrelationId::new();
+    store
+        .create(RequestRecord::pending(id, 1))
+        .await
+        .expect("create");
+    let ttl = pttl(&server, id).await;
+    assert!((29_000..=30_000).contains(&ttl), "PTTL after create: {ttl}");
+    store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    let ttl = pttl(&server, id).await;
+    assert!((29_000..=30_000).contains(&ttl), "PTTL after update: {ttl}");
+
+    let short = open(&server, Duration::from_millis(100)).await;
+    let gone = CorrelationId::new();
+    short
+        .create(RequestRecord::pending(gone, 1))
+        .await
+        .expect("create");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while short.get(gone).await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "record never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn wait_terminal_is_woken_by_another_instance() {
+    let server = RedisServer::start();
+    let waiter = Arc::new(open(&server, Duration::from_secs(60)).await);
+    let writer = open(&server, Duration::from_secs(60)).await;
+    let id = CorrelationId::new();
+    writer
+        .create(RequestRecord::pending(id, 1))
+        .await
+        .expect("create");
+    let waiting = {
+        let waiter = Arc::clone(&waiter);
+        tokio::spawn(async move { waiter.wait_terminal(id, Duration::from_secs(30)).await })
+    };
+    writer
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    let started = Instant::now();
+    writer.transition(id, completed()).await.expect("completed");
+    let rec = waiting
+        .await
+        .expect("join")
+        .expect("wait")
+        .expect("terminal before the timeout");
+    assert_eq!(rec.status, RequestStatus::Completed);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woken by the publish, not a timeout"
+    );
+}
+
+#[tokio::test]
+async fn wait_terminal_returns_at_once_if_already_finished_and_none_on_timeout() {
+    let server = RedisServer::start();
+    let store = open(&server, Duration::from_secs(60)).await;
+    let done = CorrelationId::new();
+    store
+        .transition(done, completed())
+        .await
+        .expect("completed");
+    let rec = store
+        .wait_terminal(done, Duration::from_secs(30))
+        .await
+        .expect("wait");
+    assert_eq!(rec.map(|r| r.status), Some(RequestStatus::Completed));
+
+    let pending = CorrelationId::new();
+    store
+        .create(RequestRecord::pending(pending, 1))
+        .await
+        .expect("create");
+    let started = Instant::now();
+    let none = store
+        .wait_terminal(pending, Duration::from_millis(200))
+        .await
+        .expect("wait");
+    assert!(none.is_none());
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn concurrent_transitions_from_two_instances_finish_once() {
+    let server = RedisServer::start();
+    let a = Arc::new(open(&server, Duration::from_secs(60)).await);
+    let b = Arc::new(open(&server, Duration::from_secs(60)).await);
+    let id = CorrelationId::new();
+    a.create(RequestRecord::pending(id, 1))
+        .await
+        .expect("create");
+    a.transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    let mut tasks = Vec::new();
+    for (n, store) in [a.clone(), b].into_iter().cycle().take(8).enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut update = completed();
+            if let Some(o) = update.outcome.as_mut() {
+                o.result = Some(serde_json::json!(n));
+            }
+            store.transition(id, update).await.expect("transition")
+        }));
+    }
+    let mut applied = Vec::new();
+    for t in tasks {
+        if let Transition::Applied(r) = t.await.expect("join") {
+            applied.push(r);
+        }
+    }
+    assert_eq!(
+        applied.len(),
+        1,
+        "a terminal state is reached once; the rest are refused"
+    );
+    let stored = a.get(id).await.expect("get").expect("record");
+    assert_eq!(stored, applied[0], "the stored record is the applied one");
+}

@@ -1,0 +1,86 @@
+//! Opening the Redis queue and result store from the configuration. Parts
+//! still configured as embedded come from the embedded database as usual.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use openhqm_queue::QueueBackend;
+use openhqm_queue::backends::redis::{RedisQueue, RedisQueueConfig};
+use openhqm_store::ResultStore;
+use openhqm_store::redis::{DEFAULT_CHANNEL, DEFAULT_KEY_PREFIX, RedisStore, RedisStoreConfig};
+
+use super::{Backends, open_backends, secs};
+use crate::config::{BackendType, Config};
+
+/// `<hostname>-<pid>`: unique among live processes, and the same name for
+/// the same process across reconnects.
+fn default_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "openhqm".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn queue_config(config: &Config) -> RedisQueueConfig {
+    let q = &config.queue;
+    RedisQueueConfig {
+        url: q.redis_url.expose().to_owned(),
+        stream: q.request_queue_name.clone(),
+        group: q.redis_consumer_group.clone(),
+        consumer: q
+            .redis_consumer_name
+            .clone()
+            .unwrap_or_else(default_consumer_name),
+        dead_letter_stream: q.dlq_name.clone(),
+        lease: secs(q.lease_seconds),
+        max_payload: config.server.max_body_size.saturating_mul(2).max(64 * 1024),
+    }
+}
+
+/// Opens the backends when at least one of them is Redis.
+pub(super) async fn open_redis(config: &Config) -> anyhow::Result<Backends> {
+    let uses_embedded =
+        config.queue.kind == BackendType::Embedded || config.cache.kind == BackendType::Embedded;
+    // The embedded half opens the database (and both embedded parts; the one
+    // replaced by Redis below stays idle).
+    let embedded = if uses_embedded {
+        Some(open_backends(config)?)
+    } else {
+        None
+    };
+    let queue: Arc<dyn QueueBackend> = match (config.queue.kind, &embedded) {
+        (BackendType::Redis, _) => {
+            let q = queue_config(config);
+            tracing::info!(stream = %q.stream, group = %q.group, consumer = %q.consumer, "opening the Redis queue");
+            Arc::new(
+                RedisQueue::open(q)
+                    .await
+                    .context("cannot open the Redis queue (queue.redis_url; is Redis running?)")?,
+            )
+        }
+        (_, Some(e)) => Arc::clone(&e.queue),
+        (kind, None) => bail!("queue.type `{}` is not available", kind.as_str()),
+    };
+    let store: Arc<dyn ResultStore> = match (config.cache.kind, &embedded) {
+        (BackendType::Redis, _) => Arc::new(
+            RedisStore::open(RedisStoreConfig {
+                url: config.cache.redis_url.expose().to_owned(),
+                ttl: secs(config.cache.ttl_seconds),
+                key_prefix: DEFAULT_KEY_PREFIX.into(),
+                channel: DEFAULT_CHANNEL.into(),
+            })
+            .await
+            .context("cannot open the Redis result store (cache.redis_url; is Redis running?)")?,
+        ),
+        (_, Some(e)) => Arc::clone(&e.store),
+        (kind, None) => bail!("cache.type `{}` is not available", kind.as_str()),
+    };
+    Ok(Backends {
+        db: embedded.and_then(|e| e.db),
+        queue,
+        store,
+    })
+}

@@ -1,0 +1,272 @@
+//! Split roles on Redis: two `openhqm listener` and three `openhqm worker`
+//! processes share one private `redis-server`. Every accepted request
+//! completes, also when a worker is killed with SIGKILL under load, and an
+//! unparsable envelope from an outside producer is dead-lettered.
+#![cfg(feature = "redis")]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openhqm_redis_testkit::RedisServer;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_openhqm");
+
+fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// One openhqm process; killed (SIGKILL) if still running when dropped.
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(role: &str, name: &str, redis: &str, dir: &Path) -> Proc {
+    let port = free_port();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+    let child = Command::new(BIN)
+        .args([role, "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--set", "queue.type=redis", "--set", "cache.type=redis"])
+        .args(["--set", &format!("queue.redis_url={redis}")])
+        .args(["--set", &format!("cache.redis_url={redis}")])
+        .args(["--set", &format!("queue.redis_consumer_name={name}")])
+        .args(["--set", "queue.lease_seconds=2", "--set", "worker.count=4"])
+        .env_remove("OPENHQM_CONFIG")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn openhqm");
+    Proc {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, p: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http.get(format!("{}/health/ready", p.base)).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} never became ready", p.base);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn submit(http: &reqwest::Client, base: &str, body: &Value) -> Option<String> {
+    let response = http
+        .post(format!("{base}/api/v1/submit"))
+        .json(body)
+        .send()
+        .await
+        .ok()?;
+    if response.status() != reqwest::StatusCode::ACCEPTED {
+        return None;
+    }
+    let accepted: Value = response.json().await.ok()?;
+    accepted["correlation_id"].as_str().map(str::to_owned)
+}
+
+async fn status_of(http: &reqwest::Client, base: &str, id: &str) -> Option<String> {
+    let r = http
+        .get(format!("{base}/api/v1/status/{id}"))
+        .send()
+        .await
+        .ok()?;
+    let body: Value = r.json().await.ok()?;
+    body["status"].as_str().map(str::to_owned)
+}
+
+/// Waits until every id reads COMPLETED, asking the listeners in turn.
+async fn all_complete(http: &reqwest::Client, listeners: &[Proc], ids: &[String]) {
+    let mut pending: HashSet<&String> = ids.iter().collect();
+    assert_eq!(pending.len(), ids.len(), "ids are unique");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !pending.is_empty() {
+        let mut done = Vec::new();
+        for (i, id) in pending.iter().take(200).enumerate() {
+            let base = &listeners[i % listeners.len()].base;
+            match status_of(http, base, id).await.as_deref() {
+                Some("COMPLETED") => done.push(*id),
+                Some("PENDING" | "PROCESSING") | None => {}
+                other => panic!("accepted request {id} is {other:?}"),
+            }
+        }
+        for id in done {
+            pending.remove(id);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} accepted requests never completed",
+            pending.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn redis_cmd<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> T {
+    let client = redis::Client::open(url).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    cmd.query_async(&mut conn).await.expect("redis command")
+}
+
+/// Submits from `clients` tasks, alternating listeners, until `stop` is set.
+fn load(
+    http: &reqwest::Client,
+    bases: &[String],
+    accepted: &Arc<Mutex<Vec<String>>>,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..8)
+        .map(|c| {
+            let (http, bases) = (http.clone(), bases.to_vec());
+            let (accepted, stop) = (Arc::clone(accepted), Arc::clone(stop));
+            tokio::spawn(async move {
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    let body = json!({"payload": {"operation": "sleep", "ms": 100, "data": format!("{c}-{i}")}});
+                    if let Some(id) = submit(&http, &bases[i % bases.len()], &body).await {
+                        accepted.lock().expect("lock").push(id);
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listeners_and_workers_share_redis_and_survive_a_killed_worker() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = http_client();
+    let listeners = [
+        start("listener", "listener-0", &url, dir.path()),
+        start("listener", "listener-1", &url, dir.path()),
+    ];
+    let mut workers: Vec<Proc> = (0..3)
+        .map(|i| start("worker", &format!("worker-{i}"), &url, dir.path()))
+        .collect();
+    for p in listeners.iter().chain(workers.iter()) {
+        wait_ready(&http, p).await;
+    }
+
+    // Phase 1: requests spread over both listeners all complete.
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let body = json!({"payload": {"operation": "echo", "data": i}});
+        let base = &listeners[i % 2].base;
+        ids.push(submit(&http, base, &body).await.expect("accepted"));
+    }
+    all_complete(&http, &listeners, &ids).await;
+    let r: Value = http
+        .get(format!("{}/api/v1/response/{}", listeners[1].base, ids[0]))
+        .send()
+        .await
+        .expect("response")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["result"]["output"], json!(0), "{r}");
+
+    // Phase 2: kill -9 a worker under load; everything accepted completes.
+    let bases: Vec<String> = listeners.iter().map(|l| l.base.clone()).collect();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = load(&http, &bases, &accepted, &stop);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while accepted.lock().expect("lock").len() < 100 {
+        assert!(Instant::now() < deadline, "load never built up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut victim = workers.remove(0);
+    victim.child.kill().expect("kill -9");
+    victim.child.wait().expect("reap");
+    let orphaned: Vec<redis::Value> = redis_cmd(
+        &url,
+        redis::cmd("XPENDING")
+            .arg("openhqm-requests")
+            .arg("openhqm-workers")
+            .arg("-")
+            .arg("+")
+            .arg(100)
+            .arg("worker-0"),
+    )
+    .await;
+    let orphaned = orphaned.len();
+    while accepted.lock().expect("lock").len() < 300 {
+        assert!(Instant::now() < deadline, "load stalled after the kill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client");
+    }
+    let accepted = accepted.lock().expect("lock").clone();
+    all_complete(&http, &listeners, &accepted).await;
+    assert!(
+        orphaned > 0,
+        "the killed worker held no deliveries; the test proved nothing"
+    );
+
+    // An outside producer's unparsable entry ends on the dead-letter stream.
+    let _: String = redis_cmd(
+        &url,
+        redis::cmd("XADD")
+            .arg("openhqm-requests")
+            .arg("*")
+            .arg("payload")
+            .arg("this is not an envelope"),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let dead: u64 = redis_cmd(&url, redis::cmd("XLEN").arg("openhqm-dlq")).await;
+        if dead == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "unparsable entry never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(workers);
+}
+
+#[test]
+fn split_roles_with_an_embedded_store_are_refused() {
+    let out = Command::new(BIN)
+        .args(["worker", "--port", "0", "--set", "queue.type=redis"])
+        .env_remove("OPENHQM_CONFIG")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cache.type redis"), "{stderr}");
+}
