@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use openhqm_core::time::{now_ms, rfc3339_ms};
@@ -12,6 +12,7 @@ use openhqm_core::{CorrelationId, Envelope, RequestRecord, SubmitRequest};
 use openhqm_queue::{OutgoingMessage, QueueError};
 use serde_json::{Value, json};
 
+use crate::prefer::Preferences;
 use crate::{ApiState, Problem};
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -163,12 +164,36 @@ pub(crate) async fn status(
     Ok(json_response(StatusCode::OK, &status_body(&record)))
 }
 
-/// `GET /api/v1/response/{id}`: 200 with every field once finished, 202 with the status before.
+/// `GET /api/v1/response/{id}`: 200 with every field once finished, 202 with
+/// the status before. With `Prefer: wait=N` (or `?wait=N`) a request still in
+/// progress is held until it finishes or the wait (capped by
+/// `server.max_wait_seconds`) runs out, woken by the store's completion
+/// notification, which reaches every listener sharing the store.
 pub(crate) async fn response(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
-    let record = lookup(&state, &id).await?;
+    let mut record = lookup(&state, &id).await?;
+    let wait = Preferences::from_request(&headers, query.as_deref())
+        .wait
+        .map(|w| w.min(state.config.max_wait));
+    if !record.status.is_terminal()
+        && let Some(wait) = wait.filter(|w| !w.is_zero())
+    {
+        match state.store.wait_terminal(record.correlation_id, wait).await {
+            Ok(Some(done)) => record = done,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(correlation_id = %record.correlation_id, error = %e, "waiting for a result failed; answered 503");
+                return Err(Problem::unavailable(
+                    "result store",
+                    state.config.retry_after_secs,
+                ));
+            }
+        }
+    }
     if !record.status.is_terminal() {
         let mut response = json_response(StatusCode::ACCEPTED, &status_body(&record));
         response

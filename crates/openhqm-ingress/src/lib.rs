@@ -8,6 +8,7 @@
 mod docs;
 mod handlers;
 mod health;
+pub mod prefer;
 mod problem;
 mod telemetry;
 
@@ -36,6 +37,8 @@ pub struct ApiConfig {
     /// With proxy mode on, the endpoint names a submit may ask for; a request
     /// naming another is refused at once instead of failing in a worker.
     pub known_endpoints: Option<std::collections::HashSet<String>>,
+    /// Longest `Prefer: wait` honoured when reading a response.
+    pub max_wait: Duration,
 }
 
 /// What the handlers share.

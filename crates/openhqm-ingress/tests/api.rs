@@ -68,6 +68,7 @@ async fn serve_with(known_endpoints: Option<std::collections::HashSet<String>>) 
             probe_timeout: Duration::from_secs(2),
             metrics_enabled: true,
             known_endpoints,
+            max_wait: Duration::from_secs(5),
         },
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -342,6 +343,70 @@ async fn response_is_202_until_finished_then_200_with_every_field() {
     assert_eq!(body["result"], json!([3, 2, 1]));
     assert_eq!(body["headers"], Value::Null);
     assert_eq!(body["completed_at"], "2026-02-02T02:40:00.000Z");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_answers_the_moment_the_result_is_stored() {
+    let api = serve().await;
+    let accepted = json_of(api.post_raw("/api/v1/submit", r#"{"payload": 1}"#).await).await;
+    let id: CorrelationId = accepted["correlation_id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let url = format!("{}/api/v1/response/{id}", api.base);
+    let (http, poll_url) = (api.http.clone(), url.clone());
+    let started = std::time::Instant::now();
+    let poll = tokio::spawn(async move {
+        let r = http
+            .get(poll_url)
+            .header("prefer", "wait=30")
+            .send()
+            .await
+            .expect("poll");
+        (
+            r.status(),
+            started.elapsed(),
+            r.json::<Value>().await.expect("json"),
+        )
+    });
+    // The poll is parked on the store, not answered yet...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "a pending request was answered early");
+    let finished_at = started.elapsed();
+    api.store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    let done = Update {
+        to: RequestStatus::Completed,
+        attempts: Some(1),
+        outcome: Some(ResultData {
+            result: Some(json!("done")),
+            ..ResultData::default()
+        }),
+    };
+    api.store.transition(id, done).await.expect("completed");
+    // ...and answered as soon as the result is written, far inside its 30 s.
+    let (status, elapsed, body) = poll.await.expect("join");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["result"], "done");
+    assert!(elapsed >= finished_at, "{elapsed:?}");
+    assert!(
+        elapsed < finished_at + Duration::from_secs(2),
+        "{elapsed:?}"
+    );
+
+    // A wait that runs out answers 202 with the status; `?wait=` works too.
+    let other = json_of(api.post_raw("/api/v1/submit", r#"{"payload": 2}"#).await).await;
+    let other_id = other["correlation_id"].as_str().expect("id");
+    let started = std::time::Instant::now();
+    let r = api
+        .get(&format!("/api/v1/response/{other_id}?wait=1"))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(json_of(r).await["status"], "PENDING");
 }
 
 #[tokio::test]

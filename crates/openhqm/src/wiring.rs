@@ -175,6 +175,7 @@ pub(crate) async fn run(
                 .proxy
                 .enabled
                 .then(|| config.proxy.endpoints.keys().cloned().collect()),
+            max_wait: secs(config.server.max_wait_seconds),
         },
     });
     let router = match mode {

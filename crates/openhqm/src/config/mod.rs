@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub max_body_size: usize,
     /// `Retry-After` sent with 503 answers, in seconds.
     pub retry_after_seconds: u32,
+    /// Longest `Prefer: wait=N` honoured on `GET /api/v1/response/{id}`.
+    pub max_wait_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +63,7 @@ impl Default for ServerConfig {
             workers: 0,
             max_body_size: 10 * 1024 * 1024,
             retry_after_seconds: 1,
+            max_wait_seconds: 60,
         }
     }
 }

@@ -1,0 +1,108 @@
+//! The parts of RFC 7240 `Prefer` that OpenHQM honours.
+//!
+//! A client may send several `Prefer` headers, each a comma-separated list of
+//! preferences; tokens compare case-insensitively and values may be quoted.
+//! Unknown preferences are ignored, as the RFC asks. A `?wait=N` query
+//! parameter is accepted too, for clients that cannot set headers.
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use axum::http::header::HeaderName;
+
+/// `Prefer`.
+pub static PREFER: HeaderName = HeaderName::from_static("prefer");
+
+/// The preferences we act on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Preferences {
+    /// `wait=N`: how long the client is willing to wait for a final answer.
+    pub wait: Option<Duration>,
+    /// `respond-async`: answer 202 at once rather than waiting.
+    pub respond_async: bool,
+}
+
+impl Preferences {
+    /// Reads every `Prefer` header, then `wait` from the query, which wins.
+    #[must_use]
+    pub fn from_request(headers: &HeaderMap, query: Option<&str>) -> Self {
+        let mut prefs = Self::default();
+        for value in headers.get_all(&PREFER) {
+            if let Ok(text) = value.to_str() {
+                prefs.merge(text);
+            }
+        }
+        if let Some(wait) = query.and_then(query_wait) {
+            prefs.wait = Some(wait);
+        }
+        prefs
+    }
+
+    fn merge(&mut self, header: &str) {
+        for preference in header.split(',') {
+            // Parameters after `;` qualify a preference; none matter to us.
+            let head = preference.split(';').next().unwrap_or("").trim();
+            let (token, value) = match head.split_once('=') {
+                Some((t, v)) => (t.trim(), Some(v.trim().trim_matches('"'))),
+                None => (head, None),
+            };
+            if token.eq_ignore_ascii_case("respond-async") {
+                self.respond_async = true;
+            } else if token.eq_ignore_ascii_case("wait")
+                && let Some(secs) = value.and_then(|v| v.parse::<u64>().ok())
+            {
+                self.wait = Some(Duration::from_secs(secs));
+            }
+        }
+    }
+}
+
+fn query_wait(query: &str) -> Option<Duration> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "wait")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn check(headers: &[&str], query: Option<&str>, wait: Option<u64>, respond_async: bool) {
+        let mut map = HeaderMap::new();
+        for h in headers {
+            map.append(&PREFER, HeaderValue::from_str(h).expect("header"));
+        }
+        assert_eq!(
+            Preferences::from_request(&map, query),
+            Preferences {
+                wait: wait.map(Duration::from_secs),
+                respond_async
+            },
+            "{headers:?} {query:?}"
+        );
+    }
+
+    #[test]
+    fn preferences_table() {
+        check(&[], None, None, false);
+        check(&["wait=10"], None, Some(10), false);
+        check(&["WAIT = \"5\""], None, Some(5), false);
+        check(&["respond-async, wait=3"], None, Some(3), true);
+        check(&["Respond-Async"], None, None, true);
+        check(
+            &["handling=lenient", "wait=7; foo=bar"],
+            None,
+            Some(7),
+            false,
+        );
+        check(&["wait=soon"], None, None, false);
+        check(&["wait=-1"], None, None, false);
+        check(&["wait=10"], Some("x=1&wait=2"), Some(2), false);
+        check(&[], Some("wait=abc"), None, false);
+        check(&[], Some("wait=30"), Some(30), false);
+    }
+}
