@@ -44,33 +44,44 @@ XADD_RPS=$(redis-benchmark -p "$REDIS_PORT" -c "$CONNECTIONS" -n 200000 --csv XA
   | python3 -c 'import csv,sys; rows=list(csv.reader(sys.stdin)); print(round(float(rows[-1][1])))')
 redis-cli -p "$REDIS_PORT" del bench >/dev/null
 
-OHQ_PORT=$(port)
 URL="redis://127.0.0.1:$REDIS_PORT"
-"$BIN" serve --host 127.0.0.1 --port "$OHQ_PORT" \
-  --set queue.type=redis --set cache.type=redis \
-  --set queue.redis_url="$URL" --set cache.redis_url="$URL" \
-  --set monitoring.log_level=WARNING > "$WORK/openhqm.log" 2>&1 &
-PIDS+=("$!")
-wait_http "http://127.0.0.1:$OHQ_PORT/health/ready"
+# $1 = role (serve: API + workers; listener: API only); prints "rps p50 p99 non2xx".
+measure() {
+  local port; port=$(port)
+  "$BIN" "$1" --host 127.0.0.1 --port "$port" \
+    --set queue.type=redis --set cache.type=redis \
+    --set queue.redis_url="$URL" --set cache.redis_url="$URL" \
+    --set monitoring.log_level=WARNING > "$WORK/openhqm-$1.log" 2>&1 &
+  local pid=$!; PIDS+=("$pid")
+  wait_http "http://127.0.0.1:$port/health/ready"
+  echo "measuring openhqm $1 submit on redis..." >&2
+  wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/submit.lua \
+    "http://127.0.0.1:$port/api/v1/submit" > "$WORK/wrk-$1.out" 2>&1
+  kill -TERM "$pid"; wait "$pid" || true
+  redis-cli -p "$REDIS_PORT" flushall >/dev/null
+}
+measure serve
+measure listener
 
-echo "measuring openhqm submit on redis..." >&2
-wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/submit.lua \
-  "http://127.0.0.1:$OHQ_PORT/api/v1/submit" > "$WORK/wrk.out" 2>&1
-python3 - "$WORK/wrk.out" "$XADD_RPS" "$(nproc)" "$CONNECTIONS" "$DURATION" <<'PY'
+python3 - "$WORK" "$XADD_RPS" "$(nproc)" "$CONNECTIONS" <<'PY'
 import re, sys
-text = open(sys.argv[1]).read()
-xadd, cores, conns, secs = float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-def ms(label):
-    m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % label, text, re.M)
-    if not m: return float("nan")
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+work, xadd, cores, conns = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+def parse(path):
+    text = open(path).read()
+    def ms(label):
+        m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % label, text, re.M)
+        if not m: return float("nan")
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    return rps, ms("50"), ms("99"), bad.group(1) if bad else 0
 print()
-print(f"machine: {cores} cores; {conns} connections; everything on the same machine")
-print(f"{'measurement':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-print(f"{'redis-benchmark XADD (baseline)':44} {xadd:>9.0f}")
-print(f"{'openhqm submit, queue+cache on redis':44} {rps:>9.0f} {ms('50'):>8.2f} {ms('99'):>8.2f} {bad.group(1) if bad else 0:>8}")
-print(f"ratio openhqm / XADD: {rps / xadd:.2f} (target >= 0.40)")
+print(f"machine: {cores} cores; {conns} connections; wrk, redis-server and openhqm on the same machine")
+print(f"{'measurement':48} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs XADD':>8}")
+print(f"{'redis-benchmark XADD (baseline)':48} {xadd:>9.0f} {'':>8} {'':>8} {'':>8} {1:>8.2f}")
+for role, label in [("serve", "openhqm serve submit (API + workers)"), ("listener", "openhqm listener submit (API only)")]:
+    rps, p50, p99, bad = parse(f"{work}/wrk-{role}.out")
+    print(f"{label:48} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f} {bad:>8} {rps / xadd:>8.2f}")
+print("target: openhqm serve >= 0.40 x XADD")
 PY
