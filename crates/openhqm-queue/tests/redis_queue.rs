@@ -165,6 +165,42 @@ async fn another_consumer_takes_over_after_the_lease_with_attempt_two() {
 }
 
 #[tokio::test]
+async fn stale_retry_after_takeover_is_refused_and_changes_nothing() {
+    let server = RedisServer::start();
+    let a = open(&server, "consumer-a").await;
+    let b = open(&server, "consumer-b").await;
+    a.publish(OutgoingMessage::new("job"))
+        .await
+        .expect("publish");
+    let held = a
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("a gets it");
+    let taken = b
+        .receive(1, LEASE * 4)
+        .await
+        .expect("receive")
+        .pop()
+        .expect("b takes it over");
+    let stale = held
+        .nack(openhqm_queue::Nack::Retry {
+            delay: Duration::ZERO,
+        })
+        .await;
+    assert!(matches!(stale, Err(QueueError::LeaseLost(_))), "{stale:?}");
+    let delayed: u64 = redis::from_redis_value(
+        raw(&server, redis::cmd("ZCARD").arg("openhqm-requests:delayed")).await,
+    )
+    .expect("zcard");
+    assert_eq!(delayed, 0, "the stale retry scheduled nothing");
+    assert_eq!(b.depth().await.expect("depth"), 1);
+    assert_eq!(b.dead_letter_depth().await.expect("dlq"), 0);
+    taken.ack().await.expect("b acks");
+}
+
+#[tokio::test]
 async fn redis_restarted_empty_recreates_the_group_without_help() {
     let mut server = RedisServer::start();
     let q = open(&server, "a").await;

@@ -21,7 +21,8 @@
 //!   reads the record, then sleeps until notified or timed out, so a result
 //!   landing between the read and the sleep still wakes it. While the
 //!   subscriber is reconnecting messages can be missed, so after every
-//!   (re)subscription it wakes every waiter to read again.
+//!   (re)subscription it wakes every waiter to read again; a read that fails
+//!   while Redis is coming back is retried until the waiter's deadline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -366,10 +367,19 @@ impl ResultStore for RedisStore {
             tokio::pin!(notified);
             // Registered before the read: a publish after it wakes us.
             notified.as_mut().enable();
-            if let Some(record) = self.get(id).await?
-                && record.status.is_terminal()
-            {
-                return Ok(Some(record));
+            match self.get(id).await {
+                Ok(Some(record)) if record.status.is_terminal() => return Ok(Some(record)),
+                Ok(_) => {}
+                // The first command after a lost connection fails while the
+                // manager reconnects; a missed publish is covered by the
+                // wake-up after resubscribing, so read again shortly.
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%id, error = %e, "result store read failed while waiting; retrying");
+                    let retry = tokio::time::Instant::now() + Duration::from_millis(100);
+                    tokio::time::sleep_until(retry.min(deadline)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Ok(None);

@@ -224,3 +224,25 @@ async fn concurrent_transitions_from_two_instances_finish_once() {
     let stored = a.get(id).await.expect("get").expect("record");
     assert_eq!(stored, applied[0], "the stored record is the applied one");
 }
+
+#[tokio::test]
+async fn wait_terminal_survives_a_redis_restart() {
+    let mut server = RedisServer::start();
+    let waiter = Arc::new(open(&server, Duration::from_secs(60)).await);
+    let id = CorrelationId::new();
+    let waiting = {
+        let waiter = Arc::clone(&waiter);
+        tokio::spawn(async move { waiter.wait_terminal(id, Duration::from_secs(30)).await })
+    };
+    server.start_again();
+    // A writer connecting after the restart finishes the request; the
+    // waiter's subscriber reconnects on its own and must not miss it.
+    let writer = open(&server, Duration::from_secs(60)).await;
+    writer.transition(id, completed()).await.expect("completed");
+    let rec = waiting
+        .await
+        .expect("join")
+        .expect("wait")
+        .expect("terminal before the timeout");
+    assert_eq!(rec.status, RequestStatus::Completed);
+}
