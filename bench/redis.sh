@@ -21,17 +21,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need redis-server || ! need redis-benchmark; then
+WRK_THREADS=${WRK_THREADS:-1}
+source bench/lib.sh
+if ! need redis-server || ! need redis-benchmark; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q wrk redis-server >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk redis-server >/dev/null; }
+  apt-get install -y -q redis-server >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }
 fi
 
 echo "building openhqm (release)..." >&2
 cargo build --release -q -p openhqm
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 200); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 
 REDIS_PORT=$(port)
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
@@ -55,33 +53,19 @@ measure() {
   local pid=$!; PIDS+=("$pid")
   wait_http "http://127.0.0.1:$port/health/ready"
   echo "measuring openhqm $1 submit on redis..." >&2
-  wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/submit.lua \
-    "http://127.0.0.1:$port/api/v1/submit" > "$WORK/wrk-$1.out" 2>&1
+  wrk_run "http://127.0.0.1:$port/api/v1/submit" -s bench/submit.lua
   kill -TERM "$pid"; wait "$pid" || true
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
 }
-measure serve
-measure listener
+read -r SERVE_RPS SERVE_P50 SERVE_P99 SERVE_BAD < <(measure serve)
+read -r LIST_RPS LIST_P50 LIST_P99 LIST_BAD < <(measure listener)
 
-python3 - "$WORK" "$XADD_RPS" "$(nproc)" "$CONNECTIONS" <<'PY'
-import re, sys
-work, xadd, cores, conns = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
-def parse(path):
-    text = open(path).read()
-    def ms(label):
-        m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % label, text, re.M)
-        if not m: return float("nan")
-        v, unit = float(m.group(1)), m.group(2)
-        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    return rps, ms("50"), ms("99"), bad.group(1) if bad else 0
+python3 - <<PY
+xadd = $XADD_RPS
 print()
-print(f"machine: {cores} cores; {conns} connections; wrk, redis-server and openhqm on the same machine")
+print(f"machine: $(nproc) cores; $CONNECTIONS connections; wrk, redis-server and openhqm on the same machine")
 print(f"{'measurement':48} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs XADD':>8}")
 print(f"{'redis-benchmark XADD (baseline)':48} {xadd:>9.0f} {'':>8} {'':>8} {'':>8} {1:>8.2f}")
-for role, label in [("serve", "openhqm serve submit (API + workers)"), ("listener", "openhqm listener submit (API only)")]:
-    rps, p50, p99, bad = parse(f"{work}/wrk-{role}.out")
-    print(f"{label:48} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f} {bad:>8} {rps / xadd:>8.2f}")
-print("target: openhqm serve >= 0.40 x XADD")
+print(f"{'openhqm serve submit (API + workers)':48} {$SERVE_RPS:>9.0f} {$SERVE_P50:>8.2f} {$SERVE_P99:>8.2f} {$SERVE_BAD:>8} {$SERVE_RPS / xadd:>8.2f}")
+print(f"{'openhqm listener submit (API only)':48} {$LIST_RPS:>9.0f} {$LIST_P50:>8.2f} {$LIST_P99:>8.2f} {$LIST_BAD:>8} {$LIST_RPS / xadd:>8.2f}")
 PY
