@@ -25,41 +25,50 @@ pub enum RequestStatus {
     Failed,
     /// Finished because the last attempt ran past its deadline.
     Timeout,
+    /// Withdrawn by the client (`DELETE`) while it was still waiting; a
+    /// worker that later receives the message drops it unprocessed.
+    Cancelled,
 }
 
 impl RequestStatus {
     /// Every status, for tables and exhaustive tests.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Pending,
         Self::Processing,
         Self::Completed,
         Self::Failed,
         Self::Timeout,
+        Self::Cancelled,
     ];
 
     /// `true` once nothing will change the request again.
     #[must_use]
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Timeout)
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Timeout | Self::Cancelled
+        )
     }
 
     /// The table of legal transitions.
     ///
-    /// | from \ to  | PENDING | PROCESSING | COMPLETED | FAILED | TIMEOUT |
-    /// |------------|---------|------------|-----------|--------|---------|
-    /// | PENDING    |         | yes        |           | yes    |         |
-    /// | PROCESSING | yes     | yes        | yes       | yes    | yes     |
-    /// | terminal   |         |            |           |        |         |
+    /// | from \ to  | PENDING | PROCESSING | COMPLETED | FAILED | TIMEOUT | CANCELLED |
+    /// |------------|---------|------------|-----------|--------|---------|-----------|
+    /// | PENDING    |         | yes        |           | yes    |         | yes       |
+    /// | PROCESSING | yes     | yes        | yes       | yes    | yes     |           |
+    /// | terminal   |         |            |           |        |         |           |
     ///
     /// PENDING → FAILED covers a message rejected before any processing
     /// (undecodable, dead-lettered); PROCESSING → PROCESSING is a redelivery
     /// after a worker died; PROCESSING → PENDING is a scheduled retry.
+    /// Only a waiting request can be cancelled: once a worker holds it, the
+    /// backend may already have seen it, and saying otherwise would be a lie.
     #[must_use]
     pub fn can_become(self, to: Self) -> bool {
-        use RequestStatus::{Completed, Failed, Pending, Processing, Timeout};
+        use RequestStatus::{Cancelled, Completed, Failed, Pending, Processing, Timeout};
         matches!(
             (self, to),
-            (Pending, Processing | Failed)
+            (Pending, Processing | Failed | Cancelled)
                 | (
                     Processing,
                     Pending | Processing | Completed | Failed | Timeout
@@ -76,6 +85,7 @@ impl RequestStatus {
             Self::Completed => "COMPLETED",
             Self::Failed => "FAILED",
             Self::Timeout => "TIMEOUT",
+            Self::Cancelled => "CANCELLED",
         }
     }
 }
@@ -109,7 +119,7 @@ mod tests {
 
     #[test]
     fn transition_table() {
-        check(Pending, &[Processing, Failed]);
+        check(Pending, &[Processing, Failed, Cancelled]);
         check(
             Processing,
             &[Pending, Processing, Completed, Failed, Timeout],
@@ -117,6 +127,7 @@ mod tests {
         check(Completed, &[]);
         check(Failed, &[]);
         check(Timeout, &[]);
+        check(Cancelled, &[]);
     }
 
     #[test]
