@@ -105,6 +105,16 @@ pub struct Envelope {
     /// the forwarder sends these bytes instead of `payload`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_body: Option<String>,
+    /// Taken whole by the transparent (sidecar) ingress: the forward replays
+    /// the caller's method, path (`metadata.path`), query (`metadata.query`),
+    /// headers and exact body, and the backend's exact body is kept so the
+    /// waiting caller gets it back byte for byte.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough: bool,
+    /// The caller's `Idempotency-Key`, passed on to the backend so it can
+    /// deduplicate too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl Envelope {
@@ -119,6 +129,8 @@ impl Envelope {
             timestamp: Some(Value::String(accepted_at.to_owned())),
             metadata: req.metadata.unwrap_or_default(),
             raw_body: None,
+            passthrough: false,
+            idempotency_key: None,
         }
     }
 

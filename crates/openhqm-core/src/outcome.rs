@@ -44,6 +44,8 @@ pub struct LastResponse {
     pub headers: Map<String, Value>,
     /// The body, as a result body is kept (JSON, or text with its type).
     pub body: Value,
+    /// The exact bytes (base64), for passthrough requests only.
+    pub raw_body: Option<String>,
 }
 
 impl Failure {

@@ -27,6 +27,10 @@ pub struct ResultData {
     /// When the request reached a terminal status (epoch ms).
     #[serde(default)]
     pub completed_at_ms: Option<u64>,
+    /// The backend's body byte for byte (base64), kept only for passthrough
+    /// requests, whose caller gets the backend's exact answer back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_body: Option<String>,
 }
 
 /// Status and, once finished, result of one request.

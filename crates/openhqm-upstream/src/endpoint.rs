@@ -34,10 +34,16 @@ use crate::pool::Pool;
 use crate::response::{body_to_result, content_type, headers_to_json, read_limited};
 use crate::rewrite::{Rewrite, target_url};
 
+/// The header a caller's idempotency key is passed on in (IETF
+/// draft-ietf-httpapi-idempotency-key-header).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// Settings shared by every endpoint (`proxy.*`).
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub policy: HeaderPolicy,
+    /// `policy` with every client header forwarded: for passthrough requests.
+    pub passthrough_policy: HeaderPolicy,
     pub max_response_size: usize,
 }
 
@@ -108,7 +114,8 @@ impl Endpoint {
                 };
                 let verdict = classify(attempted, &self.cfg.retry_on, SystemTime::now());
                 let (class, failed) = (status_class(attempted), is_target_failure(attempted));
-                (class, failed, settle(verdict, status, &headers, body))
+                let keep_raw = env.passthrough;
+                (class, failed, settle(verdict, status, &headers, body, keep_raw))
             }
             Err(Exchange::Failed(e)) => {
                 let (attempted, err) = if e.is_timeout() {
@@ -184,8 +191,15 @@ impl Endpoint {
             auth: self.auth.as_ref(),
             correlation_id: env.correlation_id,
         };
+        // A passthrough caller's headers were filtered by the sidecar's own
+        // list at the ingress; only the strip list and hop-by-hop rules apply.
+        let policy = if env.passthrough {
+            &shared.passthrough_policy
+        } else {
+            &shared.policy
+        };
         let mut headers = HeaderMap::new();
-        for h in outgoing(&shared.policy, &sources) {
+        for h in outgoing(policy, &sources) {
             let invalid = || UpstreamError::InvalidHeader(h.name().to_owned());
             let name = HeaderName::from_bytes(h.name().as_bytes()).map_err(|_| invalid())?;
             let mut value = HeaderValue::from_str(h.value()).map_err(|_| invalid())?;
@@ -193,6 +207,21 @@ impl Endpoint {
                 value.set_sensitive(true);
             }
             headers.insert(name, value);
+        }
+        if let Some(key) = &env.idempotency_key {
+            let value = HeaderValue::from_str(key)
+                .map_err(|_| UpstreamError::InvalidHeader(IDEMPOTENCY_KEY.to_owned()))?;
+            headers.insert(IDEMPOTENCY_KEY, value);
+        }
+        if env.passthrough {
+            // Exactly what the caller sent: no body means none, and its own
+            // content type (or none) stands.
+            let body = outgoing_body(env, None)?;
+            let mut request = self.client.request(method, url).headers(headers);
+            if !body.is_empty() {
+                request = request.body(body);
+            }
+            return Ok(request);
         }
         if !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -255,20 +284,25 @@ async fn exchange(
     }
 }
 
+/// `keep_raw`: also keep the body's exact bytes, for a passthrough caller
+/// who gets the backend's answer back verbatim.
 fn settle(
     verdict: Verdict,
     status: u16,
     headers: &HeaderMap,
     body: Vec<u8>,
+    keep_raw: bool,
 ) -> Result<Output, UpstreamError> {
     let mut kept = headers_to_json(headers);
     kept.retain(|name, _| !is_hop_by_hop(name));
     let result = body_to_result(content_type(headers), &body);
+    let raw_body = keep_raw.then(|| BASE64.encode(&body));
     match verdict {
         Verdict::Deliver => Ok(Output {
             result,
             status_code: Some(status),
             headers: Some(kept),
+            raw_body,
         }),
         Verdict::Retry { retry_after, .. } => Err(UpstreamError::RetryableStatus {
             status,
@@ -278,6 +312,7 @@ fn settle(
                 status_code: status,
                 headers: kept,
                 body: result,
+                raw_body,
             }),
         }),
     }

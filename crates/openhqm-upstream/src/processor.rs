@@ -59,6 +59,7 @@ impl ProxyProcessor {
             default,
             shared: Shared {
                 policy: HeaderPolicy::new(&cfg.forward_headers, &cfg.strip_headers),
+                passthrough_policy: HeaderPolicy::new(&["*".to_owned()], &cfg.strip_headers),
                 max_response_size: cfg.max_response_size,
             },
         })

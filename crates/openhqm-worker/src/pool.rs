@@ -327,6 +327,7 @@ impl Handler {
             result: answer.map(|r| r.body.clone()),
             headers: answer.map(|r| r.headers.clone()),
             status_code: answer.map(|r| r.status_code),
+            raw_body: answer.and_then(|r| r.raw_body.clone()),
             ..ResultData::default()
         };
         let mut policy = self.shared.config.backoff;

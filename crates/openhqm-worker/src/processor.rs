@@ -31,6 +31,9 @@ pub struct Output {
     pub status_code: Option<u16>,
     /// Response headers to report.
     pub headers: Option<Map<String, Value>>,
+    /// The body's exact bytes (base64), when the caller needs them back
+    /// verbatim (passthrough requests).
+    pub raw_body: Option<String>,
 }
 
 impl Output {
@@ -55,6 +58,7 @@ impl Output {
             error: None,
             processing_time_ms: Some(processing_time_ms),
             completed_at_ms: Some(completed_at_ms),
+            raw_body: self.raw_body,
         }
     }
 }

@@ -226,6 +226,7 @@ impl Processor for Overloaded {
             status_code: 503,
             headers: serde_json::Map::from_iter([("x-why".into(), json!("busy"))]),
             body: json!({"error": "overloaded"}),
+            raw_body: None,
         }));
         Err(failure)
     }

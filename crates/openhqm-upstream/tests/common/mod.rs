@@ -98,6 +98,8 @@ pub fn envelope(payload: &str, headers: &[(&str, &str)]) -> Envelope {
             ..Metadata::default()
         },
         raw_body: None,
+        passthrough: false,
+        idempotency_key: None,
     }
 }
 
