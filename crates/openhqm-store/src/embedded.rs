@@ -11,12 +11,10 @@
 //! is applied, not synced: in the API path the queue publish that follows in
 //! the same group commit makes both durable together.
 //!
-//! Waiters for a terminal status listen on an in-process broadcast of the ids
-//! whose transition to a terminal status was just applied.
+//! Waiters for a terminal status register by id; a transition to a terminal
+//! status wakes that id's waiters only.
 
 use std::time::Duration;
-
-use tokio::sync::broadcast;
 
 use async_trait::async_trait;
 use openhqm_core::time::now_ms;
@@ -24,6 +22,7 @@ use openhqm_core::{CorrelationId, RequestRecord};
 use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Wait};
 use tokio::task::JoinHandle;
 
+use crate::waiters::Waiters;
 use crate::{ResultStore, StoreError, Transition, Update, apply_update};
 
 /// Settings of the embedded store.
@@ -40,8 +39,8 @@ pub struct EmbeddedStore {
     db: EmbeddedDb,
     results: Keyspace,
     ttl_ms: u64,
-    /// Ids that just became terminal, for [`ResultStore::wait_terminal`].
-    finished: broadcast::Sender<CorrelationId>,
+    /// Callers of [`ResultStore::wait_terminal`], by id.
+    waiters: Waiters,
     sweeper: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -92,8 +91,7 @@ impl EmbeddedStore {
             db,
             results,
             ttl_ms,
-            // A waiter that lags re-reads the record, so the size only bounds memory.
-            finished: broadcast::channel(1024).0,
+            waiters: Waiters::default(),
             sweeper: std::sync::Mutex::new(Some(sweeper)),
         })
     }
@@ -227,8 +225,7 @@ impl ResultStore for EmbeddedStore {
         if let Transition::Applied(record) = &outcome
             && record.status.is_terminal()
         {
-            // No receiver is fine: nobody is waiting.
-            let _ = self.finished.send(id);
+            self.waiters.wake(id);
         }
         Ok(outcome)
     }
@@ -238,24 +235,20 @@ impl ResultStore for EmbeddedStore {
         id: CorrelationId,
         timeout: Duration,
     ) -> Result<Option<RequestRecord>, StoreError> {
-        // Subscribe before reading, so a transition between the read and the
-        // wait is still seen.
-        let mut finished = self.finished.subscribe();
+        let waiting = self.waiters.register(id);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            let notified = waiting.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the read: a transition after it wakes us.
+            notified.as_mut().enable();
             if let Some(record) = self.get(id).await?
                 && record.status.is_terminal()
             {
                 return Ok(Some(record));
             }
-            loop {
-                match tokio::time::timeout_at(deadline, finished.recv()).await {
-                    Err(_elapsed) => return Ok(None),
-                    Ok(Ok(done)) if done == id => break,
-                    Ok(Ok(_other)) => {}
-                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
-                    Ok(Err(broadcast::error::RecvError::Closed)) => return Err(StoreError::Closed),
-                }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
             }
         }
     }

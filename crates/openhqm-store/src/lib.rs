@@ -10,6 +10,7 @@
 pub mod embedded;
 #[cfg(feature = "redis")]
 pub mod redis;
+mod waiters;
 
 use std::time::Duration;
 

@@ -24,7 +24,6 @@
 //!   (re)subscription it wakes every waiter to read again; a read that fails
 //!   while Redis is coming back is retried until the waiter's deadline.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,9 +33,9 @@ use openhqm_core::time::now_ms;
 use openhqm_core::{CorrelationId, RequestRecord};
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::waiters::Waiters;
 use crate::{ResultStore, StoreError, Transition, Update, apply_update};
 
 /// Default key prefix of records.
@@ -86,61 +85,6 @@ impl std::fmt::Debug for RedisStoreConfig {
     }
 }
 
-/// Waiters by id; one [`Notify`] per id however many wait on it.
-#[derive(Default)]
-struct Waiters {
-    map: Mutex<HashMap<CorrelationId, (Arc<Notify>, usize)>>,
-}
-
-/// A registration; removes itself when the last waiter for the id leaves.
-struct Waiting<'a> {
-    waiters: &'a Waiters,
-    id: CorrelationId,
-    notify: Arc<Notify>,
-}
-
-impl Waiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CorrelationId, (Arc<Notify>, usize)>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn register(&self, id: CorrelationId) -> Waiting<'_> {
-        let mut map = self.lock();
-        let entry = map
-            .entry(id)
-            .or_insert_with(|| (Arc::new(Notify::new()), 0));
-        entry.1 += 1;
-        Waiting {
-            waiters: self,
-            id,
-            notify: Arc::clone(&entry.0),
-        }
-    }
-
-    fn wake(&self, id: CorrelationId) {
-        if let Some((notify, _)) = self.lock().get(&id) {
-            notify.notify_waiters();
-        }
-    }
-
-    fn wake_all(&self) {
-        for (notify, _) in self.lock().values() {
-            notify.notify_waiters();
-        }
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        let mut map = self.waiters.lock();
-        if let Some(entry) = map.get_mut(&self.id) {
-            entry.1 -= 1;
-            if entry.1 == 0 {
-                map.remove(&self.id);
-            }
-        }
-    }
-}
 
 /// The Redis result store.
 pub struct RedisStore {
