@@ -11,6 +11,10 @@
 //! is applied, not synced: in the API path the queue publish that follows in
 //! the same group commit makes both durable together.
 //!
+//! Idempotency keys live in their own keyspace as `[expires_at_ms][claim
+//! JSON]`, with an index keyed `[expires_at_ms][key]` so the sweeper finds
+//! expired keys from the oldest without scanning the live ones.
+//!
 //! Waiters for a terminal status register by id; a transition to a terminal
 //! status wakes that id's waiters only.
 
@@ -23,7 +27,7 @@ use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Wait};
 use tokio::task::JoinHandle;
 
 use crate::waiters::Waiters;
-use crate::{ResultStore, StoreError, Transition, Update, apply_update};
+use crate::{Claim, KeyClaim, ResultStore, StoreError, Transition, Update, apply_update};
 
 /// Settings of the embedded store.
 #[derive(Debug, Clone)]
@@ -38,6 +42,7 @@ pub struct EmbeddedStoreConfig {
 pub struct EmbeddedStore {
     db: EmbeddedDb,
     results: Keyspace,
+    keys: IdempotencyKeys,
     ttl_ms: u64,
     /// Callers of [`ResultStore::wait_terminal`], by id.
     waiters: Waiters,
@@ -80,16 +85,22 @@ impl EmbeddedStore {
     /// If the keyspace cannot be opened.
     pub fn open(db: EmbeddedDb, config: &EmbeddedStoreConfig) -> Result<Self, StoreError> {
         let results = db.keyspace("results").map_err(db_error)?;
+        let keys = IdempotencyKeys {
+            claims: db.keyspace("idempotency").map_err(db_error)?,
+            by_expiry: db.keyspace("idempotency_expiry").map_err(db_error)?,
+        };
         let ttl_ms = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
         let sweeper = tokio::spawn(sweep_forever(
             db.clone(),
             results.clone(),
+            keys.clone(),
             ttl_ms,
             config.sweep_interval,
         ));
         Ok(Self {
             db,
             results,
+            keys,
             ttl_ms,
             waiters: Waiters::default(),
             sweeper: std::sync::Mutex::new(Some(sweeper)),
@@ -140,11 +151,76 @@ fn expires_at(value: &[u8]) -> Option<u64> {
     value.get(..8)?.try_into().ok().map(u64::from_be_bytes)
 }
 
-async fn sweep_forever(db: EmbeddedDb, results: Keyspace, ttl_ms: u64, every: Duration) {
+/// The idempotency keyspaces: claims by key, and the expiry index.
+#[derive(Clone)]
+struct IdempotencyKeys {
+    claims: Keyspace,
+    by_expiry: Keyspace,
+}
+
+fn expiry_key(expires_at_ms: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = expires_at_ms.to_be_bytes().to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
+/// Index entries of idempotency keys expired at `now_ms`, oldest first.
+fn expired_claims(by_expiry: &Keyspace, now_ms: u64) -> Vec<Vec<u8>> {
+    let mut expired = Vec::new();
+    for item in by_expiry.iter() {
+        let Ok(key) = item.key() else { break };
+        if expires_at(&key).is_none_or(|e| e > now_ms) {
+            break;
+        }
+        expired.push(key.to_vec());
+    }
+    expired
+}
+
+async fn sweep_keys(db: &EmbeddedDb, keys: &IdempotencyKeys) -> Result<(), DbError> {
+    let index = keys.by_expiry.clone();
+    let Ok(expired) = tokio::task::spawn_blocking(move || expired_claims(&index, now_ms())).await
+    else {
+        return Ok(());
+    };
+    if expired.is_empty() {
+        return Ok(());
+    }
+    let keys = keys.clone();
+    db.write(Wait::Applied, move |ctx| {
+        for entry in expired {
+            ctx.remove(&keys.by_expiry, &entry);
+            let key = &entry[8..];
+            // The claim itself goes only if this index entry is still its own.
+            let same = ctx
+                .get(&keys.claims, key)
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.get(..8) == entry.get(..8));
+            if same {
+                ctx.remove(&keys.claims, key);
+            }
+        }
+    })
+    .await
+}
+
+async fn sweep_forever(
+    db: EmbeddedDb,
+    results: Keyspace,
+    keys: IdempotencyKeys,
+    ttl_ms: u64,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        match sweep_keys(&db, &keys).await {
+            Ok(()) => {}
+            Err(DbError::Closed) => return,
+            Err(e) => tracing::warn!(error = %e, "expiring idempotency keys failed"),
+        }
         let ks = results.clone();
         let Ok(expired) =
             tokio::task::spawn_blocking(move || expired_keys(&ks, ttl_ms, now_ms())).await
@@ -251,6 +327,56 @@ impl ResultStore for EmbeddedStore {
                 return Ok(None);
             }
         }
+    }
+
+    async fn claim_key(
+        &self,
+        key: &str,
+        claim: KeyClaim,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let keys = self.keys.clone();
+        let key = key.as_bytes().to_vec();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.db
+            .write(Wait::Applied, move |ctx| {
+                let now = now_ms();
+                if let Ok(Some(raw)) = ctx.get(&keys.claims, &key)
+                    && expires_at(&raw).is_some_and(|e| e > now)
+                    && let Ok(existing) = serde_json::from_slice::<KeyClaim>(raw.get(8..).unwrap_or_default())
+                {
+                    return Claim::Existing(existing);
+                }
+                let expires = now.saturating_add(ttl_ms);
+                let mut value = expires.to_be_bytes().to_vec();
+                serde_json::to_writer(&mut value, &claim).unwrap_or_default();
+                ctx.insert(&keys.claims, &key, value);
+                ctx.insert(&keys.by_expiry, &expiry_key(expires, &key), Vec::new());
+                Claim::New
+            })
+            .await
+            .map_err(db_error)
+    }
+
+    async fn release_key(&self, key: &str, id: CorrelationId) -> Result<(), StoreError> {
+        let keys = self.keys.clone();
+        let key = key.as_bytes().to_vec();
+        self.db
+            .write(Wait::Applied, move |ctx| {
+                let Ok(Some(raw)) = ctx.get(&keys.claims, &key) else {
+                    return;
+                };
+                let ours = serde_json::from_slice::<KeyClaim>(raw.get(8..).unwrap_or_default())
+                    .is_ok_and(|c| c.correlation_id == id);
+                if ours {
+                    ctx.remove(&keys.claims, &key);
+                    if let Some(expires) = expires_at(&raw) {
+                        ctx.remove(&keys.by_expiry, &expiry_key(expires, &key));
+                    }
+                }
+            })
+            .await
+            .map_err(db_error)
     }
 
     async fn health(&self) -> Result<(), StoreError> {

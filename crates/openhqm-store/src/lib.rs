@@ -11,6 +11,8 @@ pub mod embedded;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod waiters;
+#[doc(hidden)]
+pub mod scenarios;
 
 use std::time::Duration;
 
@@ -79,6 +81,25 @@ pub enum Transition {
     },
 }
 
+/// What an idempotency key stands for: the request it created, and a
+/// fingerprint of what was asked, so a reuse with other content is caught.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyClaim {
+    /// The request the key created.
+    pub correlation_id: CorrelationId,
+    /// A digest of the request (method, path, query, body).
+    pub fingerprint: String,
+}
+
+/// The answer to [`ResultStore::claim_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free and now stands for the given claim.
+    New,
+    /// The key was taken; this is what it stands for.
+    Existing(KeyClaim),
+}
+
 /// Where request status and results live. Object safe.
 #[async_trait]
 pub trait ResultStore: Send + Sync + 'static {
@@ -116,6 +137,28 @@ pub trait ResultStore: Send + Sync + 'static {
         id: CorrelationId,
         timeout: Duration,
     ) -> Result<Option<RequestRecord>, StoreError>;
+
+    /// Takes an idempotency key for `claim` unless it is already taken,
+    /// atomically: of two concurrent claims exactly one gets
+    /// [`Claim::New`]. The key is an opaque digest chosen by the caller
+    /// (scope and key together); it expires after `ttl`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the store cannot answer.
+    async fn claim_key(
+        &self,
+        key: &str,
+        claim: KeyClaim,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError>;
+
+    /// Frees a key taken for `id` (its request could not be stored), so a
+    /// retry of the same request can proceed. A key now held for another
+    /// request is left alone.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the store cannot answer.
+    async fn release_key(&self, key: &str, id: CorrelationId) -> Result<(), StoreError>;
 
     /// Proves the store can write right now.
     ///

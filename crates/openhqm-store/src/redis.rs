@@ -36,12 +36,25 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::task::JoinHandle;
 
 use crate::waiters::Waiters;
-use crate::{ResultStore, StoreError, Transition, Update, apply_update};
+use crate::{Claim, KeyClaim, ResultStore, StoreError, Transition, Update, apply_update};
 
 /// Default key prefix of records.
 pub const DEFAULT_KEY_PREFIX: &str = "openhqm:result:";
 /// Default channel on which finished ids are published.
 pub const DEFAULT_CHANNEL: &str = "openhqm:done";
+
+/// Prefix of idempotency keys.
+const IDEMPOTENCY_PREFIX: &str = "openhqm:idempotency:";
+
+/// KEYS: idempotency key. ARGV: correlation id. Deletes the key only if it
+/// still stands for that request.
+const RELEASE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and cjson.decode(cur).correlation_id == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+";
 
 /// How often a transition re-reads after losing a race before giving up.
 const MAX_CAS_ROUNDS: usize = 64;
@@ -329,6 +342,43 @@ impl ResultStore for RedisStore {
                 return Ok(None);
             }
         }
+    }
+
+    async fn claim_key(
+        &self,
+        key: &str,
+        claim: KeyClaim,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut conn = self.conn.clone();
+        let value = serde_json::to_vec(&claim).unwrap_or_default();
+        // SET NX GET (Redis 7): sets only if absent, and returns what was there.
+        let previous: Option<Vec<u8>> = redis::cmd("SET")
+            .arg(format!("{IDEMPOTENCY_PREFIX}{key}"))
+            .arg(value)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        match previous {
+            None => Ok(Claim::New),
+            Some(raw) => serde_json::from_slice(&raw)
+                .map(Claim::Existing)
+                .map_err(|e| StoreError::Unavailable(format!("corrupt idempotency key: {e}"))),
+        }
+    }
+
+    async fn release_key(&self, key: &str, id: CorrelationId) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        Script::new(RELEASE)
+            .key(format!("{IDEMPOTENCY_PREFIX}{key}"))
+            .arg(id.to_string())
+            .invoke_async::<()>(&mut conn)
+            .await
+            .map_err(redis_error)
     }
 
     async fn health(&self) -> Result<(), StoreError> {

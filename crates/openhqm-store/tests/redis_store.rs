@@ -246,3 +246,10 @@ async fn wait_terminal_survives_a_redis_restart() {
         .expect("terminal before the timeout");
     assert_eq!(rec.status, RequestStatus::Completed);
 }
+
+#[tokio::test]
+async fn idempotency_keys() {
+    let server = RedisServer::start();
+    let store = open(&server, Duration::from_secs(60)).await;
+    openhqm_store::scenarios::idempotency_keys(&store).await;
+}

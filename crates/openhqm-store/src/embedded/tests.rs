@@ -166,3 +166,28 @@ async fn wait_terminal_is_woken_by_a_finishing_transition() {
     let rec = waiting.await.expect("join").expect("wait");
     assert_eq!(rec.map(|r| r.status), Some(RequestStatus::Failed));
 }
+
+#[tokio::test]
+async fn idempotency_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_db, store) = open(dir.path(), Duration::from_secs(60));
+    crate::scenarios::idempotency_keys(&store).await;
+}
+
+#[tokio::test]
+async fn expired_idempotency_keys_are_swept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_db, store) = open(dir.path(), Duration::from_secs(60));
+    let claim = crate::KeyClaim {
+        correlation_id: CorrelationId::new(),
+        fingerprint: "f".into(),
+    };
+    store
+        .claim_key("k", claim, Duration::from_millis(50))
+        .await
+        .expect("claim");
+    assert_eq!(store.keys.claims.iter().count(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.keys.claims.iter().count(), 0, "claim swept");
+    assert_eq!(store.keys.by_expiry.iter().count(), 0, "index swept");
+}

@@ -1,0 +1,91 @@
+//! Scenarios every result store must pass, run by each backend's tests
+//! (the store's counterpart of the queue's conformance suite).
+
+use std::time::Duration;
+
+use openhqm_core::CorrelationId;
+
+use crate::{Claim, KeyClaim, ResultStore};
+
+fn claim(fingerprint: &str) -> KeyClaim {
+    KeyClaim {
+        correlation_id: CorrelationId::new(),
+        fingerprint: fingerprint.to_owned(),
+    }
+}
+
+/// Idempotency keys: the first claim wins (also among concurrent ones), a
+/// later one reads the winner, a release by anyone but the holder changes
+/// nothing, a release by the holder frees the key, and keys expire.
+///
+/// # Panics
+/// When the store breaks one of those rules.
+pub async fn idempotency_keys(store: &dyn ResultStore) {
+    let ttl = Duration::from_secs(60);
+    let key = format!("scope:{}", CorrelationId::new());
+    let first = claim("fp-a");
+    let racers = concurrent_claims(store, &key, &first, ttl).await;
+    assert_eq!(
+        racers.iter().filter(|c| **c == Claim::New).count(),
+        1,
+        "exactly one of concurrent claims wins: {racers:?}"
+    );
+    let winner = racers
+        .iter()
+        .find_map(|c| match c {
+            Claim::Existing(k) => Some(k.clone()),
+            Claim::New => None,
+        })
+        .expect("the losers read the winner");
+    assert_eq!(
+        store.claim_key(&key, claim("fp-b"), ttl).await.expect("claim"),
+        Claim::Existing(winner.clone())
+    );
+
+    store
+        .release_key(&key, CorrelationId::new())
+        .await
+        .expect("release by a stranger");
+    assert_eq!(
+        store.claim_key(&key, claim("fp-c"), ttl).await.expect("claim"),
+        Claim::Existing(winner.clone()),
+        "a stranger cannot free the key"
+    );
+    store
+        .release_key(&key, winner.correlation_id)
+        .await
+        .expect("release by the holder");
+    assert_eq!(
+        store.claim_key(&key, claim("fp-d"), ttl).await.expect("claim"),
+        Claim::New,
+        "a released key is free"
+    );
+
+    let short = format!("scope:{}", CorrelationId::new());
+    let brief = Duration::from_millis(200);
+    assert_eq!(
+        store.claim_key(&short, claim("x"), brief).await.expect("claim"),
+        Claim::New
+    );
+    tokio::time::sleep(brief + Duration::from_millis(100)).await;
+    assert_eq!(
+        store.claim_key(&short, claim("y"), brief).await.expect("claim"),
+        Claim::New,
+        "an expired key is free again"
+    );
+}
+
+/// Eight concurrent claims of one key.
+async fn concurrent_claims(
+    store: &dyn ResultStore,
+    key: &str,
+    claim: &KeyClaim,
+    ttl: Duration,
+) -> Vec<Claim> {
+    let claims = (0..8).map(|_| store.claim_key(key, claim.clone(), ttl));
+    futures::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(|c| c.expect("claim"))
+        .collect()
+}
