@@ -2,18 +2,20 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use openhqm_core::time::{now_ms, rfc3339_ms};
-use openhqm_core::{CorrelationId, Envelope, RequestRecord, SubmitRequest};
-use openhqm_queue::{OutgoingMessage, QueueError};
+use openhqm_core::time::rfc3339_ms;
+use openhqm_core::{CorrelationId, Envelope, RequestRecord, RequestStatus, SubmitRequest};
+use openhqm_store::{Transition, Update};
 use serde_json::{Value, json};
 
+use crate::accept::{Accepted, accept, stamp};
 use crate::prefer::Preferences;
-use crate::{ApiState, Problem};
+use crate::{ApiState, Problem, idempotency};
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
@@ -25,7 +27,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 /// Reads the body, refusing it as soon as it passes the limit.
-async fn read_limited(
+pub(crate) async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -78,6 +80,8 @@ fn parse_submit(
 }
 
 /// `POST /api/v1/submit`: store, publish, answer 202 only once both are done.
+/// With an `Idempotency-Key` that already stands for a request, the answer
+/// is that request's 202 (its current status), marked `Idempotent-Replayed`.
 pub(crate) async fn submit(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -86,47 +90,52 @@ pub(crate) async fn submit(
     let limit = state.config.max_body_size;
     let bytes = read_limited(&headers, body, limit).await?;
     let req = parse_submit(&bytes, state.config.known_endpoints.as_ref())?;
-    let id = CorrelationId::new();
-    let now = now_ms();
-    let submitted_at = rfc3339_ms(now);
+    let keyed = idempotency::keyed(&state.config.idempotency, &headers, &[&bytes])?;
+    let (id, now) = stamp();
     let priority = req.metadata.as_ref().map_or(0, |m| m.priority);
-    let envelope = Envelope::from_submit(id, req, &submitted_at);
-    let encoded = envelope
-        .to_json()
-        .map_err(|e| Problem::invalid_request(e.to_string()))?;
-    let message = OutgoingMessage {
-        body: encoded.into(),
-        attributes: Default::default(),
-        priority,
-    };
-    // Both writes start together; for the embedded engine they share one group commit.
-    let (created, published) = tokio::join!(
-        state.store.create(RequestRecord::pending(id, now)),
-        state.queue.publish(message)
-    );
-    let retry_after = state.config.retry_after_secs;
-    if let Err(e) = published {
-        state.queue_metrics.publish_error.inc();
-        return Err(match e {
-            QueueError::PayloadTooLarge { .. } => Problem::too_large(limit),
-            other => {
-                tracing::warn!(correlation_id = %id, error = %other, "publish failed; answered 503");
-                Problem::unavailable("queue", retry_after)
-            }
-        });
-    }
-    state.queue_metrics.publish_ok.inc();
-    if let Err(e) = created {
-        // The message is stored and will be processed (the worker recreates the
-        // status), but the client cannot follow it yet: say so with a 503.
-        tracing::warn!(correlation_id = %id, error = %e, "status record not stored; answered 503");
-        return Err(Problem::unavailable("result store", retry_after));
-    }
-    tracing::debug!(correlation_id = %id, "request accepted");
-    Ok(json_response(
+    let envelope = Envelope::from_submit(id, req, &rfc3339_ms(now));
+    let accepted = accept(&state, envelope, priority, keyed, now).await?;
+    let record = accepted.record();
+    let mut response = json_response(
         StatusCode::ACCEPTED,
-        &json!({ "correlation_id": id, "status": "PENDING", "submitted_at": submitted_at }),
-    ))
+        &json!({
+            "correlation_id": record.correlation_id,
+            "status": record.status,
+            "submitted_at": rfc3339_ms(record.submitted_at_ms),
+        }),
+    );
+    if matches!(accepted, Accepted::Replayed(_)) {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `DELETE /api/v1/status/{id}`: cancels a request no worker holds yet.
+/// A worker that later receives it finds it CANCELLED and drops it
+/// unprocessed. 200 with the status; 409 once a worker holds it or it is
+/// finished; 404 if unknown.
+pub(crate) async fn cancel(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let record = lookup(&state, &id).await?;
+    let update = Update::to(RequestStatus::Cancelled);
+    match state.store.transition(record.correlation_id, update).await {
+        Ok(Transition::Applied(cancelled)) => {
+            tracing::info!(correlation_id = %cancelled.correlation_id, "request cancelled");
+            Ok(json_response(StatusCode::OK, &status_body(&cancelled)))
+        }
+        Ok(Transition::Refused { current }) => Err(Problem::not_cancellable(&id, current.as_str())),
+        Err(e) => {
+            tracing::warn!(correlation_id = %record.correlation_id, error = %e, "cancel failed; answered 503");
+            Err(Problem::unavailable(
+                "result store",
+                state.config.retry_after_secs,
+            ))
+        }
+    }
 }
 
 async fn lookup(state: &ApiState, raw_id: &str) -> Result<RequestRecord, Problem> {
@@ -146,7 +155,7 @@ async fn lookup(state: &ApiState, raw_id: &str) -> Result<RequestRecord, Problem
     }
 }
 
-fn status_body(record: &RequestRecord) -> Value {
+pub(crate) fn status_body(record: &RequestRecord) -> Value {
     json!({
         "correlation_id": record.correlation_id,
         "status": record.status,
@@ -175,25 +184,11 @@ pub(crate) async fn response(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
-    let mut record = lookup(&state, &id).await?;
+    let record = lookup(&state, &id).await?;
     let wait = Preferences::from_request(&headers, query.as_deref())
         .wait
-        .map(|w| w.min(state.config.max_wait));
-    if !record.status.is_terminal()
-        && let Some(wait) = wait.filter(|w| !w.is_zero())
-    {
-        match state.store.wait_terminal(record.correlation_id, wait).await {
-            Ok(Some(done)) => record = done,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(correlation_id = %record.correlation_id, error = %e, "waiting for a result failed; answered 503");
-                return Err(Problem::unavailable(
-                    "result store",
-                    state.config.retry_after_secs,
-                ));
-            }
-        }
-    }
+        .map_or(Duration::ZERO, |w| w.min(state.config.max_wait));
+    let record = crate::sidecar::wait_for_answer(&state, record, wait).await?;
     if !record.status.is_terminal() {
         let mut response = json_response(StatusCode::ACCEPTED, &status_body(&record));
         response

@@ -5,23 +5,31 @@
 //! the envelope, the rest read the store. Every error is an RFC 9457 problem
 //! ([`problem::Problem`]) with a stable `code`.
 
+mod accept;
+mod admission;
 mod docs;
 mod handlers;
 mod health;
+pub mod idempotency;
 pub mod prefer;
 mod problem;
+pub mod sidecar;
 mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use openhqm_metrics::{Metrics, QueueMetrics};
 use openhqm_queue::QueueBackend;
 use openhqm_store::ResultStore;
+use tokio::sync::{Semaphore, watch};
 
+pub use admission::Admission;
+pub use idempotency::IdempotencyConfig;
 pub use problem::Problem;
+pub use sidecar::SidecarConfig;
 
 /// Settings of the API.
 #[derive(Debug, Clone)]
@@ -39,6 +47,10 @@ pub struct ApiConfig {
     pub known_endpoints: Option<std::collections::HashSet<String>>,
     /// Longest `Prefer: wait` honoured when reading a response.
     pub max_wait: Duration,
+    /// Idempotency keys.
+    pub idempotency: IdempotencyConfig,
+    /// The transparent (passthrough) ingress, if enabled.
+    pub sidecar: Option<SidecarConfig>,
 }
 
 /// What the handlers share.
@@ -53,6 +65,20 @@ pub struct ApiState {
     pub queue_metrics: QueueMetrics,
     /// Settings.
     pub config: ApiConfig,
+    /// The bound on pending work (`server.max_pending`).
+    pub admission: Admission,
+    /// Permits for callers held waiting (`server.max_waiting`); a caller
+    /// that finds none gets its 202 at once instead of waiting.
+    pub waiting: Semaphore,
+    /// Becomes `true` when the process starts shutting down: waiting callers
+    /// are answered at once (with their result, or a 202 and `Location`).
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl ApiState {
+    fn metrics_admission_refused(&self) {
+        self.metrics.admission_refused().inc();
+    }
 }
 
 /// The route templates served, as they appear in metrics and the API description.
@@ -67,6 +93,9 @@ pub const ROUTES: &[&str] = &[
     "/openapi.json",
     "/docs",
 ];
+
+/// The metrics label of every passthrough request, whatever its path.
+pub const PASSTHROUGH_ROUTE: &str = "passthrough";
 
 /// Health and metrics only, for processes that run workers without the API.
 pub fn admin_router(state: Arc<ApiState>) -> Router {
@@ -83,11 +112,26 @@ pub fn admin_router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// Builds the API router.
+/// Builds the API router; with a sidecar `path_prefix`, the passthrough
+/// ingress is mounted under it.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if let Some(prefix) = state
+        .config
+        .sidecar
+        .as_ref()
+        .and_then(|s| s.path_prefix.as_deref())
+    {
+        router = router
+            .route(prefix, any(sidecar::passthrough))
+            .route(&format!("{prefix}/{{*path}}"), any(sidecar::passthrough));
+    }
+    router
         .route(ROUTES[0], post(handlers::submit))
-        .route(ROUTES[1], get(handlers::status))
+        .route(
+            ROUTES[1],
+            get(handlers::status).delete(handlers::cancel),
+        )
         .route(ROUTES[2], get(handlers::response))
         .route(ROUTES[3], get(health::health))
         .route(ROUTES[4], get(health::live))
@@ -100,6 +144,24 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             telemetry::track,
+        ))
+        .with_state(state)
+}
+
+/// The passthrough ingress on its own port: every method and path is queued
+/// and replayed to the backend, except the status and response resources
+/// that its `202` answers point to.
+pub fn sidecar_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route(
+            ROUTES[1],
+            get(handlers::status).delete(handlers::cancel),
+        )
+        .route(ROUTES[2], get(handlers::response))
+        .fallback(sidecar::passthrough)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            telemetry::track_sidecar,
         ))
         .with_state(state)
 }

@@ -95,6 +95,85 @@ impl Problem {
         }
     }
 
+    /// 429: this listener holds as much pending work as it may; nothing was
+    /// stored.
+    pub fn overloaded(pending: u64, limit: u64, retry_after: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "Too much pending work",
+                format!(
+                    "about {pending} requests are waiting, at the limit of server.max_pending ({limit}); nothing was stored, retry later"
+                ),
+            )
+        }
+    }
+
+    /// 422: an idempotency key reused for a different request.
+    pub fn idempotency_key_reused() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            "this Idempotency-Key was already used for a different request",
+        )
+    }
+
+    /// 409: the first request with this idempotency key is still being accepted.
+    pub fn idempotency_key_in_use(retry_after: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-in-use",
+                "Idempotency key in use",
+                "a request with this Idempotency-Key is being accepted right now; retry shortly",
+            )
+        }
+    }
+
+    /// 400: a malformed `Idempotency-Key` header.
+    pub fn invalid_idempotency_key(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-idempotency-key",
+            "Invalid Idempotency-Key",
+            detail,
+        )
+    }
+
+    /// 409: the request can no longer be cancelled.
+    pub fn not_cancellable(id: &str, status: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "not-cancellable",
+            "Request cannot be cancelled",
+            format!("request `{id}` is {status}; only a PENDING request can be cancelled"),
+        )
+    }
+
+    /// 502: a passthrough request ended without an answer from the backend.
+    pub fn bad_gateway(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream-failed",
+            "The backend did not answer",
+            detail,
+        )
+    }
+
+    /// 504: a passthrough request ran out of time at the backend.
+    pub fn gateway_timeout(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream-timeout",
+            "The backend did not answer in time",
+            detail,
+        )
+    }
+
     /// The HTTP status.
     #[must_use]
     pub fn status(&self) -> StatusCode {

@@ -8,12 +8,19 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::{ApiState, Problem, ROUTES};
+use crate::{ApiState, PASSTHROUGH_ROUTE, Problem, ROUTES};
 
-fn route_label(matched: Option<&MatchedPath>) -> &'static str {
-    matched
-        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()).copied())
-        .unwrap_or("unmatched")
+/// The route template. A matched route that is not one of ours is the
+/// passthrough prefix route; an unmatched request is `fallback`'s to name.
+fn route_label(matched: Option<&MatchedPath>, fallback: &'static str) -> &'static str {
+    match matched {
+        Some(m) => ROUTES
+            .iter()
+            .find(|r| **r == m.as_str())
+            .copied()
+            .unwrap_or(PASSTHROUGH_ROUTE),
+        None => fallback,
+    }
 }
 
 fn method_label(method: &Method) -> &'static str {
@@ -29,12 +36,31 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// Request metrics of the API router.
 pub(crate) async fn track(
     State(state): State<Arc<ApiState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let route = route_label(request.extensions().get::<MatchedPath>());
+    observe(&state, request, next, "unmatched").await
+}
+
+/// Request metrics of the sidecar port, where everything unmatched is passthrough.
+pub(crate) async fn track_sidecar(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    observe(&state, request, next, PASSTHROUGH_ROUTE).await
+}
+
+async fn observe(
+    state: &ApiState,
+    request: Request,
+    next: Next,
+    unmatched: &'static str,
+) -> Response {
+    let route = route_label(request.extensions().get::<MatchedPath>(), unmatched);
     let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;

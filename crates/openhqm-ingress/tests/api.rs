@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use openhqm_core::{CorrelationId, Envelope, RequestStatus, ResultData};
 use openhqm_embedded::{EmbeddedDb, Options};
-use openhqm_ingress::{ApiConfig, ApiState, router};
+use openhqm_ingress::{Admission, ApiConfig, ApiState, IdempotencyConfig, router};
 use openhqm_metrics::Metrics;
 use openhqm_queue::QueueBackend;
 use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
@@ -69,7 +69,15 @@ async fn serve_with(known_endpoints: Option<std::collections::HashSet<String>>) 
             metrics_enabled: true,
             known_endpoints,
             max_wait: Duration::from_secs(5),
+            idempotency: IdempotencyConfig {
+                ttl: Duration::from_secs(60),
+                identity_header: axum::http::header::AUTHORIZATION,
+            },
+            sidecar: None,
         },
+        admission: Admission::new(0),
+        waiting: tokio::sync::Semaphore::new(100),
+        stopping: tokio::sync::watch::channel(false).1,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

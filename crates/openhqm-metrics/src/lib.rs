@@ -91,6 +91,7 @@ pub struct Metrics {
     registry: Registry,
     api_requests: Family<ApiLabels, Counter>,
     api_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    api_admission_refused: Counter,
     queue_publish: Family<QueueResultLabels, Counter>,
     queue_consume: Family<QueueLabels, Counter>,
     queue_depth: Family<QueueLabels, Gauge>,
@@ -115,6 +116,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let api_requests = Family::default();
         let api_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let api_admission_refused = Counter::default();
         let queue_publish = Family::default();
         let queue_consume = Family::default();
         let queue_depth = Family::default();
@@ -140,6 +142,11 @@ impl Metrics {
             "openhqm_api_request_duration_seconds",
             "HTTP request latency",
             api_duration.clone(),
+        );
+        registry.register(
+            "openhqm_api_admission_refused",
+            "Requests refused with 429 because server.max_pending was reached",
+            api_admission_refused.clone(),
         );
         registry.register(
             "openhqm_queue_publish",
@@ -222,6 +229,7 @@ impl Metrics {
             api_duration,
             queue_publish,
             queue_consume,
+            api_admission_refused,
             queue_depth,
             queue_dlq_depth,
             queue_dlq,
@@ -264,6 +272,12 @@ impl Metrics {
             healthy: self.upstream_healthy.get_or_create_owned(&labels),
             in_flight: self.upstream_in_flight.get_or_create_owned(&labels),
         }
+    }
+
+    /// Requests refused by admission control.
+    #[must_use]
+    pub fn admission_refused(&self) -> Counter {
+        self.api_admission_refused.clone()
     }
 
     /// The retry counter of one proxy endpoint.

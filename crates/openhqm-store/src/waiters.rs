@@ -46,6 +46,7 @@ impl Waiters {
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn wake_all(&self) {
         for (notify, _) in self.lock().values() {
             notify.notify_waiters();

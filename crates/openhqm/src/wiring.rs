@@ -11,15 +11,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use openhqm_core::Backoff;
 use openhqm_embedded::{Durability, EmbeddedDb, Options};
-use openhqm_ingress::{ApiConfig, ApiState};
-use openhqm_metrics::{Metrics, QueueMetrics};
+use axum::http::HeaderName;
+use openhqm_ingress::{Admission, ApiConfig, ApiState, IdempotencyConfig, SidecarConfig};
+use openhqm_metrics::Metrics;
 use openhqm_queue::QueueBackend;
 use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
 use openhqm_store::ResultStore;
 use openhqm_store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
 use openhqm_upstream::{HealthChecks, ProxyProcessor};
 use openhqm_worker::{Processor, WorkerConfig, WorkerPool};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::{BackendType, Config};
 
@@ -155,29 +156,29 @@ pub(crate) async fn run(
     let queue_metrics = metrics.queue(&config.queue.request_queue_name);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(wait_for_signal(stop_tx));
-    tokio::spawn(sample_depth(
-        Arc::clone(&backends.queue),
-        queue_metrics.clone(),
-        stop_rx.clone(),
-    ));
 
     let state = Arc::new(ApiState {
         queue: Arc::clone(&backends.queue),
         store: Arc::clone(&backends.store),
         metrics: Arc::clone(&metrics),
         queue_metrics: queue_metrics.clone(),
-        config: ApiConfig {
-            max_body_size: config.server.max_body_size,
-            retry_after_secs: config.server.retry_after_seconds,
-            probe_timeout: secs(2),
-            metrics_enabled: config.monitoring.metrics_enabled,
-            known_endpoints: config
-                .proxy
-                .enabled
-                .then(|| config.proxy.endpoints.keys().cloned().collect()),
-            max_wait: secs(config.server.max_wait_seconds),
-        },
+        config: api_config(&config),
+        admission: Admission::new(config.server.max_pending),
+        waiting: Semaphore::new(config.server.max_waiting),
+        stopping: stop_rx.clone(),
     });
+    tokio::spawn(sample_depth(Arc::clone(&state), stop_rx.clone()));
+    let sidecar = match (mode, config.sidecar.enabled, config.sidecar.port) {
+        (Mode::Serve | Mode::Listener, true, Some(port)) => {
+            let address = format!("{}:{port}", config.server.host);
+            let listener = tokio::net::TcpListener::bind(&address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (sidecar.port)"))?;
+            tracing::info!(%address, "passthrough ingress listening");
+            Some((listener, openhqm_ingress::sidecar_router(Arc::clone(&state))))
+        }
+        _ => None,
+    };
     let router = match mode {
         Mode::Worker => openhqm_ingress::admin_router(state),
         Mode::Serve | Mode::Listener => openhqm_ingress::router(state),
@@ -202,17 +203,14 @@ pub(crate) async fn run(
         );
         tokio::spawn(pool.run(stop_rx.clone()))
     });
-    let mut http_stop = stop_rx.clone();
-    // Small responses must not wait for Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|stop| *stop).await;
-        })
-        .await
-        .context("HTTP server failed")?;
+    let api = serve_http(listener, router, stop_rx.clone());
+    let passthrough = async {
+        match sidecar {
+            Some((listener, router)) => serve_http(listener, router, stop_rx.clone()).await,
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(api, passthrough)?;
     if let Some(workers) = workers {
         let abandoned = workers.await.unwrap_or(0);
         if abandoned > 0 {
@@ -229,6 +227,66 @@ pub(crate) async fn run(
     }
     tracing::info!("openhqm stopped");
     Ok(())
+}
+
+/// Serves `router` until the stop signal, then lets in-flight requests
+/// finish: waiting callers are answered at once when the signal comes.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    // Small responses must not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("HTTP server failed")
+}
+
+fn api_config(config: &Config) -> ApiConfig {
+    let sidecar = &config.sidecar;
+    let forward_all = sidecar.forward_headers.iter().any(|h| h.trim() == "*");
+    ApiConfig {
+        max_body_size: config.server.max_body_size,
+        retry_after_secs: config.server.retry_after_seconds,
+        probe_timeout: secs(2),
+        metrics_enabled: config.monitoring.metrics_enabled,
+        known_endpoints: config
+            .proxy
+            .enabled
+            .then(|| config.proxy.endpoints.keys().cloned().collect()),
+        max_wait: secs(config.server.max_wait_seconds),
+        idempotency: IdempotencyConfig {
+            ttl: secs(
+                config
+                    .idempotency
+                    .ttl_seconds
+                    .unwrap_or(config.cache.ttl_seconds),
+            ),
+            // Validated at load.
+            identity_header: HeaderName::from_bytes(
+                config.idempotency.identity_header.as_bytes(),
+            )
+            .unwrap_or(axum::http::header::AUTHORIZATION),
+        },
+        sidecar: sidecar.enabled.then(|| SidecarConfig {
+            endpoint: sidecar.endpoint.clone(),
+            wait: secs(sidecar.wait_seconds),
+            path_prefix: sidecar.path_prefix.clone(),
+            forward_headers: (!forward_all).then(|| {
+                sidecar
+                    .forward_headers
+                    .iter()
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .collect()
+            }),
+        }),
+    }
 }
 
 /// With `proxy.enabled` the workers forward to HTTP backends; otherwise they
@@ -272,23 +330,26 @@ async fn wait_for_signal(stop: watch::Sender<bool>) {
     let _ = stop.send(true);
 }
 
-/// Keeps the depth gauges current for scrapers and autoscalers.
-async fn sample_depth(
-    queue: Arc<dyn QueueBackend>,
-    metrics: QueueMetrics,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+/// Keeps the depth gauges current for scrapers and autoscalers, and the
+/// admission estimate fresh (hence four times a second).
+async fn sample_depth(state: Arc<ApiState>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        if let Ok(depth) = queue.depth().await {
-            metrics.depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        if let Ok(depth) = state.queue.depth().await {
+            state.admission.record_depth(depth);
+            state
+                .queue_metrics
+                .depth
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
-        if let Ok(dead) = queue.dead_letter_depth().await {
-            metrics
+        if let Ok(dead) = state.queue.dead_letter_depth().await {
+            state
+                .queue_metrics
                 .dlq_depth
                 .set(i64::try_from(dead).unwrap_or(i64::MAX));
         }

@@ -35,6 +35,10 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Partitioned consumption.
     pub partitioning: PartitioningConfig,
+    /// The transparent (passthrough) ingress.
+    pub sidecar: SidecarSection,
+    /// `Idempotency-Key` handling.
+    pub idempotency: IdempotencySection,
 }
 
 /// `server.*`
@@ -51,8 +55,15 @@ pub struct ServerConfig {
     pub max_body_size: usize,
     /// `Retry-After` sent with 503 answers, in seconds.
     pub retry_after_seconds: u32,
-    /// Longest `Prefer: wait=N` honoured on `GET /api/v1/response/{id}`.
+    /// Longest `Prefer: wait=N` honoured on `GET /api/v1/response/{id}`
+    /// and on the passthrough ingress.
     pub max_wait_seconds: u64,
+    /// Admission control: past this many waiting requests on the queue,
+    /// new ones are refused with 429 and `Retry-After`; 0 = unbounded.
+    pub max_pending: u64,
+    /// Callers held waiting at once (passthrough and long-poll); past it a
+    /// caller gets its 202 with `Location` at once.
+    pub max_waiting: usize,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +75,60 @@ impl Default for ServerConfig {
             max_body_size: 10 * 1024 * 1024,
             retry_after_seconds: 1,
             max_wait_seconds: 60,
+            max_pending: 100_000,
+            max_waiting: 10_000,
+        }
+    }
+}
+
+/// `sidecar.*`: the transparent ingress. Clients call it as they would
+/// call the app; each request is queued whole and replayed to the endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SidecarSection {
+    /// Whether the passthrough ingress runs.
+    pub enabled: bool,
+    /// Its own port, where every path is passed through.
+    pub port: Option<u16>,
+    /// Or a prefix of the API port (e.g. `/app`), stripped before the replay.
+    pub path_prefix: Option<String>,
+    /// The proxy endpoint to replay against; unset = `proxy.default_endpoint`.
+    pub endpoint: Option<String>,
+    /// How long a caller waits for the answer unless it sends `Prefer: wait=N`.
+    pub wait_seconds: u64,
+    /// Client headers passed on; `"*"` = all but hop-by-hop ones.
+    pub forward_headers: Vec<String>,
+}
+
+impl Default for SidecarSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            port: None,
+            path_prefix: None,
+            endpoint: None,
+            wait_seconds: 30,
+            forward_headers: vec!["*".into()],
+        }
+    }
+}
+
+/// `idempotency.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencySection {
+    /// How long a key is remembered; unset = `cache.ttl_seconds`, and never
+    /// longer (a key must not outlive the result it replays).
+    pub ttl_seconds: Option<u64>,
+    /// The header whose value identifies the caller; keys are scoped by it.
+    pub identity_header: String,
+}
+
+impl Default for IdempotencySection {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: None,
+            identity_header: "Authorization".into(),
         }
     }
 }

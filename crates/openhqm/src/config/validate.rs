@@ -22,6 +22,59 @@ fn supported(list: &[BackendType]) -> String {
         .join(", ")
 }
 
+/// Paths of the API that a passthrough prefix must not shadow.
+const API_PATHS: &[&str] = &["/api", "/health", "/metrics", "/openapi.json", "/docs"];
+
+fn sidecar(c: &Config, check: &mut impl FnMut(bool, &str, String)) {
+    let s = &c.sidecar;
+    if !s.enabled {
+        return;
+    }
+    check(
+        c.proxy.enabled,
+        "sidecar.enabled",
+        "the passthrough ingress replays requests to a backend: set proxy.enabled".into(),
+    );
+    check(
+        s.port.is_some() || s.path_prefix.is_some(),
+        "sidecar.port",
+        "set sidecar.port (its own port) or sidecar.path_prefix (under the API port)".into(),
+    );
+    check(
+        s.port.is_none_or(|p| p != c.server.port),
+        "sidecar.port",
+        format!("must differ from server.port ({})", c.server.port),
+    );
+    if let Some(prefix) = &s.path_prefix {
+        let shape = prefix.len() > 1 && prefix.starts_with('/') && !prefix.ends_with('/');
+        check(
+            shape,
+            "sidecar.path_prefix",
+            format!("must start with `/` and not end with one, e.g. `/app`; got `{prefix}`"),
+        );
+        let clash = API_PATHS
+            .iter()
+            .find(|p| prefix == *p || prefix.starts_with(&format!("{p}/")));
+        check(
+            clash.is_none(),
+            "sidecar.path_prefix",
+            format!("`{prefix}` would shadow the API's own `{}`", clash.unwrap_or(&"")),
+        );
+    }
+    match &s.endpoint {
+        Some(name) => check(
+            c.proxy.endpoints.contains_key(name),
+            "sidecar.endpoint",
+            format!("`{name}` is not in proxy.endpoints"),
+        ),
+        None => check(
+            c.proxy.default_endpoint.is_some(),
+            "sidecar.endpoint",
+            "set sidecar.endpoint or proxy.default_endpoint".into(),
+        ),
+    }
+}
+
 pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut check = |ok: bool, key: &str, message: String| {
@@ -159,6 +212,22 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
             "proxy mode needs a default endpoint or at least one entry in proxy.endpoints".into(),
         );
     }
+    sidecar(c, &mut check);
+    if let Some(ttl) = c.idempotency.ttl_seconds {
+        check(
+            ttl > 0 && ttl <= c.cache.ttl_seconds,
+            "idempotency.ttl_seconds",
+            format!(
+                "must be between 1 and cache.ttl_seconds ({}): a key must not outlive the result it replays, got {ttl}",
+                c.cache.ttl_seconds
+            ),
+        );
+    }
+    check(
+        axum::http::HeaderName::from_bytes(c.idempotency.identity_header.as_bytes()).is_ok(),
+        "idempotency.identity_header",
+        format!("`{}` is not a header name", c.idempotency.identity_header),
+    );
     // Endpoints are checked even while proxy mode is off, so a file that is
     // about to switch it on is known to be good.
     for (key, message) in c.proxy.upstream().validate() {

@@ -1,0 +1,154 @@
+//! `Idempotency-Key` (IETF draft-ietf-httpapi-idempotency-key-header).
+//!
+//! A key is scoped to the caller's identity: the store key is a SHA-256 of
+//! the identity header's value (by default `Authorization`) and the key, so
+//! two callers cannot collide and no credential is ever stored. The
+//! fingerprint is a SHA-256 of what was asked (method, path, query, body), so
+//! reusing a key for a different request is caught (422).
+//!
+//! What a repeat gets, by the state of the first request:
+//! - accepted: the same correlation id, and the same 202 (or, on the
+//!   passthrough path, the same wait for the same answer); once finished,
+//!   the same result;
+//! - still being accepted (a concurrent duplicate): 409 with `Retry-After`.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName};
+use ring::digest::{Context, SHA256};
+
+use crate::Problem;
+
+/// The request header.
+pub const HEADER: &str = "idempotency-key";
+
+/// Longest key accepted.
+const MAX_KEY_LEN: usize = 255;
+
+/// Settings of idempotency keys.
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    /// How long a key is remembered.
+    pub ttl: Duration,
+    /// The header that identifies the caller; keys are scoped by its value.
+    pub identity_header: HeaderName,
+}
+
+/// A request's key, resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct Keyed {
+    /// The key as the caller sent it, passed on to the backend.
+    pub key: String,
+    /// The store key: scope and key, hashed.
+    pub digest: String,
+    /// What was asked, hashed.
+    pub fingerprint: String,
+}
+
+/// The request's key, if it sent one. `parts` are what the fingerprint covers.
+pub(crate) fn keyed(
+    config: &IdempotencyConfig,
+    headers: &HeaderMap,
+    parts: &[&[u8]],
+) -> Result<Option<Keyed>, Problem> {
+    let Some(raw) = headers.get(HEADER) else {
+        return Ok(None);
+    };
+    let key = parse_key(raw.as_bytes())?;
+    let identity = headers
+        .get(&config.identity_header)
+        .map_or(&b""[..], |v| v.as_bytes());
+    Ok(Some(Keyed {
+        digest: hex_sha256(&[identity, key.as_bytes()]),
+        fingerprint: hex_sha256(parts),
+        key,
+    }))
+}
+
+/// The key: a structured-field string (`"abc"`) per the draft, or bare
+/// printable ASCII as many clients send it.
+fn parse_key(raw: &[u8]) -> Result<String, Problem> {
+    let text = std::str::from_utf8(raw)
+        .ok()
+        .map(str::trim)
+        .ok_or_else(|| Problem::invalid_idempotency_key("the key is not ASCII text"))?;
+    let key = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Problem::invalid_idempotency_key(format!(
+            "the key must be 1 to {MAX_KEY_LEN} characters"
+        )));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(Problem::invalid_idempotency_key(
+            "the key must be printable ASCII",
+        ));
+    }
+    Ok(key.to_owned())
+}
+
+/// SHA-256 over the parts, each length-prefixed so boundaries count.
+fn hex_sha256(parts: &[&[u8]]) -> String {
+    let mut ctx = Context::new(&SHA256);
+    for part in parts {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn config() -> IdempotencyConfig {
+        IdempotencyConfig {
+            ttl: Duration::from_secs(60),
+            identity_header: HeaderName::from_static("authorization"),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn keys_parse_quoted_or_bare_and_bad_ones_are_refused() {
+        assert_eq!(parse_key(b"\"abc-1\"").ok().as_deref(), Some("abc-1"));
+        assert_eq!(parse_key(b" abc-1 ").ok().as_deref(), Some("abc-1"));
+        for bad in [&b""[..], b"\"\"", b"caf\xc3\xa9", &[b'x'; 256][..]] {
+            assert!(parse_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scope_separates_callers_and_the_fingerprint_separates_requests() {
+        let c = config();
+        let alice = headers(&[(HEADER, "k"), ("authorization", "Bearer a")]);
+        let bob = headers(&[(HEADER, "k"), ("authorization", "Bearer b")]);
+        let a1 = keyed(&c, &alice, &[b"POST", b"{}"]).unwrap().unwrap();
+        let a2 = keyed(&c, &alice, &[b"POST", b"{ }"]).unwrap().unwrap();
+        let b1 = keyed(&c, &bob, &[b"POST", b"{}"]).unwrap().unwrap();
+        assert_eq!(a1.digest, a2.digest, "same caller, same key");
+        assert_ne!(a1.fingerprint, a2.fingerprint, "different body");
+        assert_ne!(a1.digest, b1.digest, "different caller");
+        assert!(!a1.digest.contains("Bearer"), "no credential in the key");
+        assert!(keyed(&c, &headers(&[]), &[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn part_boundaries_count() {
+        assert_ne!(hex_sha256(&[b"ab", b"c"]), hex_sha256(&[b"a", b"bc"]));
+    }
+}
