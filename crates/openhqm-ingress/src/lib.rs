@@ -128,10 +128,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     }
     router
         .route(ROUTES[0], post(handlers::submit))
-        .route(
-            ROUTES[1],
-            get(handlers::status).delete(handlers::cancel),
-        )
+        .route(ROUTES[1], get(handlers::status).delete(handlers::cancel))
         .route(ROUTES[2], get(handlers::response))
         .route(ROUTES[3], get(health::health))
         .route(ROUTES[4], get(health::live))
@@ -153,10 +150,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 /// that its `202` answers point to.
 pub fn sidecar_router(state: Arc<ApiState>) -> Router {
     Router::new()
-        .route(
-            ROUTES[1],
-            get(handlers::status).delete(handlers::cancel),
-        )
+        .route(ROUTES[1], get(handlers::status).delete(handlers::cancel))
         .route(ROUTES[2], get(handlers::response))
         .fallback(sidecar::passthrough)
         .layer(axum::middleware::from_fn_with_state(

@@ -21,8 +21,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use openhqm_core::time::rfc3339_ms;
 use openhqm_core::envelope::ENVELOPE_VERSION;
+use openhqm_core::time::rfc3339_ms;
 use openhqm_core::{Envelope, Metadata, RequestRecord, RequestStatus, ResultData};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -102,7 +102,12 @@ pub(crate) async fn passthrough(
     let keyed = idempotency::keyed(
         &state.config.idempotency,
         &headers,
-        &[method.as_str().as_bytes(), path.as_bytes(), query.as_bytes(), &bytes],
+        &[
+            method.as_str().as_bytes(),
+            path.as_bytes(),
+            query.as_bytes(),
+            &bytes,
+        ],
     )?;
     let (id, now) = stamp();
     let mut extra = serde_json::Map::new();
@@ -134,7 +139,10 @@ pub(crate) async fn passthrough(
     let record = if prefs.respond_async {
         record
     } else {
-        let wait = prefs.wait.unwrap_or(sidecar.wait).min(state.config.max_wait);
+        let wait = prefs
+            .wait
+            .unwrap_or(sidecar.wait)
+            .min(state.config.max_wait);
         wait_for_answer(&state, record, wait).await?
     };
     let mut response = if record.status.is_terminal() {
@@ -215,10 +223,9 @@ fn accepted_response(record: &RequestRecord) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(location) = HeaderValue::from_str(&format!(
-        "/api/v1/status/{}",
-        record.correlation_id
-    )) {
+    if let Ok(location) =
+        HeaderValue::from_str(&format!("/api/v1/status/{}", record.correlation_id))
+    {
         h.insert(header::LOCATION, location);
     }
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -235,15 +242,15 @@ fn answer(record: &RequestRecord) -> Result<Response, Problem> {
         let error = outcome.error.unwrap_or_else(|| "no answer".into());
         return Err(match record.status {
             RequestStatus::Timeout => Problem::gateway_timeout(error),
-            RequestStatus::Cancelled => Problem::not_cancellable(
-                &record.correlation_id.to_string(),
-                record.status.as_str(),
-            ),
+            RequestStatus::Cancelled => {
+                Problem::not_cancellable(&record.correlation_id.to_string(), record.status.as_str())
+            }
             _ => Problem::bad_gateway(error),
         });
     };
-    let body = exact_body(&outcome);
-    let mut response = (status, body).into_response();
+    // A bare body: no content type of our own, only the backend's.
+    let mut response = Response::new(Body::from(exact_body(&outcome)));
+    *response.status_mut() = status;
     let h = response.headers_mut();
     for (name, values) in outcome.headers.iter().flatten() {
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
@@ -289,9 +296,7 @@ fn exact_body(outcome: &ResultData) -> Vec<u8> {
 
 /// The path replayed to the backend: the request's, less the mount prefix.
 fn replay_path<'a>(path: &'a str, prefix: Option<&str>) -> &'a str {
-    let rest = prefix
-        .and_then(|p| path.strip_prefix(p))
-        .unwrap_or(path);
+    let rest = prefix.and_then(|p| path.strip_prefix(p)).unwrap_or(path);
     if rest.is_empty() { "/" } else { rest }
 }
 
@@ -340,7 +345,10 @@ mod tests {
     fn hop_by_hop_and_our_own_headers_stay_behind() {
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("app:8080"));
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-trace"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-trace"),
+        );
         h.insert("x-trace", HeaderValue::from_static("1"));
         h.insert("prefer", HeaderValue::from_static("respond-async"));
         h.insert("idempotency-key", HeaderValue::from_static("k"));

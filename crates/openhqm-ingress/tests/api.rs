@@ -36,10 +36,13 @@ struct Api {
 }
 
 async fn serve() -> Api {
-    serve_with(None).await
+    serve_with(None, 0).await
 }
 
-async fn serve_with(known_endpoints: Option<std::collections::HashSet<String>>) -> Api {
+async fn serve_with(
+    known_endpoints: Option<std::collections::HashSet<String>>,
+    max_pending: u64,
+) -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
     let qc = EmbeddedQueueConfig {
@@ -75,7 +78,7 @@ async fn serve_with(known_endpoints: Option<std::collections::HashSet<String>>) 
             },
             sidecar: None,
         },
-        admission: Admission::new(0),
+        admission: Admission::new(max_pending),
         waiting: tokio::sync::Semaphore::new(100),
         stopping: tokio::sync::watch::channel(false).1,
     });
@@ -483,7 +486,7 @@ async fn api_description_and_docs_are_served() {
 
 #[tokio::test]
 async fn unknown_endpoint_names_are_refused_at_submit() {
-    let api = serve_with(Some(["orders".to_owned()].into_iter().collect())).await;
+    let api = serve_with(Some(["orders".to_owned()].into_iter().collect()), 0).await;
     let ok = api
         .post_raw(
             "/api/v1/submit",
@@ -521,4 +524,62 @@ async fn unknown_endpoint_names_are_refused_at_submit() {
         1,
         "only the valid submit was stored"
     );
+}
+
+#[tokio::test]
+async fn past_max_pending_submits_are_429_with_retry_after_and_counted() {
+    // No workers run here, so nothing leaves the queue.
+    let api = serve_with(None, 3).await;
+    for _ in 0..3 {
+        let r = api.post_raw("/api/v1/submit", r#"{"payload": 1}"#).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    let refused = api.post_raw("/api/v1/submit", r#"{"payload": 1}"#).await;
+    assert_eq!(refused.headers()["retry-after"], "2");
+    let problem = expect_problem(refused, StatusCode::TOO_MANY_REQUESTS, "overloaded").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("server.max_pending"),
+        "{problem}"
+    );
+    assert_eq!(api.queue.depth().await.expect("depth"), 3, "nothing stored");
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("openhqm_api_admission_refused_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_moves_a_pending_request_to_cancelled_once() {
+    let api = serve().await;
+    let accepted = json_of(api.post_raw("/api/v1/submit", r#"{"payload": 1}"#).await).await;
+    let id = accepted["correlation_id"].as_str().expect("id");
+    let url = format!("{}/api/v1/status/{id}", api.base);
+    let cancelled = api.http.delete(&url).send().await.expect("delete");
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    assert_eq!(json_of(cancelled).await["status"], "CANCELLED");
+    let again = api.http.delete(&url).send().await.expect("delete");
+    expect_problem(again, StatusCode::CONFLICT, "not-cancellable").await;
+    let unknown = api
+        .http
+        .delete(format!("{}/api/v1/status/{}", api.base, uuid_like()))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}
+
+fn uuid_like() -> String {
+    "0190b5e4-0000-7000-8000-000000000000".to_owned()
 }

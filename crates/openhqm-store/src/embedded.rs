@@ -343,7 +343,8 @@ impl ResultStore for EmbeddedStore {
                 let now = now_ms();
                 if let Ok(Some(raw)) = ctx.get(&keys.claims, &key)
                     && expires_at(&raw).is_some_and(|e| e > now)
-                    && let Ok(existing) = serde_json::from_slice::<KeyClaim>(raw.get(8..).unwrap_or_default())
+                    && let Ok(existing) =
+                        serde_json::from_slice::<KeyClaim>(raw.get(8..).unwrap_or_default())
                 {
                     return Claim::Existing(existing);
                 }

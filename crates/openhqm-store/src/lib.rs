@@ -10,9 +10,9 @@
 pub mod embedded;
 #[cfg(feature = "redis")]
 pub mod redis;
-mod waiters;
 #[doc(hidden)]
 pub mod scenarios;
+mod waiters;
 
 use std::time::Duration;
 

@@ -98,7 +98,6 @@ impl std::fmt::Debug for RedisStoreConfig {
     }
 }
 
-
 /// The Redis result store.
 pub struct RedisStore {
     conn: ConnectionManager,

@@ -38,7 +38,10 @@ pub async fn idempotency_keys(store: &dyn ResultStore) {
         })
         .expect("the losers read the winner");
     assert_eq!(
-        store.claim_key(&key, claim("fp-b"), ttl).await.expect("claim"),
+        store
+            .claim_key(&key, claim("fp-b"), ttl)
+            .await
+            .expect("claim"),
         Claim::Existing(winner.clone())
     );
 
@@ -47,7 +50,10 @@ pub async fn idempotency_keys(store: &dyn ResultStore) {
         .await
         .expect("release by a stranger");
     assert_eq!(
-        store.claim_key(&key, claim("fp-c"), ttl).await.expect("claim"),
+        store
+            .claim_key(&key, claim("fp-c"), ttl)
+            .await
+            .expect("claim"),
         Claim::Existing(winner.clone()),
         "a stranger cannot free the key"
     );
@@ -56,7 +62,10 @@ pub async fn idempotency_keys(store: &dyn ResultStore) {
         .await
         .expect("release by the holder");
     assert_eq!(
-        store.claim_key(&key, claim("fp-d"), ttl).await.expect("claim"),
+        store
+            .claim_key(&key, claim("fp-d"), ttl)
+            .await
+            .expect("claim"),
         Claim::New,
         "a released key is free"
     );
@@ -64,12 +73,18 @@ pub async fn idempotency_keys(store: &dyn ResultStore) {
     let short = format!("scope:{}", CorrelationId::new());
     let brief = Duration::from_millis(200);
     assert_eq!(
-        store.claim_key(&short, claim("x"), brief).await.expect("claim"),
+        store
+            .claim_key(&short, claim("x"), brief)
+            .await
+            .expect("claim"),
         Claim::New
     );
     tokio::time::sleep(brief + Duration::from_millis(100)).await;
     assert_eq!(
-        store.claim_key(&short, claim("y"), brief).await.expect("claim"),
+        store
+            .claim_key(&short, claim("y"), brief)
+            .await
+            .expect("claim"),
         Claim::New,
         "an expired key is free again"
     );

@@ -115,7 +115,11 @@ impl Endpoint {
                 let verdict = classify(attempted, &self.cfg.retry_on, SystemTime::now());
                 let (class, failed) = (status_class(attempted), is_target_failure(attempted));
                 let keep_raw = env.passthrough;
-                (class, failed, settle(verdict, status, &headers, body, keep_raw))
+                (
+                    class,
+                    failed,
+                    settle(verdict, status, &headers, body, keep_raw),
+                )
             }
             Err(Exchange::Failed(e)) => {
                 let (attempted, err) = if e.is_timeout() {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use axum::http::HeaderName;
 use openhqm_core::Backoff;
 use openhqm_embedded::{Durability, EmbeddedDb, Options};
-use axum::http::HeaderName;
 use openhqm_ingress::{Admission, ApiConfig, ApiState, IdempotencyConfig, SidecarConfig};
 use openhqm_metrics::Metrics;
 use openhqm_queue::QueueBackend;
@@ -175,7 +175,10 @@ pub(crate) async fn run(
                 .await
                 .with_context(|| format!("cannot listen on {address} (sidecar.port)"))?;
             tracing::info!(%address, "passthrough ingress listening");
-            Some((listener, openhqm_ingress::sidecar_router(Arc::clone(&state))))
+            Some((
+                listener,
+                openhqm_ingress::sidecar_router(Arc::clone(&state)),
+            ))
         }
         _ => None,
     };
@@ -269,10 +272,8 @@ fn api_config(config: &Config) -> ApiConfig {
                     .unwrap_or(config.cache.ttl_seconds),
             ),
             // Validated at load.
-            identity_header: HeaderName::from_bytes(
-                config.idempotency.identity_header.as_bytes(),
-            )
-            .unwrap_or(axum::http::header::AUTHORIZATION),
+            identity_header: HeaderName::from_bytes(config.idempotency.identity_header.as_bytes())
+                .unwrap_or(axum::http::header::AUTHORIZATION),
         },
         sidecar: sidecar.enabled.then(|| SidecarConfig {
             endpoint: sidecar.endpoint.clone(),

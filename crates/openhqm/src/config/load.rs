@@ -372,5 +372,7 @@ fn deserialize_sections(tree: &Value, errors: &mut Vec<ConfigError>) -> Config {
     section(tree, "monitoring", &mut c.monitoring, errors);
     section(tree, "routing", &mut c.routing, errors);
     section(tree, "partitioning", &mut c.partitioning, errors);
+    section(tree, "sidecar", &mut c.sidecar, errors);
+    section(tree, "idempotency", &mut c.idempotency, errors);
     c
 }

@@ -58,7 +58,10 @@ fn sidecar(c: &Config, check: &mut impl FnMut(bool, &str, String)) {
         check(
             clash.is_none(),
             "sidecar.path_prefix",
-            format!("`{prefix}` would shadow the API's own `{}`", clash.unwrap_or(&"")),
+            format!(
+                "`{prefix}` would shadow the API's own `{}`",
+                clash.unwrap_or(&"")
+            ),
         );
     }
     match &s.endpoint {

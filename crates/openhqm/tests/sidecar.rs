@@ -1,0 +1,580 @@
+//! The sidecar (passthrough) ingress through the real binary, configured by
+//! the ConfigMap of `examples/kubernetes/sidecar.yaml`, in front of a real
+//! HTTP backend on 127.0.0.1: exact replay and exact answers, RFC 7240
+//! `Prefer`, idempotency keys, cancel, drain on SIGTERM, and a burst of
+//! 20,000 requests against a backend capped at 50 concurrent.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use common::{Server, free_port, http_client, until};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const POD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/kubernetes/sidecar.yaml"
+);
+
+/// One request as the backend saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+#[derive(Default)]
+struct Backend {
+    seen: Mutex<Vec<Seen>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// The exact body the backend answers with: JSON, formatted its own way.
+const ANSWER: &[u8] = b"{ \"ok\" :  true }\n";
+
+/// Records every request; waits `x-delay-ms` if sent; answers 201 with two
+/// cookies, its own content type and [`ANSWER`], or 503 on `/unavailable`.
+async fn backend_handler(
+    State(b): State<Arc<Backend>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let now = b.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    b.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let delay = headers
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    b.seen.lock().expect("lock").push(Seen {
+        method,
+        uri: uri.clone(),
+        headers,
+        body,
+    });
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    b.in_flight.fetch_sub(1, Ordering::SeqCst);
+    if uri.path() == "/unavailable" {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance").into_response();
+    }
+    Response::builder()
+        .status(StatusCode::CREATED)
+        .header("set-cookie", "a=1; Path=/")
+        .header("set-cookie", "b=2; Path=/")
+        .header("content-type", "application/vnd.orders+json")
+        .header("x-app", "legacy")
+        .body(axum::body::Body::from(ANSWER))
+        .expect("response")
+}
+
+async fn start_backend() -> (String, Arc<Backend>) {
+    let state = Arc::new(Backend::default());
+    let router = Router::new()
+        .fallback(backend_handler)
+        .with_state(Arc::clone(&state));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}"), state)
+}
+
+/// The openhqm.yaml of the example pod's ConfigMap, as a file.
+fn pod_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(POD).expect("read the pod example");
+    let config = serde_norway::Deserializer::from_str(&text)
+        .map(|doc| serde_norway::Value::deserialize(doc).expect("a YAML document"))
+        .find(|doc| doc["kind"].as_str() == Some("ConfigMap"))
+        .and_then(|cm| cm["data"]["openhqm.yaml"].as_str().map(str::to_owned))
+        .expect("the ConfigMap carries openhqm.yaml");
+    let path = dir.join("openhqm.yaml");
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
+/// OpenHQM with the pod's config, in front of `backend`; returns the server
+/// and the passthrough base URL.
+async fn start(dir: &std::path::Path, backend: &str, sets: &[&str]) -> (Server, String) {
+    let config = pod_config(dir);
+    let (api, passthrough) = (free_port(), free_port());
+    let data = dir.join("data");
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        api.to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--set".into(),
+        format!("sidecar.port={passthrough}"),
+        "--set".into(),
+        "monitoring.log_level=DEBUG".into(),
+    ];
+    for s in sets {
+        args.extend(["--set".into(), (*s).to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::spawn(dir, api, &args, &[("APP_URL", backend)]);
+    server.ready(&http_client()).await;
+    (server, format!("http://127.0.0.1:{passthrough}"))
+}
+
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
+    let (url, backend) = start_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, side) = start(dir.path(), &url, &[]).await;
+    let http = http_client();
+
+    let body: &[u8] = b"<order id=\"7\">\x00\xffraw</order>";
+    let r = http
+        .put(format!("{side}/orders/7?expand=lines&x=%20y"))
+        .header("content-type", "application/xml")
+        .header("authorization", "Bearer caller")
+        .header("x-request-tag", "t1")
+        .header("connection", "keep-alive")
+        .body(body)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::CREATED, "the backend's own status");
+    let cookies: Vec<&str> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(
+        cookies,
+        ["a=1; Path=/", "b=2; Path=/"],
+        "repeated headers kept"
+    );
+    assert_eq!(
+        header(&r, "content-type"),
+        Some("application/vnd.orders+json")
+    );
+    assert_eq!(header(&r, "x-app"), Some("legacy"));
+    assert!(header(&r, "x-correlation-id").is_some());
+    assert_eq!(&r.bytes().await.expect("body")[..], ANSWER, "byte for byte");
+
+    let seen = backend.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.method, Method::PUT);
+    assert_eq!(s.uri.path(), "/orders/7");
+    assert_eq!(s.uri.query(), Some("expand=lines&x=%20y"));
+    assert_eq!(&s.body[..], body, "the raw body arrives unchanged");
+    let h = |n: &str| s.headers.get(n).and_then(|v| v.to_str().ok());
+    assert_eq!(h("content-type"), Some("application/xml"));
+    assert_eq!(h("authorization"), Some("Bearer caller"));
+    assert_eq!(h("x-request-tag"), Some("t1"));
+    assert!(h("x-correlation-id").is_some());
+    assert!(h("traceparent").is_some());
+
+    // A bodiless GET stays bodiless.
+    let r = http
+        .get(format!("{side}/health-of-the-app"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let seen = backend.seen.lock().expect("lock").clone();
+    assert_eq!(seen[1].method, Method::GET);
+    assert!(seen[1].body.is_empty());
+
+    // A backend that keeps failing: its last answer comes back once the
+    // retries are spent (one retry here, to keep the test short).
+    drop(server);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, side) = start(
+        dir.path(),
+        &url,
+        &[
+            "worker.max_retries=1",
+            "worker.retry_delay_base=0.05",
+            "worker.retry_delay_max=0.1",
+        ],
+    )
+    .await;
+    let r = http
+        .post(format!("{side}/unavailable"))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.text().await.expect("text"), "down for maintenance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_respond_async_and_a_wait_that_runs_out_give_202_with_location() {
+    let (url, _backend) = start_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, side) = start(dir.path(), &url, &[]).await;
+    let http = http_client();
+
+    let r = http
+        .post(format!("{side}/jobs"))
+        .header("prefer", "respond-async")
+        .body("{}")
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&r, "preference-applied"), Some("respond-async"));
+    assert_eq!(header(&r, "retry-after"), Some("1"));
+    let location = header(&r, "location").expect("Location").to_owned();
+    assert!(location.starts_with("/api/v1/status/"), "{location}");
+    // The Location resolves on the passthrough port itself.
+    let status = http
+        .get(format!("{side}{location}"))
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(status.status(), StatusCode::OK);
+    let id = location.rsplit('/').next().expect("id").to_owned();
+    let done: Value = http
+        .get(format!("{}/api/v1/response/{id}?wait=10", server.base))
+        .send()
+        .await
+        .expect("response")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["status_code"], 201);
+
+    // The backend takes 3 s; the caller waits 1 s, then gets a 202.
+    let started = std::time::Instant::now();
+    let r = http
+        .post(format!("{side}/slow"))
+        .header("prefer", "wait=1")
+        .header("x-delay-ms", "3000")
+        .send()
+        .await
+        .expect("call");
+    let waited = started.elapsed();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&r, "preference-applied"), Some("wait=1"));
+    assert!(header(&r, "location").is_some());
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
+        "waited {waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_give_one_request_and_one_answer() {
+    let (url, backend) = start_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, side) = start(dir.path(), &url, &[]).await;
+    let http = http_client();
+
+    let call = |body: &'static str| {
+        http.post(format!("{side}/payments"))
+            .header("idempotency-key", "\"pay-1\"")
+            .header("authorization", "Bearer alice")
+            .body(body)
+            .send()
+    };
+    let first = call("{\"amount\": 10}").await.expect("call");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let id = header(&first, "x-correlation-id").expect("id").to_owned();
+    let again = call("{\"amount\": 10}").await.expect("call");
+    assert_eq!(again.status(), StatusCode::CREATED, "the same answer");
+    assert_eq!(header(&again, "x-correlation-id"), Some(id.as_str()));
+    assert_eq!(header(&again, "idempotent-replayed"), Some("true"));
+    assert_eq!(&again.bytes().await.expect("body")[..], ANSWER);
+    let other = call("{\"amount\": 99}").await.expect("call");
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = other.json().await.expect("json");
+    assert_eq!(problem["code"], "idempotency-key-reused");
+
+    // Another caller's identical key is another request.
+    let bob = http
+        .post(format!("{side}/payments"))
+        .header("idempotency-key", "\"pay-1\"")
+        .header("authorization", "Bearer bob")
+        .body("{\"amount\": 10}")
+        .send()
+        .await
+        .expect("call");
+    assert_ne!(header(&bob, "x-correlation-id"), Some(id.as_str()));
+
+    let seen = backend.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2, "alice's repeat never reached the backend");
+    assert_eq!(
+        seen[0]
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok()),
+        Some("pay-1"),
+        "the key is passed on so the backend can deduplicate too"
+    );
+
+    // The submit API: the same key gives the same id, a repeat in flight
+    // the same 202.
+    let submit = |amount: u32| {
+        http.post(format!("{}/api/v1/submit", server.base))
+            .header("idempotency-key", "order-9")
+            .json(&json!({"payload": {"amount": amount}}))
+            .send()
+    };
+    let a: Value = submit(1).await.expect("submit").json().await.expect("json");
+    let b = submit(1).await.expect("submit");
+    assert_eq!(b.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&b, "idempotent-replayed"), Some("true"));
+    let b: Value = b.json().await.expect("json");
+    assert_eq!(a["correlation_id"], b["correlation_id"]);
+    let c = submit(2).await.expect("submit");
+    assert_eq!(c.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_request_is_never_forwarded() {
+    let (url, backend) = start_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One worker: the first request holds it while the second waits.
+    let (server, _side) = start(
+        dir.path(),
+        &url,
+        &["worker.count=1", "proxy.forward_headers=*"],
+    )
+    .await;
+    let http = http_client();
+    let submit = |delay: &'static str| {
+        http.post(format!("{}/api/v1/submit", server.base))
+            .json(&json!({"payload": {}, "headers": {"x-delay-ms": delay}}))
+            .send()
+    };
+    let busy: Value = submit("1500")
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let busy = busy["correlation_id"].as_str().expect("id").to_owned();
+    until("the first request to be held", async || {
+        (backend.seen.lock().ok()?.len() == 1).then_some(())
+    })
+    .await;
+    let queued: Value = submit("0")
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let queued = queued["correlation_id"].as_str().expect("id").to_owned();
+
+    let cancelled = http
+        .delete(format!("{}/api/v1/status/{queued}", server.base))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    let body: Value = cancelled.json().await.expect("json");
+    assert_eq!(body["status"], "CANCELLED");
+
+    let in_flight = http
+        .delete(format!("{}/api/v1/status/{busy}", server.base))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(in_flight.status(), StatusCode::CONFLICT, "held by a worker");
+
+    // The first finishes; the cancelled one is dropped, not forwarded.
+    let done: Value = http
+        .get(format!("{}/api/v1/response/{busy}?wait=10", server.base))
+        .send()
+        .await
+        .expect("response")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(done["status"], "COMPLETED");
+    until("the cancelled message to be consumed", async || {
+        let depth = server.metric(&http, "openhqm_queue_depth{").await;
+        (depth == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(backend.seen.lock().expect("lock").len(), 1);
+    let status: Value = http
+        .get(format!("{}/api/v1/status/{queued}", server.base))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["status"], "CANCELLED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_every_waiting_caller() {
+    let (url, _backend) = start_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, side) = start(dir.path(), &url, &["worker.drain_timeout_seconds=1"]).await;
+    let http = http_client();
+    let callers: Vec<_> = (0..5)
+        .map(|_| {
+            let http = http.clone();
+            let side = side.clone();
+            tokio::spawn(async move {
+                http.post(format!("{side}/slow"))
+                    .header("x-delay-ms", "8000")
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let stopped = std::time::Instant::now();
+    server.terminate();
+    for caller in callers {
+        let r = caller.await.expect("join").expect("answered, not cut off");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        assert!(header(&r, "location").is_some());
+    }
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "callers were answered at once, not after the backend"
+    );
+    let mut server = server;
+    let status = server.child.wait().expect("exit");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_friday_burst_loses_nothing_and_respects_the_backend_cap() {
+    let (url, backend) = start_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _side) = start(
+        dir.path(),
+        &url,
+        &[
+            "server.max_pending=2000",
+            "worker.count=128",
+            "proxy.forward_headers=*",
+            "monitoring.log_level=WARNING",
+        ],
+    )
+    .await;
+    let http = http_client();
+    const TOTAL: usize = 20_000;
+    let accepted = Arc::new(Mutex::new(Vec::with_capacity(TOTAL)));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let server_errors = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..200)
+        .map(|_| {
+            let (http, base) = (http.clone(), server.base.clone());
+            let (accepted, refused, errors, next) = (
+                Arc::clone(&accepted),
+                Arc::clone(&refused),
+                Arc::clone(&server_errors),
+                Arc::clone(&next),
+            );
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::SeqCst) < TOTAL {
+                    // A refused request is retried after Retry-After, as
+                    // a well-behaved client does.
+                    loop {
+                        let r = http
+                            .post(format!("{base}/api/v1/submit"))
+                            .header("content-type", "application/json")
+                            .body(r#"{"payload": {"sku": 1}, "headers": {"x-delay-ms": "5"}}"#)
+                            .send()
+                            .await
+                            .expect("submit");
+                        match r.status() {
+                            StatusCode::ACCEPTED => {
+                                let v: Value = r.json().await.expect("json");
+                                let id = v["correlation_id"].as_str().expect("id").to_owned();
+                                accepted.lock().expect("lock").push(id);
+                                break;
+                            }
+                            StatusCode::TOO_MANY_REQUESTS => {
+                                assert!(r.headers().contains_key("retry-after"));
+                                refused.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            s => {
+                                assert!(!s.is_server_error(), "OpenHQM answered {s}");
+                                errors.fetch_add(1, Ordering::SeqCst);
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("client");
+    }
+    let accepted = accepted.lock().expect("lock").clone();
+    assert_eq!(server_errors.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        accepted.len(),
+        TOTAL,
+        "every request was eventually accepted"
+    );
+
+    let completed_sample =
+        "openhqm_worker_processing_duration_seconds_count{outcome=\"completed\"}";
+    common::until_within(
+        Duration::from_secs(180),
+        "every request to complete",
+        async || {
+            let done = server.metric(&http, completed_sample).await as usize;
+            (done >= TOTAL).then_some(())
+        },
+    )
+    .await;
+    // Spot-check through the API: stored and COMPLETED.
+    for id in accepted.iter().step_by(997) {
+        let v: Value = http
+            .get(format!("{}/api/v1/status/{id}", server.base))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["status"], "COMPLETED", "{id}");
+    }
+    let seen = backend.seen.lock().expect("lock").len();
+    assert!(seen >= TOTAL, "the backend saw {seen} of {TOTAL}");
+    let max = backend.max_in_flight.load(Ordering::SeqCst);
+    assert!(max <= 50, "the backend saw {max} requests at once");
+    let refusals = server
+        .metric(&http, "openhqm_api_admission_refused_total")
+        .await as usize;
+    assert_eq!(
+        refusals,
+        refused.load(Ordering::SeqCst),
+        "refusals are counted apart"
+    );
+    eprintln!(
+        "burst: {TOTAL} accepted, {refusals} admission refusals, backend peak {max} in flight"
+    );
+}
