@@ -105,6 +105,13 @@ pub struct Envelope {
     /// the forwarder sends these bytes instead of `payload`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_body: Option<String>,
+    /// Headers the worker derived by configuration from a foreign message
+    /// (CloudEvents `ce-*`, `Content-Type`, `worker.foreign.attribute_headers`;
+    /// see [`crate::foreign`]). The operator chose them, so they bypass the
+    /// forward list that filters [`Envelope::headers`]. Never read from nor
+    /// written to the wire: a producer cannot set them.
+    #[serde(skip)]
+    pub derived_headers: BTreeMap<String, String>,
 }
 
 impl Envelope {
@@ -119,6 +126,7 @@ impl Envelope {
             timestamp: Some(Value::String(accepted_at.to_owned())),
             metadata: req.metadata.unwrap_or_default(),
             raw_body: None,
+            derived_headers: BTreeMap::new(),
         }
     }
 

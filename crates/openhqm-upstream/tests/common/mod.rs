@@ -98,6 +98,7 @@ pub fn envelope(payload: &str, headers: &[(&str, &str)]) -> Envelope {
             ..Metadata::default()
         },
         raw_body: None,
+        derived_headers: BTreeMap::new(),
     }
 }
 
