@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use openhqm_core::Backoff;
+use openhqm_core::{Backoff, Decoder};
 use openhqm_embedded::{Durability, EmbeddedDb, Options};
 use openhqm_ingress::{ApiConfig, ApiState};
 use openhqm_metrics::{Metrics, QueueMetrics};
@@ -129,6 +129,16 @@ fn worker_config(config: &Config) -> WorkerConfig {
     }
 }
 
+/// How workers read the request queue: envelopes, or foreign messages too.
+fn decoder(config: &Config) -> Decoder {
+    Decoder {
+        format: config.queue.message_format,
+        queue: config.queue.request_queue_name.clone(),
+        endpoint: config.worker.foreign.endpoint.clone(),
+        attribute_headers: config.worker.foreign.attribute_headers.clone(),
+    }
+}
+
 /// Runs `mode` until SIGTERM or SIGINT, then shuts down in order: stop
 /// accepting, drain the workers, close the queue, the store and the database.
 pub(crate) async fn run(
@@ -199,7 +209,8 @@ pub(crate) async fn run(
             processor,
             worker_config(&config),
             (metrics.worker(), queue_metrics),
-        );
+        )
+        .with_decoder(decoder(&config));
         tokio::spawn(pool.run(stop_rx.clone()))
     });
     let mut http_stop = stop_rx.clone();
