@@ -3,7 +3,7 @@
 //! `XADD`s; a real `openhqm worker` forwards each to a real HTTP backend on
 //! 127.0.0.1 with the right body, content type and `ce-*` / mapped headers;
 //! results are read back through a real `openhqm listener`; a malformed event
-//! is dead-lettered with its reason.
+//! is dead-lettered with its reason. The processes load `examples/bridge.yaml`.
 #![cfg(feature = "redis")]
 
 use std::collections::BTreeMap;
@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_openhqm");
 const STREAM: &str = "openhqm-requests";
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/bridge.yaml");
 
 /// One request as the backend saw it: lowercase header names.
 #[derive(Debug, Clone)]
@@ -70,7 +71,8 @@ impl Drop for Proc {
     }
 }
 
-fn start(role: &str, config: &Path, dir: &Path) -> Proc {
+/// Starts `role` with `examples/bridge.yaml`, as the README shows it.
+fn start(role: &str, redis_url: &str, backend: &str, dir: &Path) -> Proc {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -78,9 +80,11 @@ fn start(role: &str, config: &Path, dir: &Path) -> Proc {
     let log = std::fs::File::create(dir.join(format!("{role}.log"))).expect("log file");
     let child = Command::new(BIN)
         .args([role, "--host", "127.0.0.1", "--port", &port.to_string()])
-        .arg("--config")
-        .arg(config)
+        .args(["--config", EXAMPLE])
+        .args(["--set", "queue.lease_seconds=2", "--set", "worker.count=4"])
         .env_remove("OPENHQM_CONFIG")
+        .env("REDIS_URL", redis_url)
+        .env("EVENTS_URL", backend)
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
@@ -164,28 +168,14 @@ fn assert_headers(seen: &Seen, expected: &[(&str, &str)]) {
     }
 }
 
-fn write_config(dir: &Path, redis_url: &str, backend: &str) -> std::path::PathBuf {
-    let path = dir.join("openhqm.yaml");
-    let yaml = format!(
-        "queue:\n  type: redis\n  redis_url: {redis_url}\n  lease_seconds: 2\n  message_format: auto\n\
-         cache:\n  type: redis\n  redis_url: {redis_url}\n\
-         proxy:\n  enabled: true\n  endpoints:\n    events:\n      url: {backend}/hooks/events\n\
-         worker:\n  count: 4\n  foreign:\n    endpoint: events\n\
-         \x20   attribute_headers:\n      subject: X-Event-Subject\n      tenant: X-Tenant\n"
-    );
-    std::fs::write(&path, yaml).expect("write config");
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_messages_are_forwarded_with_their_headers_and_results_kept() {
     let server = RedisServer::start();
     let url = server.url();
     let (backend, log) = backend().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), &url, &backend);
-    let worker = start("worker", &config, dir.path());
-    let listener = start("listener", &config, dir.path());
+    let worker = start("worker", &url, &backend, dir.path());
+    let listener = start("listener", &url, &backend, dir.path());
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
 
