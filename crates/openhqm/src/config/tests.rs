@@ -308,6 +308,7 @@ fn foreign_message_settings_parse_and_are_checked() {
     let from_env = Sources {
         env: env(&[
             ("OPENHQM_QUEUE__TYPE", "redis"),
+            ("OPENHQM_CACHE__TYPE", "redis"),
             ("OPENHQM_QUEUE__MESSAGE_FORMAT", "cloudevents"),
             (
                 "OPENHQM_WORKER__FOREIGN__ATTRIBUTE_HEADERS",
@@ -319,6 +320,18 @@ fn foreign_message_settings_parse_and_are_checked() {
     let c = load(&from_env).expect("valid");
     assert_eq!(c.queue.message_format, MessageFormat::Cloudevents);
     assert_eq!(c.worker.foreign.attribute_headers["subject"], "X-Subject");
+    let from_env = Sources {
+        env: env(&[
+            ("OPENHQM_QUEUE__TYPE", "redis"),
+            ("OPENHQM_CACHE__TYPE", "redis"),
+            ("OPENHQM_QUEUE__MESSAGE_FORMAT", "raw"),
+        ]),
+        ..Sources::default()
+    };
+    assert_eq!(
+        load(&from_env).expect("valid").queue.message_format,
+        MessageFormat::Raw
+    );
 
     let bad = Sources {
         env: env(&[
@@ -336,6 +349,7 @@ fn foreign_message_settings_parse_and_are_checked() {
     for expected in [
         "`worker.foreign.color`: unknown key",
         "`queue.message_format`: `raw` needs a queue that other producers write to",
+        "`queue.message_format`: `raw` needs cache.type redis",
         "`worker.foreign.endpoint`: forwarding to an endpoint needs proxy.enabled: true",
         "`worker.foreign.attribute_headers.a`: `Bad Header` is not a valid HTTP header name",
         "`worker.foreign.attribute_headers.b`: `Connection` is a hop-by-hop header",

@@ -181,6 +181,18 @@ fn validate_foreign(c: &Config, errors: &mut Vec<ConfigError>) {
             ),
         ));
     }
+    if format != MessageFormat::Envelope && c.cache.kind == BackendType::Embedded {
+        // Derived ids are UUIDv5, not time-ordered, and the embedded store's
+        // expiry sweep relies on time-ordered keys to stop early.
+        errors.push(ConfigError::new(
+            "queue.message_format",
+            format!(
+                "`{}` needs cache.type redis: the embedded result store expires only \
+                 time-ordered ids, and a foreign message's id is derived from its content",
+                format.as_str()
+            ),
+        ));
+    }
     let foreign = &c.worker.foreign;
     if let Some(name) = &foreign.endpoint {
         if !c.proxy.enabled {
