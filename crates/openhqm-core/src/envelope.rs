@@ -115,6 +115,13 @@ pub struct Envelope {
     /// deduplicate too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Headers the worker derived by configuration from a foreign message
+    /// (CloudEvents `ce-*`, `Content-Type`, `worker.foreign.attribute_headers`;
+    /// see [`crate::foreign`]). The operator chose them, so they bypass the
+    /// forward list that filters [`Envelope::headers`]. Never read from nor
+    /// written to the wire: a producer cannot set them.
+    #[serde(skip)]
+    pub derived_headers: BTreeMap<String, String>,
 }
 
 impl Envelope {
@@ -131,6 +138,7 @@ impl Envelope {
             raw_body: None,
             passthrough: false,
             idempotency_key: None,
+            derived_headers: BTreeMap::new(),
         }
     }
 

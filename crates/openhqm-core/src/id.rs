@@ -22,6 +22,18 @@ impl CorrelationId {
         Self(Uuid::now_v7())
     }
 
+    /// The same id for the same `name` every time: a UUIDv5 in OpenHQM's own
+    /// namespace ([`CorrelationId::NAMESPACE`]). Used for messages that
+    /// arrive without one (see [`crate::foreign`]), so a redelivery maps to
+    /// the request it already is.
+    #[must_use]
+    pub fn derived(name: &[u8]) -> Self {
+        Self(Uuid::new_v5(&Self::NAMESPACE, name))
+    }
+
+    /// The UUIDv5 namespace of [`CorrelationId::derived`].
+    pub const NAMESPACE: Uuid = Uuid::from_u128(0x3f83_c66c_d918_40d5_8453_fe74_9c4c_37f1);
+
     /// The 16 bytes of the id, in an order that sorts by creation time for v7 ids.
     #[must_use]
     pub fn as_bytes(&self) -> &[u8; 16] {

@@ -7,6 +7,7 @@
 //! inputs, so it is tested with plain tables.
 
 pub mod envelope;
+pub mod foreign;
 pub mod id;
 pub mod outcome;
 pub mod record;
@@ -15,6 +16,7 @@ pub mod status;
 pub mod time;
 
 pub use envelope::{Envelope, Metadata, SubmitRequest};
+pub use foreign::{DecodeError, Decoded, Decoder, Incoming, MessageFormat, Shape};
 pub use id::CorrelationId;
 pub use outcome::{Backoff, Decision, Failure, FailureKind, LastResponse, decide};
 pub use record::{RequestRecord, ResultData};

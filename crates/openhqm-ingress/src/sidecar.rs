@@ -130,6 +130,7 @@ pub(crate) async fn passthrough(
         raw_body: Some(BASE64.encode(&bytes)),
         passthrough: true,
         idempotency_key: None,
+        derived_headers: BTreeMap::new(),
     };
     let accepted = accept(&state, envelope, 0, keyed, now).await?;
     let replayed = matches!(accepted, Accepted::Replayed(_));

@@ -76,6 +76,56 @@ async fn external_producer_entry_is_received_as_is() {
 }
 
 #[tokio::test]
+async fn producer_fields_are_attributes_and_survive_a_retry() {
+    let server = RedisServer::start();
+    let q = open(&server, "a").await;
+    raw(
+        &server,
+        redis::cmd("XADD")
+            .arg("openhqm-requests")
+            .arg("*")
+            .arg("ce_id")
+            .arg("A-1")
+            .arg("payload")
+            .arg("{}")
+            .arg("content-type")
+            .arg("application/json")
+            .arg("attr:ce_id")
+            .arg("wins"),
+    )
+    .await;
+    let d = q
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("the producer's entry");
+    let want: std::collections::BTreeMap<String, String> =
+        [("ce_id", "wins"), ("content-type", "application/json")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+    assert_eq!(d.message().attributes, want);
+    let nack = openhqm_queue::Nack::Retry {
+        delay: Duration::ZERO,
+    };
+    d.nack(nack).await.expect("retry");
+    let d = q
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("the retried entry");
+    assert_eq!(d.message().attempt, 2);
+    assert_eq!(
+        d.message().attributes,
+        want,
+        "attempt and origin stay internal"
+    );
+    d.ack().await.expect("ack");
+}
+
+#[tokio::test]
 async fn entries_written_before_the_group_existed_are_consumed() {
     let server = RedisServer::start();
     raw(

@@ -191,6 +191,7 @@ impl Endpoint {
         let url = target_url(base, env, &self.rewrite)?;
         let sources = HeaderSources {
             client: env.headers.as_ref(),
+            derived: &env.derived_headers,
             endpoint: &self.cfg.headers,
             auth: self.auth.as_ref(),
             correlation_id: env.correlation_id,
@@ -266,7 +267,10 @@ fn is_json_content_type(ct: &str) -> bool {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    essence == "application/json" || essence.ends_with("+json")
+    // `*/json` or `*/*+json`, as the CloudEvents JSON format defines it.
+    essence
+        .split_once('/')
+        .is_some_and(|(_, sub)| sub == "json" || sub.ends_with("+json"))
 }
 
 enum Exchange {

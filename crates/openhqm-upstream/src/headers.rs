@@ -2,8 +2,10 @@
 //!
 //! The policy is a pure function over strings so the whole of it fits in one
 //! table of tests: client headers pass only if on the forward list (`"*"` for
-//! all) and not on the strip list, names compared case-insensitively; the
-//! endpoint's static headers override them; the auth header is injected last;
+//! all) and not on the strip list, names compared case-insensitively; headers
+//! the worker derived from a foreign message by configuration (CloudEvents
+//! `ce-*`, mapped attributes) skip those lists and override client headers;
+//! the endpoint's static headers override both; the auth header is injected last;
 //! hop-by-hop headers (RFC 9110 §7.6.1) never pass, from any source, nor do
 //! `Host` and `Content-Length`, which belong to the forward itself. Every
 //! request also carries `X-Correlation-ID` and a W3C `traceparent`.
@@ -118,6 +120,8 @@ pub fn auth_header(e: &EndpointConfig) -> Option<AuthHeader> {
 pub struct HeaderSources<'a> {
     /// The client's headers from the envelope.
     pub client: Option<&'a BTreeMap<String, String>>,
+    /// Headers derived from a foreign message ([`openhqm_core::Envelope::derived_headers`]).
+    pub derived: &'a BTreeMap<String, String>,
     /// The endpoint's static headers.
     pub endpoint: &'a BTreeMap<String, String>,
     /// The endpoint's auth header.
@@ -176,8 +180,10 @@ pub fn outgoing(policy: &HeaderPolicy, src: &HeaderSources<'_>) -> Vec<OutHeader
             set(OutHeader::Plain(name.clone(), value.clone()));
         }
     }
-    for (name, value) in src.endpoint {
-        if !is_hop_by_hop(name) && !MANAGED.iter().any(|m| m.eq_ignore_ascii_case(name)) {
+    let configured =
+        |name: &str| !is_hop_by_hop(name) && !MANAGED.iter().any(|m| m.eq_ignore_ascii_case(name));
+    for (name, value) in src.derived.iter().chain(src.endpoint) {
+        if configured(name) {
             set(OutHeader::Plain(name.clone(), value.clone()));
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! One loop receives batches sized to the free slots; each delivery runs in
 //! its own task holding a slot. A handler goes through named steps:
-//! [`begin`](Handler::begin) (decode, mark PROCESSING, drop duplicates),
+//! [`begin`](Handler::begin) (decode with the pool's
+//! [`Decoder`](openhqm_core::Decoder), mark PROCESSING, drop duplicates),
 //! [`attempt`](Handler::attempt) (run the processor under its deadline while
 //! extending the lease), and [`settle`](Handler::settle) (record the outcome,
 //! then ack, retry or dead-letter). The store is written before the delivery
@@ -19,8 +20,8 @@ use std::time::{Duration, Instant};
 use openhqm_core::envelope::DEFAULT_TIMEOUT_SECS;
 use openhqm_core::time::now_ms;
 use openhqm_core::{
-    Backoff, CorrelationId, Decision, Envelope, Failure, FailureKind, RequestStatus, ResultData,
-    decide,
+    Backoff, CorrelationId, Decision, Decoded, Decoder, Envelope, Failure, FailureKind, Incoming,
+    RequestStatus, ResultData, Shape, decide,
 };
 use openhqm_metrics::{QueueMetrics, WorkerMetrics};
 use openhqm_queue::{Delivery, Nack, QueueBackend};
@@ -60,6 +61,7 @@ struct Shared {
     store: Arc<dyn ResultStore>,
     processor: Arc<dyn Processor>,
     config: WorkerConfig,
+    decoder: Decoder,
     metrics: WorkerMetrics,
     queue_metrics: QueueMetrics,
 }
@@ -81,10 +83,24 @@ impl WorkerPool {
                 store,
                 processor,
                 config,
+                decoder: Decoder::default(),
                 metrics,
                 queue_metrics,
             }),
         }
+    }
+
+    /// Reads messages with `decoder` instead of as OpenHQM envelopes only:
+    /// raw JSON and CloudEvents from outside producers
+    /// (`queue.message_format`, `worker.foreign.*`).
+    #[must_use]
+    pub fn with_decoder(mut self, decoder: Decoder) -> Self {
+        // The pool is not running yet (`run` consumes it), so nothing else
+        // holds the shared state and `get_mut` always succeeds.
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.decoder = decoder;
+        }
+        self
     }
 
     /// Runs until `shutdown` turns `true`, then drains. Returns how many
@@ -210,14 +226,22 @@ impl Handler {
     /// Decodes the message and marks it PROCESSING.
     async fn begin(&self, delivery: &Delivery) -> Begin {
         let message = delivery.message();
-        let envelope = match Envelope::from_json(&message.body) {
-            Ok(e) => e,
+        let incoming = Incoming {
+            id: &message.id,
+            body: &message.body,
+            attributes: &message.attributes,
+        };
+        let Decoded { shape, envelope } = match self.shared.decoder.decode(&incoming) {
+            Ok(d) => d,
             Err(e) => {
                 self.shared.metrics.errors_malformed.inc();
                 tracing::warn!(message_id = %message.id, error = %e, "undecodable message dead-lettered");
-                return Begin::DeadLetter(format!("malformed envelope: {e}"));
+                return Begin::DeadLetter(e.to_string());
             }
         };
+        if shape != Shape::Envelope {
+            tracing::debug!(message_id = %message.id, correlation_id = %envelope.correlation_id, ?shape, "foreign message decoded");
+        }
         let attempt = message
             .attempt
             .saturating_add(envelope.metadata.retry_count);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::http::HeaderName;
-use openhqm_core::Backoff;
+use openhqm_core::{Backoff, Decoder};
 use openhqm_embedded::{Durability, EmbeddedDb, Options};
 use openhqm_ingress::{Admission, ApiConfig, ApiState, IdempotencyConfig, SidecarConfig};
 use openhqm_metrics::Metrics;
@@ -130,6 +130,16 @@ fn worker_config(config: &Config) -> WorkerConfig {
     }
 }
 
+/// How workers read the request queue: envelopes, or foreign messages too.
+fn decoder(config: &Config) -> Decoder {
+    Decoder {
+        format: config.queue.message_format,
+        queue: config.queue.request_queue_name.clone(),
+        endpoint: config.worker.foreign.endpoint.clone(),
+        attribute_headers: config.worker.foreign.attribute_headers.clone(),
+    }
+}
+
 /// Runs `mode` until SIGTERM or SIGINT, then shuts down in order: stop
 /// accepting, drain the workers, close the queue, the store and the database.
 pub(crate) async fn run(
@@ -203,7 +213,8 @@ pub(crate) async fn run(
             processor,
             worker_config(&config),
             (metrics.worker(), queue_metrics),
-        );
+        )
+        .with_decoder(decoder(&config));
         tokio::spawn(pool.run(stop_rx.clone()))
     });
     let api = serve_http(listener, router, stop_rx.clone());

@@ -35,6 +35,7 @@ fn check(
         &policy,
         &HeaderSources {
             client: Some(&client),
+            derived: &BTreeMap::new(),
             endpoint: &endpoint,
             auth: auth.as_ref(),
             correlation_id: id,
@@ -179,6 +180,7 @@ fn traceparent_is_kept_when_valid_and_generated_otherwise() {
             &HeaderPolicy::new(&[], &[]),
             &HeaderSources {
                 client: Some(&client),
+                derived: &BTreeMap::new(),
                 endpoint: &BTreeMap::new(),
                 auth: None,
                 correlation_id: CorrelationId::new(),
@@ -248,4 +250,41 @@ fn auth_headers_by_type() {
             assert!(!format!("{a:?}").contains("dXNlcjpwYXNz"));
         }
     }
+}
+
+#[test]
+fn derived_headers_skip_the_forward_list_but_not_hop_by_hop_or_static_headers() {
+    let client = map(&[("ce-id", "from-client"), ("Accept", "a")]);
+    let derived = map(&[
+        ("ce-id", "1"),
+        ("Content-Type", "application/xml"),
+        ("Connection", "close"),
+        ("Host", "evil"),
+        ("X-Tenant", "derived"),
+    ]);
+    let endpoint = map(&[("x-tenant", "static")]);
+    let out = outgoing(
+        &HeaderPolicy::new(&strings(&["Accept"]), &[]),
+        &HeaderSources {
+            client: Some(&client),
+            derived: &derived,
+            endpoint: &endpoint,
+            auth: None,
+            correlation_id: CorrelationId::new(),
+        },
+    );
+    let got: Vec<(&str, &str)> = out
+        .iter()
+        .filter(|h| h.name() != CORRELATION_HEADER && h.name() != TRACEPARENT)
+        .map(|h| (h.name(), h.value()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("Accept", "a"),
+            ("Content-Type", "application/xml"),
+            ("ce-id", "1"),
+            ("x-tenant", "static"),
+        ]
+    );
 }

@@ -100,6 +100,7 @@ pub fn envelope(payload: &str, headers: &[(&str, &str)]) -> Envelope {
         raw_body: None,
         passthrough: false,
         idempotency_key: None,
+        derived_headers: BTreeMap::new(),
     }
 }
 

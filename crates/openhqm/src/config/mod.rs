@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use load::{CONFIG_FILE_VAR, ConfigError, Sources, load, load_all};
-pub use openhqm_core::Secret;
+pub use openhqm_core::{MessageFormat, Secret};
 pub use openhqm_upstream::{AuthType, EndpointConfig, UpstreamConfig};
 
 /// Everything OpenHQM can be configured with.
@@ -239,6 +239,9 @@ pub struct QueueConfig {
     pub request_queue_name: String,
     pub response_queue_name: String,
     pub dlq_name: String,
+    /// What producers write on the request queue: `envelope` (OpenHQM's),
+    /// `raw` (any JSON), `cloudevents` (structured or binary) or `auto`.
+    pub message_format: MessageFormat,
 }
 
 impl Default for QueueConfig {
@@ -271,6 +274,7 @@ impl Default for QueueConfig {
             request_queue_name: "openhqm-requests".into(),
             response_queue_name: "openhqm-responses".into(),
             dlq_name: "openhqm-dlq".into(),
+            message_format: MessageFormat::Envelope,
         }
     }
 }
@@ -293,6 +297,19 @@ pub struct WorkerSection {
     pub retry_delay_max: f64,
     /// How long in-flight work may finish after SIGTERM, in seconds.
     pub drain_timeout_seconds: u64,
+    /// Messages that are not OpenHQM envelopes (`queue.message_format`).
+    pub foreign: ForeignSection,
+}
+
+/// `worker.foreign.*`: how raw JSON and CloudEvents are forwarded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForeignSection {
+    /// A `proxy.endpoints` name; unset means `proxy.default_endpoint`.
+    pub endpoint: Option<String>,
+    /// Attribute name → header name: a CloudEvent's attributes (`type`,
+    /// `subject`, extensions) or, failing that, the message's attributes.
+    pub attribute_headers: BTreeMap<String, String>,
 }
 
 impl Default for WorkerSection {
@@ -305,6 +322,7 @@ impl Default for WorkerSection {
             retry_delay_base: 1.0,
             retry_delay_max: 60.0,
             drain_timeout_seconds: 30,
+            foreign: ForeignSection::default(),
         }
     }
 }

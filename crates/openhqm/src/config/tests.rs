@@ -288,3 +288,82 @@ fn redis_queue_and_store_are_accepted_with_their_keys() {
     };
     assert!(errors_of(&sources)[0].starts_with("`queue.redis_consumer_group`: must not be empty"));
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn foreign_message_settings_parse_and_are_checked() {
+    let file = yaml(
+        "queue:\n  type: redis\n  message_format: auto\ncache:\n  type: redis\n\
+         proxy:\n  enabled: true\n  endpoints:\n    events: {url: 'http://127.0.0.1:1'}\n\
+         worker:\n  foreign:\n    endpoint: events\n    attribute_headers: {type: X-Event-Type}\n",
+    );
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("valid");
+    assert_eq!(c.queue.message_format, MessageFormat::Auto);
+    assert_eq!(c.worker.foreign.endpoint.as_deref(), Some("events"));
+    assert_eq!(c.worker.foreign.attribute_headers["type"], "X-Event-Type");
+    let from_env = Sources {
+        env: env(&[
+            ("OPENHQM_QUEUE__TYPE", "redis"),
+            ("OPENHQM_CACHE__TYPE", "redis"),
+            ("OPENHQM_QUEUE__MESSAGE_FORMAT", "cloudevents"),
+            (
+                "OPENHQM_WORKER__FOREIGN__ATTRIBUTE_HEADERS",
+                r#"{"subject": "X-Subject"}"#,
+            ),
+        ]),
+        ..Sources::default()
+    };
+    let c = load(&from_env).expect("valid");
+    assert_eq!(c.queue.message_format, MessageFormat::Cloudevents);
+    assert_eq!(c.worker.foreign.attribute_headers["subject"], "X-Subject");
+    let from_env = Sources {
+        env: env(&[
+            ("OPENHQM_QUEUE__TYPE", "redis"),
+            ("OPENHQM_CACHE__TYPE", "redis"),
+            ("OPENHQM_QUEUE__MESSAGE_FORMAT", "raw"),
+        ]),
+        ..Sources::default()
+    };
+    assert_eq!(
+        load(&from_env).expect("valid").queue.message_format,
+        MessageFormat::Raw
+    );
+
+    let bad = Sources {
+        env: env(&[
+            ("OPENHQM_QUEUE__MESSAGE_FORMAT", "raw"),
+            ("OPENHQM_WORKER__FOREIGN__ENDPOINT", "nowhere"),
+            (
+                "OPENHQM_WORKER__FOREIGN__ATTRIBUTE_HEADERS",
+                r#"{"a": "Bad Header", "b": "Connection"}"#,
+            ),
+            ("OPENHQM_WORKER__FOREIGN__COLOR", "red"),
+        ]),
+        ..Sources::default()
+    };
+    let errors = errors_of(&bad);
+    for expected in [
+        "`worker.foreign.color`: unknown key",
+        "`queue.message_format`: `raw` needs a queue that other producers write to",
+        "`queue.message_format`: `raw` needs cache.type redis",
+        "`worker.foreign.endpoint`: forwarding to an endpoint needs proxy.enabled: true",
+        "`worker.foreign.attribute_headers.a`: `Bad Header` is not a valid HTTP header name",
+        "`worker.foreign.attribute_headers.b`: `Connection` is a hop-by-hop header",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{expected} in {errors:#?}"
+        );
+    }
+    let typo = Sources {
+        env: env(&[("OPENHQM_QUEUE__MESSAGE_FORMAT", "cloudevent")]),
+        ..Sources::default()
+    };
+    assert!(
+        errors_of(&typo)[0].starts_with("`queue.message_format`: unknown variant `cloudevent`")
+    );
+}

@@ -1,7 +1,7 @@
 //! Checks across keys that types alone cannot express. Every problem is
 //! reported, not just the first.
 
-use super::{BackendType, Config, ConfigError};
+use super::{BackendType, Config, ConfigError, MessageFormat};
 
 /// Queue and store backends this build can serve.
 const QUEUE_BACKENDS: &[BackendType] = &[
@@ -231,10 +231,77 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         "idempotency.identity_header",
         format!("`{}` is not a header name", c.idempotency.identity_header),
     );
+    validate_foreign(c, &mut errors);
     // Endpoints are checked even while proxy mode is off, so a file that is
     // about to switch it on is known to be good.
     for (key, message) in c.proxy.upstream().validate() {
         errors.push(ConfigError::new(&key, message));
     }
     errors
+}
+
+/// `queue.message_format` and `worker.foreign.*`.
+fn validate_foreign(c: &Config, errors: &mut Vec<ConfigError>) {
+    let format = c.queue.message_format;
+    if format != MessageFormat::Envelope && c.queue.kind == BackendType::Embedded {
+        errors.push(ConfigError::new(
+            "queue.message_format",
+            format!(
+                "`{}` needs a queue that other producers write to; the embedded queue only \
+                 carries what this process submits (use queue.type redis)",
+                format.as_str()
+            ),
+        ));
+    }
+    if format != MessageFormat::Envelope && c.cache.kind == BackendType::Embedded {
+        // Derived ids are UUIDv5, not time-ordered, and the embedded store's
+        // expiry sweep relies on time-ordered keys to stop early.
+        errors.push(ConfigError::new(
+            "queue.message_format",
+            format!(
+                "`{}` needs cache.type redis: the embedded result store expires only \
+                 time-ordered ids, and a foreign message's id is derived from its content",
+                format.as_str()
+            ),
+        ));
+    }
+    let foreign = &c.worker.foreign;
+    if let Some(name) = &foreign.endpoint {
+        if !c.proxy.enabled {
+            errors.push(ConfigError::new(
+                "worker.foreign.endpoint",
+                "forwarding to an endpoint needs proxy.enabled: true",
+            ));
+        } else if !c.proxy.endpoints.contains_key(name) {
+            let known: Vec<&str> = c.proxy.endpoints.keys().map(String::as_str).collect();
+            errors.push(ConfigError::new(
+                "worker.foreign.endpoint",
+                format!(
+                    "`{name}` is not an entry of proxy.endpoints (known: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    for (attribute, header) in &foreign.attribute_headers {
+        let key = format!("worker.foreign.attribute_headers.{attribute}");
+        if !is_token(header) {
+            errors.push(ConfigError::new(
+                &key,
+                format!("`{header}` is not a valid HTTP header name"),
+            ));
+        } else if openhqm_upstream::headers::is_hop_by_hop(header) {
+            errors.push(ConfigError::new(
+                &key,
+                format!("`{header}` is a hop-by-hop header and is never forwarded"),
+            ));
+        }
+    }
+}
+
+/// An HTTP token (RFC 9110 §5.6.2), which header names must be.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

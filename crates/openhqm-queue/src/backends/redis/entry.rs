@@ -6,7 +6,10 @@
 //! - `origin`: the message id, kept across retries and redrives (absent = the
 //!   entry's own id, so an external producer's entry needs nothing else);
 //! - `priority`: as published (kept, not acted on);
-//! - `attr:<name>`: one per attribute.
+//! - `attr:<name>`: one per attribute;
+//! - any other field: an outside producer's own (e.g. binary-mode CloudEvents
+//!   `ce_id`, `content-type`), read as an attribute under its own name. An
+//!   `attr:` field of the same name wins.
 //!
 //! Dead letters add `reason` and `dead_at` (epoch ms).
 
@@ -24,6 +27,8 @@ const PRIORITY: &str = "priority";
 const ATTR: &str = "attr:";
 const REASON: &str = "reason";
 const DEAD_AT: &str = "dead_at";
+/// Fields of our own layout, never read as attributes.
+const RESERVED: &[&str] = &[PAYLOAD, ATTEMPT, ORIGIN, PRIORITY, REASON, DEAD_AT];
 
 /// The XADD field/value arguments for a new message.
 pub(crate) fn publish_fields(message: &OutgoingMessage) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -86,13 +91,19 @@ impl Entry {
     }
 
     fn attributes(&self) -> BTreeMap<String, String> {
-        self.fields
+        let value = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        let mut out: BTreeMap<String, String> = self
+            .fields
             .iter()
-            .filter_map(|(k, v)| {
-                let name = k.strip_prefix(ATTR)?;
-                Some((name.to_owned(), String::from_utf8_lossy(v).into_owned()))
-            })
-            .collect()
+            .filter(|(k, _)| !RESERVED.contains(&k.as_str()) && !k.starts_with(ATTR))
+            .map(|(k, v)| (k.clone(), value(v)))
+            .collect();
+        for (k, v) in &self.fields {
+            if let Some(name) = k.strip_prefix(ATTR) {
+                out.insert(name.to_owned(), value(v));
+            }
+        }
+        out
     }
 
     /// Reads a dead-letter stream entry. A malformed entry's body is empty.
