@@ -367,3 +367,51 @@ fn foreign_message_settings_parse_and_are_checked() {
         errors_of(&typo)[0].starts_with("`queue.message_format`: unknown variant `cloudevent`")
     );
 }
+
+#[test]
+fn sidecar_and_idempotency_settings_parse_and_broken_ones_are_named() {
+    let from_env = Sources {
+        env: env(&[
+            ("OPENHQM_PROXY__ENABLED", "true"),
+            ("OPENHQM_PROXY__DEFAULT_ENDPOINT", "http://127.0.0.1:8080"),
+            ("OPENHQM_SIDECAR__ENABLED", "true"),
+            ("OPENHQM_SIDECAR__PORT", "9000"),
+            ("OPENHQM_SIDECAR__FORWARD_HEADERS", "Accept,Authorization"),
+            ("OPENHQM_IDEMPOTENCY__TTL_SECONDS", "600"),
+        ]),
+        ..Sources::default()
+    };
+    let c = load(&from_env).expect("valid");
+    assert_eq!(c.sidecar.port, Some(9000));
+    assert_eq!(c.sidecar.forward_headers, ["Accept", "Authorization"]);
+    assert_eq!(c.idempotency.ttl_seconds, Some(600));
+
+    let broken = Sources {
+        env: env(&[
+            ("OPENHQM_SIDECAR__ENABLED", "true"),
+            ("OPENHQM_SIDECAR__PATH_PREFIX", "/api/app"),
+            ("OPENHQM_SIDECAR__ENDPOINT", "nope"),
+            ("OPENHQM_IDEMPOTENCY__TTL_SECONDS", "7200"),
+            ("OPENHQM_IDEMPOTENCY__IDENTITY_HEADER", "not a header"),
+        ]),
+        ..Sources::default()
+    };
+    let errors = errors_of(&broken).join("\n");
+    for key in [
+        "sidecar.enabled",
+        "sidecar.path_prefix",
+        "sidecar.endpoint",
+        "idempotency.ttl_seconds",
+        "idempotency.identity_header",
+    ] {
+        assert!(
+            errors.contains(&format!("`{key}`")),
+            "{key} not named in:\n{errors}"
+        );
+    }
+    let port = Sources {
+        env: env(&[("OPENHQM_SIDECAR__PORT", "nine")]),
+        ..Sources::default()
+    };
+    assert!(errors_of(&port).join("\n").contains("sidecar.port"));
+}
