@@ -88,12 +88,51 @@ pub(crate) async fn accept(
     Ok(Accepted::New(record))
 }
 
+/// How long a claim may stand for a request that is not stored before it is
+/// taken over: accepting takes milliseconds, so an older claim without a
+/// record was left by a process that died between claim and publish.
+const STALE_CLAIM_MS: u64 = 30_000;
+
 /// Claims the key for `id`; `Some(record)` if it already stood for a request.
 async fn claim(
     state: &ApiState,
     keyed: &Keyed,
     id: CorrelationId,
 ) -> Result<Option<RequestRecord>, Problem> {
+    match claim_once(state, keyed, id).await? {
+        Claimed::Stale(old) => {
+            tracing::info!(correlation_id = %id, stale = %old, "taking over an idempotency key whose request was never stored");
+            if let Err(e) = state.store.release_key(&keyed.digest, old).await {
+                tracing::warn!(correlation_id = %id, error = %e, "could not release a stale idempotency key; answered 503");
+                return Err(Problem::unavailable("result store", state.config.retry_after_secs));
+            }
+            match claim_once(state, keyed, id).await? {
+                Claimed::Free => Ok(None),
+                Claimed::Replay(record) => Ok(Some(record)),
+                Claimed::Stale(_) => Err(Problem::idempotency_key_in_use(
+                    state.config.retry_after_secs,
+                )),
+            }
+        }
+        Claimed::Free => Ok(None),
+        Claimed::Replay(record) => Ok(Some(record)),
+    }
+}
+
+enum Claimed {
+    /// The key is ours now.
+    Free,
+    /// The key stands for this stored request.
+    Replay(RequestRecord),
+    /// The key stands for a request that was never stored.
+    Stale(CorrelationId),
+}
+
+async fn claim_once(
+    state: &ApiState,
+    keyed: &Keyed,
+    id: CorrelationId,
+) -> Result<Claimed, Problem> {
     let retry_after = state.config.retry_after_secs;
     let unavailable = |e: openhqm_store::StoreError| {
         tracing::warn!(correlation_id = %id, error = %e, "idempotency key check failed; answered 503");
@@ -110,10 +149,7 @@ async fn claim(
         .await
         .map_err(unavailable)?
     {
-        Claim::New => Ok(None),
-        Claim::Existing(existing) if existing.fingerprint != keyed.fingerprint => {
-            Err(Problem::idempotency_key_reused())
-        }
+        Claim::New => Ok(Claimed::Free),
         Claim::Existing(existing) => {
             match state
                 .store
@@ -121,12 +157,25 @@ async fn claim(
                 .await
                 .map_err(unavailable)?
             {
+                Some(_) if existing.fingerprint != keyed.fingerprint => {
+                    Err(Problem::idempotency_key_reused())
+                }
                 Some(record) => {
                     tracing::debug!(correlation_id = %record.correlation_id, "idempotent repeat");
-                    Ok(Some(record))
+                    Ok(Claimed::Replay(record))
                 }
-                // Claimed but not stored yet: the first request is mid-way.
-                None => Err(Problem::idempotency_key_in_use(retry_after)),
+                None => {
+                    let age = existing
+                        .correlation_id
+                        .timestamp_ms()
+                        .map_or(u64::MAX, |t| now_ms().saturating_sub(t));
+                    if age > STALE_CLAIM_MS {
+                        Ok(Claimed::Stale(existing.correlation_id))
+                    } else {
+                        // Claimed but not stored yet: the first request is mid-way.
+                        Err(Problem::idempotency_key_in_use(retry_after))
+                    }
+                }
             }
         }
     }

@@ -59,10 +59,16 @@ pub(crate) fn keyed(
         .get(&config.identity_header)
         .map_or(&b""[..], |v| v.as_bytes());
     Ok(Some(Keyed {
-        digest: hex_sha256(&[identity, key.as_bytes()]),
+        digest: scoped_key(identity, &key),
         fingerprint: hex_sha256(parts),
         key,
     }))
+}
+
+/// The store key of `key` sent by the caller identified by `identity`.
+#[must_use]
+pub fn scoped_key(identity: &[u8], key: &str) -> String {
+    hex_sha256(&[identity, key.as_bytes()])
 }
 
 /// The key: a structured-field string (`"abc"`) per the draft, or bare

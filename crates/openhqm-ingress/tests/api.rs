@@ -583,3 +583,34 @@ async fn cancel_moves_a_pending_request_to_cancelled_once() {
 fn uuid_like() -> String {
     "0190b5e4-0000-7000-8000-000000000000".to_owned()
 }
+
+#[tokio::test]
+async fn an_idempotency_key_left_by_a_crash_before_publish_is_taken_over() {
+    let api = serve().await;
+    // A claim whose request was never stored, made a minute ago.
+    let mut bytes = *openhqm_core::CorrelationId::new().as_bytes();
+    let minute_ago = openhqm_core::time::now_ms() - 60_000;
+    bytes[..6].copy_from_slice(&minute_ago.to_be_bytes()[2..]);
+    let orphan = openhqm_core::CorrelationId::from_bytes(bytes);
+    let digest = openhqm_ingress::idempotency::scoped_key(b"", "k-1");
+    let claim = openhqm_store::KeyClaim {
+        correlation_id: orphan,
+        fingerprint: "whatever".into(),
+    };
+    api.store
+        .claim_key(&digest, claim, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    let r = api
+        .http
+        .post(format!("{}/api/v1/submit", api.base))
+        .header("idempotency-key", "k-1")
+        .body(r#"{"payload": 1}"#)
+        .send()
+        .await
+        .expect("submit");
+    // Before the takeover this was a 409 (or a 422 for the other fingerprint).
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let body = json_of(r).await;
+    assert_ne!(body["correlation_id"], orphan.to_string());
+}
