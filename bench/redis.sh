@@ -43,29 +43,73 @@ XADD_RPS=$(redis-benchmark -p "$REDIS_PORT" -c "$CONNECTIONS" -n 200000 --csv XA
 redis-cli -p "$REDIS_PORT" del bench >/dev/null
 
 URL="redis://127.0.0.1:$REDIS_PORT"
-# $1 = role (serve: API + workers; listener: API only); prints "rps p50 p99 non2xx".
+# server.max_pending=0: the listener-only run queues every request with no
+# worker draining them, and admission control would (rightly) refuse them
+# past its bound; here we measure what submit can take.
+REDIS_SETS=(--set queue.type=redis --set cache.type=redis
+  --set queue.redis_url="$URL" --set cache.redis_url="$URL"
+  --set monitoring.log_level=WARNING --set server.max_pending=0)
+
+# $1 = role (serve: API + workers; listener: API only). Writes
+# "rps p50 p99 non2xx" to $WORK/$1.
 measure() {
-  local port; port=$(port)
-  "$BIN" "$1" --host 127.0.0.1 --port "$port" \
-    --set queue.type=redis --set cache.type=redis \
-    --set queue.redis_url="$URL" --set cache.redis_url="$URL" \
-    --set monitoring.log_level=WARNING > "$WORK/openhqm-$1.log" 2>&1 &
-  local pid=$!; PIDS+=("$pid")
+  local port pid; port=$(port)
+  "$BIN" "$1" --host 127.0.0.1 --port "$port" "${REDIS_SETS[@]}" > "$WORK/openhqm-$1.log" 2>&1 &
+  pid=$!; PIDS+=("$pid")
   wait_http "http://127.0.0.1:$port/health/ready"
   echo "measuring openhqm $1 submit on redis..." >&2
-  wrk_run "http://127.0.0.1:$port/api/v1/submit" -s bench/submit.lua
+  wrk_run "http://127.0.0.1:$port/api/v1/submit" -s bench/submit.lua > "$WORK/$1"
   kill -TERM "$pid"; wait "$pid" || true
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
 }
-read -r SERVE_RPS SERVE_P50 SERVE_P99 SERVE_BAD < <(measure serve)
-read -r LIST_RPS LIST_P50 LIST_P99 LIST_BAD < <(measure listener)
+measure serve
+measure listener
+
+# End to end, scaled out: 1 listener and 2 worker processes (demo processor).
+# Submits for DURATION, then waits until the workers have finished every
+# accepted request; completions / elapsed time is the end-to-end rate.
+echo "measuring openhqm end to end: 1 listener + 2 workers on redis..." >&2
+L_PORT=$(port)
+"$BIN" listener --host 127.0.0.1 --port "$L_PORT" "${REDIS_SETS[@]}" > "$WORK/listener.log" 2>&1 &
+PIDS+=("$!")
+W_PORTS=()
+for i in 1 2; do
+  W_PORT=$(port); W_PORTS+=("$W_PORT")
+  "$BIN" worker --host 127.0.0.1 --port "$W_PORT" "${REDIS_SETS[@]}" \
+    --set queue.redis_consumer_name="bench-worker-$i" > "$WORK/worker-$i.log" 2>&1 &
+  PIDS+=("$!")
+done
+wait_http "http://127.0.0.1:$L_PORT/health/ready"
+for W_PORT in "${W_PORTS[@]}"; do wait_http "http://127.0.0.1:$W_PORT/health/ready"; done
+START=$(date +%s.%N)
+wrk_run "http://127.0.0.1:$L_PORT/api/v1/submit" -s bench/submit.lua > "$WORK/e2e-submit"
+ACCEPTED=$(metric "http://127.0.0.1:$L_PORT" 'openhqm_api_requests_total{method="POST",route="/api/v1/submit",status="202"}')
+finished() {
+  local total=0 n
+  for W_PORT in "${W_PORTS[@]}"; do
+    for outcome in completed failed; do
+      n=$(metric "http://127.0.0.1:$W_PORT" "openhqm_worker_processing_duration_seconds_count{outcome=\"$outcome\"}")
+      total=$((total + ${n%.*}))
+    done
+  done
+  echo "$total"
+}
+while [ "$(finished)" -lt "$ACCEPTED" ]; do sleep 0.05; done
+END=$(date +%s.%N)
+
+read -r SERVE_RPS SERVE_P50 SERVE_P99 SERVE_BAD < "$WORK/serve"
+read -r LIST_RPS LIST_P50 LIST_P99 LIST_BAD < "$WORK/listener"
+read -r E2E_SUBMIT _ _ E2E_BAD < "$WORK/e2e-submit"
 
 python3 - <<PY
 xadd = $XADD_RPS
+e2e = $ACCEPTED / ($END - $START)
 print()
 print(f"machine: $(nproc) cores; $CONNECTIONS connections; wrk, redis-server and openhqm on the same machine")
-print(f"{'measurement':48} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs XADD':>8}")
-print(f"{'redis-benchmark XADD (baseline)':48} {xadd:>9.0f} {'':>8} {'':>8} {'':>8} {1:>8.2f}")
-print(f"{'openhqm serve submit (API + workers)':48} {$SERVE_RPS:>9.0f} {$SERVE_P50:>8.2f} {$SERVE_P99:>8.2f} {$SERVE_BAD:>8} {$SERVE_RPS / xadd:>8.2f}")
-print(f"{'openhqm listener submit (API only)':48} {$LIST_RPS:>9.0f} {$LIST_P50:>8.2f} {$LIST_P99:>8.2f} {$LIST_BAD:>8} {$LIST_RPS / xadd:>8.2f}")
+print(f"{'measurement':52} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs XADD':>8}")
+print(f"{'redis-benchmark XADD (baseline)':52} {xadd:>9.0f} {'':>8} {'':>8} {'':>8} {1:>8.2f}")
+print(f"{'openhqm serve submit (API + workers)':52} {$SERVE_RPS:>9.0f} {$SERVE_P50:>8.2f} {$SERVE_P99:>8.2f} {$SERVE_BAD:>8} {$SERVE_RPS / xadd:>8.2f}")
+print(f"{'openhqm listener submit (API only)':52} {$LIST_RPS:>9.0f} {$LIST_P50:>8.2f} {$LIST_P99:>8.2f} {$LIST_BAD:>8} {$LIST_RPS / xadd:>8.2f}")
+print(f"{'end to end, 1 listener + 2 workers (demo processor)':52} {e2e:>9.0f} {'':>8} {'':>8} {$E2E_BAD:>8} {e2e / xadd:>8.2f}")
+print(f"(end to end: {$ACCEPTED:.0f} requests accepted at {$E2E_SUBMIT:.0f}/s, all finished {$END - $START:.1f} s after the first)")
 PY
