@@ -104,7 +104,10 @@ async fn claim(
             tracing::info!(correlation_id = %id, stale = %old, "taking over an idempotency key whose request was never stored");
             if let Err(e) = state.store.release_key(&keyed.digest, old).await {
                 tracing::warn!(correlation_id = %id, error = %e, "could not release a stale idempotency key; answered 503");
-                return Err(Problem::unavailable("result store", state.config.retry_after_secs));
+                return Err(Problem::unavailable(
+                    "result store",
+                    state.config.retry_after_secs,
+                ));
             }
             match claim_once(state, keyed, id).await? {
                 Claimed::Free => Ok(None),

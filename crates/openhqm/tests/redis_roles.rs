@@ -39,6 +39,11 @@ impl Drop for Proc {
 }
 
 fn start(role: &str, name: &str, redis: &str, dir: &Path) -> Proc {
+    start_with(role, name, redis, dir, &[])
+}
+
+/// [`start`] with extra `--set key=value` settings.
+fn start_with(role: &str, name: &str, redis: &str, dir: &Path, sets: &[String]) -> Proc {
     let port = free_port();
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
     let child = Command::new(BIN)
@@ -48,6 +53,7 @@ fn start(role: &str, name: &str, redis: &str, dir: &Path) -> Proc {
         .args(["--set", &format!("cache.redis_url={redis}")])
         .args(["--set", &format!("queue.redis_consumer_name={name}")])
         .args(["--set", "queue.lease_seconds=2", "--set", "worker.count=4"])
+        .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
         .env_remove("OPENHQM_CONFIG")
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
@@ -257,6 +263,93 @@ async fn listeners_and_workers_share_redis_and_survive_a_killed_worker() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(workers);
+}
+
+/// A backend on 127.0.0.1 that answers every request 201 with a fixed body.
+async fn backend() -> String {
+    let router = axum::Router::new()
+        .fallback(|| async { (axum::http::StatusCode::CREATED, "made by the backend") });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_callers_on_any_listener_are_woken_by_a_worker_elsewhere() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = http_client();
+    let app = backend().await;
+    let side_port = free_port();
+    let proxy = vec![
+        "proxy.enabled=true".to_owned(),
+        format!("proxy.default_endpoint={app}"),
+    ];
+    let mut sidecar = proxy.clone();
+    sidecar.extend([
+        "sidecar.enabled=true".to_owned(),
+        format!("sidecar.port={side_port}"),
+    ]);
+    let first = start_with("listener", "listener-0", &url, dir.path(), &proxy);
+    let second = start_with("listener", "listener-1", &url, dir.path(), &sidecar);
+    wait_ready(&http, &first).await;
+    wait_ready(&http, &second).await;
+
+    // Accepted by one listener, long-polled on the other, while no worker runs.
+    let id = submit(&http, &first.base, &json!({"payload": {"n": 1}}))
+        .await
+        .expect("accepted");
+    let poll = {
+        let (http, url) = (
+            http.clone(),
+            format!("{}/api/v1/response/{id}", second.base),
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = http
+                .get(url)
+                .header("prefer", "wait=30")
+                .send()
+                .await
+                .expect("long-poll");
+            (
+                r.status(),
+                r.json::<Value>().await.expect("json"),
+                started.elapsed(),
+            )
+        })
+    };
+    // A sync call through the second listener's passthrough port, parked too.
+    let call = {
+        let (http, url) = (http.clone(), format!("http://127.0.0.1:{side_port}/orders"));
+        tokio::spawn(async move {
+            let r = http.post(url).body("x").send().await.expect("call");
+            (r.status(), r.text().await.expect("text"))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !poll.is_finished() && !call.is_finished(),
+        "nothing can finish without a worker"
+    );
+    let worker = start_with("worker", "worker-0", &url, dir.path(), &proxy);
+
+    let (status, body, waited) = poll.await.expect("poll");
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "COMPLETED", "{body}");
+    assert_eq!(body["status_code"], 201);
+    assert!(
+        waited < Duration::from_secs(20),
+        "answered when done, not at the deadline: {waited:?}"
+    );
+    let (status, text) = call.await.expect("call");
+    assert_eq!(status, reqwest::StatusCode::CREATED);
+    assert_eq!(text, "made by the backend");
+    drop(worker);
 }
 
 #[test]
