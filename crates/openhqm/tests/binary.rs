@@ -2,6 +2,8 @@
 //! durability (`kill -9` under load), graceful shutdown, start-up errors,
 //! logs and metrics.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -10,20 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_openhqm");
-
-/// A plain-HTTP client. The workspace builds reqwest with rustls but no
-/// default crypto provider (the forwarder picks `ring`), so one is installed
-/// before the first client is built.
-fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
+use common::{BIN, free_port, http_client, status_of, submit, wait_ready};
 
 struct Server {
     child: Child,
@@ -52,22 +41,6 @@ fn start(dir: &Path, port: u16, extra: &[&str]) -> Server {
     }
 }
 
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "openhqm never became ready at {base}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -88,30 +61,6 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-async fn submit(http: &reqwest::Client, base: &str, body: &Value) -> Option<String> {
-    let response = http
-        .post(format!("{base}/api/v1/submit"))
-        .json(body)
-        .send()
-        .await
-        .ok()?;
-    if response.status() != reqwest::StatusCode::ACCEPTED {
-        return None;
-    }
-    let accepted: Value = response.json().await.ok()?;
-    accepted["correlation_id"].as_str().map(str::to_owned)
-}
-
-async fn status_of(http: &reqwest::Client, base: &str, id: &str) -> Option<String> {
-    let r = http
-        .get(format!("{base}/api/v1/status/{id}"))
-        .send()
-        .await
-        .ok()?;
-    let body: Value = r.json().await.ok()?;
-    body["status"].as_str().map(str::to_owned)
 }
 
 /// A 202 means the request is persisted: kill -9 the server while clients

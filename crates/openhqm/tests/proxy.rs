@@ -2,6 +2,8 @@
 //! user would, a real backend on 127.0.0.1, the token injected by OpenHQM and
 //! never written to its logs.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
@@ -13,15 +15,10 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_openhqm");
+use common::{BIN, free_port, http_client};
+
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/proxy.yaml");
 const TOKEN: &str = "tok-9f8e7d6c5b4a-never-logged";
-
-/// A plain-HTTP client; the workspace's rustls has no default provider.
-fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
 
 /// What the backend received: (authorization, x-service, body).
 type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
@@ -62,11 +59,6 @@ async fn orders_backend() -> (String, Seen) {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, router).await });
     (format!("http://{addr}"), seen)
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
 }
 
 fn start(dir: &Path, port: u16, backend: &str) -> Child {

@@ -4,6 +4,8 @@
 //! unparsable envelope from an outside producer is dead-lettered.
 #![cfg(feature = "redis")]
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -13,17 +15,7 @@ use std::time::{Duration, Instant};
 use openhqm_redis_testkit::RedisServer;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_openhqm");
-
-fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
+use common::{BIN, free_port, http_client, status_of, submit};
 
 /// One openhqm process; killed (SIGKILL) if still running when dropped.
 struct Proc {
@@ -66,40 +58,7 @@ fn start_with(role: &str, name: &str, redis: &str, dir: &Path, sets: &[String]) 
 }
 
 async fn wait_ready(http: &reqwest::Client, p: &Proc) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = http.get(format!("{}/health/ready", p.base)).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} never became ready", p.base);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn submit(http: &reqwest::Client, base: &str, body: &Value) -> Option<String> {
-    let response = http
-        .post(format!("{base}/api/v1/submit"))
-        .json(body)
-        .send()
-        .await
-        .ok()?;
-    if response.status() != reqwest::StatusCode::ACCEPTED {
-        return None;
-    }
-    let accepted: Value = response.json().await.ok()?;
-    accepted["correlation_id"].as_str().map(str::to_owned)
-}
-
-async fn status_of(http: &reqwest::Client, base: &str, id: &str) -> Option<String> {
-    let r = http
-        .get(format!("{base}/api/v1/status/{id}"))
-        .send()
-        .await
-        .ok()?;
-    let body: Value = r.json().await.ok()?;
-    body["status"].as_str().map(str::to_owned)
+    common::wait_ready(http, &p.base).await;
 }
 
 /// Waits until every id reads COMPLETED, asking the listeners in turn.

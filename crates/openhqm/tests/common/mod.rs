@@ -35,6 +35,46 @@ pub async fn until_within<T>(
     }
 }
 
+/// Submits `body`; the correlation id if it was accepted (202).
+pub async fn submit(
+    http: &reqwest::Client,
+    base: &str,
+    body: &serde_json::Value,
+) -> Option<String> {
+    let response = http
+        .post(format!("{base}/api/v1/submit"))
+        .json(body)
+        .send()
+        .await
+        .ok()?;
+    if response.status() != reqwest::StatusCode::ACCEPTED {
+        return None;
+    }
+    let accepted: serde_json::Value = response.json().await.ok()?;
+    accepted["correlation_id"].as_str().map(str::to_owned)
+}
+
+/// The request's status string, if the API answered with one.
+pub async fn status_of(http: &reqwest::Client, base: &str, id: &str) -> Option<String> {
+    let r = http
+        .get(format!("{base}/api/v1/status/{id}"))
+        .send()
+        .await
+        .ok()?;
+    let body: serde_json::Value = r.json().await.ok()?;
+    body["status"].as_str().map(str::to_owned)
+}
+
+/// Waits until `{base}/health/ready` answers 200.
+pub async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let url = format!("{base}/health/ready");
+    until(&format!("readiness of {base}"), async || {
+        let r = http.get(&url).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+}
+
 /// [`until_within`] 20 seconds.
 pub async fn until<T>(what: &str, probe: impl AsyncFnMut() -> Option<T>) -> T {
     until_within(Duration::from_secs(20), what, probe).await
@@ -70,12 +110,7 @@ impl Server {
 
     /// Waits until `/health/ready` answers 200.
     pub async fn ready(&self, http: &reqwest::Client) {
-        let url = format!("{}/health/ready", self.base);
-        until("readiness", async || {
-            let r = http.get(&url).send().await.ok()?;
-            r.status().is_success().then_some(())
-        })
-        .await;
+        wait_ready(http, &self.base).await;
     }
 
     /// Sends SIGTERM.
