@@ -578,3 +578,35 @@ async fn black_friday_burst_loses_nothing_and_respects_the_backend_cap() {
         "burst: {TOTAL} accepted, {refusals} admission refusals, backend peak {max} in flight"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_prefix_on_the_api_port_passes_through_without_the_prefix() {
+    let (url, backend) = start_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _side) = start(dir.path(), &url, &["sidecar.path_prefix=/app"]).await;
+    let http = http_client();
+    let r = http
+        .delete(format!("{}/app/orders/9?why=dup", server.base))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let seen = backend.seen.lock().expect("lock").clone();
+    assert_eq!(seen[0].method, Method::DELETE);
+    assert_eq!(seen[0].uri.path(), "/orders/9");
+    assert_eq!(seen[0].uri.query(), Some("why=dup"));
+    // The API itself is untouched, and passthrough calls have their own label.
+    let metrics = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"route="passthrough""#),
+        "passthrough calls are labelled as such:\n{metrics}"
+    );
+    assert!(!metrics.contains("/orders/9"), "no raw paths in labels");
+}
