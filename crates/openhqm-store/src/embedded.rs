@@ -107,15 +107,25 @@ impl EmbeddedStore {
         })
     }
 
-    async fn put(&self, id: CorrelationId, record: RequestRecord) -> Result<(), StoreError> {
+    /// Writes `record` unless one exists: a worker may already have taken the
+    /// message and written a later status (create and publish run
+    /// concurrently), which PENDING must not overwrite.
+    async fn put_new(&self, id: CorrelationId, record: RequestRecord) -> Result<(), StoreError> {
         let value = encode(&record, record.updated_at_ms.saturating_add(self.ttl_ms));
         let ks = self.results.clone();
         self.db
             .write(Wait::Applied, move |ctx| {
-                ctx.insert(&ks, id.as_bytes(), value)
+                match ctx.get(&ks, id.as_bytes()) {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => {
+                        ctx.insert(&ks, id.as_bytes(), value);
+                        Ok(())
+                    }
+                    Err(e) => Err(StoreError::Unavailable(e.to_string())),
+                }
             })
             .await
-            .map_err(db_error)
+            .map_err(db_error)?
     }
 }
 
@@ -259,7 +269,7 @@ async fn sweep_forever(
 #[async_trait]
 impl ResultStore for EmbeddedStore {
     async fn create(&self, record: RequestRecord) -> Result<(), StoreError> {
-        self.put(record.correlation_id, record).await
+        self.put_new(record.correlation_id, record).await
     }
 
     async fn get(&self, id: CorrelationId) -> Result<Option<RequestRecord>, StoreError> {
@@ -341,22 +351,28 @@ impl ResultStore for EmbeddedStore {
         self.db
             .write(Wait::Applied, move |ctx| {
                 let now = now_ms();
-                if let Ok(Some(raw)) = ctx.get(&keys.claims, &key)
+                let current = ctx
+                    .get(&keys.claims, &key)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                if let Some(raw) = current
                     && expires_at(&raw).is_some_and(|e| e > now)
-                    && let Ok(existing) =
-                        serde_json::from_slice::<KeyClaim>(raw.get(8..).unwrap_or_default())
                 {
-                    return Claim::Existing(existing);
+                    let existing =
+                        serde_json::from_slice::<KeyClaim>(raw.get(8..).unwrap_or_default())
+                            .map_err(|e| {
+                                StoreError::Unavailable(format!("corrupt idempotency key: {e}"))
+                            })?;
+                    return Ok(Claim::Existing(existing));
                 }
                 let expires = now.saturating_add(ttl_ms);
                 let mut value = expires.to_be_bytes().to_vec();
                 serde_json::to_writer(&mut value, &claim).unwrap_or_default();
                 ctx.insert(&keys.claims, &key, value);
                 ctx.insert(&keys.by_expiry, &expiry_key(expires, &key), Vec::new());
-                Claim::New
+                Ok(Claim::New)
             })
             .await
-            .map_err(db_error)
+            .map_err(db_error)?
     }
 
     async fn release_key(&self, key: &str, id: CorrelationId) -> Result<(), StoreError> {

@@ -269,9 +269,13 @@ async fn subscribe(
 impl ResultStore for RedisStore {
     async fn create(&self, record: RequestRecord) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
+        // NX: a worker may already have taken the message and written a later
+        // status (create and publish run concurrently); PENDING must not
+        // overwrite it.
         redis::cmd("SET")
             .arg(self.key(record.correlation_id))
             .arg(encode(&record))
+            .arg("NX")
             .arg("PX")
             .arg(ttl_ms(self.config.ttl))
             .query_async::<()>(&mut conn)

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use openhqm_core::CorrelationId;
 
-use crate::{Claim, KeyClaim, ResultStore};
+use openhqm_core::{RequestRecord, RequestStatus};
+
+use crate::{Claim, KeyClaim, ResultStore, Update};
 
 fn claim(fingerprint: &str) -> KeyClaim {
     KeyClaim {
@@ -23,20 +25,24 @@ fn claim(fingerprint: &str) -> KeyClaim {
 pub async fn idempotency_keys(store: &dyn ResultStore) {
     let ttl = Duration::from_secs(60);
     let key = format!("scope:{}", CorrelationId::new());
-    let first = claim("fp-a");
-    let racers = concurrent_claims(store, &key, &first, ttl).await;
+    let racers = concurrent_claims(store, &key, ttl).await;
     assert_eq!(
         racers.iter().filter(|c| **c == Claim::New).count(),
         1,
         "exactly one of concurrent claims wins: {racers:?}"
     );
-    let winner = racers
+    let seen: Vec<&KeyClaim> = racers
         .iter()
-        .find_map(|c| match c {
-            Claim::Existing(k) => Some(k.clone()),
+        .filter_map(|c| match c {
+            Claim::Existing(k) => Some(k),
             Claim::New => None,
         })
-        .expect("the losers read the winner");
+        .collect();
+    let winner = seen[0].clone();
+    assert!(
+        seen.iter().all(|k| **k == winner),
+        "every loser reads the one winner, not another loser: {racers:?}"
+    );
     assert_eq!(
         store
             .claim_key(&key, claim("fp-b"), ttl)
@@ -90,17 +96,31 @@ pub async fn idempotency_keys(store: &dyn ResultStore) {
     );
 }
 
-/// Eight concurrent claims of one key.
-async fn concurrent_claims(
-    store: &dyn ResultStore,
-    key: &str,
-    claim: &KeyClaim,
-    ttl: Duration,
-) -> Vec<Claim> {
-    let claims = (0..8).map(|_| store.claim_key(key, claim.clone(), ttl));
+/// Eight concurrent claims of one key, each for its own request.
+async fn concurrent_claims(store: &dyn ResultStore, key: &str, ttl: Duration) -> Vec<Claim> {
+    let claims = (0..8).map(|_| store.claim_key(key, claim("fp-a"), ttl));
     futures::future::join_all(claims)
         .await
         .into_iter()
         .map(|c| c.expect("claim"))
         .collect()
+}
+
+/// `create` never overwrites a record a worker already moved on (create and
+/// publish run concurrently, so a worker can get there first).
+///
+/// # Panics
+/// When the store overwrites it.
+pub async fn create_does_not_overwrite(store: &dyn ResultStore) {
+    let id = CorrelationId::new();
+    store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("a worker got there first");
+    store
+        .create(RequestRecord::pending(id, 1))
+        .await
+        .expect("create");
+    let record = store.get(id).await.expect("get").expect("record");
+    assert_eq!(record.status, RequestStatus::Processing);
 }

@@ -253,3 +253,10 @@ async fn idempotency_keys() {
     let store = open(&server, Duration::from_secs(60)).await;
     openhqm_store::scenarios::idempotency_keys(&store).await;
 }
+
+#[tokio::test]
+async fn create_does_not_overwrite_a_later_status() {
+    let server = RedisServer::start();
+    let store = open(&server, Duration::from_secs(60)).await;
+    openhqm_store::scenarios::create_does_not_overwrite(&store).await;
+}

@@ -175,6 +175,13 @@ async fn idempotency_keys() {
 }
 
 #[tokio::test]
+async fn create_does_not_overwrite_a_later_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_db, store) = open(dir.path(), Duration::from_secs(60));
+    crate::scenarios::create_does_not_overwrite(&store).await;
+}
+
+#[tokio::test]
 async fn expired_idempotency_keys_are_swept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_db, store) = open(dir.path(), Duration::from_secs(60));
