@@ -28,61 +28,84 @@ impl Accepted {
 }
 
 /// Accepts `envelope` (its id and timestamp already set at `now`).
+///
+/// A repeat of an idempotency key is answered before admission control: it
+/// adds no work. A keyed request is published before its status record is
+/// created, so a concurrent repeat never finds a record for a message that
+/// failed to publish.
 pub(crate) async fn accept(
     state: &ApiState,
-    mut envelope: Envelope,
+    envelope: Envelope,
     priority: u8,
     keyed: Option<Keyed>,
     now: u64,
 ) -> Result<Accepted, Problem> {
     let retry_after = state.config.retry_after_secs;
-    if let Err((pending, limit)) = state.admission.check() {
-        state.metrics_admission_refused();
-        return Err(Problem::overloaded(pending, limit, retry_after));
-    }
     let id = envelope.correlation_id;
-    if let Some(keyed) = &keyed {
-        if let Some(replay) = claim(state, keyed, id).await? {
-            return Ok(Accepted::Replayed(replay));
-        }
-        envelope.idempotency_key = Some(keyed.key.clone());
+    if let Some(keyed) = &keyed
+        && let Some(replay) = claim(state, keyed, id).await?
+    {
+        return Ok(Accepted::Replayed(replay));
     }
-    let encoded = envelope
-        .to_json()
-        .map_err(|e| Problem::invalid_request(e.to_string()))?;
+    // From here on, a refusal gives the key back.
+    let refuse = async |problem: Problem| {
+        if let Some(keyed) = &keyed
+            && let Err(e) = state.store.release_key(&keyed.digest, id).await
+        {
+            tracing::warn!(correlation_id = %id, error = %e, "could not release the idempotency key of a request that was not stored");
+        }
+        Err(problem)
+    };
+    if let Err((pending, limit)) = state.admission.reserve() {
+        state.metrics_admission_refused();
+        return refuse(Problem::overloaded(pending, limit, retry_after)).await;
+    }
+    let encoded = match envelope.to_json() {
+        Ok(e) => e,
+        Err(e) => {
+            state.admission.unreserve();
+            return refuse(Problem::invalid_request(e.to_string())).await;
+        }
+    };
     let message = OutgoingMessage {
         body: encoded.into(),
         attributes: Default::default(),
         priority,
     };
     let record = RequestRecord::pending(id, now);
-    // Both writes start together; for the embedded engine they share one group commit.
-    let (created, published) = tokio::join!(
-        state.store.create(record.clone()),
-        state.queue.publish(message)
-    );
+    let (created, published) = if keyed.is_some() {
+        let published = state.queue.publish(message).await;
+        let created = match published {
+            Ok(()) => state.store.create(record.clone()).await,
+            Err(_) => Ok(()),
+        };
+        (created, published)
+    } else {
+        // Both writes start together; for the embedded engine they share one
+        // group commit.
+        tokio::join!(
+            state.store.create(record.clone()),
+            state.queue.publish(message)
+        )
+    };
     if let Err(e) = published {
         state.queue_metrics.publish_error.inc();
-        if let Some(keyed) = &keyed
-            && let Err(e) = state.store.release_key(&keyed.digest, id).await
-        {
-            tracing::warn!(correlation_id = %id, error = %e, "could not release the idempotency key of a request that was not stored");
-        }
-        return Err(match e {
+        state.admission.unreserve();
+        let problem = match e {
             QueueError::PayloadTooLarge { .. } => Problem::too_large(state.config.max_body_size),
             other => {
                 tracing::warn!(correlation_id = %id, error = %other, "publish failed; answered 503");
                 Problem::unavailable("queue", retry_after)
             }
-        });
+        };
+        return refuse(problem).await;
     }
     state.queue_metrics.publish_ok.inc();
-    state.admission.accepted();
     if let Err(e) = created {
-        // The message is stored and will be processed (the worker recreates the
-        // status), but the client cannot follow it yet: say so with a 503.
-        tracing::warn!(correlation_id = %id, error = %e, "status record not stored; answered 503");
-        return Err(Problem::unavailable("result store", retry_after));
+        // The message is stored and will be processed; the worker writes the
+        // status when it takes it. A 503 here would make the client send it
+        // again and the backend run it twice, so the answer is still 202.
+        tracing::warn!(correlation_id = %id, error = %e, "status record not stored; the worker will record it");
     }
     tracing::debug!(correlation_id = %id, "request accepted");
     Ok(Accepted::New(record))

@@ -4,8 +4,9 @@
 //! limit when producers outrun the backends. Asking the queue on every
 //! submit would cost a round trip (Redis) per request, so the depth is
 //! sampled a few times a second and every request accepted since the sample
-//! is added to it: the estimate only errs high between samples, so the bound
-//! holds even in a burst that arrives faster than the sampling.
+//! is added to it: between samples the estimate errs high (requests that
+//! workers have taken since still count), so the bound holds even in a burst
+//! that arrives faster than the sampling.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -30,32 +31,52 @@ impl Admission {
         }
     }
 
-    /// Records a fresh reading of the queue's depth.
-    pub fn record_depth(&self, depth: u64) {
-        self.sampled.store(depth, Ordering::Relaxed);
-        self.since.store(0, Ordering::Relaxed);
+    /// Requests counted since the last sample; read it just before asking
+    /// the queue for its depth and pass it to [`Admission::record_depth`].
+    #[must_use]
+    pub fn counted(&self) -> u64 {
+        self.since.load(Ordering::Relaxed)
     }
 
-    /// `Ok` if one more request may be accepted, else the estimated number
-    /// pending and the limit.
-    pub(crate) fn check(&self) -> Result<(), (u64, u64)> {
+    /// Records a fresh reading of the queue's depth, which includes the
+    /// `counted` requests accepted before it was asked for; those accepted
+    /// while it was being read stay counted.
+    pub fn record_depth(&self, depth: u64, counted: u64) {
+        self.sampled.store(depth, Ordering::Relaxed);
+        let _ = self
+            .since
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(counted))
+            });
+    }
+
+    /// Takes a place for one more request, or says how many are pending and
+    /// the limit. Concurrent callers cannot overshoot: the place is taken
+    /// before the check.
+    pub(crate) fn reserve(&self) -> Result<(), (u64, u64)> {
         if self.limit == 0 {
             return Ok(());
         }
-        let pending = self
-            .sampled
-            .load(Ordering::Relaxed)
-            .saturating_add(self.since.load(Ordering::Relaxed));
+        let before = self.since.fetch_add(1, Ordering::Relaxed);
+        let pending = self.sampled.load(Ordering::Relaxed).saturating_add(before);
         if pending >= self.limit {
+            self.unreserve();
             Err((pending, self.limit))
         } else {
             Ok(())
         }
     }
 
-    /// Counts one accepted request toward the estimate.
-    pub(crate) fn accepted(&self) {
-        self.since.fetch_add(1, Ordering::Relaxed);
+    /// Gives back a place taken by [`Admission::reserve`] for a request that
+    /// was not stored after all.
+    pub(crate) fn unreserve(&self) {
+        if self.limit != 0 {
+            let _ = self
+                .since
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
+        }
     }
 }
 
@@ -64,22 +85,40 @@ mod tests {
     use super::Admission;
 
     #[test]
-    fn the_estimate_adds_accepted_requests_to_the_sample() {
+    fn the_estimate_adds_reserved_requests_to_the_sample() {
         let a = Admission::new(3);
-        a.record_depth(1);
-        assert!(a.check().is_ok());
-        a.accepted();
-        assert!(a.check().is_ok());
-        a.accepted();
-        assert_eq!(a.check(), Err((3, 3)), "1 sampled + 2 accepted reaches 3");
-        a.record_depth(0);
-        assert!(a.check().is_ok(), "a new sample resets the count");
+        a.record_depth(1, 0);
+        assert!(a.reserve().is_ok());
+        assert!(a.reserve().is_ok());
+        assert_eq!(a.reserve(), Err((3, 3)), "1 sampled + 2 reserved reaches 3");
+        a.unreserve();
+        assert!(a.reserve().is_ok(), "a place given back is free again");
+        // A sample that saw the two reserved before it was asked for.
+        let counted = a.counted();
+        assert!(a.reserve().is_err());
+        a.record_depth(2, counted);
+        assert!(a.reserve().is_ok(), "2 sampled + 0 since is below 3");
+        assert_eq!(a.reserve(), Err((3, 3)));
+    }
+
+    #[test]
+    fn requests_accepted_while_the_depth_is_read_stay_counted() {
+        let a = Admission::new(10);
+        let counted = a.counted();
+        for _ in 0..4 {
+            a.reserve().expect("room");
+        }
+        // The depth was read before those four arrived.
+        a.record_depth(5, counted);
+        assert_eq!(a.counted(), 4);
+        assert!(a.reserve().is_ok());
+        assert_eq!(a.reserve(), Err((10, 10)));
     }
 
     #[test]
     fn zero_means_unbounded() {
         let a = Admission::new(0);
-        a.record_depth(u64::MAX);
-        assert!(a.check().is_ok());
+        a.record_depth(u64::MAX, 0);
+        assert!(a.reserve().is_ok());
     }
 }

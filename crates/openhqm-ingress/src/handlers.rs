@@ -79,6 +79,9 @@ fn parse_submit(
     Ok(req)
 }
 
+/// Marks the answer to a repeated idempotency key.
+pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
 /// `POST /api/v1/submit`: store, publish, answer 202 only once both are done.
 /// With an `Idempotency-Key` that already stands for a request, the answer
 /// is that request's 202 (its current status), marked `Idempotent-Replayed`.
@@ -93,7 +96,8 @@ pub(crate) async fn submit(
     let keyed = idempotency::keyed(&state.config.idempotency, &headers, &[&bytes])?;
     let (id, now) = stamp();
     let priority = req.metadata.as_ref().map_or(0, |m| m.priority);
-    let envelope = Envelope::from_submit(id, req, &rfc3339_ms(now));
+    let mut envelope = Envelope::from_submit(id, req, &rfc3339_ms(now));
+    envelope.idempotency_key = idempotency::passed_on(&headers);
     let accepted = accept(&state, envelope, priority, keyed, now).await?;
     let record = accepted.record();
     let mut response = json_response(
@@ -107,7 +111,7 @@ pub(crate) async fn submit(
     if matches!(accepted, Accepted::Replayed(_)) {
         response
             .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -188,12 +192,13 @@ pub(crate) async fn response(
     let wait = Preferences::from_request(&headers, query.as_deref())
         .wait
         .map_or(Duration::ZERO, |w| w.min(state.config.max_wait));
-    let record = crate::sidecar::wait_for_answer(&state, record, wait).await?;
+    let (record, _) = crate::wait::wait_for_answer(&state, record, wait).await;
     if !record.status.is_terminal() {
         let mut response = json_response(StatusCode::ACCEPTED, &status_body(&record));
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(state.config.retry_after_secs),
+        );
         return Ok(response);
     }
     let outcome = record.outcome.unwrap_or_default();

@@ -37,15 +37,18 @@ pub struct IdempotencyConfig {
 /// A request's key, resolved.
 #[derive(Debug, Clone)]
 pub(crate) struct Keyed {
-    /// The key as the caller sent it, passed on to the backend.
-    pub key: String,
     /// The store key: scope and key, hashed.
     pub digest: String,
     /// What was asked, hashed.
     pub fingerprint: String,
 }
 
-/// The request's key, if it sent one. `parts` are what the fingerprint covers.
+/// The request's key, to deduplicate on, if it sent one and says who it is.
+/// `parts` are what the fingerprint covers.
+///
+/// A caller without the identity header is not deduplicated here (its key
+/// still reaches the backend): anonymous callers would otherwise share one
+/// scope, and one could replay another's answer by guessing its key.
 pub(crate) fn keyed(
     config: &IdempotencyConfig,
     headers: &HeaderMap,
@@ -55,14 +58,22 @@ pub(crate) fn keyed(
         return Ok(None);
     };
     let key = parse_key(raw.as_bytes())?;
-    let identity = headers
-        .get(&config.identity_header)
-        .map_or(&b""[..], |v| v.as_bytes());
+    let Some(identity) = headers.get(&config.identity_header) else {
+        tracing::debug!("Idempotency-Key without an identity header: passed on, not deduplicated");
+        return Ok(None);
+    };
     Ok(Some(Keyed {
-        digest: scoped_key(identity, &key),
+        digest: scoped_key(identity.as_bytes(), &key),
         fingerprint: hex_sha256(parts),
-        key,
     }))
+}
+
+/// The `Idempotency-Key` header exactly as the caller sent it, for the backend.
+pub(crate) fn passed_on(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// The store key of `key` sent by the caller identified by `identity`.
@@ -143,14 +154,26 @@ mod tests {
         let c = config();
         let alice = headers(&[(HEADER, "k"), ("authorization", "Bearer a")]);
         let bob = headers(&[(HEADER, "k"), ("authorization", "Bearer b")]);
-        let a1 = keyed(&c, &alice, &[b"POST", b"{}"]).unwrap().unwrap();
-        let a2 = keyed(&c, &alice, &[b"POST", b"{ }"]).unwrap().unwrap();
-        let b1 = keyed(&c, &bob, &[b"POST", b"{}"]).unwrap().unwrap();
+        let a1 = keyed(&c, &alice, &[b"POST", b"{}"])
+            .expect("valid")
+            .expect("keyed");
+        let a2 = keyed(&c, &alice, &[b"POST", b"{ }"])
+            .expect("valid")
+            .expect("keyed");
+        let b1 = keyed(&c, &bob, &[b"POST", b"{}"])
+            .expect("valid")
+            .expect("keyed");
         assert_eq!(a1.digest, a2.digest, "same caller, same key");
         assert_ne!(a1.fingerprint, a2.fingerprint, "different body");
         assert_ne!(a1.digest, b1.digest, "different caller");
         assert!(!a1.digest.contains("Bearer"), "no credential in the key");
-        assert!(keyed(&c, &headers(&[]), &[]).unwrap().is_none());
+        assert!(keyed(&c, &headers(&[]), &[]).expect("valid").is_none());
+        let anonymous = headers(&[(HEADER, "k")]);
+        assert!(
+            keyed(&c, &anonymous, &[]).expect("valid").is_none(),
+            "no identity, no shared scope"
+        );
+        assert_eq!(passed_on(&anonymous).as_deref(), Some("k"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod prefer;
 mod problem;
 pub mod sidecar;
 mod telemetry;
+mod wait;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use openhqm_core::CorrelationId;
 use serde_json::json;
 
 /// An API error. `code` is stable and documented; `detail` is for people.
@@ -155,22 +156,34 @@ impl Problem {
     }
 
     /// 502: a passthrough request ended without an answer from the backend.
-    pub fn bad_gateway(detail: impl Into<String>) -> Self {
+    pub fn bad_gateway(id: CorrelationId) -> Self {
         Self::new(
             StatusCode::BAD_GATEWAY,
             "upstream-failed",
             "The backend did not answer",
-            detail,
+            format!(
+                "request {id} failed without an answer from the backend; the error is at /api/v1/response/{id}"
+            ),
         )
     }
 
     /// 504: a passthrough request ran out of time at the backend.
-    pub fn gateway_timeout(detail: impl Into<String>) -> Self {
+    pub fn gateway_timeout(id: CorrelationId) -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream-timeout",
             "The backend did not answer in time",
-            detail,
+            format!("request {id} timed out at the backend"),
+        )
+    }
+
+    /// 409: the request was cancelled before a worker took it.
+    pub fn cancelled(id: CorrelationId) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "request-cancelled",
+            "Request cancelled",
+            format!("request {id} was cancelled before it was processed"),
         )
     }
 

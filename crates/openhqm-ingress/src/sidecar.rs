@@ -23,13 +23,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use openhqm_core::envelope::ENVELOPE_VERSION;
 use openhqm_core::time::rfc3339_ms;
-use openhqm_core::{Envelope, Metadata, RequestRecord, RequestStatus, ResultData};
+use openhqm_core::{CorrelationId, Envelope, Metadata, RequestRecord, RequestStatus, ResultData};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::accept::{Accepted, accept, stamp};
-use crate::handlers::{read_limited, status_body};
+use crate::handlers::{IDEMPOTENT_REPLAYED, read_limited, status_body};
 use crate::prefer::Preferences;
+use crate::wait::wait_for_answer;
 use crate::{ApiState, Problem, idempotency};
 
 /// Settings of the passthrough ingress (`sidecar.*`).
@@ -110,113 +111,100 @@ pub(crate) async fn passthrough(
         ],
     )?;
     let (id, now) = stamp();
-    let mut extra = serde_json::Map::new();
-    extra.insert("path".into(), Value::String(path.to_owned()));
-    if !query.is_empty() {
-        extra.insert("query".into(), Value::String(query.to_owned()));
-    }
-    let envelope = Envelope {
-        v: ENVELOPE_VERSION,
-        correlation_id: id,
-        payload: RawValue::NULL.to_owned(),
-        headers: Some(queued_headers(&headers, sidecar.forward_headers.as_deref())),
-        timestamp: Some(Value::String(rfc3339_ms(now))),
-        metadata: Metadata {
-            endpoint: sidecar.endpoint.clone(),
-            method: Some(method.as_str().to_owned()),
-            extra,
-            ..Metadata::default()
-        },
-        raw_body: Some(BASE64.encode(&bytes)),
-        passthrough: true,
-        idempotency_key: None,
-        derived_headers: BTreeMap::new(),
+    let call = Call {
+        method: &method,
+        path,
+        query,
+        headers: &headers,
+        body: &bytes,
     };
+    let envelope = call.envelope(sidecar, id, now);
     let accepted = accept(&state, envelope, 0, keyed, now).await?;
     let replayed = matches!(accepted, Accepted::Replayed(_));
     let record = match accepted {
         Accepted::New(r) | Accepted::Replayed(r) => r,
     };
-    let record = if prefs.respond_async {
-        record
+    let (record, waited) = if prefs.respond_async {
+        (record, None)
     } else {
         let wait = prefs
             .wait
             .unwrap_or(sidecar.wait)
             .min(state.config.max_wait);
-        wait_for_answer(&state, record, wait).await?
+        wait_for_answer(&state, record, wait).await
     };
     let mut response = if record.status.is_terminal() {
         answer(&record)?
     } else {
-        accepted_response(&record)
+        accepted_response(&record, state.config.retry_after_secs)
     };
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&record.correlation_id.to_string()) {
         h.insert(CORRELATION_ID.clone(), v);
     }
-    if let Some(applied) = applied(&prefs, record.status.is_terminal(), &state) {
+    let applied = if prefs.respond_async && !record.status.is_terminal() {
+        Some(HeaderValue::from_static("respond-async"))
+    } else {
+        // Only a wait the caller asked for and that took place.
+        prefs.wait.and(waited).and_then(wait_applied)
+    };
+    if let Some(applied) = applied {
         h.insert(PREFERENCE_APPLIED.clone(), applied);
     }
+    h.append(header::VARY, HeaderValue::from_static("prefer"));
     if replayed {
-        h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        h.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
 }
 
-/// Waits until the record is terminal, the wait runs out, or the process
-/// starts shutting down; returns the freshest record. A caller beyond
-/// `server.max_waiting` does not wait at all.
-pub(crate) async fn wait_for_answer(
-    state: &ApiState,
-    record: RequestRecord,
-    wait: Duration,
-) -> Result<RequestRecord, Problem> {
-    if record.status.is_terminal() || wait.is_zero() {
-        return Ok(record);
-    }
-    let Ok(_permit) = state.waiting.try_acquire() else {
-        return Ok(record);
-    };
-    let mut stopping = state.stopping.clone();
-    let id = record.correlation_id;
-    let stopped = async move {
-        if stopping.wait_for(|stop| *stop).await.is_err() {
-            // No one can signal a stop any more: it never comes.
-            std::future::pending::<()>().await;
+/// One caller's request, as received.
+struct Call<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: &'a str,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+}
+
+impl Call<'_> {
+    /// The envelope that replays this call against the sidecar's endpoint.
+    fn envelope(&self, sidecar: &SidecarConfig, id: CorrelationId, now: u64) -> Envelope {
+        let mut extra = serde_json::Map::new();
+        extra.insert("path".into(), Value::String(self.path.to_owned()));
+        if !self.query.is_empty() {
+            extra.insert("query".into(), Value::String(self.query.to_owned()));
         }
-    };
-    let waited = tokio::select! {
-        r = state.store.wait_terminal(id, wait) => r,
-        () = stopped => {
-            // Shutting down: one last look, then hand out the Location.
-            state.store.get(id).await.map(|r| r.filter(|r| r.status.is_terminal()))
-        }
-    };
-    match waited {
-        Ok(Some(done)) => Ok(done),
-        Ok(None) => Ok(record),
-        Err(e) => {
-            tracing::warn!(correlation_id = %id, error = %e, "waiting for a result failed; answered 503");
-            Err(Problem::unavailable(
-                "result store",
-                state.config.retry_after_secs,
-            ))
+        Envelope {
+            v: ENVELOPE_VERSION,
+            correlation_id: id,
+            payload: RawValue::NULL.to_owned(),
+            headers: Some(queued_headers(
+                self.headers,
+                sidecar.forward_headers.as_deref(),
+            )),
+            timestamp: Some(Value::String(rfc3339_ms(now))),
+            metadata: Metadata {
+                endpoint: sidecar.endpoint.clone(),
+                method: Some(self.method.as_str().to_owned()),
+                extra,
+                ..Metadata::default()
+            },
+            raw_body: Some(BASE64.encode(self.body)),
+            passthrough: true,
+            idempotency_key: idempotency::passed_on(self.headers),
+            derived_headers: BTreeMap::new(),
         }
     }
 }
 
-/// The `Preference-Applied` value, if a preference shaped this answer.
-fn applied(prefs: &Preferences, terminal: bool, state: &ApiState) -> Option<HeaderValue> {
-    if prefs.respond_async && !terminal {
-        return Some(HeaderValue::from_static("respond-async"));
-    }
-    let wait = prefs.wait?.min(state.config.max_wait);
-    HeaderValue::from_str(&format!("wait={}", wait.as_secs())).ok()
+/// `Preference-Applied: wait=N` for a wait of `waited`.
+fn wait_applied(waited: Duration) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("wait={}", waited.as_secs())).ok()
 }
 
 /// `202 Accepted` pointing at the status resource.
-fn accepted_response(record: &RequestRecord) -> Response {
+fn accepted_response(record: &RequestRecord, retry_after: u32) -> Response {
     let body = status_body(record).to_string();
     let mut response = (StatusCode::ACCEPTED, body).into_response();
     let h = response.headers_mut();
@@ -229,7 +217,7 @@ fn accepted_response(record: &RequestRecord) -> Response {
     {
         h.insert(header::LOCATION, location);
     }
-    h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     response
 }
 
@@ -240,19 +228,23 @@ fn answer(record: &RequestRecord) -> Result<Response, Problem> {
         .status_code
         .and_then(|s| StatusCode::from_u16(s).ok())
     else {
-        let error = outcome.error.unwrap_or_else(|| "no answer".into());
+        // The cause (an address, an OS error) goes to the log, not the caller;
+        // `/api/v1/response/{id}` keeps it for the operator.
+        let id = record.correlation_id;
+        let error = outcome.error.as_deref().unwrap_or("");
+        tracing::warn!(correlation_id = %id, status = %record.status, error, "passthrough request ended without a backend answer");
         return Err(match record.status {
-            RequestStatus::Timeout => Problem::gateway_timeout(error),
-            RequestStatus::Cancelled => {
-                Problem::not_cancellable(&record.correlation_id.to_string(), record.status.as_str())
-            }
-            _ => Problem::bad_gateway(error),
+            RequestStatus::Timeout => Problem::gateway_timeout(id),
+            RequestStatus::Cancelled => Problem::cancelled(id),
+            _ => Problem::bad_gateway(id),
         });
     };
     // A bare body: no content type of our own, only the backend's.
     let mut response = Response::new(Body::from(exact_body(&outcome)));
     *response.status_mut() = status;
     let h = response.headers_mut();
+    // Hop-by-hop headers, and those the backend's `Connection` named, were
+    // dropped when the answer was stored.
     for (name, values) in outcome.headers.iter().flatten() {
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
             continue;

@@ -592,7 +592,7 @@ async fn an_idempotency_key_left_by_a_crash_before_publish_is_taken_over() {
     let minute_ago = openhqm_core::time::now_ms() - 60_000;
     bytes[..6].copy_from_slice(&minute_ago.to_be_bytes()[2..]);
     let orphan = openhqm_core::CorrelationId::from_bytes(bytes);
-    let digest = openhqm_ingress::idempotency::scoped_key(b"", "k-1");
+    let digest = openhqm_ingress::idempotency::scoped_key(b"Bearer dave", "k-1");
     let claim = openhqm_store::KeyClaim {
         correlation_id: orphan,
         fingerprint: "whatever".into(),
@@ -605,6 +605,7 @@ async fn an_idempotency_key_left_by_a_crash_before_publish_is_taken_over() {
         .http
         .post(format!("{}/api/v1/submit", api.base))
         .header("idempotency-key", "k-1")
+        .header("authorization", "Bearer dave")
         .body(r#"{"payload": 1}"#)
         .send()
         .await

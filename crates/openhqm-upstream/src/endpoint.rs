@@ -302,7 +302,15 @@ fn settle(
     keep_raw: bool,
 ) -> Result<Output, UpstreamError> {
     let mut kept = headers_to_json(headers);
-    kept.retain(|name, _| !is_hop_by_hop(name));
+    // Hop-by-hop: the standard ones, and any the `Connection` header names.
+    let connection_named: Vec<String> = headers
+        .get_all(reqwest::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    kept.retain(|name, _| !is_hop_by_hop(name) && !connection_named.contains(name));
     let result = body_to_result(content_type(headers), &body);
     let raw_body = keep_raw.then(|| BASE64.encode(&body));
     match verdict {

@@ -352,8 +352,9 @@ async fn sample_depth(state: Arc<ApiState>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        let counted = state.admission.counted();
         if let Ok(depth) = state.queue.depth().await {
-            state.admission.record_depth(depth);
+            state.admission.record_depth(depth, counted);
             state
                 .queue_metrics
                 .depth

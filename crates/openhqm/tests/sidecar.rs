@@ -169,10 +169,18 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
         ["a=1; Path=/", "b=2; Path=/"],
         "repeated headers kept"
     );
+    let types: Vec<_> = r.headers().get_all("content-type").iter().collect();
     assert_eq!(
-        header(&r, "content-type"),
-        Some("application/vnd.orders+json")
+        types,
+        ["application/vnd.orders+json"],
+        "the backend's type, once"
     );
+    assert_eq!(
+        r.headers().get_all("content-length").iter().count(),
+        1,
+        "framing is redone once for the caller"
+    );
+    assert_eq!(r.content_length(), Some(ANSWER.len() as u64));
     assert_eq!(header(&r, "x-app"), Some("legacy"));
     assert!(header(&r, "x-correlation-id").is_some());
     assert_eq!(&r.bytes().await.expect("body")[..], ANSWER, "byte for byte");
@@ -277,8 +285,8 @@ async fn prefer_respond_async_and_a_wait_that_runs_out_give_202_with_location() 
     assert_eq!(header(&r, "preference-applied"), Some("wait=1"));
     assert!(header(&r, "location").is_some());
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
-        "waited {waited:?}"
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2900),
+        "waited about the 1 s asked for, not the backend's 3 s: {waited:?}"
     );
 }
 
@@ -320,15 +328,31 @@ async fn idempotency_keys_give_one_request_and_one_answer() {
         .expect("call");
     assert_ne!(header(&bob, "x-correlation-id"), Some(id.as_str()));
 
+    // Callers that do not say who they are share no scope: each call is its own.
+    for _ in 0..2 {
+        let anonymous = http
+            .post(format!("{side}/payments"))
+            .header("idempotency-key", "\"pay-1\"")
+            .body("{\"amount\": 10}")
+            .send()
+            .await
+            .expect("call");
+        assert!(anonymous.headers().get("idempotent-replayed").is_none());
+    }
+
     let seen = backend.seen.lock().expect("lock").clone();
-    assert_eq!(seen.len(), 2, "alice's repeat never reached the backend");
+    assert_eq!(
+        seen.len(),
+        4,
+        "alice's repeat never reached the backend; anonymous calls did"
+    );
     assert_eq!(
         seen[0]
             .headers
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok()),
-        Some("pay-1"),
-        "the key is passed on so the backend can deduplicate too"
+        Some("\"pay-1\""),
+        "the key is passed on as sent, so the backend can deduplicate too"
     );
 
     // The submit API: the same key gives the same id, a repeat in flight
@@ -336,6 +360,7 @@ async fn idempotency_keys_give_one_request_and_one_answer() {
     let submit = |amount: u32| {
         http.post(format!("{}/api/v1/submit", server.base))
             .header("idempotency-key", "order-9")
+            .header("authorization", "Bearer carol")
             .json(&json!({"payload": {"amount": amount}}))
             .send()
     };
@@ -430,7 +455,7 @@ async fn a_cancelled_request_is_never_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_every_waiting_caller() {
-    let (url, _backend) = start_backend().await;
+    let (url, backend) = start_backend().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, side) = start(dir.path(), &url, &["worker.drain_timeout_seconds=1"]).await;
     let http = http_client();
@@ -446,7 +471,10 @@ async fn sigterm_answers_every_waiting_caller() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    until("all five calls to reach the backend", async || {
+        (backend.seen.lock().ok()?.len() == 5).then_some(())
+    })
+    .await;
     let stopped = std::time::Instant::now();
     server.terminate();
     for caller in callers {
@@ -471,7 +499,7 @@ async fn black_friday_burst_loses_nothing_and_respects_the_backend_cap() {
         dir.path(),
         &url,
         &[
-            "server.max_pending=2000",
+            "server.max_pending=500",
             "worker.count=128",
             "proxy.forward_headers=*",
             "monitoring.log_level=WARNING",
@@ -482,7 +510,7 @@ async fn black_friday_burst_loses_nothing_and_respects_the_backend_cap() {
     const TOTAL: usize = 20_000;
     let accepted = Arc::new(Mutex::new(Vec::with_capacity(TOTAL)));
     let refused = Arc::new(AtomicUsize::new(0));
-    let server_errors = Arc::new(AtomicUsize::new(0));
+    let other_answers = Arc::new(AtomicUsize::new(0));
     let next = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..200)
         .map(|_| {
@@ -490,7 +518,7 @@ async fn black_friday_burst_loses_nothing_and_respects_the_backend_cap() {
             let (accepted, refused, errors, next) = (
                 Arc::clone(&accepted),
                 Arc::clone(&refused),
-                Arc::clone(&server_errors),
+                Arc::clone(&other_answers),
                 Arc::clone(&next),
             );
             tokio::spawn(async move {
@@ -501,7 +529,7 @@ async fn black_friday_burst_loses_nothing_and_respects_the_backend_cap() {
                         let r = http
                             .post(format!("{base}/api/v1/submit"))
                             .header("content-type", "application/json")
-                            .body(r#"{"payload": {"sku": 1}, "headers": {"x-delay-ms": "5"}}"#)
+                            .body(r#"{"payload": {"sku": 1}, "headers": {"x-delay-ms": "20"}}"#)
                             .send()
                             .await
                             .expect("submit");
@@ -532,7 +560,7 @@ async fn black_friday_burst_loses_nothing_and_respects_the_backend_cap() {
         c.await.expect("client");
     }
     let accepted = accepted.lock().expect("lock").clone();
-    assert_eq!(server_errors.load(Ordering::SeqCst), 0);
+    assert_eq!(other_answers.load(Ordering::SeqCst), 0, "only 202 and 429");
     assert_eq!(
         accepted.len(),
         TOTAL,

@@ -390,6 +390,8 @@ fn sidecar_and_idempotency_settings_parse_and_broken_ones_are_named() {
         env: env(&[
             ("OPENHQM_SIDECAR__ENABLED", "true"),
             ("OPENHQM_SIDECAR__PATH_PREFIX", "/api/app"),
+            ("OPENHQM_SIDECAR__WAIT_SECONDS", "600"),
+            ("OPENHQM_SERVER__MAX_WAITING", "0"),
             ("OPENHQM_SIDECAR__ENDPOINT", "nope"),
             ("OPENHQM_IDEMPOTENCY__TTL_SECONDS", "7200"),
             ("OPENHQM_IDEMPOTENCY__IDENTITY_HEADER", "not a header"),
@@ -400,6 +402,8 @@ fn sidecar_and_idempotency_settings_parse_and_broken_ones_are_named() {
     for key in [
         "sidecar.enabled",
         "sidecar.path_prefix",
+        "sidecar.wait_seconds",
+        "server.max_waiting",
         "sidecar.endpoint",
         "idempotency.ttl_seconds",
         "idempotency.identity_header",

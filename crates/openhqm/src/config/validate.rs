@@ -36,6 +36,14 @@ fn sidecar(c: &Config, check: &mut impl FnMut(bool, &str, String)) {
         "the passthrough ingress replays requests to a backend: set proxy.enabled".into(),
     );
     check(
+        s.wait_seconds <= c.server.max_wait_seconds,
+        "sidecar.wait_seconds",
+        format!(
+            "must not exceed server.max_wait_seconds ({}), got {}",
+            c.server.max_wait_seconds, s.wait_seconds
+        ),
+    );
+    check(
         s.port.is_some() || s.path_prefix.is_some(),
         "sidecar.port",
         "set sidecar.port (its own port) or sidecar.path_prefix (under the API port)".into(),
@@ -46,11 +54,16 @@ fn sidecar(c: &Config, check: &mut impl FnMut(bool, &str, String)) {
         format!("must differ from server.port ({})", c.server.port),
     );
     if let Some(prefix) = &s.path_prefix {
-        let shape = prefix.len() > 1 && prefix.starts_with('/') && !prefix.ends_with('/');
+        let shape = prefix.len() > 1
+            && prefix.starts_with('/')
+            && !prefix.ends_with('/')
+            && !prefix.contains(['{', '}', '*', '?', '#', ' ']);
         check(
             shape,
             "sidecar.path_prefix",
-            format!("must start with `/` and not end with one, e.g. `/app`; got `{prefix}`"),
+            format!(
+                "must be a plain path that starts with `/` and does not end with one, e.g. `/app`; got `{prefix}`"
+            ),
         );
         let clash = API_PATHS
             .iter()
@@ -216,6 +229,14 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         );
     }
     sidecar(c, &mut check);
+    check(
+        (1..=1_000_000).contains(&c.server.max_waiting),
+        "server.max_waiting",
+        format!(
+            "must be between 1 and 1000000, got {}",
+            c.server.max_waiting
+        ),
+    );
     if let Some(ttl) = c.idempotency.ttl_seconds {
         check(
             ttl > 0 && ttl <= c.cache.ttl_seconds,

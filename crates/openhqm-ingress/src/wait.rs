@@ -1,0 +1,53 @@
+//! Holding a caller until its request is finished: the passthrough ingress
+//! and long-polls on `/api/v1/response/{id}` share this.
+
+use std::time::{Duration, Instant};
+
+use openhqm_core::RequestRecord;
+
+use crate::ApiState;
+
+/// Waits until the record is terminal, the wait runs out, or the process
+/// starts shutting down; returns the freshest record, and how long it waited
+/// (`None` if it did not: already finished, no wait asked, or
+/// `server.max_waiting` callers already waiting).
+///
+/// The request is stored whatever happens here, so a store that fails while
+/// we wait is not an error for the caller: it gets the status it has, with
+/// the `Location` to follow it.
+pub(crate) async fn wait_for_answer(
+    state: &ApiState,
+    record: RequestRecord,
+    wait: Duration,
+) -> (RequestRecord, Option<Duration>) {
+    if record.status.is_terminal() || wait.is_zero() {
+        return (record, None);
+    }
+    let Ok(_permit) = state.waiting.try_acquire() else {
+        return (record, None);
+    };
+    let started = Instant::now();
+    let mut stopping = state.stopping.clone();
+    let id = record.correlation_id;
+    let stopped = async move {
+        if stopping.wait_for(|stop| *stop).await.is_err() {
+            // No one can signal a stop any more: it never comes.
+            std::future::pending::<()>().await;
+        }
+    };
+    let waited = tokio::select! {
+        r = state.store.wait_terminal(id, wait) => r,
+        () = stopped => {
+            // Shutting down: one last look, then hand out the Location.
+            state.store.get(id).await.map(|r| r.filter(|r| r.status.is_terminal()))
+        }
+    };
+    let done = match waited {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(correlation_id = %id, error = %e, "waiting for a result failed; answering with the status");
+            None
+        }
+    };
+    (done.unwrap_or(record), Some(started.elapsed()))
+}
