@@ -6,6 +6,7 @@
 //! attempt's outcome is settled). Everything here is deterministic given its
 //! inputs, so it is tested with plain tables.
 
+pub mod callback;
 pub mod envelope;
 pub mod id;
 pub mod outcome;
@@ -14,6 +15,7 @@ pub mod secret;
 pub mod status;
 pub mod time;
 
+pub use callback::{CallbackPolicy, CallbackUrlError};
 pub use envelope::{Envelope, Metadata, SubmitRequest};
 pub use id::CorrelationId;
 pub use outcome::{Backoff, Decision, Failure, FailureKind, LastResponse, decide};

@@ -201,18 +201,5 @@ pub(crate) async fn response(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return Ok(response);
     }
-    let outcome = record.outcome.unwrap_or_default();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "correlation_id": record.correlation_id,
-            "status": record.status,
-            "result": outcome.result,
-            "headers": outcome.headers,
-            "status_code": outcome.status_code,
-            "error": outcome.error,
-            "processing_time_ms": outcome.processing_time_ms,
-            "completed_at": outcome.completed_at_ms.map(rfc3339_ms),
-        }),
-    ))
+    Ok(json_response(StatusCode::OK, &record.response_body()))
 }

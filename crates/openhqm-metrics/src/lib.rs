@@ -336,6 +336,7 @@ impl Metrics {
             errors_timeout: errors("timeout"),
             errors_permanent: errors("permanent"),
             errors_malformed: errors("malformed"),
+            errors_sink: errors("sink"),
             retries: self.worker_retries.clone(),
         }
     }
@@ -388,6 +389,8 @@ pub struct WorkerMetrics {
     pub errors_permanent: Counter,
     /// Messages that could not be decoded.
     pub errors_malformed: Counter,
+    /// Finished requests a completion sink could not take (retried).
+    pub errors_sink: Counter,
     /// Retries scheduled.
     pub retries: Counter,
 }
