@@ -8,7 +8,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use openhqm_core::time::{now_ms, rfc3339_ms};
-use openhqm_core::{CorrelationId, Envelope, RequestRecord, SubmitRequest};
+use openhqm_core::{
+    CallbackPolicy, CallbackUrlError, CorrelationId, Envelope, RequestRecord, SubmitRequest,
+};
 use openhqm_queue::{OutgoingMessage, QueueError};
 use serde_json::{Value, json};
 
@@ -51,6 +53,7 @@ async fn read_limited(
 fn parse_submit(
     bytes: &[u8],
     known_endpoints: Option<&HashSet<String>>,
+    callbacks: &CallbackPolicy,
 ) -> Result<SubmitRequest, Problem> {
     let req: SubmitRequest = serde_json::from_slice(bytes).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
@@ -73,6 +76,14 @@ fn parse_submit(
         {
             return Err(Problem::unknown_endpoint(name));
         }
+        if let Some(url) = &metadata.callback_url {
+            callbacks.check(url).map_err(|e| match e {
+                CallbackUrlError::Invalid(_) => Problem::invalid_callback_url(e.to_string()),
+                CallbackUrlError::NotAllowed(_) | CallbackUrlError::Disabled => {
+                    Problem::callback_not_allowed(e.to_string())
+                }
+            })?;
+        }
     }
     Ok(req)
 }
@@ -85,7 +96,11 @@ pub(crate) async fn submit(
 ) -> Result<Response, Problem> {
     let limit = state.config.max_body_size;
     let bytes = read_limited(&headers, body, limit).await?;
-    let req = parse_submit(&bytes, state.config.known_endpoints.as_ref())?;
+    let req = parse_submit(
+        &bytes,
+        state.config.known_endpoints.as_ref(),
+        &state.config.callbacks,
+    )?;
     let id = CorrelationId::new();
     let now = now_ms();
     let submitted_at = rfc3339_ms(now);

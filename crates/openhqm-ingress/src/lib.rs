@@ -39,6 +39,9 @@ pub struct ApiConfig {
     pub known_endpoints: Option<std::collections::HashSet<String>>,
     /// Longest `Prefer: wait` honoured when reading a response.
     pub max_wait: Duration,
+    /// Hosts a `metadata.callback_url` may name; a submit naming another
+    /// (or any, when the list is empty) is refused with 400.
+    pub callbacks: openhqm_core::CallbackPolicy,
 }
 
 /// What the handlers share.

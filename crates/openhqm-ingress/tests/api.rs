@@ -69,6 +69,7 @@ async fn serve_with(known_endpoints: Option<std::collections::HashSet<String>>) 
             metrics_enabled: true,
             known_endpoints,
             max_wait: Duration::from_secs(5),
+            callbacks: openhqm_core::CallbackPolicy::new(&["hooks.example.com"]).expect("policy"),
         },
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -513,4 +514,41 @@ async fn unknown_endpoint_names_are_refused_at_submit() {
         1,
         "only the valid submit was stored"
     );
+}
+
+#[tokio::test]
+async fn callback_urls_off_the_allow_list_are_refused_at_submit() {
+    let api = serve().await;
+    let ok = api
+        .post_raw(
+            "/api/v1/submit",
+            r#"{"payload": 1, "metadata": {"callback_url": "https://hooks.example.com/done?t=1"}}"#,
+        )
+        .await;
+    assert_eq!(ok.status(), StatusCode::ACCEPTED);
+    for (url, code) in [
+        ("https://evil.example.com/x", "callback-not-allowed"),
+        ("http://hooks.example.com:8080/", "callback-not-allowed"),
+        (
+            "http://169.254.169.254/latest/meta-data",
+            "callback-not-allowed",
+        ),
+        ("ftp://hooks.example.com/", "invalid-callback-url"),
+        ("not a url", "invalid-callback-url"),
+        ("https://me:pw@hooks.example.com/", "invalid-callback-url"),
+    ] {
+        let body = json!({"payload": 1, "metadata": {"callback_url": url}}).to_string();
+        let problem = expect_problem(
+            api.post_raw("/api/v1/submit", body).await,
+            StatusCode::BAD_REQUEST,
+            code,
+        )
+        .await;
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{url}"
+        );
+    }
+    // A refused submit stores nothing: only the accepted one is queued.
+    assert_eq!(api.queue.depth().await.expect("depth"), 1);
 }
