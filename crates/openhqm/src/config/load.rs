@@ -372,5 +372,6 @@ fn deserialize_sections(tree: &Value, errors: &mut Vec<ConfigError>) -> Config {
     section(tree, "monitoring", &mut c.monitoring, errors);
     section(tree, "routing", &mut c.routing, errors);
     section(tree, "partitioning", &mut c.partitioning, errors);
+    section(tree, "callbacks", &mut c.callbacks, errors);
     c
 }
