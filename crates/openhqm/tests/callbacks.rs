@@ -48,39 +48,44 @@ type Seen = Arc<Mutex<Vec<Hook>>>;
 async fn receiver(fail_first: Option<usize>) -> (u16, Seen) {
     let seen: Seen = Arc::default();
     let record = Arc::clone(&seen);
-    let router = Router::new().route(
-        "/hook",
-        post(
-            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
-                let record = Arc::clone(&record);
-                async move {
-                    let h = |n: &str| {
-                        headers
-                            .get(n)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned()
-                    };
-                    let mut seen = record.lock().expect("lock");
-                    let fail = fail_first.is_none_or(|n| seen.len() < n);
-                    let status = if fail {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        StatusCode::NO_CONTENT
-                    };
-                    seen.push(Hook {
-                        path_and_query: uri.to_string(),
-                        id: h("webhook-id"),
-                        timestamp: h("webhook-timestamp"),
-                        signature: h("webhook-signature"),
-                        body,
-                        answered: status.as_u16(),
-                    });
-                    status
-                }
-            },
-        ),
-    );
+    let router = Router::new()
+        .route(
+            "/backend",
+            post(|| async { axum::Json(json!({"from": "backend"})) }),
+        )
+        .route(
+            "/hook",
+            post(
+                move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                    let record = Arc::clone(&record);
+                    async move {
+                        let h = |n: &str| {
+                            headers
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        let mut seen = record.lock().expect("lock");
+                        let fail = fail_first.is_none_or(|n| seen.len() < n);
+                        let status = if fail {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            StatusCode::NO_CONTENT
+                        };
+                        seen.push(Hook {
+                            path_and_query: uri.to_string(),
+                            id: h("webhook-id"),
+                            timestamp: h("webhook-timestamp"),
+                            signature: h("webhook-signature"),
+                            body,
+                            answered: status.as_u16(),
+                        });
+                        status
+                    }
+                },
+            ),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -117,9 +122,16 @@ impl Drop for Proc {
 }
 
 fn start(dir: &Path, sets: &[String]) -> Proc {
+    start_with(dir, None, sets)
+}
+
+fn start_with(dir: &Path, config: Option<&Path>, sets: &[String]) -> Proc {
     let port = free_port();
     let log = std::fs::File::create(dir.join("server.log")).expect("log");
     let mut cmd = Command::new(BIN);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
     cmd.args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -262,6 +274,28 @@ async fn a_finished_request_is_posted_signed_to_its_callback_url() {
         let problem: Value = r.json().await.expect("problem");
         assert_eq!(problem["code"], code, "{url}: {problem}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_endpoint_can_carry_the_callback_url() {
+    let (port, seen) = receiver(Some(0)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("openhqm.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "proxy:\n  enabled: true\n  default_endpoint: orders\n  endpoints:\n    orders:\n      url: http://127.0.0.1:{port}/backend\n      callback_url: http://127.0.0.1:{port}/hook\ncallbacks:\n  allowed_hosts: [\"127.0.0.1:{port}\"]\n"
+        ),
+    )
+    .expect("config");
+    let p = start_with(dir.path(), Some(&config), &[]);
+    let http = http_client();
+    ready(&http, &p).await;
+    let id = accepted_id(&http, &p, &json!({"payload": {"order": 1}})).await;
+    let stored = response_of(&http, &p, &id).await;
+    assert_eq!(stored["result"], json!({"from": "backend"}), "{stored}");
+    let hooks = delivered(&seen, 1).await;
+    check_hook(&hooks[0], &id, &stored);
 }
 
 async fn metric(http: &reqwest::Client, p: &Proc, line: &str) -> bool {
