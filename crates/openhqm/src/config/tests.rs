@@ -304,6 +304,7 @@ fn callback_settings_are_checked_by_key() {
         "`callbacks.timeout_seconds`: must be at least 1 and less than queue.lease_seconds",
         "`callbacks.queue_name`: must be set and differ",
         "`queue.response_queue_name`: must be set and differ",
+        "`queue.reply_enabled`: needs a queue other processes can read",
         "`proxy.endpoints.api.callback_url`: callback_url host `elsewhere.example.com` is not on callbacks.allowed_hosts",
     ] {
         assert!(
@@ -313,7 +314,7 @@ fn callback_settings_are_checked_by_key() {
     }
 
     let good = yaml(
-        "callbacks:\n  allowed_hosts: [\"hooks.example.com\", \"127.0.0.1:9000\"]\n  secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\nqueue:\n  reply_enabled: true\nproxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:9\n      callback_url: http://127.0.0.1:9000/done\n",
+        "callbacks:\n  allowed_hosts: [\"hooks.example.com\", \"127.0.0.1:9000\"]\n  secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\nqueue:\n  type: redis\n  reply_enabled: true\nproxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:9\n      callback_url: http://127.0.0.1:9000/done\n",
     );
     let c = load(&Sources {
         file: Some(good.path().to_path_buf()),

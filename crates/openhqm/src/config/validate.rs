@@ -209,6 +209,15 @@ fn validate_callbacks(c: &Config, errors: &mut Vec<ConfigError>) {
         c.queue.response_queue_name.as_str(),
     ];
     if c.queue.reply_enabled {
+        // Nothing outside this process can read the embedded database, so
+        // replies there would pile up unread.
+        check(
+            c.queue.kind != BackendType::Embedded,
+            "queue.reply_enabled",
+            "needs a queue other processes can read (queue.type redis); \
+             nothing outside this process can consume the embedded queue"
+                .into(),
+        );
         check(
             !c.queue.response_queue_name.is_empty() && !names[..2].contains(&names[2]),
             "queue.response_queue_name",
