@@ -44,6 +44,10 @@ pub struct Metadata {
     /// Attempts already made before this submit.
     #[serde(default)]
     pub retry_count: u32,
+    /// Where to POST the result once the request is finished; its host must
+    /// be on `callbacks.allowed_hosts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
     /// Every other key, kept as sent.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

@@ -6,6 +6,7 @@
 //! attempt's outcome is settled). Everything here is deterministic given its
 //! inputs, so it is tested with plain tables.
 
+pub mod callback;
 pub mod envelope;
 pub mod foreign;
 pub mod id;
@@ -15,6 +16,7 @@ pub mod secret;
 pub mod status;
 pub mod time;
 
+pub use callback::{CallbackPolicy, CallbackUrlError};
 pub use envelope::{Envelope, Metadata, SubmitRequest};
 pub use foreign::{DecodeError, Decoded, Decoder, Incoming, MessageFormat, Shape};
 pub use id::CorrelationId;

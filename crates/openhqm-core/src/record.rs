@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::time::rfc3339_ms;
 use crate::{CorrelationId, RequestStatus};
 
 /// The outcome of a finished request (the `/response` fields).
@@ -64,5 +65,23 @@ impl RequestRecord {
             attempts: 0,
             outcome: None,
         }
+    }
+
+    /// The body of `GET /api/v1/response/{id}` for a finished request; the
+    /// same JSON is what completion callbacks and the reply queue carry.
+    #[must_use]
+    pub fn response_body(&self) -> Value {
+        let none = ResultData::default();
+        let outcome = self.outcome.as_ref().unwrap_or(&none);
+        serde_json::json!({
+            "correlation_id": self.correlation_id,
+            "status": self.status,
+            "result": outcome.result,
+            "headers": outcome.headers,
+            "status_code": outcome.status_code,
+            "error": outcome.error,
+            "processing_time_ms": outcome.processing_time_ms,
+            "completed_at": outcome.completed_at_ms.map(rfc3339_ms),
+        })
     }
 }

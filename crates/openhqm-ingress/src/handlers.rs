@@ -9,7 +9,10 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use openhqm_core::time::rfc3339_ms;
-use openhqm_core::{CorrelationId, Envelope, RequestRecord, RequestStatus, SubmitRequest};
+use openhqm_core::{
+    CallbackPolicy, CallbackUrlError, CorrelationId, Envelope, RequestRecord, RequestStatus,
+    SubmitRequest,
+};
 use openhqm_store::{Transition, Update};
 use serde_json::{Value, json};
 
@@ -53,6 +56,7 @@ pub(crate) async fn read_limited(
 fn parse_submit(
     bytes: &[u8],
     known_endpoints: Option<&HashSet<String>>,
+    callbacks: &CallbackPolicy,
 ) -> Result<SubmitRequest, Problem> {
     let req: SubmitRequest = serde_json::from_slice(bytes).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
@@ -75,6 +79,14 @@ fn parse_submit(
         {
             return Err(Problem::unknown_endpoint(name));
         }
+        if let Some(url) = &metadata.callback_url {
+            callbacks.check(url).map_err(|e| match e {
+                CallbackUrlError::Invalid(_) => Problem::invalid_callback_url(e.to_string()),
+                CallbackUrlError::NotAllowed(_) | CallbackUrlError::Disabled => {
+                    Problem::callback_not_allowed(e.to_string())
+                }
+            })?;
+        }
     }
     Ok(req)
 }
@@ -92,7 +104,11 @@ pub(crate) async fn submit(
 ) -> Result<Response, Problem> {
     let limit = state.config.max_body_size;
     let bytes = read_limited(&headers, body, limit).await?;
-    let req = parse_submit(&bytes, state.config.known_endpoints.as_ref())?;
+    let req = parse_submit(
+        &bytes,
+        state.config.known_endpoints.as_ref(),
+        &state.config.callbacks,
+    )?;
     let keyed = idempotency::keyed(&state.config.idempotency, &headers, &[&bytes])?;
     let (id, now) = stamp();
     let priority = req.metadata.as_ref().map_or(0, |m| m.priority);
@@ -201,18 +217,5 @@ pub(crate) async fn response(
         );
         return Ok(response);
     }
-    let outcome = record.outcome.unwrap_or_default();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "correlation_id": record.correlation_id,
-            "status": record.status,
-            "result": outcome.result,
-            "headers": outcome.headers,
-            "status_code": outcome.status_code,
-            "error": outcome.error,
-            "processing_time_ms": outcome.processing_time_ms,
-            "completed_at": outcome.completed_at_ms.map(rfc3339_ms),
-        }),
-    ))
+    Ok(json_response(StatusCode::OK, &record.response_body()))
 }

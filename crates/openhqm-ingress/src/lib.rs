@@ -52,6 +52,9 @@ pub struct ApiConfig {
     pub idempotency: IdempotencyConfig,
     /// The transparent (passthrough) ingress, if enabled.
     pub sidecar: Option<SidecarConfig>,
+    /// Hosts a `metadata.callback_url` may name; a submit naming another
+    /// (or any, when the list is empty) is refused with 400.
+    pub callbacks: openhqm_core::CallbackPolicy,
 }
 
 /// What the handlers share.
@@ -67,7 +70,7 @@ pub struct ApiState {
     /// Settings.
     pub config: ApiConfig,
     /// The bound on pending work (`server.max_pending`).
-    pub admission: Admission,
+    pub admission: Arc<Admission>,
     /// Permits for callers held waiting (`server.max_waiting`); a caller
     /// that finds none gets its 202 at once instead of waiting.
     pub waiting: Semaphore,

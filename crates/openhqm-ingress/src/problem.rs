@@ -62,6 +62,27 @@ impl Problem {
         )
     }
 
+    /// 400: `metadata.callback_url` is not an absolute http(s) URL.
+    pub fn invalid_callback_url(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-callback-url",
+            "Callback URL is not usable",
+            detail,
+        )
+    }
+
+    /// 400: `metadata.callback_url` names a host OpenHQM may not call (or
+    /// callbacks are disabled).
+    pub fn callback_not_allowed(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "callback-not-allowed",
+            "Callback host is not allowed",
+            detail,
+        )
+    }
+
     /// 413: body over the limit.
     pub fn too_large(limit: usize) -> Self {
         Self::new(

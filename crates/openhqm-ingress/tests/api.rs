@@ -77,8 +77,9 @@ async fn serve_with(
                 identity_header: axum::http::header::AUTHORIZATION,
             },
             sidecar: None,
+            callbacks: openhqm_core::CallbackPolicy::new(&["hooks.example.com"]).expect("policy"),
         },
-        admission: Admission::new(max_pending),
+        admission: Arc::new(Admission::new(max_pending)),
         waiting: tokio::sync::Semaphore::new(100),
         stopping: tokio::sync::watch::channel(false).1,
     });
@@ -614,4 +615,41 @@ async fn an_idempotency_key_left_by_a_crash_before_publish_is_taken_over() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let body = json_of(r).await;
     assert_ne!(body["correlation_id"], orphan.to_string());
+}
+
+#[tokio::test]
+async fn callback_urls_off_the_allow_list_are_refused_at_submit() {
+    let api = serve().await;
+    let ok = api
+        .post_raw(
+            "/api/v1/submit",
+            r#"{"payload": 1, "metadata": {"callback_url": "https://hooks.example.com/done?t=1"}}"#,
+        )
+        .await;
+    assert_eq!(ok.status(), StatusCode::ACCEPTED);
+    for (url, code) in [
+        ("https://evil.example.com/x", "callback-not-allowed"),
+        ("http://hooks.example.com:8080/", "callback-not-allowed"),
+        (
+            "http://169.254.169.254/latest/meta-data",
+            "callback-not-allowed",
+        ),
+        ("ftp://hooks.example.com/", "invalid-callback-url"),
+        ("not a url", "invalid-callback-url"),
+        ("https://me:pw@hooks.example.com/", "invalid-callback-url"),
+    ] {
+        let body = json!({"payload": 1, "metadata": {"callback_url": url}}).to_string();
+        let problem = expect_problem(
+            api.post_raw("/api/v1/submit", body).await,
+            StatusCode::BAD_REQUEST,
+            code,
+        )
+        .await;
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{url}"
+        );
+    }
+    // A refused submit stores nothing: only the accepted one is queued.
+    assert_eq!(api.queue.depth().await.expect("depth"), 1);
 }

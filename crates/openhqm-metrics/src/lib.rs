@@ -107,6 +107,8 @@ pub struct Metrics {
     upstream_breaker: Family<TargetLabels, Gauge>,
     upstream_healthy: Family<TargetLabels, Gauge>,
     upstream_in_flight: Family<TargetLabels, Gauge>,
+    callback_deliveries: Family<OutcomeLabels, Counter>,
+    callback_duration: Histogram,
 }
 
 impl Metrics {
@@ -133,6 +135,8 @@ impl Metrics {
         let upstream_breaker = Family::default();
         let upstream_healthy = Family::default();
         let upstream_in_flight = Family::default();
+        let callback_deliveries = Family::default();
+        let callback_duration = latency_histogram();
         registry.register(
             "openhqm_api_requests",
             "HTTP requests by method, route template and status",
@@ -223,6 +227,16 @@ impl Metrics {
             "Forwards in flight per target",
             upstream_in_flight.clone(),
         );
+        registry.register(
+            "openhqm_callbacks_deliveries",
+            "Completion callback attempts and jobs, by outcome (see CALLBACK_OUTCOMES)",
+            callback_deliveries.clone(),
+        );
+        registry.register(
+            "openhqm_callbacks_delivery_duration_seconds",
+            "Time per completion callback POST",
+            callback_duration.clone(),
+        );
         Arc::new(Self {
             registry,
             api_requests,
@@ -243,6 +257,8 @@ impl Metrics {
             upstream_breaker,
             upstream_healthy,
             upstream_in_flight,
+            callback_deliveries,
+            callback_duration,
         })
     }
 
@@ -333,6 +349,23 @@ impl Metrics {
         }
     }
 
+    /// Handles for completion callbacks.
+    #[must_use]
+    pub fn callbacks(&self) -> CallbackMetrics {
+        let outcome = |outcome| {
+            self.callback_deliveries
+                .get_or_create_owned(&OutcomeLabels { outcome })
+        };
+        CallbackMetrics {
+            enqueued: outcome("enqueued"),
+            skipped: outcome("skipped"),
+            delivered: outcome("delivered"),
+            retried: outcome("retried"),
+            dead_lettered: outcome("dead_lettered"),
+            duration: self.callback_duration.clone(),
+        }
+    }
+
     /// Handles for the worker pool.
     #[must_use]
     pub fn worker(&self) -> WorkerMetrics {
@@ -350,6 +383,7 @@ impl Metrics {
             errors_timeout: errors("timeout"),
             errors_permanent: errors("permanent"),
             errors_malformed: errors("malformed"),
+            errors_sink: errors("sink"),
             retries: self.worker_retries.clone(),
         }
     }
@@ -402,8 +436,37 @@ pub struct WorkerMetrics {
     pub errors_permanent: Counter,
     /// Messages that could not be decoded.
     pub errors_malformed: Counter,
+    /// Finished requests a completion sink could not take (retried).
+    pub errors_sink: Counter,
     /// Retries scheduled.
     pub retries: Counter,
+}
+
+/// Outcomes of `openhqm_callbacks_deliveries_total`.
+pub const CALLBACK_OUTCOMES: &[&str] = &[
+    "enqueued",
+    "skipped",
+    "delivered",
+    "retried",
+    "dead_lettered",
+];
+
+/// Pre-resolved metrics of completion callbacks.
+#[derive(Clone, Debug)]
+pub struct CallbackMetrics {
+    /// Jobs put on the callback queue.
+    pub enqueued: Counter,
+    /// Finished requests whose callback URL is not allowed (foreign producers).
+    pub skipped: Counter,
+    /// POSTs answered 2xx.
+    pub delivered: Counter,
+    /// Failed POSTs scheduled for another attempt.
+    pub retried: Counter,
+    /// Jobs given up on (attempts exhausted, a permanent answer, or a host no
+    /// longer allowed) and dead-lettered.
+    pub dead_lettered: Counter,
+    /// Time per POST.
+    pub duration: Histogram,
 }
 
 /// Pre-resolved metrics of one proxy target.
@@ -453,6 +516,7 @@ mod tests {
         t.request("2xx", 0.01);
         t.healthy.set(1);
         m.upstream_retries("api").inc();
+        m.callbacks().delivered.inc();
         let text = m.render();
         for name in [
             "openhqm_upstream_requests_total{endpoint=\"api\",target=\"http://127.0.0.1:9/\",class=\"2xx\"} 1",
@@ -470,6 +534,8 @@ mod tests {
             "openhqm_worker_active 1",
             "openhqm_worker_processing_duration_seconds_bucket",
             "openhqm_worker_errors_total{kind=\"transient\"} 1",
+            "openhqm_callbacks_deliveries_total{outcome=\"delivered\"} 1",
+            "openhqm_callbacks_delivery_duration_seconds_bucket",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

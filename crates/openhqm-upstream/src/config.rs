@@ -115,6 +115,11 @@ pub struct EndpointConfig {
     /// TLS settings for `https://` targets.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Completion callback for requests to this endpoint that name none
+    /// (`metadata.callback_url` wins); its host must be on
+    /// `callbacks.allowed_hosts`. Not used by the forwarder itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 impl EndpointConfig {
@@ -143,6 +148,7 @@ impl EndpointConfig {
             max_retries: None,
             path_rewrite: None,
             tls: TlsConfig::default(),
+            callback_url: None,
         }
     }
 

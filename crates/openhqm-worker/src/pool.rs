@@ -10,6 +10,12 @@
 //! is settled, so a crash in between causes a redelivery that finds the
 //! request finished and only acks it.
 //!
+//! Completion sinks ([`CompletionSink`]: callbacks, the reply queue) run
+//! between the two: after the terminal status is stored, before the delivery
+//! is acked or dead-lettered. A sink that fails sends the delivery back for a
+//! retry, and a redelivery that finds the request finished runs the sinks
+//! again before acking, so no sink misses a finished request.
+//!
 //! On shutdown the loop stops receiving, in-flight handlers get `drain` to
 //! finish, and any still running are abandoned unsettled: their messages are
 //! redelivered later, and nothing is failed or dead-lettered by a shutdown.
@@ -21,7 +27,7 @@ use openhqm_core::envelope::DEFAULT_TIMEOUT_SECS;
 use openhqm_core::time::now_ms;
 use openhqm_core::{
     Backoff, CorrelationId, Decision, Decoded, Decoder, Envelope, Failure, FailureKind, Incoming,
-    RequestStatus, ResultData, Shape, decide,
+    RequestRecord, RequestStatus, ResultData, Shape, decide,
 };
 use openhqm_metrics::{QueueMetrics, WorkerMetrics};
 use openhqm_queue::{Delivery, Nack, QueueBackend};
@@ -30,7 +36,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::{Output, Processor, Request};
+use crate::sink::notifies;
+use crate::{CompletionSink, Output, Processor, Request};
 
 /// Settings of the worker pool.
 #[derive(Debug, Clone)]
@@ -53,7 +60,7 @@ pub struct WorkerConfig {
 
 /// The worker pool of one process.
 pub struct WorkerPool {
-    shared: Arc<Shared>,
+    shared: Shared,
 }
 
 struct Shared {
@@ -64,6 +71,7 @@ struct Shared {
     decoder: Decoder,
     metrics: WorkerMetrics,
     queue_metrics: QueueMetrics,
+    sinks: Vec<Arc<dyn CompletionSink>>,
 }
 
 impl WorkerPool {
@@ -78,7 +86,7 @@ impl WorkerPool {
     ) -> Self {
         let (metrics, queue_metrics) = metrics;
         Self {
-            shared: Arc::new(Shared {
+            shared: Shared {
                 queue,
                 store,
                 processor,
@@ -86,7 +94,8 @@ impl WorkerPool {
                 decoder: Decoder::default(),
                 metrics,
                 queue_metrics,
-            }),
+                sinks: Vec::new(),
+            },
         }
     }
 
@@ -95,18 +104,22 @@ impl WorkerPool {
     /// (`queue.message_format`, `worker.foreign.*`).
     #[must_use]
     pub fn with_decoder(mut self, decoder: Decoder) -> Self {
-        // The pool is not running yet (`run` consumes it), so nothing else
-        // holds the shared state and `get_mut` always succeeds.
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.decoder = decoder;
-        }
+        self.shared.decoder = decoder;
+        self
+    }
+
+    /// Adds the completion sinks told about every finished request, in order.
+    #[must_use]
+    pub fn with_sinks(mut self, sinks: Vec<Arc<dyn CompletionSink>>) -> Self {
+        self.shared.sinks.extend(sinks);
         self
     }
 
     /// Runs until `shutdown` turns `true`, then drains. Returns how many
     /// handlers were abandoned because the drain timeout ran out.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> usize {
-        let count = self.shared.config.count.max(1);
+        let shared = Arc::new(self.shared);
+        let count = shared.config.count.max(1);
         let slots = Arc::new(Semaphore::new(count));
         let mut running = JoinSet::new();
         tracing::info!(count, "worker pool started");
@@ -118,9 +131,9 @@ impl WorkerPool {
                 },
                 _ = shutdown.changed() => break,
             };
-            let want = (1 + slots.available_permits()).min(self.shared.config.batch_size.max(1));
+            let want = (1 + slots.available_permits()).min(shared.config.batch_size.max(1));
             let received = tokio::select! {
-                r = self.shared.queue.receive(want, Duration::from_secs(1)) => r,
+                r = shared.queue.receive(want, Duration::from_secs(1)) => r,
                 _ = shutdown.changed() => break,
             };
             let deliveries = match received {
@@ -129,16 +142,13 @@ impl WorkerPool {
                     tracing::warn!(error = %e, "receiving from the queue failed; backing off");
                     drop(first);
                     tokio::select! {
-                        () = tokio::time::sleep(self.shared.config.unavailable_backoff) => {}
+                        () = tokio::time::sleep(shared.config.unavailable_backoff) => {}
                         _ = shutdown.changed() => {}
                     }
                     continue;
                 }
             };
-            self.shared
-                .queue_metrics
-                .consume
-                .inc_by(deliveries.len() as u64);
+            shared.queue_metrics.consume.inc_by(deliveries.len() as u64);
             let mut first = Some(first);
             for delivery in deliveries {
                 // Only this loop takes slots and `want` never exceeded the free
@@ -146,7 +156,7 @@ impl WorkerPool {
                 let permit = first
                     .take()
                     .or_else(|| Arc::clone(&slots).try_acquire_owned().ok());
-                let shared = Arc::clone(&self.shared);
+                let shared = Arc::clone(&shared);
                 running.spawn(async move {
                     let _permit = permit;
                     Handler { shared }.handle(delivery).await;
@@ -154,28 +164,29 @@ impl WorkerPool {
             }
             while running.try_join_next().is_some() {}
         }
-        self.drain(running).await
+        drain(&shared.config, running).await
     }
+}
 
-    async fn drain(&self, mut running: JoinSet<()>) -> usize {
-        let in_flight = running.len();
-        tracing::info!(in_flight, drain = ?self.shared.config.drain, "worker pool draining");
-        let drained = tokio::time::timeout(self.shared.config.drain, async {
-            while running.join_next().await.is_some() {}
-        })
-        .await;
-        let abandoned = running.len();
-        if drained.is_err() {
-            tracing::warn!(
-                abandoned,
-                "drain timeout: in-flight messages left unacknowledged for redelivery"
-            );
-            running.abort_all();
-            while running.join_next().await.is_some() {}
-        }
-        tracing::info!("worker pool stopped");
-        abandoned
+/// Gives in-flight handlers `config.drain` to finish, then abandons the rest.
+async fn drain(config: &WorkerConfig, mut running: JoinSet<()>) -> usize {
+    let in_flight = running.len();
+    tracing::info!(in_flight, drain = ?config.drain, "worker pool draining");
+    let drained = tokio::time::timeout(config.drain, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    let abandoned = running.len();
+    if drained.is_err() {
+        tracing::warn!(
+            abandoned,
+            "drain timeout: in-flight messages left unacknowledged for redelivery"
+        );
+        running.abort_all();
+        while running.join_next().await.is_some() {}
     }
+    tracing::info!("worker pool stopped");
+    abandoned
 }
 
 struct Handler {
@@ -191,6 +202,9 @@ enum Begin {
     },
     /// Already finished: a duplicate delivery.
     Ack,
+    /// Already finished, and the sinks want to hear about it: they may have
+    /// missed it (a sink failed, or the process died before settling).
+    Finished(Box<Envelope>),
     /// Undecodable: no processor can help.
     DeadLetter(String),
     /// The store cannot be written; try the message again later.
@@ -214,6 +228,27 @@ impl Handler {
                 .await;
             }
             Begin::Ack => self.finish(delivery.ack().await),
+            Begin::Finished(envelope) => {
+                let id = envelope.correlation_id;
+                let span = tracing::info_span!("request", correlation_id = %id);
+                async {
+                    let current = self.shared.store.get(id).await;
+                    match current {
+                        // Expired meanwhile: nothing left to report.
+                        Ok(None) => self.finish(delivery.ack().await),
+                        Ok(Some(record)) if self.notify(&envelope, &record).await => {
+                            self.finish(delivery.ack().await);
+                        }
+                        Ok(Some(_)) => self.retry_later(delivery).await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "result store unavailable; message will be retried");
+                            self.retry_later(delivery).await;
+                        }
+                    }
+                }
+                .instrument(span)
+                .await;
+            }
             Begin::DeadLetter(reason) => {
                 self.shared.queue_metrics.dead_lettered_failed.inc();
                 self.finish(delivery.nack(Nack::DeadLetter { reason }).await);
@@ -262,7 +297,11 @@ impl Handler {
             },
             Ok(Transition::Refused { current }) => {
                 tracing::debug!(correlation_id = %envelope.correlation_id, %current, "duplicate delivery of a finished request acknowledged");
-                Begin::Ack
+                if notifies(current) && !self.shared.sinks.is_empty() {
+                    Begin::Finished(Box::new(envelope))
+                } else {
+                    Begin::Ack
+                }
             }
             Err(e) => {
                 tracing::warn!(correlation_id = %envelope.correlation_id, error = %e, "result store unavailable; message will be retried");
@@ -328,7 +367,7 @@ impl Handler {
                     attempts: Some(attempt),
                     outcome: Some(outcome),
                 };
-                if self.record(id, update).await {
+                if self.record_terminal(envelope, update).await {
                     tracing::debug!(processing_time_ms = ms, "request completed");
                     self.finish(delivery.ack().await);
                 } else {
@@ -368,7 +407,7 @@ impl Handler {
                     attempts: Some(attempt),
                     outcome: Some(error),
                 };
-                if self.record(id, update).await {
+                if self.record(id, update).await.is_some() {
                     self.finish(delivery.nack(Nack::Retry { delay }).await);
                 } else {
                     self.retry_later(delivery).await;
@@ -386,7 +425,7 @@ impl Handler {
                     attempts: Some(attempt),
                     outcome: Some(outcome),
                 };
-                if self.record(id, update).await {
+                if self.record_terminal(envelope, update).await {
                     match status {
                         RequestStatus::Timeout => {
                             self.shared.queue_metrics.dead_lettered_timeout.inc()
@@ -401,15 +440,55 @@ impl Handler {
         }
     }
 
-    /// Writes a transition; `false` if the store could not take it.
-    async fn record(&self, id: CorrelationId, update: Update) -> bool {
+    /// Writes a transition; `None` if the store could not take it.
+    async fn record(&self, id: CorrelationId, update: Update) -> Option<Transition> {
         match self.shared.store.transition(id, update).await {
-            Ok(_) => true,
+            Ok(t) => Some(t),
             Err(e) => {
                 tracing::warn!(error = %e, "result store unavailable; message will be retried");
-                false
+                None
             }
         }
+    }
+
+    /// Writes a terminal transition, then tells the sinks; `true` once both
+    /// are done and the delivery may be settled.
+    async fn record_terminal(&self, envelope: &Envelope, update: Update) -> bool {
+        let id = envelope.correlation_id;
+        match self.record(id, update).await {
+            None => false,
+            Some(Transition::Applied(record)) => self.notify(envelope, &record).await,
+            // Someone else finished it (a duplicate delivery racing this one);
+            // report what is stored, since that one may not live to do so.
+            Some(Transition::Refused { current }) => {
+                if !notifies(current) || self.shared.sinks.is_empty() {
+                    return true;
+                }
+                match self.shared.store.get(id).await {
+                    Ok(Some(record)) => self.notify(envelope, &record).await,
+                    Ok(None) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "result store unavailable; message will be retried");
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a finished request to every sink; `false` if one failed.
+    async fn notify(&self, envelope: &Envelope, record: &RequestRecord) -> bool {
+        if !notifies(record.status) {
+            return true;
+        }
+        for sink in &self.shared.sinks {
+            if let Err(e) = sink.finished(envelope, record).await {
+                self.shared.metrics.errors_sink.inc();
+                tracing::warn!(sink = sink.name(), error = %e, "completion sink failed; message will be retried");
+                return false;
+            }
+        }
+        true
     }
 
     /// The store could not record the outcome: hand the message back so the

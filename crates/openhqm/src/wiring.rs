@@ -8,18 +8,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use axum::http::HeaderName;
+use openhqm_callbacks::{
+    CallbackPolicy, CallbackSink, DispatchConfig, Dispatcher, EndpointCallbacks, SigningKey,
+};
 use openhqm_core::{Backoff, Decoder};
 use openhqm_embedded::{Durability, EmbeddedDb, Options};
 use openhqm_ingress::{Admission, ApiConfig, ApiState, IdempotencyConfig, SidecarConfig};
-use openhqm_metrics::Metrics;
+use openhqm_metrics::{Metrics, QueueMetrics};
 use openhqm_queue::QueueBackend;
 use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
 use openhqm_store::ResultStore;
 use openhqm_store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
 use openhqm_upstream::{HealthChecks, ProxyProcessor};
-use openhqm_worker::{Processor, WorkerConfig, WorkerPool};
+use openhqm_worker::{CompletionSink, Processor, ReplyQueueSink, WorkerConfig, WorkerPool};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::{BackendType, Config};
@@ -113,6 +116,139 @@ fn open_backends(config: &Config) -> anyhow::Result<Backends> {
     })
 }
 
+/// Largest body of a side queue (callback jobs, replies): a whole result,
+/// which may be a proxied response of up to `proxy.max_response_size`.
+fn side_queue_max_payload(config: &Config) -> usize {
+    config
+        .server
+        .max_body_size
+        .max(config.proxy.max_response_size)
+        .saturating_mul(2)
+        .saturating_add(64 * 1024)
+}
+
+/// Opens another named queue on the backend of the request queue.
+async fn open_side_queue(
+    config: &Config,
+    backends: &Backends,
+    name: &str,
+    dead_letter_name: &str,
+) -> anyhow::Result<Arc<dyn QueueBackend>> {
+    #[cfg(feature = "redis")]
+    if config.queue.kind == BackendType::Redis {
+        return redis::open_side_queue(config, name, dead_letter_name).await;
+    }
+    let db = backends
+        .db
+        .clone()
+        .ok_or_else(|| anyhow!("the embedded database is not open"))?;
+    let queue = EmbeddedQueue::open(
+        db,
+        EmbeddedQueueConfig {
+            name: name.to_owned(),
+            dead_letter_name: dead_letter_name.to_owned(),
+            lease: secs(config.queue.lease_seconds),
+            max_payload: side_queue_max_payload(config),
+        },
+    )
+    .with_context(|| format!("cannot open the embedded queue `{name}`"))?;
+    Ok(Arc::new(queue))
+}
+
+/// What runs when a request finishes: the completion sinks, plus the
+/// callback dispatcher and the queues they opened.
+struct Completion {
+    sinks: Vec<Arc<dyn CompletionSink>>,
+    dispatcher: Option<Dispatcher>,
+    queues: Vec<Arc<dyn QueueBackend>>,
+}
+
+fn callback_policy(config: &Config) -> anyhow::Result<CallbackPolicy> {
+    CallbackPolicy::new(&config.callbacks.allowed_hosts)
+        .map_err(|e| anyhow!("callbacks.allowed_hosts: {}", e.join("; ")))
+}
+
+/// Builds the reply-queue sink and the callback sink and dispatcher, as configured.
+async fn completion(
+    config: &Config,
+    backends: &Backends,
+    metrics: &Metrics,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Completion> {
+    let mut out = Completion {
+        sinks: Vec::new(),
+        dispatcher: None,
+        queues: Vec::new(),
+    };
+    if config.queue.reply_enabled {
+        let name = &config.queue.response_queue_name;
+        let queue = open_side_queue(config, backends, name, &format!("{name}-dlq")).await?;
+        out.sinks.push(Arc::new(ReplyQueueSink::new(
+            Arc::clone(&queue),
+            metrics.queue(name),
+        )));
+        out.queues.push(queue);
+        tracing::info!(queue = %name, "reply queue enabled");
+    }
+    let policy = callback_policy(config)?;
+    if policy.is_enabled() {
+        let cb = &config.callbacks;
+        let key = SigningKey::from_secret(cb.secret.expose())
+            .map_err(|e| anyhow!("callbacks.secret: {e}"))?;
+        let queue = open_side_queue(config, backends, &cb.queue_name, &cb.dlq_name).await?;
+        let endpoints = if config.proxy.enabled {
+            EndpointCallbacks {
+                urls: config
+                    .proxy
+                    .endpoints
+                    .iter()
+                    .filter_map(|(name, e)| Some((name.clone(), e.callback_url.clone()?)))
+                    .collect(),
+                default_endpoint: config.proxy.default_endpoint.clone(),
+            }
+        } else {
+            EndpointCallbacks::default()
+        };
+        let queue_metrics = metrics.queue(&cb.queue_name);
+        out.sinks.push(Arc::new(CallbackSink::new(
+            Arc::clone(&queue),
+            policy.clone(),
+            endpoints,
+            (queue_metrics.clone(), metrics.callbacks()),
+        )));
+        let dispatch = DispatchConfig {
+            concurrency: cb.concurrency,
+            timeout: secs(cb.timeout_seconds),
+            backoff: Backoff {
+                base: Duration::from_secs_f64(cb.retry_delay_base),
+                max: Duration::from_secs_f64(cb.retry_delay_max),
+                max_retries: cb.max_attempts.saturating_sub(1),
+            },
+            drain: secs(config.worker.drain_timeout_seconds),
+            unavailable_backoff: Duration::from_secs_f64(cb.retry_delay_base),
+        };
+        tokio::spawn(sample_depth(
+            Arc::clone(&queue),
+            queue_metrics,
+            None,
+            stop.clone(),
+        ));
+        out.dispatcher = Some(
+            Dispatcher::new(
+                Arc::clone(&queue),
+                policy,
+                key,
+                dispatch,
+                metrics.callbacks(),
+            )
+            .map_err(|e| anyhow!(e))?,
+        );
+        out.queues.push(queue);
+        tracing::info!(allowed_hosts = ?cb.allowed_hosts, queue = %cb.queue_name, "completion callbacks enabled");
+    }
+    Ok(out)
+}
+
 fn worker_config(config: &Config) -> WorkerConfig {
     let w = &config.worker;
     WorkerConfig {
@@ -172,12 +308,17 @@ pub(crate) async fn run(
         store: Arc::clone(&backends.store),
         metrics: Arc::clone(&metrics),
         queue_metrics: queue_metrics.clone(),
-        config: api_config(&config),
-        admission: Admission::new(config.server.max_pending),
+        config: api_config(&config)?,
+        admission: Arc::new(Admission::new(config.server.max_pending)),
         waiting: Semaphore::new(config.server.max_waiting),
         stopping: stop_rx.clone(),
     });
-    tokio::spawn(sample_depth(Arc::clone(&state), stop_rx.clone()));
+    tokio::spawn(sample_depth(
+        Arc::clone(&backends.queue),
+        queue_metrics.clone(),
+        Some(Arc::clone(&state.admission)),
+        stop_rx.clone(),
+    ));
     let sidecar = match (mode, config.sidecar.enabled, config.sidecar.port) {
         (Mode::Serve | Mode::Listener, true, Some(port)) => {
             let address = format!("{}:{port}", config.server.host);
@@ -206,7 +347,17 @@ pub(crate) async fn run(
         Mode::Listener => (processor, None),
         Mode::Serve | Mode::Worker => choose_processor(&config, processor, &metrics)?,
     };
-    let workers = (mode != Mode::Listener).then(|| {
+    let completion = match mode {
+        Mode::Listener => None,
+        Mode::Serve | Mode::Worker => {
+            Some(completion(&config, &backends, &metrics, &stop_rx).await?)
+        }
+    };
+    let mut side_queues = Vec::new();
+    let mut dispatcher = None;
+    let workers = completion.map(|c| {
+        side_queues = c.queues;
+        dispatcher = c.dispatcher.map(|d| tokio::spawn(d.run(stop_rx.clone())));
         let pool = WorkerPool::new(
             Arc::clone(&backends.queue),
             Arc::clone(&backends.store),
@@ -214,7 +365,8 @@ pub(crate) async fn run(
             worker_config(&config),
             (metrics.worker(), queue_metrics),
         )
-        .with_decoder(decoder(&config));
+        .with_decoder(decoder(&config))
+        .with_sinks(c.sinks);
         tokio::spawn(pool.run(stop_rx.clone()))
     });
     let api = serve_http(listener, router, stop_rx.clone());
@@ -231,8 +383,17 @@ pub(crate) async fn run(
             tracing::warn!(abandoned, "messages left unacknowledged for redelivery");
         }
     }
+    if let Some(dispatcher) = dispatcher {
+        let abandoned = dispatcher.await.unwrap_or(0);
+        if abandoned > 0 {
+            tracing::warn!(abandoned, "callbacks left unacknowledged for redelivery");
+        }
+    }
     if let Some(checks) = health_checks {
         checks.stop().await;
+    }
+    for queue in side_queues {
+        queue.close().await;
     }
     backends.queue.close().await;
     backends.store.close().await;
@@ -262,10 +423,10 @@ async fn serve_http(
         .context("HTTP server failed")
 }
 
-fn api_config(config: &Config) -> ApiConfig {
+fn api_config(config: &Config) -> anyhow::Result<ApiConfig> {
     let sidecar = &config.sidecar;
     let forward_all = sidecar.forward_headers.iter().any(|h| h.trim() == "*");
-    ApiConfig {
+    Ok(ApiConfig {
         max_body_size: config.server.max_body_size,
         retry_after_secs: config.server.retry_after_seconds,
         probe_timeout: secs(2),
@@ -275,6 +436,7 @@ fn api_config(config: &Config) -> ApiConfig {
             .enabled
             .then(|| config.proxy.endpoints.keys().cloned().collect()),
         max_wait: secs(config.server.max_wait_seconds),
+        callbacks: callback_policy(config)?,
         idempotency: IdempotencyConfig {
             ttl: secs(
                 config
@@ -298,7 +460,7 @@ fn api_config(config: &Config) -> ApiConfig {
                     .collect()
             }),
         }),
-    }
+    })
 }
 
 /// With `proxy.enabled` the workers forward to HTTP backends; otherwise they
@@ -342,9 +504,14 @@ async fn wait_for_signal(stop: watch::Sender<bool>) {
     let _ = stop.send(true);
 }
 
-/// Keeps the depth gauges current for scrapers and autoscalers, and the
-/// admission estimate fresh (hence four times a second).
-async fn sample_depth(state: Arc<ApiState>, mut stop: watch::Receiver<bool>) {
+/// Keeps a queue's depth gauges current for scrapers and autoscalers, and
+/// the API's admission estimate fresh (hence four times a second).
+async fn sample_depth(
+    queue: Arc<dyn QueueBackend>,
+    metrics: QueueMetrics,
+    admission: Option<Arc<Admission>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -352,17 +519,15 @@ async fn sample_depth(state: Arc<ApiState>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let counted = state.admission.counted();
-        if let Ok(depth) = state.queue.depth().await {
-            state.admission.record_depth(depth, counted);
-            state
-                .queue_metrics
-                .depth
-                .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        let counted = admission.as_ref().map_or(0, |a| a.counted());
+        if let Ok(depth) = queue.depth().await {
+            if let Some(admission) = &admission {
+                admission.record_depth(depth, counted);
+            }
+            metrics.depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
-        if let Ok(dead) = state.queue.dead_letter_depth().await {
-            state
-                .queue_metrics
+        if let Ok(dead) = queue.dead_letter_depth().await {
+            metrics
                 .dlq_depth
                 .set(i64::try_from(dead).unwrap_or(i64::MAX));
         }

@@ -374,5 +374,6 @@ fn deserialize_sections(tree: &Value, errors: &mut Vec<ConfigError>) -> Config {
     section(tree, "partitioning", &mut c.partitioning, errors);
     section(tree, "sidecar", &mut c.sidecar, errors);
     section(tree, "idempotency", &mut c.idempotency, errors);
+    section(tree, "callbacks", &mut c.callbacks, errors);
     c
 }

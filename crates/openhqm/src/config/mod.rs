@@ -39,6 +39,8 @@ pub struct Config {
     pub sidecar: SidecarSection,
     /// `Idempotency-Key` handling.
     pub idempotency: IdempotencySection,
+    /// Completion callbacks (webhooks).
+    pub callbacks: CallbacksConfig,
 }
 
 /// `server.*`
@@ -242,6 +244,9 @@ pub struct QueueConfig {
     /// What producers write on the request queue: `envelope` (OpenHQM's),
     /// `raw` (any JSON), `cloudevents` (structured or binary) or `auto`.
     pub message_format: MessageFormat,
+    /// Publish every finished request (the `/response` JSON, with its
+    /// correlation id) to `response_queue_name`.
+    pub reply_enabled: bool,
 }
 
 impl Default for QueueConfig {
@@ -275,6 +280,48 @@ impl Default for QueueConfig {
             response_queue_name: "openhqm-responses".into(),
             dlq_name: "openhqm-dlq".into(),
             message_format: MessageFormat::Envelope,
+            reply_enabled: false,
+        }
+    }
+}
+
+/// `callbacks.*`: completion callbacks, off while `allowed_hosts` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbacksConfig {
+    /// The only hosts (`host` or `host:port`) a callback may go to; empty
+    /// disables callbacks, and a submit naming one is refused.
+    pub allowed_hosts: Vec<String>,
+    /// The Standard Webhooks signing secret, `whsec_<base64 key>`.
+    pub secret: Secret,
+    /// The queue holding callback jobs, on the same backend as the requests.
+    pub queue_name: String,
+    /// Where callback jobs that were given up on are kept.
+    pub dlq_name: String,
+    /// POSTs per callback before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Shortest delay between attempts, in seconds.
+    pub retry_delay_base: f64,
+    /// Longest delay between attempts, in seconds.
+    pub retry_delay_max: f64,
+    /// How long one POST may take, in seconds; less than `queue.lease_seconds`.
+    pub timeout_seconds: u64,
+    /// POSTs in flight per process.
+    pub concurrency: usize,
+}
+
+impl Default for CallbacksConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            secret: Secret::default(),
+            queue_name: "openhqm-callbacks".into(),
+            dlq_name: "openhqm-callbacks-dlq".into(),
+            max_attempts: 8,
+            retry_delay_base: 1.0,
+            retry_delay_max: 300.0,
+            timeout_seconds: 10,
+            concurrency: 16,
         }
     }
 }

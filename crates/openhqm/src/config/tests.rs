@@ -419,3 +419,40 @@ fn sidecar_and_idempotency_settings_parse_and_broken_ones_are_named() {
     };
     assert!(errors_of(&port).join("\n").contains("sidecar.port"));
 }
+
+#[test]
+fn callback_settings_are_checked_by_key() {
+    let file = yaml(
+        "callbacks:\n  allowed_hosts: [\"hooks.example.com\", \"bad:port\"]\n  secret: nope\n  timeout_seconds: 60\n  queue_name: openhqm-requests\nqueue:\n  reply_enabled: true\n  response_queue_name: openhqm-dlq\nproxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:9\n      callback_url: https://elsewhere.example.com/hook\n",
+    );
+    let errors = errors_of(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    });
+    for needle in [
+        "`callbacks.allowed_hosts`: `bad:port`: `port` is not a port",
+        "`callbacks.secret`: must start with `whsec_`",
+        "`callbacks.timeout_seconds`: must be at least 1 and less than queue.lease_seconds",
+        "`callbacks.queue_name`: must be set and differ",
+        "`queue.response_queue_name`: must be set and differ",
+        "`queue.reply_enabled`: needs a queue other processes can read",
+        "`proxy.endpoints.api.callback_url`: callback_url host `elsewhere.example.com` is not on callbacks.allowed_hosts",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(needle)),
+            "missing `{needle}` in {errors:#?}"
+        );
+    }
+
+    let good = yaml(
+        "callbacks:\n  allowed_hosts: [\"hooks.example.com\", \"127.0.0.1:9000\"]\n  secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\nqueue:\n  type: redis\n  reply_enabled: true\nproxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:9\n      callback_url: http://127.0.0.1:9000/done\n",
+    );
+    let c = load(&Sources {
+        file: Some(good.path().to_path_buf()),
+        ..Sources::default()
+    })
+    .expect("valid");
+    assert_eq!(c.callbacks.queue_name, "openhqm-callbacks");
+    assert!(c.queue.reply_enabled);
+    assert_eq!(format!("{:?}", c.callbacks.secret), "***");
+}

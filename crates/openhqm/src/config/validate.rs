@@ -1,6 +1,8 @@
 //! Checks across keys that types alone cannot express. Every problem is
 //! reported, not just the first.
 
+use openhqm_callbacks::{CallbackPolicy, SigningKey};
+
 use super::{BackendType, Config, ConfigError, MessageFormat};
 
 /// Queue and store backends this build can serve.
@@ -253,6 +255,7 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         format!("`{}` is not a header name", c.idempotency.identity_header),
     );
     validate_foreign(c, &mut errors);
+    validate_callbacks(c, &mut errors);
     // Endpoints are checked even while proxy mode is off, so a file that is
     // about to switch it on is known to be good.
     for (key, message) in c.proxy.upstream().validate() {
@@ -325,4 +328,113 @@ fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// `callbacks.*`, the reply queue, and endpoints' `callback_url`.
+fn validate_callbacks(c: &Config, errors: &mut Vec<ConfigError>) {
+    let cb = &c.callbacks;
+    let mut check = |ok: bool, key: &str, message: String| {
+        if !ok {
+            errors.push(ConfigError::new(key, message));
+        }
+    };
+    let policy = match CallbackPolicy::new(&cb.allowed_hosts) {
+        Ok(p) => p,
+        Err(problems) => {
+            for p in problems {
+                check(false, "callbacks.allowed_hosts", p);
+            }
+            // Check the endpoints against the entries that are good.
+            let good: Vec<&String> = cb
+                .allowed_hosts
+                .iter()
+                .filter(|h| CallbackPolicy::new(&[h]).is_ok())
+                .collect();
+            CallbackPolicy::new(&good).unwrap_or_default()
+        }
+    };
+    for (name, endpoint) in &c.proxy.endpoints {
+        if let Some(url) = &endpoint.callback_url {
+            let result = policy.check(url);
+            check(
+                result.is_ok(),
+                &format!("proxy.endpoints.{name}.callback_url"),
+                result.err().map(|e| e.to_string()).unwrap_or_default(),
+            );
+        }
+    }
+    let names = [
+        c.queue.request_queue_name.as_str(),
+        c.queue.dlq_name.as_str(),
+        c.queue.response_queue_name.as_str(),
+    ];
+    if c.queue.reply_enabled {
+        // Nothing outside this process can read the embedded database, so
+        // replies there would pile up unread.
+        check(
+            c.queue.kind != BackendType::Embedded,
+            "queue.reply_enabled",
+            "needs a queue other processes can read (queue.type redis); \
+             nothing outside this process can consume the embedded queue"
+                .into(),
+        );
+        check(
+            !c.queue.response_queue_name.is_empty() && !names[..2].contains(&names[2]),
+            "queue.response_queue_name",
+            "must be set and differ from queue.request_queue_name and queue.dlq_name".into(),
+        );
+    }
+    if cb.allowed_hosts.is_empty() {
+        return;
+    }
+    if let Err(e) = SigningKey::from_secret(cb.secret.expose()) {
+        check(false, "callbacks.secret", e.to_string());
+    }
+    for (key, name) in [
+        ("callbacks.queue_name", &cb.queue_name),
+        ("callbacks.dlq_name", &cb.dlq_name),
+    ] {
+        check(
+            !name.is_empty() && !names.contains(&name.as_str()),
+            key,
+            "must be set and differ from the request, dead-letter and response queues".into(),
+        );
+    }
+    check(
+        cb.queue_name != cb.dlq_name,
+        "callbacks.dlq_name",
+        "must differ from callbacks.queue_name".into(),
+    );
+    check(
+        cb.max_attempts > 0,
+        "callbacks.max_attempts",
+        "must be at least 1".into(),
+    );
+    check(
+        cb.concurrency > 0,
+        "callbacks.concurrency",
+        "must be at least 1".into(),
+    );
+    check(
+        cb.timeout_seconds > 0 && cb.timeout_seconds < c.queue.lease_seconds,
+        "callbacks.timeout_seconds",
+        format!(
+            "must be at least 1 and less than queue.lease_seconds ({}), got {}",
+            c.queue.lease_seconds, cb.timeout_seconds
+        ),
+    );
+    let base = cb.retry_delay_base;
+    check(
+        base.is_finite() && base > 0.0,
+        "callbacks.retry_delay_base",
+        format!("must be a positive number of seconds, got {base}"),
+    );
+    check(
+        cb.retry_delay_max.is_finite() && cb.retry_delay_max >= base,
+        "callbacks.retry_delay_max",
+        format!(
+            "must be at least callbacks.retry_delay_base ({base}), got {}",
+            cb.retry_delay_max
+        ),
+    );
 }

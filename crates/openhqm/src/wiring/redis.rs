@@ -40,6 +40,25 @@ fn queue_config(config: &Config) -> RedisQueueConfig {
     }
 }
 
+/// Opens another stream (callback jobs, replies) beside the request stream,
+/// with the same group and consumer name.
+pub(super) async fn open_side_queue(
+    config: &Config,
+    name: &str,
+    dead_letter_name: &str,
+) -> anyhow::Result<Arc<dyn QueueBackend>> {
+    let q = RedisQueueConfig {
+        stream: name.to_owned(),
+        dead_letter_stream: dead_letter_name.to_owned(),
+        max_payload: super::side_queue_max_payload(config),
+        ..queue_config(config)
+    };
+    let queue = RedisQueue::open(q)
+        .await
+        .with_context(|| format!("cannot open the Redis stream `{name}`"))?;
+    Ok(Arc::new(queue))
+}
+
 /// Opens the backends when at least one of them is Redis.
 pub(super) async fn open_redis(config: &Config) -> anyhow::Result<Backends> {
     let uses_embedded =

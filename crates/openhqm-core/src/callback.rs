@@ -1,0 +1,260 @@
+//! Which completion callback URLs OpenHQM may call.
+//!
+//! A client names a `metadata.callback_url`; OpenHQM will POST to it from
+//! inside the deployment's network, so a URL is accepted only if its host
+//! (and port) is on the configured allow-list (`callbacks.allowed_hosts`).
+//! The same check runs at submit (a refusal is a 400), when a worker enqueues
+//! the callback (a foreign producer never went through submit) and right
+//! before the POST, so a host taken off the list is never called again.
+//!
+//! An entry is `host` or `host:port` (`[v6]:port` for IPv6). Without a port
+//! it allows the host on the scheme's default port only (80 for `http`, 443
+//! for `https`); with one, that port only. Hosts compare case-insensitively,
+//! after the same normalization URLs get (IDNA, IPv4 forms).
+
+use std::fmt;
+
+use url::Url;
+
+/// Why a callback URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackUrlError {
+    /// Not an absolute `http`/`https` URL with a host, or it carries credentials.
+    #[error("callback_url is not usable: {0}")]
+    Invalid(String),
+    /// Its host and port are not on `callbacks.allowed_hosts`.
+    #[error("callback_url host `{0}` is not on callbacks.allowed_hosts")]
+    NotAllowed(String),
+    /// `callbacks.allowed_hosts` is empty: callbacks are off.
+    #[error("completion callbacks are disabled (callbacks.allowed_hosts is empty)")]
+    Disabled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Allowed {
+    /// As `Url::host_str` spells it (IPv6 in brackets).
+    host: String,
+    /// `None`: the scheme's default port only.
+    port: Option<u16>,
+}
+
+impl fmt::Display for Allowed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.host),
+            None => f.write_str(&self.host),
+        }
+    }
+}
+
+/// The allow-list of callback hosts. Empty means callbacks are disabled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallbackPolicy {
+    allowed: Vec<Allowed>,
+}
+
+/// Normalizes a host the way a URL's host is normalized.
+fn normalize_host(host: &str) -> Option<String> {
+    let url = Url::parse(&format!("http://{host}/")).ok()?;
+    let normal = url.host_str()?.to_owned();
+    (url.port().is_none() && url.username().is_empty() && url.path() == "/").then_some(normal)
+}
+
+fn parse_entry(entry: &str) -> Result<Allowed, String> {
+    let entry = entry.trim();
+    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+        // [v6] or [v6]:port
+        let (inside, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{entry}`: unclosed `[`"))?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("`{entry}`: expected `:port` after `]`"))?,
+            ),
+        };
+        (format!("[{inside}]"), port)
+    } else {
+        match entry.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (entry.to_owned(), None),
+        }
+    };
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("`{entry}`: `{p}` is not a port"))
+        })
+        .transpose()?;
+    let host = normalize_host(&host)
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("`{entry}` is not a host or host:port"))?;
+    Ok(Allowed { host, port })
+}
+
+impl CallbackPolicy {
+    /// Builds the allow-list from `callbacks.allowed_hosts`.
+    ///
+    /// # Errors
+    /// One message per entry that is not `host` or `host:port`.
+    pub fn new<S: AsRef<str>>(entries: &[S]) -> Result<Self, Vec<String>> {
+        let mut allowed = Vec::new();
+        let mut errors = Vec::new();
+        for entry in entries {
+            match parse_entry(entry.as_ref()) {
+                Ok(a) => allowed.push(a),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self { allowed })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Whether any host is allowed, i.e. whether callbacks are on.
+    #[must_use]
+    pub fn is_enabled(&self) -> bool {
+        !self.allowed.is_empty()
+    }
+
+    /// Parses `url` and checks it against the list.
+    ///
+    /// # Errors
+    /// [`CallbackUrlError`] saying why it may not be called.
+    pub fn check(&self, url: &str) -> Result<Url, CallbackUrlError> {
+        if !self.is_enabled() {
+            return Err(CallbackUrlError::Disabled);
+        }
+        let parsed = Url::parse(url).map_err(|e| CallbackUrlError::Invalid(e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(CallbackUrlError::Invalid(format!(
+                "scheme `{}` is not http or https",
+                parsed.scheme()
+            )));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(CallbackUrlError::Invalid(
+                "credentials in the URL are not accepted".into(),
+            ));
+        }
+        let Some(host) = parsed.host_str() else {
+            return Err(CallbackUrlError::Invalid("the URL has no host".into()));
+        };
+        let explicit = parsed.port();
+        let ok = self
+            .allowed
+            .iter()
+            .any(|a| a.host == host && a.port == explicit);
+        if ok {
+            Ok(parsed)
+        } else {
+            let shown = match explicit {
+                Some(p) => format!("{host}:{p}"),
+                None => host.to_owned(),
+            };
+            Err(CallbackUrlError::NotAllowed(shown))
+        }
+    }
+
+    /// The entries, normalized, for logs and `check-config`.
+    #[must_use]
+    pub fn entries(&self) -> Vec<String> {
+        self.allowed.iter().map(ToString::to_string).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(entries: &[&str]) -> CallbackPolicy {
+        CallbackPolicy::new(entries).expect("valid entries")
+    }
+
+    #[test]
+    fn host_and_port_must_match_an_entry() {
+        let p = policy(&["Hooks.Example.com", "127.0.0.1:9000", "[::1]:8080"]);
+        for ok in [
+            "https://hooks.example.com/a?b=c",
+            "http://HOOKS.example.com/",
+            "https://hooks.example.com:443/x",
+            "http://127.0.0.1:9000/hook",
+            "http://[::1]:8080/",
+        ] {
+            assert!(p.check(ok).is_ok(), "{ok} should be allowed");
+        }
+        for (refused, expected) in [
+            (
+                "https://hooks.example.com:8443/",
+                CallbackUrlError::NotAllowed("hooks.example.com:8443".into()),
+            ),
+            (
+                "http://127.0.0.1/",
+                CallbackUrlError::NotAllowed("127.0.0.1".into()),
+            ),
+            (
+                "http://127.0.0.1:9001/",
+                CallbackUrlError::NotAllowed("127.0.0.1:9001".into()),
+            ),
+            (
+                "https://evil.example.com/",
+                CallbackUrlError::NotAllowed("evil.example.com".into()),
+            ),
+            (
+                "https://hooks.example.com.evil.net/",
+                CallbackUrlError::NotAllowed("hooks.example.com.evil.net".into()),
+            ),
+            (
+                "http://0x7f.0.0.1:9001/",
+                CallbackUrlError::NotAllowed("127.0.0.1:9001".into()),
+            ),
+        ] {
+            assert_eq!(p.check(refused).expect_err(refused), expected, "{refused}");
+        }
+    }
+
+    #[test]
+    fn only_plain_http_urls_are_usable() {
+        let p = policy(&["hooks.example.com"]);
+        for bad in [
+            "ftp://hooks.example.com/",
+            "file:///etc/passwd",
+            "hooks.example.com/x",
+            "not a url",
+            "https://user:pw@hooks.example.com/",
+            "",
+        ] {
+            assert!(
+                matches!(p.check(bad), Err(CallbackUrlError::Invalid(_))),
+                "{bad}: {:?}",
+                p.check(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_list_disables_callbacks() {
+        let p = policy(&[]);
+        assert!(!p.is_enabled());
+        assert_eq!(
+            p.check("https://hooks.example.com/"),
+            Err(CallbackUrlError::Disabled)
+        );
+    }
+
+    #[test]
+    fn bad_entries_are_each_reported() {
+        let errors = CallbackPolicy::new(&["ok.example.com", "a:b", "x:0", "[::1", "h/p", ""])
+            .expect_err("bad entries");
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert_eq!(
+            policy(&[" a.example.com:81 ", "[::1]"]).entries(),
+            ["a.example.com:81", "[::1]"]
+        );
+    }
+}

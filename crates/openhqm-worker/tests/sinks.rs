@@ -1,0 +1,302 @@
+//! Completion sinks in the worker pool, against the real embedded queue and
+//! store: the reply queue gets every finished request, a redelivered finished
+//! request is reported again before it is acked, and a failing sink holds the
+//! delivery until it succeeds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use openhqm_core::{
+    Backoff, CorrelationId, Envelope, RequestRecord, RequestStatus, ResultData, SubmitRequest,
+};
+use openhqm_embedded::{EmbeddedDb, Options};
+use openhqm_metrics::Metrics;
+use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
+use openhqm_queue::{Message, OutgoingMessage, QueueBackend};
+use openhqm_store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
+use openhqm_store::{ResultStore, Update};
+use openhqm_worker::{
+    CompletionSink, DemoProcessor, ReplyQueueSink, SinkError, WorkerConfig, WorkerPool,
+};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    db: EmbeddedDb,
+    queue: Arc<dyn QueueBackend>,
+    replies: Arc<dyn QueueBackend>,
+    store: Arc<dyn ResultStore>,
+    metrics: Arc<Metrics>,
+}
+
+fn worker_config() -> WorkerConfig {
+    WorkerConfig {
+        count: 4,
+        batch_size: 16,
+        timeout: Duration::from_secs(30),
+        backoff: Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(50),
+            max_retries: 0,
+        },
+        lease: Duration::from_secs(2),
+        drain: Duration::from_secs(5),
+        unavailable_backoff: Duration::from_millis(30),
+    }
+}
+
+fn open_queue(db: &EmbeddedDb, name: &str) -> Arc<dyn QueueBackend> {
+    let qc = EmbeddedQueueConfig {
+        name: name.into(),
+        dead_letter_name: format!("{name}-dlq"),
+        lease: Duration::from_secs(2),
+        max_payload: 1 << 20,
+    };
+    Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"))
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
+    let sc = EmbeddedStoreConfig {
+        ttl: Duration::from_secs(600),
+        sweep_interval: Duration::from_secs(60),
+    };
+    let store: Arc<dyn ResultStore> =
+        Arc::new(EmbeddedStore::open(db.clone(), &sc).expect("store"));
+    Rig {
+        queue: open_queue(&db, "requests"),
+        replies: open_queue(&db, "responses"),
+        _dir: dir,
+        db,
+        store,
+        metrics: Metrics::new(),
+    }
+}
+
+impl Rig {
+    fn reply_sink(&self) -> Arc<ReplyQueueSink> {
+        Arc::new(ReplyQueueSink::new(
+            Arc::clone(&self.replies),
+            self.metrics.queue("responses"),
+        ))
+    }
+
+    fn start(
+        &self,
+        sinks: Vec<Arc<dyn CompletionSink>>,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<usize>) {
+        let pool = WorkerPool::new(
+            Arc::clone(&self.queue),
+            Arc::clone(&self.store),
+            Arc::new(DemoProcessor),
+            worker_config(),
+            (self.metrics.worker(), self.metrics.queue("requests")),
+        )
+        .with_sinks(sinks);
+        let (stop, stopped) = watch::channel(false);
+        (stop, tokio::spawn(pool.run(stopped)))
+    }
+
+    fn envelope(id: CorrelationId, body: Value) -> Envelope {
+        let req: SubmitRequest = serde_json::from_value(body).expect("submit body");
+        Envelope::from_submit(id, req, "now")
+    }
+
+    async fn submit(&self, body: Value) -> CorrelationId {
+        let id = CorrelationId::new();
+        self.store
+            .create(RequestRecord::pending(id, openhqm_core::time::now_ms()))
+            .await
+            .expect("create");
+        self.publish(&Self::envelope(id, body)).await;
+        id
+    }
+
+    async fn publish(&self, env: &Envelope) {
+        self.queue
+            .publish(OutgoingMessage::new(env.to_json().expect("json")))
+            .await
+            .expect("publish");
+    }
+
+    /// Takes `n` replies off the reply queue (acking them).
+    async fn replies(&self, n: usize) -> Vec<Message> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while out.len() < n {
+            assert!(tokio::time::Instant::now() < deadline, "got {out:?}");
+            for d in self
+                .replies
+                .receive(n - out.len(), Duration::from_millis(200))
+                .await
+                .expect("receive")
+            {
+                out.push(d.message().clone());
+                d.ack().await.expect("ack");
+            }
+        }
+        out
+    }
+
+    async fn drained(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.queue.depth().await.expect("depth") > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "request not acked");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn check_reply(reply: &Message, record: &RequestRecord) {
+    assert_eq!(
+        reply.attributes.get("correlation_id"),
+        Some(&record.correlation_id.to_string())
+    );
+    assert_eq!(
+        reply.attributes.get("status").map(String::as_str),
+        Some(record.status.as_str())
+    );
+    let body: Value = serde_json::from_slice(&reply.body).expect("json");
+    assert_eq!(body, record.response_body());
+}
+
+#[tokio::test]
+async fn the_reply_queue_gets_every_finished_request_with_its_correlation_id() {
+    let rig = rig();
+    let (stop, pool) = rig.start(vec![rig.reply_sink()]);
+    let ok = rig
+        .submit(json!({"payload": {"operation": "uppercase", "data": "hi"}}))
+        .await;
+    let failed = rig
+        .submit(json!({"payload": {"operation": "fail", "permanent": true}}))
+        .await;
+    let replies = rig.replies(2).await;
+    for reply in &replies {
+        let id: CorrelationId = reply.attributes["correlation_id"].parse().expect("id");
+        let record = rig.store.get(id).await.expect("get").expect("record");
+        check_reply(reply, &record);
+    }
+    let by_id = |id: CorrelationId| {
+        replies
+            .iter()
+            .find(|r| r.attributes["correlation_id"] == id.to_string())
+            .map(|r| serde_json::from_slice::<Value>(&r.body).expect("json"))
+            .expect("reply")
+    };
+    assert_eq!(by_id(ok)["status"], "COMPLETED");
+    assert_eq!(by_id(ok)["result"]["output"], "HI");
+    assert_eq!(by_id(failed)["status"], "FAILED");
+    rig.drained().await;
+    stop.send(true).expect("stop");
+    pool.await.expect("pool");
+    rig.db.close().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_finished_request_is_reported_again_before_its_ack() {
+    // The worker died after storing COMPLETED and before the sinks ran (or
+    // before acking): the message comes back and finds the request finished.
+    let rig = rig();
+    let id = CorrelationId::new();
+    rig.store
+        .create(RequestRecord::pending(id, openhqm_core::time::now_ms()))
+        .await
+        .expect("create");
+    for update in [
+        Update {
+            to: RequestStatus::Processing,
+            attempts: Some(1),
+            outcome: None,
+        },
+        Update {
+            to: RequestStatus::Completed,
+            attempts: Some(1),
+            outcome: Some(ResultData {
+                result: Some(json!({"stored": true})),
+                completed_at_ms: Some(1),
+                ..ResultData::default()
+            }),
+        },
+    ] {
+        rig.store.transition(id, update).await.expect("transition");
+    }
+    rig.publish(&Rig::envelope(
+        id,
+        json!({"payload": {"operation": "echo"}}),
+    ))
+    .await;
+    let (stop, pool) = rig.start(vec![rig.reply_sink()]);
+    let replies = rig.replies(1).await;
+    let record = rig.store.get(id).await.expect("get").expect("record");
+    assert_eq!(
+        record.outcome.as_ref().and_then(|o| o.result.clone()),
+        Some(json!({"stored": true})),
+        "not processed again"
+    );
+    check_reply(&replies[0], &record);
+    rig.drained().await;
+    assert_eq!(rig.queue.dead_letter_depth().await.expect("dlq"), 0);
+    stop.send(true).expect("stop");
+    pool.await.expect("pool");
+    rig.db.close().await;
+}
+
+/// Fails its first `fail_times` calls, then hands over to the reply queue.
+struct FailingFirst {
+    fail_times: u32,
+    calls: AtomicU32,
+    inner: Arc<ReplyQueueSink>,
+}
+
+#[async_trait]
+impl CompletionSink for FailingFirst {
+    fn name(&self) -> &'static str {
+        "failing_first"
+    }
+
+    async fn finished(&self, envelope: &Envelope, record: &RequestRecord) -> Result<(), SinkError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < self.fail_times {
+            return Err(SinkError {
+                sink: "failing_first",
+                message: "not now".into(),
+            });
+        }
+        self.inner.finished(envelope, record).await
+    }
+}
+
+#[tokio::test]
+async fn a_failing_sink_holds_the_delivery_until_it_takes_the_request() {
+    let rig = rig();
+    let sink = Arc::new(FailingFirst {
+        fail_times: 2,
+        calls: AtomicU32::new(0),
+        inner: rig.reply_sink(),
+    });
+    let (stop, pool) = rig.start(vec![Arc::clone(&sink) as Arc<dyn CompletionSink>]);
+    let id = rig
+        .submit(json!({"payload": {"operation": "reverse", "data": "ab"}}))
+        .await;
+    let replies = rig.replies(1).await;
+    rig.drained().await;
+    assert_eq!(sink.calls.load(Ordering::SeqCst), 3);
+    let record = rig.store.get(id).await.expect("get").expect("record");
+    assert_eq!(record.status, RequestStatus::Completed);
+    assert_eq!(
+        record.attempts, 1,
+        "processed once; only the sink was retried"
+    );
+    check_reply(&replies[0], &record);
+    assert!(
+        rig.metrics
+            .render()
+            .contains("openhqm_worker_errors_total{kind=\"sink\"} 2")
+    );
+    stop.send(true).expect("stop");
+    pool.await.expect("pool");
+    rig.db.close().await;
+}
