@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use common::{Server, free_port, http_client, until};
+use common::{Server, free_port, get_json, http_client, until};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -260,14 +260,11 @@ async fn prefer_respond_async_and_a_wait_that_runs_out_give_202_with_location() 
         .expect("status");
     assert_eq!(status.status(), StatusCode::OK);
     let id = location.rsplit('/').next().expect("id").to_owned();
-    let done: Value = http
-        .get(format!("{}/api/v1/response/{id}?wait=10", server.base))
-        .send()
-        .await
-        .expect("response")
-        .json()
-        .await
-        .expect("json");
+    let done: Value = get_json(
+        &http,
+        format!("{}/api/v1/response/{id}?wait=10", server.base),
+    )
+    .await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(done["status_code"], 201);
 
@@ -427,14 +424,11 @@ async fn a_cancelled_request_is_never_forwarded() {
     assert_eq!(in_flight.status(), StatusCode::CONFLICT, "held by a worker");
 
     // The first finishes; the cancelled one is dropped, not forwarded.
-    let done: Value = http
-        .get(format!("{}/api/v1/response/{busy}?wait=10", server.base))
-        .send()
-        .await
-        .expect("response")
-        .json()
-        .await
-        .expect("json");
+    let done: Value = get_json(
+        &http,
+        format!("{}/api/v1/response/{busy}?wait=10", server.base),
+    )
+    .await;
     assert_eq!(done["status"], "COMPLETED");
     until("the cancelled message to be consumed", async || {
         let depth = server.metric(&http, "openhqm_queue_depth{").await;
@@ -442,14 +436,7 @@ async fn a_cancelled_request_is_never_forwarded() {
     })
     .await;
     assert_eq!(backend.seen.lock().expect("lock").len(), 1);
-    let status: Value = http
-        .get(format!("{}/api/v1/status/{queued}", server.base))
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json");
+    let status: Value = get_json(&http, format!("{}/api/v1/status/{queued}", server.base)).await;
     assert_eq!(status["status"], "CANCELLED");
 }
 
@@ -580,14 +567,7 @@ async fn black_friday_burst_loses_nothing_and_respects_the_backend_cap() {
     .await;
     // Spot-check through the API: stored and COMPLETED.
     for id in accepted.iter().step_by(997) {
-        let v: Value = http
-            .get(format!("{}/api/v1/status/{id}", server.base))
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("json");
+        let v: Value = get_json(&http, format!("{}/api/v1/status/{id}", server.base)).await;
         assert_eq!(v["status"], "COMPLETED", "{id}");
     }
     let seen = backend.seen.lock().expect("lock").len();

@@ -65,6 +65,17 @@ pub async fn status_of(http: &reqwest::Client, base: &str, id: &str) -> Option<S
     body["status"].as_str().map(str::to_owned)
 }
 
+/// GETs `url` and reads its JSON body.
+pub async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    http.get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 /// Waits until `{base}/health/ready` answers 200.
 pub async fn wait_ready(http: &reqwest::Client, base: &str) {
     let url = format!("{base}/health/ready");
