@@ -1,6 +1,22 @@
-# Shared helpers of the benchmark scripts: tool installation, free ports,
-# readiness waits, RSS, and a wrk run reduced to "req/s p50 p99 non2xx".
-# Expects WORK (a scratch dir), DURATION, CONNECTIONS and WRK_THREADS.
+# Shared set-up and helpers of the benchmark scripts: settings, a scratch
+# dir cleaned up (with every process in PIDS, and nginx) on exit, tool
+# installation, free ports, readiness waits, RSS, and a wrk run reduced to
+# "req/s p50 p99 non2xx". Sourced from the repository root.
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+WRK_THREADS=${WRK_THREADS:-1}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/openhqm-target}
+BIN="$CARGO_TARGET_DIR/release/openhqm"
+BACKEND_BIN="$CARGO_TARGET_DIR/release/examples/bench_backend"
+WORK=$(mktemp -d /tmp/openhqm-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx; then

@@ -12,21 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10}
-CONNECTIONS=${CONNECTIONS:-64}
-WRK_THREADS=${WRK_THREADS:-1}
 SLOW_MS=${SLOW_MS:-50}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/openhqm-target}
-BIN="$CARGO_TARGET_DIR/release/openhqm"
-BACKEND_BIN="$CARGO_TARGET_DIR/release/examples/bench_backend"
-WORK=$(mktemp -d /tmp/openhqm-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]:-}"; do kill "$pid" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 source bench/lib.sh
 
 echo "building openhqm and the bench backend (release)..." >&2

@@ -9,19 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10}
-CONNECTIONS=${CONNECTIONS:-64}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/openhqm-target}
-BIN="$CARGO_TARGET_DIR/release/openhqm"
-WORK=$(mktemp -d /tmp/openhqm-bench-redis.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]:-}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-WRK_THREADS=${WRK_THREADS:-1}
 source bench/lib.sh
 if ! need redis-server || ! need redis-benchmark; then
   export DEBIAN_FRONTEND=noninteractive
