@@ -16,7 +16,9 @@
 //! - async tasks never block on the journal lock or on fsync.
 //!
 //! Reads go straight to fjall from any thread and see every applied batch.
+//! Jobs on the writer read hot keyspaces mostly from memory ([`recent`]).
 
+mod recent;
 mod writer;
 
 use std::path::Path;
@@ -141,6 +143,28 @@ impl EmbeddedDb {
     pub fn keyspace(&self, name: &str) -> Result<Keyspace, DbError> {
         let options = || fjall::KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         Ok(self.inner.db.keyspace(name, options)?)
+    }
+
+    /// Opens a keyspace whose writer jobs read what they wrote recently
+    /// (read-modify-write by key): the writer remembers its latest writes
+    /// (bounded), so those reads rarely wait on fjall, and knows a key above
+    /// every key it has stored or forgotten is absent without reading. Made
+    /// for time-ordered keys.
+    ///
+    /// The registration is queued like any write, so every later job sees it.
+    ///
+    /// # Errors
+    /// On I/O failure, or [`DbError::Closed`].
+    pub fn hot_keyspace(&self, name: &str) -> Result<Keyspace, DbError> {
+        let ks = self.keyspace(name)?;
+        let hot = ks.clone();
+        self.write_detached(move |ctx| {
+            if let Err(e) = ctx.make_hot(&hot) {
+                // Still correct, only slower: reads of this keyspace go to fjall.
+                tracing::warn!(error = %e, "keyspace not made hot");
+            }
+        })?;
+        Ok(ks)
     }
 
     /// Runs `op` on the writer thread as part of the next group and waits as

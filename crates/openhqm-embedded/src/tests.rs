@@ -67,3 +67,88 @@ async fn writes_after_close_fail_cleanly() {
     assert!(matches!(err, DbError::Closed), "{err}");
     assert!(db.probe().await.is_err());
 }
+
+/// Reads `key` the way a writer job does.
+async fn writer_get(db: &EmbeddedDb, ks: &Keyspace, key: &'static [u8]) -> Option<Vec<u8>> {
+    let ks = ks.clone();
+    db.write(Wait::Applied, move |ctx| {
+        ctx.get(&ks, key).expect("get").map(|v| v.to_vec())
+    })
+    .await
+    .expect("write")
+}
+
+async fn writer_put(db: &EmbeddedDb, ks: &Keyspace, key: Vec<u8>, value: Vec<u8>) {
+    let ks = ks.clone();
+    db.write(Wait::Applied, move |ctx| ctx.insert(&ks, &key, value))
+        .await
+        .expect("write");
+}
+
+#[tokio::test]
+async fn hot_keyspace_answers_from_memory_and_knows_new_keys_are_absent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let plain = db.keyspace("hot").expect("keyspace");
+    plain.insert(b"m", b"stored before").expect("insert");
+    let hot = db.hot_keyspace("hot").expect("hot keyspace");
+
+    // Written by the writer, then changed behind its back: a job still sees
+    // the writer's own latest value, so it did not read fjall.
+    writer_put(&db, &hot, b"a".to_vec(), b"written".to_vec()).await;
+    plain.insert(b"a", b"behind its back").expect("insert");
+    assert_eq!(
+        writer_get(&db, &hot, b"a").await.as_deref(),
+        Some(b"written".as_slice())
+    );
+
+    // Above every stored key and never written: known absent without a read.
+    plain.insert(b"z", b"behind its back").expect("insert");
+    assert_eq!(writer_get(&db, &hot, b"z").await, None);
+
+    // At or below the ceiling and not remembered: read from fjall.
+    assert_eq!(
+        writer_get(&db, &hot, b"m").await.as_deref(),
+        Some(b"stored before".as_slice())
+    );
+    plain.insert(b"b", b"from fjall").expect("insert");
+    assert_eq!(
+        writer_get(&db, &hot, b"b").await.as_deref(),
+        Some(b"from fjall".as_slice())
+    );
+    db.close().await;
+}
+
+#[tokio::test]
+async fn hot_keyspace_memory_is_bounded_and_forgotten_keys_are_read_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let hot = db.hot_keyspace("hot").expect("hot keyspace");
+    // 40 MiB of writes through an 8 MiB memory: the early keys are forgotten.
+    let value = vec![7u8; 4096];
+    for i in 0u32..10_000 {
+        writer_put(&db, &hot, i.to_be_bytes().to_vec(), value.clone()).await;
+    }
+    let remembered = db
+        .write(Wait::Applied, |ctx| ctx.remembered())
+        .await
+        .expect("write");
+    assert!(
+        remembered < 2_100,
+        "remembers {remembered} entries of 4 KiB"
+    );
+    assert!(remembered > 0);
+    // A forgotten key is at or below the raised ceiling, so it is read from
+    // fjall rather than wrongly reported absent.
+    let ks = hot.clone();
+    let first = db
+        .write(Wait::Applied, move |ctx| {
+            ctx.get(&ks, &0u32.to_be_bytes())
+                .expect("get")
+                .map(|v| v.len())
+        })
+        .await
+        .expect("write");
+    assert_eq!(first, Some(4096));
+    db.close().await;
+}

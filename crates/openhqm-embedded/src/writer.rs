@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use fjall::{Keyspace, PersistMode, Slice};
 use tokio::sync::mpsc;
 
+use crate::recent::{Key, Recent};
 use crate::{Completion, Durability, Request, Wait};
 
 /// Most jobs folded into one group; bounds the latency of the first job.
@@ -16,13 +17,14 @@ const MAX_GROUP: usize = 4096;
 /// group, writes join the group's atomic batch.
 pub struct WriteCtx<'a> {
     batch: fjall::OwnedWriteBatch,
-    overlay: HashMap<(u64, Vec<u8>), Option<Slice>>,
+    overlay: HashMap<Key, Option<Slice>>,
+    recent: &'a mut Recent,
     stop: bool,
-    _db: &'a fjall::Database,
 }
 
 impl WriteCtx<'_> {
-    /// Reads `key`, seeing writes made earlier in this group.
+    /// Reads `key`, seeing writes made earlier in this group; for a hot
+    /// keyspace (see [`crate::EmbeddedDb::hot_keyspace`]) usually from memory.
     ///
     /// # Errors
     /// On I/O failure.
@@ -30,7 +32,10 @@ impl WriteCtx<'_> {
         if let Some(v) = self.overlay.get(&(ks.id(), key.to_vec())) {
             return Ok(v.clone());
         }
-        ks.get(key)
+        match self.recent.lookup(ks, key) {
+            Some(known) => Ok(known),
+            None => ks.get(key),
+        }
     }
 
     /// Writes `key` = `value` in this group.
@@ -49,6 +54,16 @@ impl WriteCtx<'_> {
 
     pub(crate) fn stop(&mut self) {
         self.stop = true;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn remembered(&self) -> usize {
+        self.recent.remembered()
+    }
+
+    /// Starts remembering `ks`'s writes across groups.
+    pub(crate) fn make_hot(&mut self, ks: &Keyspace) -> fjall::Result<()> {
+        self.recent.make_hot(ks)
     }
 }
 
@@ -74,6 +89,7 @@ fn run(
         Durability::Process => PersistMode::Buffer,
     };
     let mut group = Vec::with_capacity(256);
+    let mut recent = Recent::default();
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -82,7 +98,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let stop = commit_group(db, &mut group, mode, failed);
+        let stop = commit_group(db, &mut group, &mut recent, mode, failed);
         if stop {
             break;
         }
@@ -97,14 +113,15 @@ fn run(
 fn commit_group(
     db: &fjall::Database,
     group: &mut Vec<Request>,
+    recent: &mut Recent,
     mode: PersistMode,
     failed: &AtomicBool,
 ) -> bool {
     let mut ctx = WriteCtx {
         batch: db.batch(),
         overlay: HashMap::new(),
+        recent,
         stop: false,
-        _db: db,
     };
     let mut applied: Vec<Completion> = Vec::new();
     let mut durable: Vec<Completion> = Vec::new();
@@ -115,12 +132,21 @@ fn commit_group(
             Wait::Durable => durable.push(done),
         }
     }
-    let stop = ctx.stop;
-    let result = if ctx.batch.is_empty() {
+    let WriteCtx {
+        batch,
+        overlay,
+        recent,
+        stop,
+    } = ctx;
+    let result = if batch.is_empty() {
         Ok(())
     } else {
-        ctx.batch.commit()
+        batch.commit()
     };
+    match &result {
+        Ok(()) => recent.remember(overlay),
+        Err(_) => recent.forget_all(),
+    }
     let result = result.map_err(Arc::new);
     for done in applied {
         done(result.clone());

@@ -84,9 +84,9 @@ impl EmbeddedStore {
     /// # Errors
     /// If the keyspace cannot be opened.
     pub fn open(db: EmbeddedDb, config: &EmbeddedStoreConfig) -> Result<Self, StoreError> {
-        let results = db.keyspace("results").map_err(db_error)?;
+        let results = db.hot_keyspace("results").map_err(db_error)?;
         let keys = IdempotencyKeys {
-            claims: db.keyspace("idempotency").map_err(db_error)?,
+            claims: db.hot_keyspace("idempotency").map_err(db_error)?,
             by_expiry: db.keyspace("idempotency_expiry").map_err(db_error)?,
         };
         let ttl_ms = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
