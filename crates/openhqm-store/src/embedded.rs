@@ -311,7 +311,7 @@ impl ResultStore for EmbeddedStore {
         if let Transition::Applied(record) = &outcome
             && record.status.is_terminal()
         {
-            self.waiters.wake(id);
+            self.waiters.finish(record);
         }
         Ok(outcome)
     }
@@ -328,7 +328,11 @@ impl ResultStore for EmbeddedStore {
             tokio::pin!(notified);
             // Registered before the read: a transition after it wakes us.
             notified.as_mut().enable();
-            if let Some(record) = self.get(id).await?
+            let record = match waiting.finished() {
+                Some(handed_over) => Some(handed_over),
+                None => self.get(id).await?,
+            };
+            if let Some(record) = record
                 && record.status.is_terminal()
             {
                 return Ok(Some(record));

@@ -2,17 +2,27 @@
 //! callers wait on it, so a completion wakes only the callers waiting for
 //! that request (a shared broadcast would wake every waiter for every
 //! completion, which costs O(waiters) per request under a sync load).
+//!
+//! A store that has the finished record in hand ([`Waiters::finish`]) leaves
+//! it with the waiters, so they need not read it back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use openhqm_core::CorrelationId;
+use openhqm_core::{CorrelationId, RequestRecord};
 use tokio::sync::Notify;
 
 /// Waiters by id; one [`Notify`] per id however many wait on it.
 #[derive(Default)]
 pub(crate) struct Waiters {
-    map: Mutex<HashMap<CorrelationId, (Arc<Notify>, usize)>>,
+    map: Mutex<HashMap<CorrelationId, Entry>>,
+}
+
+struct Entry {
+    notify: Arc<Notify>,
+    count: usize,
+    /// The terminal record, when the store handed it over.
+    finished: Option<RequestRecord>,
 }
 
 /// A registration; removes itself when the last waiter for the id leaves.
@@ -23,34 +33,58 @@ pub(crate) struct Waiting<'a> {
 }
 
 impl Waiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CorrelationId, (Arc<Notify>, usize)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CorrelationId, Entry>> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn register(&self, id: CorrelationId) -> Waiting<'_> {
         let mut map = self.lock();
-        let entry = map
-            .entry(id)
-            .or_insert_with(|| (Arc::new(Notify::new()), 0));
-        entry.1 += 1;
+        let entry = map.entry(id).or_insert_with(|| Entry {
+            notify: Arc::new(Notify::new()),
+            count: 0,
+            finished: None,
+        });
+        entry.count += 1;
         Waiting {
             waiters: self,
             id,
-            notify: Arc::clone(&entry.0),
+            notify: Arc::clone(&entry.notify),
         }
     }
 
+    /// Wakes the waiters of `id`, which read the record from the store.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn wake(&self, id: CorrelationId) {
-        if let Some((notify, _)) = self.lock().get(&id) {
-            notify.notify_waiters();
+        if let Some(entry) = self.lock().get(&id) {
+            entry.notify.notify_waiters();
+        }
+    }
+
+    /// Wakes the waiters of a request that just finished, handing them `record`.
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
+    pub(crate) fn finish(&self, record: &RequestRecord) {
+        if let Some(entry) = self.lock().get_mut(&record.correlation_id) {
+            entry.finished = Some(record.clone());
+            entry.notify.notify_waiters();
         }
     }
 
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn wake_all(&self) {
-        for (notify, _) in self.lock().values() {
-            notify.notify_waiters();
+        for entry in self.lock().values() {
+            entry.notify.notify_waiters();
         }
+    }
+}
+
+impl Waiting<'_> {
+    /// The terminal record, if the store handed it over.
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
+    pub(crate) fn finished(&self) -> Option<RequestRecord> {
+        self.waiters
+            .lock()
+            .get(&self.id)
+            .and_then(|e| e.finished.clone())
     }
 }
 
@@ -58,8 +92,8 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut map = self.waiters.lock();
         if let Some(entry) = map.get_mut(&self.id) {
-            entry.1 -= 1;
-            if entry.1 == 0 {
+            entry.count -= 1;
+            if entry.count == 0 {
                 map.remove(&self.id);
             }
         }
