@@ -14,7 +14,8 @@
 //! between the two: after the terminal status is stored, before the delivery
 //! is acked or dead-lettered. A sink that fails sends the delivery back for a
 //! retry, and a redelivery that finds the request finished runs the sinks
-//! again before acking, so no sink misses a finished request.
+//! again before settling it (a failed request is still dead-lettered), so no
+//! sink misses a finished request.
 //!
 //! On shutdown the loop stops receiving, in-flight handlers get `drain` to
 //! finish, and any still running are abandoned unsettled: their messages are
@@ -237,7 +238,7 @@ impl Handler {
                         // Expired meanwhile: nothing left to report.
                         Ok(None) => self.finish(delivery.ack().await),
                         Ok(Some(record)) if self.notify(&envelope, &record).await => {
-                            self.finish(delivery.ack().await);
+                            self.settle_finished(delivery, &record).await;
                         }
                         Ok(Some(_)) => self.retry_later(delivery).await,
                         Err(e) => {
@@ -474,6 +475,26 @@ impl Handler {
                 }
             }
         }
+    }
+
+    /// Settles a redelivery of a request that is already finished, whose
+    /// sinks have now taken it: as its first delivery would have been, had a
+    /// sink not failed then. A failed request belongs in the dead-letter
+    /// queue, for redrive; a duplicate there is the at-least-once price.
+    async fn settle_finished(&self, delivery: Delivery, record: &RequestRecord) {
+        let reason = match record.status {
+            RequestStatus::Failed | RequestStatus::Timeout => record
+                .outcome
+                .as_ref()
+                .and_then(|o| o.error.clone())
+                .unwrap_or_else(|| format!("request {}", record.status)),
+            _ => return self.finish(delivery.ack().await),
+        };
+        match record.status {
+            RequestStatus::Timeout => self.shared.queue_metrics.dead_lettered_timeout.inc(),
+            _ => self.shared.queue_metrics.dead_lettered_failed.inc(),
+        };
+        self.finish(delivery.nack(Nack::DeadLetter { reason }).await);
     }
 
     /// Hands a finished request to every sink; `false` if one failed.

@@ -300,3 +300,45 @@ async fn a_failing_sink_holds_the_delivery_until_it_takes_the_request() {
     pool.await.expect("pool");
     rig.db.close().await;
 }
+
+#[tokio::test]
+async fn a_failed_request_whose_sink_failed_is_still_dead_lettered() {
+    let rig = rig();
+    let sink = Arc::new(FailingFirst {
+        fail_times: 1,
+        calls: AtomicU32::new(0),
+        inner: rig.reply_sink(),
+    });
+    let (stop, pool) = rig.start(vec![Arc::clone(&sink) as Arc<dyn CompletionSink>]);
+    let id = rig
+        .submit(
+            json!({"payload": {"operation": "fail", "permanent": true, "error": "no such order"}}),
+        )
+        .await;
+    let replies = rig.replies(1).await;
+    let record = rig.store.get(id).await.expect("get").expect("record");
+    assert_eq!(record.status, RequestStatus::Failed);
+    check_reply(&replies[0], &record);
+    // The redelivery that reported it must settle it as its first delivery
+    // would have: in the dead-letter queue, with the reason, for redrive.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rig.queue.dead_letter_depth().await.expect("dlq depth") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rig.drained().await;
+    assert_eq!(sink.calls.load(Ordering::SeqCst), 2);
+    let dead = rig.queue.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].reason.contains("no such order"),
+        "{}",
+        dead[0].reason
+    );
+    stop.send(true).expect("stop");
+    pool.await.expect("pool");
+    rig.db.close().await;
+}
