@@ -207,8 +207,8 @@ pub fn outgoing(policy: &HeaderPolicy, src: &HeaderSources<'_>) -> Vec<OutHeader
 /// records can be joined.
 #[must_use]
 pub fn new_traceparent(id: CorrelationId, span: u64) -> String {
-    let trace: String = id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    format!("00-{trace}-{span:016x}-01")
+    let trace = u128::from_be_bytes(*id.as_bytes());
+    format!("00-{trace:032x}-{span:016x}-01")
 }
 
 /// Whether `v` is a well-formed version-00 W3C traceparent.
