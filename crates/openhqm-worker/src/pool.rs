@@ -8,7 +8,8 @@
 //! extending the lease), and [`settle`](Handler::settle) (record the outcome,
 //! then ack, retry or dead-letter). The store is written before the delivery
 //! is settled, so a crash in between causes a redelivery that finds the
-//! request finished and only acks it.
+//! request finished and settles it without processing: ack, or dead letter
+//! if it failed.
 //!
 //! Completion sinks ([`CompletionSink`]: callbacks, the reply queue) run
 //! between the two: after the terminal status is stored, before the delivery
@@ -251,8 +252,8 @@ impl Handler {
                 .await;
             }
             Begin::DeadLetter(reason) => {
-                self.shared.queue_metrics.dead_lettered_failed.inc();
-                self.finish(delivery.nack(Nack::DeadLetter { reason }).await);
+                self.dead_letter(delivery, RequestStatus::Failed, reason)
+                    .await;
             }
             Begin::RetryLater => self.retry_later(delivery).await,
         }
@@ -297,8 +298,9 @@ impl Handler {
                 attempt,
             },
             Ok(Transition::Refused { current }) => {
-                tracing::debug!(correlation_id = %envelope.correlation_id, %current, "duplicate delivery of a finished request acknowledged");
-                if notifies(current) && !self.shared.sinks.is_empty() {
+                tracing::debug!(correlation_id = %envelope.correlation_id, %current, "redelivery of a finished request settled without processing");
+                let failed = matches!(current, RequestStatus::Failed | RequestStatus::Timeout);
+                if failed || (notifies(current) && !self.shared.sinks.is_empty()) {
                     Begin::Finished(Box::new(envelope))
                 } else {
                     Begin::Ack
@@ -427,13 +429,7 @@ impl Handler {
                     outcome: Some(outcome),
                 };
                 if self.record_terminal(envelope, update).await {
-                    match status {
-                        RequestStatus::Timeout => {
-                            self.shared.queue_metrics.dead_lettered_timeout.inc()
-                        }
-                        _ => self.shared.queue_metrics.dead_lettered_failed.inc(),
-                    };
-                    self.finish(delivery.nack(Nack::DeadLetter { reason }).await);
+                    self.dead_letter(delivery, status, reason).await;
                 } else {
                     self.retry_later(delivery).await;
                 }
@@ -477,10 +473,11 @@ impl Handler {
         }
     }
 
-    /// Settles a redelivery of a request that is already finished, whose
-    /// sinks have now taken it: as its first delivery would have been, had a
-    /// sink not failed then. A failed request belongs in the dead-letter
-    /// queue, for redrive; a duplicate there is the at-least-once price.
+    /// Settles a redelivery of a request that is already finished (and whose
+    /// sinks have now taken it) as its first delivery would have been: a
+    /// crash, or a failed sink or settle, came in between. A failed request
+    /// belongs in the dead-letter queue; a duplicate there is the
+    /// at-least-once price.
     async fn settle_finished(&self, delivery: Delivery, record: &RequestRecord) {
         let reason = match record.status {
             RequestStatus::Failed | RequestStatus::Timeout => record
@@ -490,11 +487,21 @@ impl Handler {
                 .unwrap_or_else(|| format!("request {}", record.status)),
             _ => return self.finish(delivery.ack().await),
         };
-        match record.status {
-            RequestStatus::Timeout => self.shared.queue_metrics.dead_lettered_timeout.inc(),
-            _ => self.shared.queue_metrics.dead_lettered_failed.inc(),
-        };
-        self.finish(delivery.nack(Nack::DeadLetter { reason }).await);
+        self.dead_letter(delivery, record.status, reason).await;
+    }
+
+    /// Moves the message of a request that ended as `status` to the
+    /// dead-letter queue, counting it once the move is done.
+    async fn dead_letter(&self, delivery: Delivery, status: RequestStatus, reason: String) {
+        let moved = delivery.nack(Nack::DeadLetter { reason }).await;
+        if moved.is_ok() {
+            let m = &self.shared.queue_metrics;
+            match status {
+                RequestStatus::Timeout => m.dead_lettered_timeout.inc(),
+                _ => m.dead_lettered_failed.inc(),
+            };
+        }
+        self.finish(moved);
     }
 
     /// Hands a finished request to every sink; `false` if one failed.

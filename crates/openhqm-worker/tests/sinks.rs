@@ -342,3 +342,49 @@ async fn a_failed_request_whose_sink_failed_is_still_dead_lettered() {
     pool.await.expect("pool");
     rig.db.close().await;
 }
+
+#[tokio::test]
+async fn a_redelivered_failed_request_is_dead_lettered_without_sinks_too() {
+    // The worker died after storing FAILED and before the dead-letter move.
+    let rig = rig();
+    let id = rig
+        .submit(json!({"payload": {"operation": "echo", "data": 1}}))
+        .await;
+    let failed = Update {
+        to: RequestStatus::Failed,
+        attempts: Some(4),
+        outcome: Some(ResultData {
+            error: Some("backend said no".into()),
+            ..ResultData::default()
+        }),
+    };
+    rig.store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    rig.store.transition(id, failed).await.expect("failed");
+    let (stop, pool) = rig.start(Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rig.queue.dead_letter_depth().await.expect("dlq depth") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rig.drained().await;
+    let dead = rig.queue.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead[0].reason, "backend said no");
+    let record = rig.store.get(id).await.expect("get").expect("record");
+    assert_eq!(record.status, RequestStatus::Failed, "not processed again");
+    assert!(
+        rig.metrics
+            .render()
+            .contains("openhqm_queue_dlq_total{queue=\"requests\",status=\"FAILED\"} 1"),
+        "{}",
+        rig.metrics.render()
+    );
+    stop.send(true).expect("stop");
+    pool.await.expect("pool");
+    rig.db.close().await;
+}
