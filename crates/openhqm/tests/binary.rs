@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{BIN, free_port, http_client, status_of, submit, wait_ready};
+use common::{BIN, free_port, http_client, status_of, submit, until, wait_ready};
 
 struct Server {
     child: Child,
@@ -218,24 +218,26 @@ async fn request_logs_carry_the_correlation_id_and_worker_metrics_are_exported()
         assert!(Instant::now() < deadline, "never failed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let metrics = http
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    // FAILED is stored a moment before the message reaches the dead-letter queue.
+    let dead_lettered = "openhqm_queue_dlq_total{queue=\"openhqm-requests\",status=\"FAILED\"} 1";
+    let metrics = until("the dead-letter count", async || {
+        let text = http
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains(dead_lettered).then_some(text)
+    })
+    .await;
     assert!(
         metrics.contains("openhqm_worker_processing_duration_seconds_count{outcome=\"failed\"} 1"),
         "{metrics}"
     );
     assert!(
         metrics.contains("openhqm_worker_errors_total{kind=\"transient\"} 2"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("openhqm_queue_dlq_total{queue=\"openhqm-requests\",status=\"FAILED\"} 1"),
         "{metrics}"
     );
     signal(&server.child, "-TERM");
