@@ -1,11 +1,10 @@
 //! The dispatcher: consumes the callback queue and POSTs each job.
 //!
-//! Shaped like the worker pool, only smaller: one loop receives batches sized
-//! to the free slots (`callbacks.concurrency`), each job runs in its own task,
-//! and every job is settled by the queue (ack, `Retry { delay }` or dead
-//! letter). Nothing waits in memory between attempts, so a restart loses no
-//! callback and a long backoff costs nothing. On shutdown the loop stops
-//! receiving and POSTs in flight get the drain time; any cut off are
+//! It runs the queue's [`consume`] loop, as the worker pool does, with
+//! `callbacks.concurrency` jobs at once, and every job is settled by the queue
+//! (ack, `Retry { delay }` or dead letter). Nothing waits in memory between
+//! attempts, so a restart loses no callback and a long backoff costs nothing.
+//! On shutdown POSTs in flight get the drain time; any cut off are
 //! redelivered later.
 
 use std::sync::Arc;
@@ -13,11 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openhqm_core::{Backoff, CallbackPolicy, Decision, Failure, FailureKind, decide};
 use openhqm_metrics::CallbackMetrics;
-use openhqm_queue::{Delivery, Nack, QueueBackend};
+use openhqm_queue::{ConsumeConfig, Delivery, Nack, QueueBackend, consume};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
 use reqwest::{Client, StatusCode, redirect};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::signature::SigningKey;
@@ -99,68 +97,27 @@ impl Dispatcher {
 
     /// Runs until `shutdown` turns `true`, then drains. Returns how many POSTs
     /// were abandoned (left for redelivery) when the drain time ran out.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> usize {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> usize {
         let inner = self.inner;
-        let slots = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
-        let mut running = JoinSet::new();
-        tracing::info!(
-            concurrency = inner.config.concurrency,
-            "callback dispatcher started"
-        );
-        while !*shutdown.borrow() {
-            let first = tokio::select! {
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = shutdown.changed() => break,
-            };
-            let want = 1 + slots.available_permits();
-            let received = tokio::select! {
-                r = inner.queue.receive(want, Duration::from_secs(1)) => r,
-                _ = shutdown.changed() => break,
-            };
-            let deliveries = match received {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "receiving from the callback queue failed; backing off");
-                    drop(first);
-                    tokio::select! {
-                        () = tokio::time::sleep(inner.config.unavailable_backoff) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                    continue;
-                }
-            };
-            let mut first = Some(first);
-            for delivery in deliveries {
-                // `want` never exceeded the free slots, so one is always there.
-                let permit = first
-                    .take()
-                    .or_else(|| Arc::clone(&slots).try_acquire_owned().ok());
+        let c = &inner.config;
+        let consume_config = ConsumeConfig {
+            name: "callback dispatcher",
+            concurrency: c.concurrency,
+            batch_size: c.concurrency,
+            drain: c.drain,
+            unavailable_backoff: c.unavailable_backoff,
+        };
+        consume(
+            Arc::clone(&inner.queue),
+            &consume_config,
+            shutdown,
+            |_| {},
+            |delivery| {
                 let inner = Arc::clone(&inner);
-                running.spawn(async move {
-                    let _permit = permit;
-                    inner.handle(delivery).await;
-                });
-            }
-            while running.try_join_next().is_some() {}
-        }
-        let drained = tokio::time::timeout(inner.config.drain, async {
-            while running.join_next().await.is_some() {}
-        })
-        .await;
-        let abandoned = running.len();
-        if drained.is_err() {
-            tracing::warn!(
-                abandoned,
-                "callback drain timeout: jobs left for redelivery"
-            );
-            running.abort_all();
-            while running.join_next().await.is_some() {}
-        }
-        tracing::info!("callback dispatcher stopped");
-        abandoned
+                async move { inner.handle(delivery).await }
+            },
+        )
+        .await
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod backends;
 pub mod conformance;
+mod consume;
 mod delivery;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use consume::{ConsumeConfig, consume};
 pub use delivery::{Delivery, Nack, Settle};
 
 /// A message to publish.

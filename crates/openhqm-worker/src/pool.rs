@@ -1,7 +1,5 @@
-//! The worker pool: a fetch loop feeding up to `count` concurrent handlers.
-//!
-//! One loop receives batches sized to the free slots; each delivery runs in
-//! its own task holding a slot. A handler goes through named steps:
+//! The worker pool: the queue's [`consume`] loop feeding up to `count`
+//! concurrent handlers. A handler goes through named steps:
 //! [`begin`](Handler::begin) (decode with the pool's
 //! [`Decoder`](openhqm_core::Decoder), mark PROCESSING, drop duplicates),
 //! [`attempt`](Handler::attempt) (run the processor under its deadline while
@@ -32,10 +30,9 @@ use openhqm_core::{
     RequestRecord, RequestStatus, ResultData, Shape, decide,
 };
 use openhqm_metrics::{QueueMetrics, WorkerMetrics};
-use openhqm_queue::{Delivery, Nack, QueueBackend};
+use openhqm_queue::{ConsumeConfig, Delivery, Nack, QueueBackend, consume};
 use openhqm_store::{ResultStore, Transition, Update};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::sink::notifies;
@@ -119,76 +116,31 @@ impl WorkerPool {
 
     /// Runs until `shutdown` turns `true`, then drains. Returns how many
     /// handlers were abandoned because the drain timeout ran out.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> usize {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> usize {
         let shared = Arc::new(self.shared);
-        let count = shared.config.count.max(1);
-        let slots = Arc::new(Semaphore::new(count));
-        let mut running = JoinSet::new();
-        tracing::info!(count, "worker pool started");
-        while !*shutdown.borrow() {
-            let first = tokio::select! {
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = shutdown.changed() => break,
-            };
-            let want = (1 + slots.available_permits()).min(shared.config.batch_size.max(1));
-            let received = tokio::select! {
-                r = shared.queue.receive(want, Duration::from_secs(1)) => r,
-                _ = shutdown.changed() => break,
-            };
-            let deliveries = match received {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "receiving from the queue failed; backing off");
-                    drop(first);
-                    tokio::select! {
-                        () = tokio::time::sleep(shared.config.unavailable_backoff) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                    continue;
-                }
-            };
-            shared.queue_metrics.consume.inc_by(deliveries.len() as u64);
-            let mut first = Some(first);
-            for delivery in deliveries {
-                // Only this loop takes slots and `want` never exceeded the free
-                // ones, so a slot is always there.
-                let permit = first
-                    .take()
-                    .or_else(|| Arc::clone(&slots).try_acquire_owned().ok());
+        let c = &shared.config;
+        let consume_config = ConsumeConfig {
+            name: "worker pool",
+            concurrency: c.count,
+            batch_size: c.batch_size,
+            drain: c.drain,
+            unavailable_backoff: c.unavailable_backoff,
+        };
+        let consumed = shared.queue_metrics.consume.clone();
+        consume(
+            Arc::clone(&shared.queue),
+            &consume_config,
+            shutdown,
+            |n| {
+                consumed.inc_by(n as u64);
+            },
+            |delivery| {
                 let shared = Arc::clone(&shared);
-                running.spawn(async move {
-                    let _permit = permit;
-                    Handler { shared }.handle(delivery).await;
-                });
-            }
-            while running.try_join_next().is_some() {}
-        }
-        drain(&shared.config, running).await
+                async move { Handler { shared }.handle(delivery).await }
+            },
+        )
+        .await
     }
-}
-
-/// Gives in-flight handlers `config.drain` to finish, then abandons the rest.
-async fn drain(config: &WorkerConfig, mut running: JoinSet<()>) -> usize {
-    let in_flight = running.len();
-    tracing::info!(in_flight, drain = ?config.drain, "worker pool draining");
-    let drained = tokio::time::timeout(config.drain, async {
-        while running.join_next().await.is_some() {}
-    })
-    .await;
-    let abandoned = running.len();
-    if drained.is_err() {
-        tracing::warn!(
-            abandoned,
-            "drain timeout: in-flight messages left unacknowledged for redelivery"
-        );
-        running.abort_all();
-        while running.join_next().await.is_some() {}
-    }
-    tracing::info!("worker pool stopped");
-    abandoned
 }
 
 struct Handler {
