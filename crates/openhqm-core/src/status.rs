@@ -76,6 +76,14 @@ impl RequestStatus {
         )
     }
 
+    /// Whether a redrive of the request's dead-lettered message may take it
+    /// back to PROCESSING: the one way out of a terminal status, for failures
+    /// only. A COMPLETED or CANCELLED request stays as it is.
+    #[must_use]
+    pub fn can_be_redriven(self) -> bool {
+        matches!(self, Self::Failed | Self::Timeout)
+    }
+
     /// The wire name, e.g. `COMPLETED`.
     #[must_use]
     pub fn as_str(self) -> &'static str {

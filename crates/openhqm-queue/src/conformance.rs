@@ -194,7 +194,8 @@ pub async fn retry_delay_is_honoured_with_attempt_plus_one(h: &dyn Harness) {
     again.ack().await.expect("ack");
 }
 
-/// A dead letter keeps its reason and body, and redrive puts it back with attempt 1.
+/// A dead letter keeps its reason and body, and redrive puts it back with
+/// attempt 1, marked as redriven.
 pub async fn dead_letter_and_redrive(h: &dyn Harness) {
     let q = h.open().await;
     publish(q.as_ref(), "poison").await;
@@ -219,6 +220,13 @@ pub async fn dead_letter_and_redrive(h: &dyn Harness) {
     let back = expect_one(q.as_ref()).await;
     assert_eq!(body(&back), "poison");
     assert_eq!(back.message().attempt, 1);
+    let at = back.message().attributes.get(crate::REDRIVEN);
+    assert!(
+        at.and_then(|t| t.parse::<u64>().ok())
+            .is_some_and(|t| t > 0),
+        "redriven message not marked: {:?}",
+        back.message().attributes
+    );
     back.ack().await.expect("ack");
 }
 

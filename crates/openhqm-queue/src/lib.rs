@@ -59,6 +59,17 @@ pub struct Message {
     pub attempt: u32,
 }
 
+/// The attribute [`QueueBackend::redrive`] sets on the messages it moves back.
+pub const REDRIVEN: &str = "openhqm-redriven";
+
+/// Now, in epoch milliseconds.
+#[cfg_attr(not(any(feature = "embedded", feature = "redis")), allow(dead_code))]
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A message parked on the dead-letter queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
@@ -156,8 +167,9 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// If the backend cannot be asked.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
 
-    /// Moves up to `limit` dead letters back to the queue, attempt reset to 1.
-    /// Returns how many moved.
+    /// Moves up to `limit` dead letters back to the queue, attempt reset to 1
+    /// and marked with [`REDRIVEN`] (the time of the redrive, epoch ms), so a
+    /// consumer can tell a redrive from a duplicate. Returns how many moved.
     ///
     /// # Errors
     /// If the move failed; a message is never lost or duplicated by a failed redrive.

@@ -55,6 +55,10 @@ pub struct Update {
     pub attempts: Option<u32>,
     /// The result or error to keep with the new status.
     pub outcome: Option<ResultData>,
+    /// Taken by a redrive of the request's dead letter: it may also take a
+    /// failed request back to PROCESSING
+    /// ([`RequestStatus::can_be_redriven`]).
+    pub redrive: bool,
 }
 
 impl Update {
@@ -65,6 +69,7 @@ impl Update {
             to: status,
             attempts: None,
             outcome: None,
+            redrive: false,
         }
     }
 }
@@ -180,7 +185,12 @@ pub fn apply_update(
     now_ms: u64,
 ) -> Transition {
     let mut record = match current {
-        Some(rec) if !rec.status.can_become(update.to) => {
+        Some(rec)
+            if !(rec.status.can_become(update.to)
+                || update.redrive
+                    && update.to == RequestStatus::Processing
+                    && rec.status.can_be_redriven()) =>
+        {
             return Transition::Refused {
                 current: rec.status,
             };
@@ -239,5 +249,37 @@ mod tests {
         check(Some(Pending), Completed, false);
         check(None, Completed, true);
         check(None, Processing, true);
+    }
+
+    #[test]
+    fn only_a_redrive_reopens_and_only_a_failed_request() {
+        let id = CorrelationId::new();
+        let applied = |from: RequestStatus, to: RequestStatus, redrive: bool| {
+            let rec = RequestRecord {
+                status: from,
+                ..RequestRecord::pending(id, 1)
+            };
+            let update = Update {
+                redrive,
+                ..Update::to(to)
+            };
+            matches!(
+                apply_update(id, Some(rec), update, 10),
+                Transition::Applied(_)
+            )
+        };
+        for from in [Failed, Timeout] {
+            assert!(applied(from, Processing, true), "{from} redriven");
+            assert!(!applied(from, Processing, false), "{from} redelivered");
+            assert!(
+                !applied(from, Completed, true),
+                "{from} straight to COMPLETED"
+            );
+        }
+        for from in [Completed, Cancelled] {
+            assert!(!applied(from, Processing, true), "{from} redriven");
+        }
+        // The ordinary table still holds for a redrive's update.
+        assert!(applied(Pending, Processing, true));
     }
 }

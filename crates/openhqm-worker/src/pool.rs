@@ -30,7 +30,7 @@ use openhqm_core::{
     RequestRecord, RequestStatus, ResultData, Shape, decide,
 };
 use openhqm_metrics::{QueueMetrics, WorkerMetrics};
-use openhqm_queue::{ConsumeConfig, Delivery, Nack, QueueBackend, consume};
+use openhqm_queue::{ConsumeConfig, Delivery, Nack, QueueBackend, REDRIVEN, consume};
 use openhqm_store::{ResultStore, Transition, Update};
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -212,7 +212,8 @@ impl Handler {
         active.dec();
     }
 
-    /// Decodes the message and marks it PROCESSING.
+    /// Decodes the message and marks it PROCESSING (reopening a failed
+    /// request if the message is a redrive of its dead letter).
     async fn begin(&self, delivery: &Delivery) -> Begin {
         let message = delivery.message();
         let incoming = Incoming {
@@ -234,33 +235,44 @@ impl Handler {
         let attempt = message
             .attempt
             .saturating_add(envelope.metadata.retry_count);
-        let update = Update {
+        let redriven = message.attributes.contains_key(REDRIVEN);
+        let mut update = Update {
             to: RequestStatus::Processing,
             attempts: Some(attempt),
             outcome: None,
+            redrive: false,
         };
-        match self
-            .shared
-            .store
-            .transition(envelope.correlation_id, update)
-            .await
-        {
-            Ok(Transition::Applied(_)) => Begin::Process {
-                envelope: Box::new(envelope),
-                attempt,
-            },
-            Ok(Transition::Refused { current }) => {
-                tracing::debug!(correlation_id = %envelope.correlation_id, %current, "redelivery of a finished request settled without processing");
-                let failed = matches!(current, RequestStatus::Failed | RequestStatus::Timeout);
-                if failed || (notifies(current) && !self.shared.sinks.is_empty()) {
-                    Begin::Finished(Box::new(envelope))
-                } else {
-                    Begin::Ack
+        loop {
+            let id = envelope.correlation_id;
+            match self.shared.store.transition(id, update.clone()).await {
+                Ok(Transition::Applied(_)) => {
+                    if update.redrive {
+                        tracing::info!(correlation_id = %id, "failed request redriven: processing it again");
+                    }
+                    return Begin::Process {
+                        envelope: Box::new(envelope),
+                        attempt,
+                    };
                 }
-            }
-            Err(e) => {
-                tracing::warn!(correlation_id = %envelope.correlation_id, error = %e, "result store unavailable; message will be retried");
-                Begin::RetryLater
+                // A redrive of its dead letter: the one way a failed request reopens.
+                Ok(Transition::Refused { current })
+                    if redriven && !update.redrive && current.can_be_redriven() =>
+                {
+                    update.redrive = true;
+                }
+                Ok(Transition::Refused { current }) => {
+                    tracing::debug!(correlation_id = %id, %current, "redelivery of a finished request settled without processing");
+                    let failed = matches!(current, RequestStatus::Failed | RequestStatus::Timeout);
+                    return if failed || (notifies(current) && !self.shared.sinks.is_empty()) {
+                        Begin::Finished(Box::new(envelope))
+                    } else {
+                        Begin::Ack
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(correlation_id = %id, error = %e, "result store unavailable; message will be retried");
+                    return Begin::RetryLater;
+                }
             }
         }
     }
@@ -321,6 +333,7 @@ impl Handler {
                     to: RequestStatus::Completed,
                     attempts: Some(attempt),
                     outcome: Some(outcome),
+                    redrive: false,
                 };
                 if self.record_terminal(envelope, update).await {
                     tracing::debug!(processing_time_ms = ms, "request completed");
@@ -361,6 +374,7 @@ impl Handler {
                     to: RequestStatus::Pending,
                     attempts: Some(attempt),
                     outcome: Some(error),
+                    redrive: false,
                 };
                 if self.record(id, update).await.is_some() {
                     self.finish(delivery.nack(Nack::Retry { delay }).await);
@@ -379,6 +393,7 @@ impl Handler {
                     to: status,
                     attempts: Some(attempt),
                     outcome: Some(outcome),
+                    redrive: false,
                 };
                 if self.record_terminal(envelope, update).await {
                     self.dead_letter(delivery, status, reason).await;

@@ -457,3 +457,50 @@ async fn work_past_the_drain_is_left_for_redelivery_not_failed() {
     );
     rig.db.close().await;
 }
+
+/// Fails its first call for good, then succeeds: a backend fixed after the fact.
+struct FixedLater {
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl Processor for FixedLater {
+    async fn process(&self, request: &Request<'_>) -> Result<Output, Failure> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(Failure::new(FailureKind::Permanent, "backend broken"));
+        }
+        Ok(Output::json(json!({"attempt": request.attempt})))
+    }
+}
+
+#[tokio::test]
+async fn a_redriven_dead_letter_reopens_its_failed_request_and_runs_again() {
+    let processor = Arc::new(FixedLater {
+        calls: AtomicU32::new(0),
+    });
+    let rig = rig(Arc::clone(&processor) as Arc<dyn Processor>, config(4, 0)).await;
+    let id = rig.submit(json!({"payload": 1})).await;
+    assert_eq!(rig.wait_terminal(id).await.status, RequestStatus::Failed);
+    assert_eq!(rig.dead_letters(1).await.len(), 1);
+
+    assert_eq!(rig.queue.redrive(10).await.expect("redrive"), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let rec = loop {
+        let rec = rig.store.get(id).await.expect("get").expect("record");
+        if rec.status == RequestStatus::Completed {
+            break rec;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redrive never ran: {rec:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        rec.outcome.and_then(|o| o.result),
+        Some(json!({"attempt": 1}))
+    );
+    assert_eq!(processor.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(rig.queue.dead_letter_depth().await.expect("dlq"), 0);
+    rig.stop().await;
+}

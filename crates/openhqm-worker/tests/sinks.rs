@@ -211,6 +211,7 @@ async fn a_redelivered_finished_request_is_reported_again_before_its_ack() {
             to: RequestStatus::Processing,
             attempts: Some(1),
             outcome: None,
+            redrive: false,
         },
         Update {
             to: RequestStatus::Completed,
@@ -220,6 +221,7 @@ async fn a_redelivered_finished_request_is_reported_again_before_its_ack() {
                 completed_at_ms: Some(1),
                 ..ResultData::default()
             }),
+            redrive: false,
         },
     ] {
         rig.store.transition(id, update).await.expect("transition");
@@ -357,6 +359,7 @@ async fn a_redelivered_failed_request_is_dead_lettered_without_sinks_too() {
             error: Some("backend said no".into()),
             ..ResultData::default()
         }),
+        redrive: false,
     };
     rig.store
         .transition(id, Update::to(RequestStatus::Processing))

@@ -28,13 +28,15 @@ mod state;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Wait};
 use tokio::sync::Notify;
 
-use crate::{Capabilities, DeadLetter, Delivery, OutgoingMessage, QueueBackend, QueueError};
+use crate::{
+    Capabilities, DeadLetter, Delivery, OutgoingMessage, QueueBackend, QueueError, now_ms,
+};
 use record::{DeadRecord, StoredRecord};
 use state::State;
 
@@ -65,12 +67,6 @@ pub(crate) struct Inner {
     next_seq: AtomicU64,
     next_dead_seq: AtomicU64,
     config: EmbeddedQueueConfig,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -283,12 +279,15 @@ impl QueueBackend for EmbeddedQueue {
     }
 
     async fn redrive(&self, limit: usize) -> Result<u64, QueueError> {
+        let redriven_at = now_ms();
         let mut moves = Vec::new();
         for item in self.inner.dead.iter().take(limit) {
             let (key, value) = item.into_inner().map_err(unavailable)?;
             let mut rec = DeadRecord::decode(&value).map_err(unavailable)?.record;
             rec.attempt = 1;
             rec.not_before_ms = 0;
+            rec.attributes
+                .insert(crate::REDRIVEN.to_owned(), redriven_at.to_string());
             let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
             moves.push((key, seq, rec));
         }

@@ -292,6 +292,8 @@ impl QueueBackend for RedisQueue {
             .key(&c.dead_letter_stream)
             .key(&c.stream)
             .arg(limit)
+            .arg(crate::REDRIVEN)
+            .arg(crate::now_ms())
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)

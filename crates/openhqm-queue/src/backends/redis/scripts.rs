@@ -133,6 +133,7 @@ local es = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[1])
 for _, e in ipairs(es) do
   local out = fields_without(e[2], {attempt = true, reason = true, dead_at = true})
   push(out, 'attempt', '1')
+  push(out, ARGV[2], ARGV[3])
   redis.call('XADD', KEYS[2], '*', unpack(out))
   redis.call('XDEL', KEYS[1], e[1])
 end
