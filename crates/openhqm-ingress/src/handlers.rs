@@ -20,7 +20,7 @@ use crate::accept::{Accepted, accept, stamp};
 use crate::prefer::Preferences;
 use crate::{ApiState, Problem, idempotency};
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

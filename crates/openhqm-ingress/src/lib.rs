@@ -7,6 +7,7 @@
 
 mod accept;
 mod admission;
+mod dead_letters;
 mod docs;
 mod handlers;
 mod health;
@@ -96,18 +97,23 @@ pub const ROUTES: &[&str] = &[
     "/metrics",
     "/openapi.json",
     "/docs",
+    "/api/v1/dead-letters",
+    "/api/v1/dead-letters/redrive",
 ];
 
 /// The metrics label of every passthrough request, whatever its path.
 pub const PASSTHROUGH_ROUTE: &str = "passthrough";
 
-/// Health and metrics only, for processes that run workers without the API.
+/// Health, metrics and the dead-letter queue, for processes that run
+/// workers without the API.
 pub fn admin_router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route(ROUTES[3], get(health::health))
         .route(ROUTES[4], get(health::live))
         .route(ROUTES[5], get(health::ready))
         .route(ROUTES[6], get(telemetry::metrics))
+        .route(ROUTES[9], get(dead_letters::list))
+        .route(ROUTES[10], post(dead_letters::redrive))
         .fallback(problem::not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -140,6 +146,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(ROUTES[6], get(telemetry::metrics))
         .route(ROUTES[7], get(docs::openapi))
         .route(ROUTES[8], get(docs::page))
+        .route(ROUTES[9], get(dead_letters::list))
+        .route(ROUTES[10], post(dead_letters::redrive))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

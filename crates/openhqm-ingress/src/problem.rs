@@ -42,6 +42,16 @@ impl Problem {
         )
     }
 
+    /// 400: a query parameter out of its range.
+    pub fn invalid_parameter(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-parameter",
+            "Query parameter is not valid",
+            detail,
+        )
+    }
+
     /// 422: JSON, but not a valid request.
     pub fn invalid_request(detail: impl Into<String>) -> Self {
         Self::new(

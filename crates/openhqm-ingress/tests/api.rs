@@ -655,3 +655,85 @@ async fn callback_urls_off_the_allow_list_are_refused_at_submit() {
     // A refused submit stores nothing: only the accepted one is queued.
     assert_eq!(api.queue.depth().await.expect("depth"), 1);
 }
+
+#[tokio::test]
+async fn dead_letters_are_listed_with_their_reason_and_redriven() {
+    let api = serve().await;
+    let accepted = api
+        .http
+        .post(format!("{}/api/v1/submit", api.base))
+        .json(&json!({"payload": {"order": 7}}))
+        .send()
+        .await
+        .expect("submit");
+    let id = json_of(accepted).await["correlation_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // A worker gave up on it.
+    let delivery = api
+        .queue
+        .receive(1, Duration::from_secs(1))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("a delivery");
+    delivery
+        .nack(openhqm_queue::Nack::DeadLetter {
+            reason: "backend said 400".into(),
+        })
+        .await
+        .expect("dead-letter");
+
+    let listed = api
+        .http
+        .get(format!("{}/api/v1/dead-letters?limit=10", api.base))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listed.status(), StatusCode::OK);
+    let listed = json_of(listed).await;
+    assert_eq!(listed["depth"], 1);
+    let dead = &listed["dead_letters"][0];
+    assert_eq!(dead["correlation_id"], id.as_str());
+    assert_eq!(dead["reason"], "backend said 400");
+    assert_eq!(dead["attempt"], 1);
+    assert!(
+        dead["dead_lettered_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+
+    let bad = api
+        .http
+        .post(format!("{}/api/v1/dead-letters/redrive?limit=0", api.base))
+        .send()
+        .await
+        .expect("redrive");
+    expect_problem(bad, StatusCode::BAD_REQUEST, "invalid-parameter").await;
+    assert_eq!(api.queue.dead_letter_depth().await.expect("dlq"), 1);
+
+    let redriven = api
+        .http
+        .post(format!("{}/api/v1/dead-letters/redrive", api.base))
+        .send()
+        .await
+        .expect("redrive");
+    assert_eq!(redriven.status(), StatusCode::OK);
+    assert_eq!(json_of(redriven).await, json!({"redriven": 1}));
+    assert_eq!(api.queue.dead_letter_depth().await.expect("dlq"), 0);
+    let back = api
+        .queue
+        .receive(1, Duration::from_secs(1))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("redriven message");
+    assert!(
+        back.message()
+            .attributes
+            .contains_key(openhqm_queue::REDRIVEN)
+    );
+    back.ack().await.expect("ack");
+    api.db.close().await;
+}

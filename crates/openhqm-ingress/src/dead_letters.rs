@@ -1,0 +1,113 @@
+//! The dead-letter queue, for operators. `GET /api/v1/dead-letters` lists the
+//! oldest dead letters with why each was given up on;
+//! `POST /api/v1/dead-letters/redrive` moves them back to the queue, where a
+//! worker reopens each one's FAILED or TIMEOUT request and processes it again.
+//! Both take `?limit=N` (default 100, at most 1000), oldest first.
+
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use openhqm_core::time::rfc3339_ms;
+use openhqm_queue::DeadLetter;
+use serde_json::{Value, json};
+
+use crate::handlers::json_response;
+use crate::{ApiState, Problem};
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+/// `?limit=N`, checked.
+fn limit(query: Option<&str>) -> Result<usize, Problem> {
+    let Some(raw) = query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find_map(|(k, v)| (k == "limit").then_some(v))
+    else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    match raw.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(Problem::invalid_parameter(format!(
+            "`limit` must be a whole number from 1 to {MAX_LIMIT}, not `{raw}`"
+        ))),
+    }
+}
+
+fn unavailable(state: &ApiState, e: &openhqm_queue::QueueError) -> Problem {
+    tracing::warn!(error = %e, "dead-letter queue unavailable; answered 503");
+    Problem::unavailable("queue", state.config.retry_after_secs)
+}
+
+/// One dead letter as the API shows it. The correlation id is read from the
+/// body when it is an OpenHQM envelope; a foreign message has none here.
+fn describe(dead: &DeadLetter) -> Value {
+    let correlation_id = serde_json::from_slice::<Value>(&dead.message.body)
+        .ok()
+        .and_then(|body| body.get("correlation_id").cloned())
+        .unwrap_or(Value::Null);
+    json!({
+        "message_id": dead.message.id,
+        "correlation_id": correlation_id,
+        "reason": dead.reason,
+        "attempt": dead.message.attempt,
+        "dead_lettered_at": rfc3339_ms(dead.dead_lettered_at_ms),
+    })
+}
+
+/// `GET /api/v1/dead-letters`.
+pub(crate) async fn list(
+    State(state): State<Arc<ApiState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Problem> {
+    let limit = limit(query.as_deref())?;
+    let depth = state
+        .queue
+        .dead_letter_depth()
+        .await
+        .map_err(|e| unavailable(&state, &e))?;
+    let dead = state
+        .queue
+        .dead_letters(limit)
+        .await
+        .map_err(|e| unavailable(&state, &e))?;
+    let body = json!({
+        "depth": depth,
+        "dead_letters": dead.iter().map(describe).collect::<Vec<_>>(),
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `POST /api/v1/dead-letters/redrive`.
+pub(crate) async fn redrive(
+    State(state): State<Arc<ApiState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Problem> {
+    let limit = limit(query.as_deref())?;
+    let moved = state
+        .queue
+        .redrive(limit)
+        .await
+        .map_err(|e| unavailable(&state, &e))?;
+    tracing::info!(moved, "dead letters redriven");
+    Ok(json_response(StatusCode::OK, &json!({ "redriven": moved })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_defaults_and_is_bounded() {
+        assert_eq!(limit(None).ok(), Some(DEFAULT_LIMIT));
+        assert_eq!(limit(Some("x=1")).ok(), Some(DEFAULT_LIMIT));
+        assert_eq!(limit(Some("limit=5")).ok(), Some(5));
+        assert_eq!(limit(Some("a=b&limit=1000")).ok(), Some(1000));
+        for bad in ["limit=0", "limit=1001", "limit=-1", "limit=ten", "limit="] {
+            assert!(limit(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}
