@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use common::{BIN, free_port, http_client};
+use common::{BIN, Server, free_port, http_client, status_of, submit};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/proxy.yaml");
 const TOKEN: &str = "tok-9f8e7d6c5b4a-never-logged";
@@ -173,4 +174,114 @@ async fn example_config_forwards_with_injected_auth_and_keeps_the_answer() {
         !log.contains(TOKEN),
         "the token leaked into the log:\n{log}"
     );
+}
+
+/// A backend that answers 503 while `broken`, then 200 with what it got.
+async fn repairable_backend(broken: Arc<AtomicBool>) -> String {
+    let router = Router::new().route(
+        "/",
+        post(move |body: axum::Json<Value>| {
+            let broken = Arc::clone(&broken);
+            async move {
+                if broken.load(Ordering::SeqCst) {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "down for repairs").into_response();
+                }
+                axum::Json(json!({"took": body.0})).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}/")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_failed_by_a_broken_backend_is_redriven_once_it_is_fixed() {
+    let broken = Arc::new(AtomicBool::new(true));
+    let backend = repairable_backend(Arc::clone(&broken)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let port_arg = port.to_string();
+    let data = dir.path().join("data");
+    let endpoint = format!("proxy.default_endpoint={backend}");
+    let server = Server::spawn(
+        dir.path(),
+        port,
+        &[
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port_arg,
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+            "--set",
+            "proxy.enabled=true",
+            "--set",
+            &endpoint,
+            "--set",
+            "worker.max_retries=1",
+            "--set",
+            "worker.retry_delay_base=0.05",
+            "--set",
+            "worker.retry_delay_max=0.1",
+        ],
+        &[],
+    );
+    let http = http_client();
+    server.ready(&http).await;
+    let base = &server.base;
+    let id = submit(&http, base, &json!({"payload": {"order": 7}}))
+        .await
+        .expect("accepted");
+    let dead: Value = until("the dead letter", async || {
+        let listed: Value = http
+            .get(format!("{base}/api/v1/dead-letters"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (listed["depth"] == 1).then_some(listed)
+    })
+    .await;
+    assert_eq!(dead["dead_letters"][0]["correlation_id"], id.as_str());
+    assert_eq!(status_of(&http, base, &id).await.as_deref(), Some("FAILED"));
+
+    broken.store(false, Ordering::SeqCst);
+    let redriven: Value = http
+        .post(format!("{base}/api/v1/dead-letters/redrive"))
+        .send()
+        .await
+        .expect("redrive")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(redriven, json!({"redriven": 1}));
+    let done: Value = until("the redriven request's result", async || {
+        let r = http
+            .get(format!("{base}/api/v1/response/{id}"))
+            .send()
+            .await
+            .ok()?;
+        let body: Value = r.json().await.ok()?;
+        (body["status"] == "COMPLETED").then_some(body)
+    })
+    .await;
+    assert_eq!(done["status_code"], 200);
+    assert_eq!(done["result"], json!({"took": {"order": 7}}));
+    let left: Value = http
+        .get(format!("{base}/api/v1/dead-letters"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(left["depth"], 0);
+    assert!(server.stop().success());
 }
