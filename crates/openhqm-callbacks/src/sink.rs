@@ -1,6 +1,7 @@
 //! The completion sink that turns a finished request into a callback job.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,8 +15,9 @@ use serde_json::value::RawValue;
 /// One callback to deliver, as it travels on the callback queue.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CallbackJob {
-    /// The `webhook-id` header: `msg_<correlation id>_<status>`, the same for
-    /// every attempt and every duplicate.
+    /// The `webhook-id` header: `msg_<correlation id>_<status>` (with
+    /// `_r<redrive time>` once the request was redriven), the same for every
+    /// attempt and every duplicate.
     pub webhook_id: String,
     /// Where to POST.
     pub url: String,
@@ -33,12 +35,18 @@ impl CallbackJob {
     /// Only if the record cannot be rendered as JSON, which its types rule out.
     pub fn new(url: String, record: &RequestRecord) -> serde_json::Result<Self> {
         let body = RawValue::from_string(record.response_body().to_string())?;
+        let mut webhook_id = format!(
+            "msg_{}_{}",
+            record.correlation_id,
+            record.status.as_str().to_ascii_lowercase()
+        );
+        // A redriven request finishes again, maybe differently: a new
+        // message for receivers that deduplicate by id.
+        if let Some(at) = record.redriven_at_ms {
+            let _ = write!(webhook_id, "_r{at}");
+        }
         Ok(Self {
-            webhook_id: format!(
-                "msg_{}_{}",
-                record.correlation_id,
-                record.status.as_str().to_ascii_lowercase()
-            ),
+            webhook_id,
             url,
             correlation_id: record.correlation_id,
             body,

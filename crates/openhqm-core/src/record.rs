@@ -51,6 +51,10 @@ pub struct RequestRecord {
     /// Set once the request is terminal (and for the last error of a retry).
     #[serde(default)]
     pub outcome: Option<ResultData>,
+    /// The redrive (its time, epoch ms) that last reopened the request: each
+    /// redrive reopens it once, however often its message is redelivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redriven_at_ms: Option<u64>,
 }
 
 impl RequestRecord {
@@ -64,6 +68,7 @@ impl RequestRecord {
             updated_at_ms: submitted_at_ms,
             attempts: 0,
             outcome: None,
+            redriven_at_ms: None,
         }
     }
 

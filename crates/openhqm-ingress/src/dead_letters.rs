@@ -9,6 +9,7 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use openhqm_core::CorrelationId;
 use openhqm_core::time::rfc3339_ms;
 use openhqm_queue::DeadLetter;
 use serde_json::{Value, json};
@@ -24,7 +25,7 @@ fn limit(query: Option<&str>) -> Result<usize, Problem> {
     let Some(raw) = query
         .unwrap_or_default()
         .split('&')
-        .filter_map(|pair| pair.split_once('='))
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
         .find_map(|(k, v)| (k == "limit").then_some(v))
     else {
         return Ok(DEFAULT_LIMIT);
@@ -47,8 +48,13 @@ fn unavailable(state: &ApiState, e: &openhqm_queue::QueueError) -> Problem {
 fn describe(dead: &DeadLetter) -> Value {
     let correlation_id = serde_json::from_slice::<Value>(&dead.message.body)
         .ok()
-        .and_then(|body| body.get("correlation_id").cloned())
-        .unwrap_or(Value::Null);
+        .and_then(|body| {
+            body.get("correlation_id")?
+                .as_str()?
+                .parse::<CorrelationId>()
+                .ok()
+        })
+        .map_or(Value::Null, |id| json!(id));
     json!({
         "message_id": dead.message.id,
         "correlation_id": correlation_id,
@@ -106,7 +112,14 @@ mod tests {
         assert_eq!(limit(Some("x=1")).ok(), Some(DEFAULT_LIMIT));
         assert_eq!(limit(Some("limit=5")).ok(), Some(5));
         assert_eq!(limit(Some("a=b&limit=1000")).ok(), Some(1000));
-        for bad in ["limit=0", "limit=1001", "limit=-1", "limit=ten", "limit="] {
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=-1",
+            "limit=ten",
+            "limit=",
+            "limit",
+        ] {
             assert!(limit(Some(bad)).is_err(), "{bad}");
         }
     }

@@ -104,16 +104,14 @@ pub const ROUTES: &[&str] = &[
 /// The metrics label of every passthrough request, whatever its path.
 pub const PASSTHROUGH_ROUTE: &str = "passthrough";
 
-/// Health, metrics and the dead-letter queue, for processes that run
-/// workers without the API.
+/// Health and metrics only, for processes that run workers without the API:
+/// a port opened to probes and scrapers changes nothing.
 pub fn admin_router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route(ROUTES[3], get(health::health))
         .route(ROUTES[4], get(health::live))
         .route(ROUTES[5], get(health::ready))
         .route(ROUTES[6], get(telemetry::metrics))
-        .route(ROUTES[9], get(dead_letters::list))
-        .route(ROUTES[10], post(dead_letters::redrive))
         .fallback(problem::not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),

@@ -334,7 +334,7 @@ async fn response_is_202_until_finished_then_200_with_every_field() {
         to: RequestStatus::Completed,
         attempts: Some(1),
         outcome: Some(outcome),
-        redrive: false,
+        redrive: None,
     };
     api.store.transition(id, done).await.expect("completed");
     let finished = api.get(&format!("/api/v1/response/{id}")).await;
@@ -398,7 +398,7 @@ async fn long_poll_answers_the_moment_the_result_is_stored() {
             result: Some(json!("done")),
             ..ResultData::default()
         }),
-        redrive: false,
+        redrive: None,
     };
     api.store.transition(id, done).await.expect("completed");
     // ...and answered as soon as the result is written, far inside its 30 s.

@@ -63,7 +63,7 @@ pub struct Message {
 pub const REDRIVEN: &str = "openhqm-redriven";
 
 /// Now, in epoch milliseconds.
-#[cfg_attr(not(any(feature = "embedded", feature = "redis")), allow(dead_code))]
+#[cfg_attr(not(feature = "embedded"), allow(dead_code))]
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -55,10 +55,10 @@ pub struct Update {
     pub attempts: Option<u32>,
     /// The result or error to keep with the new status.
     pub outcome: Option<ResultData>,
-    /// Taken by a redrive of the request's dead letter: it may also take a
-    /// failed request back to PROCESSING
-    /// ([`RequestStatus::can_be_redriven`]).
-    pub redrive: bool,
+    /// The redrive whose message carries this update (its time, the queue's
+    /// `REDRIVEN` attribute): it may also take a failed request back to
+    /// PROCESSING ([`RequestStatus::can_be_redriven`]), once per redrive.
+    pub redrive: Option<u64>,
 }
 
 impl Update {
@@ -69,13 +69,16 @@ impl Update {
             to: status,
             attempts: None,
             outcome: None,
-            redrive: false,
+            redrive: None,
         }
     }
 }
 
 /// What a transition did.
 #[derive(Debug, Clone, PartialEq)]
+// `Applied` is the common case and lives only until the caller matches it:
+// boxing it would cost an allocation per transition to save a few bytes.
+#[expect(clippy::large_enum_variant)]
 pub enum Transition {
     /// The record now reads as returned.
     Applied(RequestRecord),
@@ -185,12 +188,7 @@ pub fn apply_update(
     now_ms: u64,
 ) -> Transition {
     let mut record = match current {
-        Some(rec)
-            if !(rec.status.can_become(update.to)
-                || update.redrive
-                    && update.to == RequestStatus::Processing
-                    && rec.status.can_be_redriven()) =>
-        {
+        Some(rec) if !(rec.status.can_become(update.to) || reopens(&rec, &update)) => {
             return Transition::Refused {
                 current: rec.status,
             };
@@ -212,7 +210,19 @@ pub fn apply_update(
     if update.outcome.is_some() {
         record.outcome = update.outcome;
     }
+    if update.redrive.is_some() {
+        record.redriven_at_ms = update.redrive;
+    }
     Transition::Applied(record)
+}
+
+/// Whether `update` is a redrive reopening `current`: a failed request, not
+/// yet reopened by this redrive.
+fn reopens(current: &RequestRecord, update: &Update) -> bool {
+    update.to == RequestStatus::Processing
+        && current.status.can_be_redriven()
+        && update.redrive.is_some()
+        && update.redrive != current.redriven_at_ms
 }
 
 #[cfg(test)]
@@ -252,11 +262,12 @@ mod tests {
     }
 
     #[test]
-    fn only_a_redrive_reopens_and_only_a_failed_request() {
+    fn only_a_redrive_reopens_and_only_a_failed_request_once() {
         let id = CorrelationId::new();
-        let applied = |from: RequestStatus, to: RequestStatus, redrive: bool| {
+        let applied = |from: RequestStatus, to: RequestStatus, redrive: Option<u64>| {
             let rec = RequestRecord {
                 status: from,
+                redriven_at_ms: Some(5),
                 ..RequestRecord::pending(id, 1)
             };
             let update = Update {
@@ -269,17 +280,34 @@ mod tests {
             )
         };
         for from in [Failed, Timeout] {
-            assert!(applied(from, Processing, true), "{from} redriven");
-            assert!(!applied(from, Processing, false), "{from} redelivered");
+            assert!(applied(from, Processing, Some(7)), "{from} redriven");
+            assert!(!applied(from, Processing, None), "{from} redelivered");
             assert!(
-                !applied(from, Completed, true),
+                !applied(from, Processing, Some(5)),
+                "{from} reopened twice by one redrive"
+            );
+            assert!(
+                !applied(from, Completed, Some(7)),
                 "{from} straight to COMPLETED"
             );
         }
         for from in [Completed, Cancelled] {
-            assert!(!applied(from, Processing, true), "{from} redriven");
+            assert!(!applied(from, Processing, Some(7)), "{from} redriven");
         }
         // The ordinary table still holds for a redrive's update.
-        assert!(applied(Pending, Processing, true));
+        assert!(applied(Pending, Processing, Some(7)));
+        let failed = RequestRecord {
+            status: Failed,
+            ..RequestRecord::pending(id, 1)
+        };
+        let update = Update {
+            redrive: Some(7),
+            ..Update::to(Processing)
+        };
+        let reopened = apply_update(id, Some(failed), update, 10);
+        assert!(
+            matches!(reopened, Transition::Applied(ref r) if r.redriven_at_ms == Some(7)),
+            "{reopened:?}"
+        );
     }
 }

@@ -44,7 +44,7 @@ fn completed() -> Update {
             status_code: Some(200),
             ..ResultData::default()
         }),
-        redrive: false,
+        redrive: None,
     }
 }
 

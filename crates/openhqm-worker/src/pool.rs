@@ -235,18 +235,22 @@ impl Handler {
         let attempt = message
             .attempt
             .saturating_add(envelope.metadata.retry_count);
-        let redriven = message.attributes.contains_key(REDRIVEN);
+        // A redrive's mark: its time, which reopens a failed request once.
+        let redrive = message
+            .attributes
+            .get(REDRIVEN)
+            .and_then(|at| at.parse::<u64>().ok());
         let mut update = Update {
             to: RequestStatus::Processing,
             attempts: Some(attempt),
             outcome: None,
-            redrive: false,
+            redrive: None,
         };
         loop {
             let id = envelope.correlation_id;
             match self.shared.store.transition(id, update.clone()).await {
                 Ok(Transition::Applied(_)) => {
-                    if update.redrive {
+                    if update.redrive.is_some() {
                         tracing::info!(correlation_id = %id, "failed request redriven: processing it again");
                     }
                     return Begin::Process {
@@ -256,9 +260,11 @@ impl Handler {
                 }
                 // A redrive of its dead letter: the one way a failed request reopens.
                 Ok(Transition::Refused { current })
-                    if redriven && !update.redrive && current.can_be_redriven() =>
+                    if redrive.is_some()
+                        && update.redrive.is_none()
+                        && current.can_be_redriven() =>
                 {
-                    update.redrive = true;
+                    update.redrive = redrive;
                 }
                 Ok(Transition::Refused { current }) => {
                     tracing::debug!(correlation_id = %id, %current, "redelivery of a finished request settled without processing");
@@ -333,7 +339,7 @@ impl Handler {
                     to: RequestStatus::Completed,
                     attempts: Some(attempt),
                     outcome: Some(outcome),
-                    redrive: false,
+                    redrive: None,
                 };
                 if self.record_terminal(envelope, update).await {
                     tracing::debug!(processing_time_ms = ms, "request completed");
@@ -374,7 +380,7 @@ impl Handler {
                     to: RequestStatus::Pending,
                     attempts: Some(attempt),
                     outcome: Some(error),
-                    redrive: false,
+                    redrive: None,
                 };
                 if self.record(id, update).await.is_some() {
                     self.finish(delivery.nack(Nack::Retry { delay }).await);
@@ -393,7 +399,7 @@ impl Handler {
                     to: status,
                     attempts: Some(attempt),
                     outcome: Some(outcome),
-                    redrive: false,
+                    redrive: None,
                 };
                 if self.record_terminal(envelope, update).await {
                     self.dead_letter(delivery, status, reason).await;

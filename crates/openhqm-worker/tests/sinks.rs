@@ -211,7 +211,7 @@ async fn a_redelivered_finished_request_is_reported_again_before_its_ack() {
             to: RequestStatus::Processing,
             attempts: Some(1),
             outcome: None,
-            redrive: false,
+            redrive: None,
         },
         Update {
             to: RequestStatus::Completed,
@@ -221,7 +221,7 @@ async fn a_redelivered_finished_request_is_reported_again_before_its_ack() {
                 completed_at_ms: Some(1),
                 ..ResultData::default()
             }),
-            redrive: false,
+            redrive: None,
         },
     ] {
         rig.store.transition(id, update).await.expect("transition");
@@ -359,7 +359,7 @@ async fn a_redelivered_failed_request_is_dead_lettered_without_sinks_too() {
             error: Some("backend said no".into()),
             ..ResultData::default()
         }),
-        redrive: false,
+        redrive: None,
     };
     rig.store
         .transition(id, Update::to(RequestStatus::Processing))
@@ -386,6 +386,72 @@ async fn a_redelivered_failed_request_is_dead_lettered_without_sinks_too() {
             .contains("openhqm_queue_dlq_total{queue=\"requests\",status=\"FAILED\"} 1"),
         "{}",
         rig.metrics.render()
+    );
+    stop.send(true).expect("stop");
+    pool.await.expect("pool");
+    rig.db.close().await;
+}
+
+/// Fails only its `fail_on`-th call (1-based), then hands over.
+struct FailingCall {
+    fail_on: u32,
+    calls: AtomicU32,
+    inner: Arc<ReplyQueueSink>,
+}
+
+#[async_trait]
+impl CompletionSink for FailingCall {
+    fn name(&self) -> &'static str {
+        "failing_call"
+    }
+
+    async fn finished(&self, envelope: &Envelope, record: &RequestRecord) -> Result<(), SinkError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_on {
+            return Err(SinkError {
+                sink: "failing_call",
+                message: "not now".into(),
+            });
+        }
+        self.inner.finished(envelope, record).await
+    }
+}
+
+#[tokio::test]
+async fn a_redrive_reopens_a_request_once_however_often_its_message_comes_back() {
+    let rig = rig();
+    // The sink fails when told about the redriven run's FAILED, so that
+    // message comes back still marked as a redrive.
+    let sink = Arc::new(FailingCall {
+        fail_on: 2,
+        calls: AtomicU32::new(0),
+        inner: rig.reply_sink(),
+    });
+    let (stop, pool) = rig.start(vec![Arc::clone(&sink) as Arc<dyn CompletionSink>]);
+    let id = rig
+        .submit(json!({"payload": {"operation": "fail", "permanent": true}}))
+        .await;
+    let dead_letters = async |n: u64| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while rig.queue.dead_letter_depth().await.expect("dlq depth") < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never dead-lettered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    dead_letters(1).await;
+    assert_eq!(rig.queue.redrive(10).await.expect("redrive"), 1);
+    dead_letters(1).await;
+    rig.drained().await;
+    assert_eq!(sink.calls.load(Ordering::SeqCst), 3);
+    let record = rig.store.get(id).await.expect("get").expect("record");
+    assert_eq!(record.status, RequestStatus::Failed);
+    assert!(record.redriven_at_ms.is_some());
+    let metrics = rig.metrics.render();
+    assert!(
+        metrics.contains("openhqm_worker_processing_duration_seconds_count{outcome=\"failed\"} 2"),
+        "processed once, and once more for the redrive only: {metrics}"
     );
     stop.send(true).expect("stop");
     pool.await.expect("pool");

@@ -38,7 +38,7 @@ async fn status_and_result_are_written_together_and_survive_reopen() {
         to: RequestStatus::Completed,
         attempts: Some(1),
         outcome: Some(outcome.clone()),
-        redrive: false,
+        redrive: None,
     };
     let applied = store.transition(id, done).await.expect("complete");
     assert!(matches!(applied, Transition::Applied(ref r) if r.outcome.as_ref() == Some(&outcome)));

@@ -293,7 +293,6 @@ impl QueueBackend for RedisQueue {
             .key(&c.stream)
             .arg(limit)
             .arg(crate::REDRIVEN)
-            .arg(crate::now_ms())
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)

@@ -127,13 +127,15 @@ if nxt[2] then wait = math.max(0, tonumber(nxt[2]) - now) end
 return {out, wait, claimed[1]}
 ";
 
-/// KEYS: dead-letter stream, stream. ARGV: limit. Returns how many moved.
+/// KEYS: dead-letter stream, stream. ARGV: limit, the redrive marker field.
+/// Returns how many moved.
 const REDRIVE: &str = r"
 local es = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[1])
+local at = now_ms()
 for _, e in ipairs(es) do
-  local out = fields_without(e[2], {attempt = true, reason = true, dead_at = true})
+  local out = fields_without(e[2], {attempt = true, reason = true, dead_at = true, [ARGV[2]] = true})
   push(out, 'attempt', '1')
-  push(out, ARGV[2], ARGV[3])
+  push(out, ARGV[2], at)
   redis.call('XADD', KEYS[2], '*', unpack(out))
   redis.call('XDEL', KEYS[1], e[1])
 end
