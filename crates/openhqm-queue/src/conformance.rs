@@ -40,6 +40,7 @@ macro_rules! conformance_tests {
             extended_lease_is_not_redelivered,
             retry_delay_is_honoured_with_attempt_plus_one,
             dead_letter_and_redrive,
+            concurrent_redrives_move_each_dead_letter_once,
             competing_consumers_each_get_every_message_once,
             single_consumer_sees_publish_order,
             higher_priority_is_delivered_first,
@@ -228,6 +229,34 @@ pub async fn dead_letter_and_redrive(h: &dyn Harness) {
         back.message().attributes
     );
     back.ack().await.expect("ack");
+}
+
+/// Redrives that race each other move every dead letter back exactly once.
+pub async fn concurrent_redrives_move_each_dead_letter_once(h: &dyn Harness) {
+    let q = h.open().await;
+    let n = 20;
+    for i in 0..n {
+        publish(q.as_ref(), &format!("d{i}")).await;
+    }
+    for _ in 0..n {
+        expect_one(q.as_ref())
+            .await
+            .nack(Nack::DeadLetter {
+                reason: "given up".into(),
+            })
+            .await
+            .expect("dead-letter");
+    }
+    let (a, b, c, d) = tokio::join!(q.redrive(n), q.redrive(n), q.redrive(n), q.redrive(n));
+    let moved: u64 = [a, b, c, d].into_iter().map(|r| r.expect("redrive")).sum();
+    assert_eq!(moved, n as u64, "moved in all");
+    assert_eq!(q.dead_letter_depth().await.expect("dlq depth"), 0);
+    let mut seen = HashSet::new();
+    while let Some(d) = receive_one(q.as_ref(), Duration::from_millis(300)).await {
+        assert!(seen.insert(body(&d)), "{} redriven twice", body(&d));
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(seen.len(), n);
 }
 
 /// Several consumers share the work: each message is delivered exactly once

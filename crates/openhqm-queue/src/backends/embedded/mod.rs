@@ -291,18 +291,22 @@ impl QueueBackend for EmbeddedQueue {
             let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
             moves.push((key, seq, rec));
         }
-        let placed: Vec<(u64, u8)> = moves
-            .iter()
-            .map(|(_, seq, rec)| (*seq, rec.priority))
-            .collect();
         let (messages, dead) = (self.inner.messages.clone(), self.inner.dead.clone());
-        self.inner
+        let placed: Vec<(u64, u8)> = self
+            .inner
             .db
             .write(Wait::Durable, move |ctx| {
+                let mut placed = Vec::with_capacity(moves.len());
                 for (dead_key, seq, rec) in moves {
+                    // A concurrent redrive may have moved it since it was read.
+                    if !matches!(ctx.get(&dead, &dead_key), Ok(Some(_))) {
+                        continue;
+                    }
                     ctx.remove(&dead, &dead_key);
                     ctx.insert(&messages, &record::encode_key(seq), rec.encode());
+                    placed.push((seq, rec.priority));
                 }
+                placed
             })
             .await
             .map_err(db_error)?;
