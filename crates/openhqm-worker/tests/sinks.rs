@@ -149,6 +149,19 @@ impl Rig {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+
+    /// Waits until the dead-letter queue holds `n`: a request is FAILED in
+    /// the store a moment before its message gets there.
+    async fn dead_lettered(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.queue.dead_letter_depth().await.expect("dlq depth") < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never dead-lettered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 fn check_reply(reply: &Message, record: &RequestRecord) {
@@ -323,14 +336,7 @@ async fn a_failed_request_whose_sink_failed_is_still_dead_lettered() {
     check_reply(&replies[0], &record);
     // The redelivery that reported it must settle it as its first delivery
     // would have: in the dead-letter queue, with the reason, for redrive.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while rig.queue.dead_letter_depth().await.expect("dlq depth") == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    rig.dead_lettered(1).await;
     rig.drained().await;
     assert_eq!(sink.calls.load(Ordering::SeqCst), 2);
     let dead = rig.queue.dead_letters(10).await.expect("dead letters");
@@ -367,14 +373,7 @@ async fn a_redelivered_failed_request_is_dead_lettered_without_sinks_too() {
         .expect("processing");
     rig.store.transition(id, failed).await.expect("failed");
     let (stop, pool) = rig.start(Vec::new());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while rig.queue.dead_letter_depth().await.expect("dlq depth") == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    rig.dead_lettered(1).await;
     rig.drained().await;
     let dead = rig.queue.dead_letters(10).await.expect("dead letters");
     assert_eq!(dead[0].reason, "backend said no");
@@ -430,19 +429,9 @@ async fn a_redrive_reopens_a_request_once_however_often_its_message_comes_back()
     let id = rig
         .submit(json!({"payload": {"operation": "fail", "permanent": true}}))
         .await;
-    let dead_letters = async |n: u64| {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while rig.queue.dead_letter_depth().await.expect("dlq depth") < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never dead-lettered"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    dead_letters(1).await;
+    rig.dead_lettered(1).await;
     assert_eq!(rig.queue.redrive(10).await.expect("redrive"), 1);
-    dead_letters(1).await;
+    rig.dead_lettered(1).await;
     rig.drained().await;
     assert_eq!(sink.calls.load(Ordering::SeqCst), 3);
     let record = rig.store.get(id).await.expect("get").expect("record");

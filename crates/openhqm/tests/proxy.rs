@@ -8,7 +8,6 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
@@ -16,7 +15,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use common::{BIN, Server, free_port, http_client, status_of, submit};
+use common::{BIN, Server, free_port, http_client, status_of, submit, until};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/proxy.yaml");
 const TOKEN: &str = "tok-9f8e7d6c5b4a-never-logged";
@@ -75,17 +74,6 @@ fn start(dir: &Path, port: u16, backend: &str) -> Child {
         .stderr(log)
         .spawn()
         .expect("spawn openhqm")
-}
-
-async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
