@@ -428,6 +428,14 @@ impl Handler {
         match self.record(id, update).await {
             None => false,
             Some(Transition::Applied(record)) => self.notify(envelope, &record).await,
+            // Not finished, yet this outcome was refused: a holder whose
+            // lease had run out put the request back to PENDING after this
+            // attempt began. Acking would strand it there with its outcome
+            // lost; running it again is the at-least-once price.
+            Some(Transition::Refused { current }) if !current.is_terminal() => {
+                tracing::info!(%current, "outcome refused by a request that is not finished; message will be retried");
+                false
+            }
             // Someone else finished it (a duplicate delivery racing this one);
             // report what is stored, since that one may not live to do so.
             Some(Transition::Refused { current }) => {

@@ -504,3 +504,38 @@ async fn a_redriven_dead_letter_reopens_its_failed_request_and_runs_again() {
     assert_eq!(rig.queue.dead_letter_depth().await.expect("dlq"), 0);
     rig.stop().await;
 }
+
+/// On its first call, does what a holder whose lease ran out does when its
+/// own attempt fails: puts the request back to PENDING; then succeeds.
+struct OvertakenByStaleHolder {
+    store: std::sync::OnceLock<Arc<dyn ResultStore>>,
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl Processor for OvertakenByStaleHolder {
+    async fn process(&self, request: &Request<'_>) -> Result<Output, Failure> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            let store = self.store.get().expect("store set");
+            let id = request.envelope.correlation_id;
+            let back = openhqm_store::Update::to(RequestStatus::Pending);
+            store.transition(id, back).await.expect("stale retry");
+        }
+        Ok(Output::json(json!({"attempt": request.attempt})))
+    }
+}
+
+#[tokio::test]
+async fn an_outcome_refused_by_an_unfinished_request_is_retried_not_acked() {
+    let processor = Arc::new(OvertakenByStaleHolder {
+        store: std::sync::OnceLock::new(),
+        calls: AtomicU32::new(0),
+    });
+    let rig = rig(Arc::clone(&processor) as Arc<dyn Processor>, config(4, 3)).await;
+    let _ = processor.store.set(Arc::clone(&rig.store));
+    let id = rig.submit(json!({"payload": 1})).await;
+    let done = rig.wait_terminal(id).await;
+    assert_eq!(done.status, RequestStatus::Completed);
+    assert_eq!(processor.calls.load(Ordering::SeqCst), 2);
+    rig.stop().await;
+}
