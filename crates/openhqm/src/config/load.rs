@@ -86,13 +86,17 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     let mut env: Vec<(&String, &String)> = sources.env.iter().collect();
     env.sort();
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
+        let path = match env_key(name, raw, &defaults) {
+            EnvKey::Key(path) => path,
+            EnvKey::NotOurs => continue,
+            EnvKey::Misspelt(hint) => {
+                errors.push(ConfigError::new(
+                    name.clone(),
+                    format!("not a configuration variable; did you mean {hint}?"),
+                ));
+                continue;
+            }
         };
-        if name == CONFIG_FILE_VAR {
-            continue;
-        }
-        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         layer_string(
             &mut tree,
             &defaults,
@@ -228,6 +232,82 @@ fn join(path: &str, key: &str) -> String {
     } else {
         format!("{path}.{key}")
     }
+}
+
+/// What an environment variable is to the configuration.
+#[derive(Debug, PartialEq, Eq)]
+enum EnvKey {
+    /// `OPENHQM_<SECTION>__<KEY>`: the key path, lowercased.
+    Key(Vec<String>),
+    /// Not a configuration variable: another program's, `OPENHQM_CONFIG`,
+    /// or a Kubernetes service link (a Service named `openhqm-api` gives
+    /// every pod `OPENHQM_API_SERVICE_HOST`, `OPENHQM_API_PORT`, ...).
+    NotOurs,
+    /// `OPENHQM_SERVER_PORT`: a section and a key joined by one underscore,
+    /// with the spelling that was probably meant.
+    Misspelt(String),
+}
+
+/// Sorts an environment variable: the prefix is matched in any case, as
+/// the earlier implementation did; `__` separates the levels of a key.
+fn env_key(name: &str, value: &str, defaults: &Value) -> EnvKey {
+    let upper = name.to_ascii_uppercase();
+    let Some(rest) = upper.strip_prefix(ENV_PREFIX) else {
+        return EnvKey::NotOurs;
+    };
+    if upper == CONFIG_FILE_VAR {
+        return EnvKey::NotOurs;
+    }
+    if rest.contains("__") {
+        return EnvKey::Key(rest.split("__").map(str::to_ascii_lowercase).collect());
+    }
+    if is_service_link(rest, value) {
+        return EnvKey::NotOurs;
+    }
+    let lower = rest.to_ascii_lowercase();
+    let Some(sections) = defaults.as_object() else {
+        return EnvKey::NotOurs;
+    };
+    sections
+        .keys()
+        .find_map(|section| {
+            let key = lower.strip_prefix(section.as_str())?.strip_prefix('_')?;
+            let known = defaults.get(section)?.get(key).is_some();
+            known.then(|| {
+                format!(
+                    "{ENV_PREFIX}{}__{}",
+                    section.to_ascii_uppercase(),
+                    key.to_ascii_uppercase()
+                )
+            })
+        })
+        .map_or(EnvKey::NotOurs, EnvKey::Misspelt)
+}
+
+/// Whether `rest` (after `OPENHQM_`) is one of the variables Kubernetes
+/// sets for a Service: `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT[_<PORT>]`,
+/// `<NAME>_PORT=tcp://...` and `<NAME>_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]`.
+/// `<NAME>_PORT` is told from a misspelt key (`OPENHQM_SERVER_PORT=9000`)
+/// by its value, a URL.
+fn is_service_link(rest: &str, value: &str) -> bool {
+    let name_then = |marker: &str| rest == &marker[1..] || rest.contains(marker);
+    if name_then("_SERVICE_HOST") || name_then("_SERVICE_PORT") {
+        return true;
+    }
+    let url = ["tcp://", "udp://", "sctp://"]
+        .iter()
+        .any(|scheme| value.starts_with(scheme));
+    if (rest == "PORT" || rest.ends_with("_PORT")) && url {
+        return true;
+    }
+    // `..._PORT_8000_TCP`, optionally followed by `_PROTO`, `_PORT` or `_ADDR`.
+    let parts: Vec<&str> = rest.split('_').collect();
+    parts.windows(3).any(|w| {
+        w[0] == "PORT"
+            && !w[1].is_empty()
+            && w[1].bytes().all(|b| b.is_ascii_digit())
+            && matches!(w[2], "TCP" | "UDP" | "SCTP")
+    })
 }
 
 /// Parses a string from the environment or a flag by the type of the default

@@ -456,3 +456,49 @@ fn callback_settings_are_checked_by_key() {
     assert!(c.queue.reply_enabled);
     assert_eq!(format!("{:?}", c.callbacks.secret), "***");
 }
+
+#[test]
+fn kubernetes_service_links_are_not_configuration() {
+    // What a pod gets for Services named `openhqm`, `openhqm-api` and
+    // `openhqm-server` in its namespace.
+    let sources = Sources {
+        env: env(&[
+            ("OPENHQM_SERVICE_HOST", "10.0.0.1"),
+            ("OPENHQM_SERVICE_PORT", "8000"),
+            ("OPENHQM_PORT", "tcp://10.0.0.1:8000"),
+            ("OPENHQM_API_SERVICE_HOST", "10.0.0.2"),
+            ("OPENHQM_API_SERVICE_PORT_HTTP", "80"),
+            ("OPENHQM_API_PORT", "tcp://10.0.0.2:80"),
+            ("OPENHQM_API_PORT_80_TCP", "tcp://10.0.0.2:80"),
+            ("OPENHQM_API_PORT_80_TCP_PROTO", "tcp"),
+            ("OPENHQM_API_PORT_80_TCP_PORT", "80"),
+            ("OPENHQM_API_PORT_80_TCP_ADDR", "10.0.0.2"),
+            ("OPENHQM_SERVER_PORT", "tcp://10.0.0.3:8000"),
+            ("OPENHQM_SERVER__PORT", "9100"),
+            ("openhqm_worker__count", "3"),
+        ]),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("service links are ignored");
+    assert_eq!(c.server.port, 9100);
+    assert_eq!(c.worker.count, 3, "the prefix is matched in any case");
+}
+
+#[test]
+fn a_section_and_key_joined_by_one_underscore_is_reported() {
+    let sources = Sources {
+        env: env(&[("OPENHQM_SERVER_PORT", "9000"), ("OPENHQM_WORKER_COUNT", "8")]),
+        ..Sources::default()
+    };
+    let errors = errors_of(&sources);
+    for (var, meant) in [
+        ("OPENHQM_SERVER_PORT", "OPENHQM_SERVER__PORT"),
+        ("OPENHQM_WORKER_COUNT", "OPENHQM_WORKER__COUNT"),
+    ] {
+        let needle = format!("`{var}`: not a configuration variable; did you mean {meant}?");
+        assert!(
+            errors.iter().any(|e| e.starts_with(&needle)),
+            "missing `{needle}` in {errors:#?}"
+        );
+    }
+}
