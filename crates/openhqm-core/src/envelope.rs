@@ -102,7 +102,7 @@ pub struct Envelope {
     #[serde(default)]
     pub timestamp: Option<Value>,
     /// Options.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::null_as_default")]
     pub metadata: Metadata,
     /// The exact body bytes, base64-encoded, when the request body was not
     /// JSON (a sidecar passthrough, a producer forwarding binary). When set,
@@ -231,5 +231,13 @@ mod tests {
         assert_eq!(env.correlation_id, id);
         assert_eq!(env.v, 0);
         assert_eq!(env.payload.get(), r#"{"x":1}"#);
+    }
+
+    #[test]
+    fn an_envelope_with_null_metadata_has_the_default_options() {
+        let id = CorrelationId::new();
+        let raw = format!(r#"{{"correlation_id":"{id}","payload":1,"metadata":null}}"#);
+        let env = Envelope::from_json(raw.as_bytes()).expect("null metadata parses");
+        assert_eq!(env.metadata, Metadata::default());
     }
 }

@@ -24,3 +24,17 @@ pub use outcome::{Backoff, Decision, Failure, FailureKind, LastResponse, decide}
 pub use record::{RequestRecord, ResultData};
 pub use secret::Secret;
 pub use status::RequestStatus;
+
+/// Deserializes an explicit `null` as the type's default, as an absent
+/// field is: producers and config files written for the earlier
+/// implementation send `null` for "not set".
+///
+/// # Errors
+/// When the value is neither `null` nor a valid `T`.
+pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Option::unwrap_or_default)
+}

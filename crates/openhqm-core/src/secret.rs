@@ -50,8 +50,9 @@ impl Serialize for Secret {
     }
 }
 
+/// `null` is an unset secret, as the earlier implementation's `None` was.
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Self)
+        Option::<String>::deserialize(d).map(|s| Self(s.unwrap_or_default()))
     }
 }

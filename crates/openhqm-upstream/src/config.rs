@@ -63,7 +63,7 @@ pub struct EndpointConfig {
     #[serde(default = "default_timeout")]
     pub timeout: u64,
     /// Static headers; they override forwarded client headers.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "openhqm_core::null_as_default")]
     pub headers: BTreeMap<String, String>,
     /// How the backend authenticates us.
     #[serde(default)]

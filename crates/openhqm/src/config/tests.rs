@@ -502,3 +502,18 @@ fn a_section_and_key_joined_by_one_underscore_is_reported() {
         );
     }
 }
+
+#[test]
+fn null_endpoint_fields_are_unset_as_in_the_earlier_implementation() {
+    let file = yaml(
+        "proxy:\n  enabled: true\n  endpoints:\n    api:\n      url: http://127.0.0.1:8080\n      headers: null\n      auth_type: null\n      auth_token: null\n      auth_username: null\n      auth_password: null\n",
+    );
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("nulls are unset values");
+    let api = &c.proxy.endpoints["api"];
+    assert!(api.headers.is_empty());
+    assert!(api.auth_token.is_empty() && api.auth_password.is_empty());
+}
