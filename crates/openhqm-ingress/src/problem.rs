@@ -267,3 +267,51 @@ pub(crate) async fn method_not_allowed(
         format!("`{method}` is not allowed on `{}`", uri.path()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The codes the sources construct: each `Problem` names its status on
+    /// one line and its code, a string literal, on the next.
+    fn constructed() -> BTreeSet<String> {
+        let sources = [include_str!("problem.rs"), include_str!("telemetry.rs")];
+        let mut codes = BTreeSet::new();
+        for source in sources {
+            let lines: Vec<&str> = source.lines().map(str::trim).collect();
+            for pair in lines.windows(2) {
+                if pair[0].starts_with("StatusCode::")
+                    && let Some(code) = pair[1]
+                        .strip_prefix('"')
+                        .and_then(|l| l.strip_suffix("\","))
+                {
+                    codes.insert(code.to_owned());
+                }
+            }
+        }
+        codes
+    }
+
+    #[test]
+    fn every_problem_code_is_in_the_api_description_and_the_readme() {
+        let codes = constructed();
+        assert!(codes.len() > 15, "too few codes found: {codes:?}");
+        let spec: serde_json::Value =
+            serde_json::from_str(include_str!("openapi.json")).expect("openapi.json");
+        let listed: BTreeSet<String> =
+            spec["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
+                .as_array()
+                .expect("code enum")
+                .iter()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect();
+        assert_eq!(codes, listed, "openapi.json's Problem.code enum");
+        let readme = include_str!("../../../README.md");
+        for code in &codes {
+            assert!(
+                readme.contains(&format!("| `{code}` |")),
+                "README's error table lacks `{code}`"
+            );
+        }
+    }
+}

@@ -427,6 +427,8 @@ pub struct CacheConfig {
     pub redis_url: Secret,
     /// How long a result is kept after its last change, in seconds.
     pub ttl_seconds: u64,
+    /// Accepted for existing files; no effect, since every Redis client
+    /// here is one multiplexed connection.
     pub max_connections: u32,
 }
 

@@ -487,7 +487,10 @@ fn kubernetes_service_links_are_not_configuration() {
 #[test]
 fn a_section_and_key_joined_by_one_underscore_is_reported() {
     let sources = Sources {
-        env: env(&[("OPENHQM_SERVER_PORT", "9000"), ("OPENHQM_WORKER_COUNT", "8")]),
+        env: env(&[
+            ("OPENHQM_SERVER_PORT", "9000"),
+            ("OPENHQM_WORKER_COUNT", "8"),
+        ]),
         ..Sources::default()
     };
     let errors = errors_of(&sources);
