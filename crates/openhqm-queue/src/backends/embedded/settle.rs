@@ -62,15 +62,18 @@ impl Settle for Handle {
                 rec.attempt += 1;
                 rec.not_before_ms = due;
                 let ks = self.inner.messages.clone();
-                self.inner
+                let written = self
+                    .inner
                     .db
                     .write(Wait::Applied, move |ctx| {
                         ctx.insert(&ks, &key, rec.encode())
                     })
-                    .await
-                    .map_err(db_error)?;
+                    .await;
+                // Failed or not, the message waits out its delay: storage
+                // still holds it, with or without the new attempt.
                 self.inner.lock().push_delayed(self.seq, priority, due);
                 self.inner.notify.notify_waiters();
+                written.map_err(db_error)?;
             }
             Nack::DeadLetter { reason } => {
                 let dead = DeadRecord {
@@ -80,14 +83,21 @@ impl Settle for Handle {
                 };
                 let dead_seq = self.inner.next_dead_seq.fetch_add(1, Ordering::Relaxed);
                 let (messages, dead_ks) = (self.inner.messages.clone(), self.inner.dead.clone());
-                self.inner
+                let moved = self
+                    .inner
                     .db
                     .write(Wait::Applied, move |ctx| {
                         ctx.remove(&messages, &key);
                         ctx.insert(&dead_ks, &record::encode_key(dead_seq), dead.encode());
                     })
-                    .await
-                    .map_err(db_error)?;
+                    .await;
+                if let Err(e) = moved {
+                    // The move is atomic, so the message is still stored:
+                    // it waits again rather than sit unseen until a restart.
+                    self.inner.lock().push_ready(self.seq, priority);
+                    self.inner.notify.notify_waiters();
+                    return Err(db_error(e));
+                }
                 self.inner.lock().dead_count += 1;
             }
         }
