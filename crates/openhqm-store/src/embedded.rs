@@ -290,6 +290,7 @@ impl ResultStore for EmbeddedStore {
     ) -> Result<Transition, StoreError> {
         let ks = self.results.clone();
         let ttl_ms = self.ttl_ms;
+        let reopening = update.redrive.is_some();
         let outcome = self
             .db
             .write(Wait::Applied, move |ctx| {
@@ -308,10 +309,12 @@ impl ResultStore for EmbeddedStore {
             })
             .await
             .map_err(db_error)??;
-        if let Transition::Applied(record) = &outcome
-            && record.status.is_terminal()
-        {
-            self.waiters.finish(record);
+        if let Transition::Applied(record) = &outcome {
+            if record.status.is_terminal() {
+                self.waiters.finish(record);
+            } else if reopening {
+                self.waiters.reopen(id);
+            }
         }
         Ok(outcome)
     }

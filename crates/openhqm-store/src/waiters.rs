@@ -69,6 +69,15 @@ impl Waiters {
         }
     }
 
+    /// Forgets the terminal record handed over for `id`: a redrive reopened
+    /// the request, so a waiter still registered must not answer with it.
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
+    pub(crate) fn reopen(&self, id: CorrelationId) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.finished = None;
+        }
+    }
+
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn wake_all(&self) {
         for entry in self.lock().values() {
@@ -97,5 +106,30 @@ impl Drop for Waiting<'_> {
                 map.remove(&self.id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openhqm_core::RequestStatus;
+
+    use super::*;
+
+    #[test]
+    fn a_reopened_request_is_no_longer_finished_for_its_waiters() {
+        let waiters = Waiters::default();
+        let id = CorrelationId::new();
+        let waiting = waiters.register(id);
+        let failed = RequestRecord {
+            status: RequestStatus::Failed,
+            ..RequestRecord::pending(id, 1)
+        };
+        waiters.finish(&failed);
+        assert_eq!(
+            waiting.finished().map(|r| r.status),
+            Some(RequestStatus::Failed)
+        );
+        waiters.reopen(id);
+        assert!(waiting.finished().is_none());
     }
 }
