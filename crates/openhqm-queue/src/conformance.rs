@@ -39,6 +39,7 @@ macro_rules! conformance_tests {
             unacked_message_is_redelivered_after_lease,
             extended_lease_is_not_redelivered,
             retry_delay_is_honoured_with_attempt_plus_one,
+            release_comes_back_as_the_same_attempt,
             dead_letter_and_redrive,
             concurrent_redrives_move_each_dead_letter_once,
             competing_consumers_each_get_every_message_once,
@@ -193,6 +194,27 @@ pub async fn retry_delay_is_honoured_with_attempt_plus_one(h: &dyn Harness) {
     assert_eq!(again.message().attempt, 2);
     assert_eq!(body(&again), "flaky");
     again.ack().await.expect("ack");
+}
+
+/// A release is held for its delay and comes back as the same attempt; a
+/// retry after it still counts.
+pub async fn release_comes_back_as_the_same_attempt(h: &dyn Harness) {
+    let q = h.open().await;
+    publish(q.as_ref(), "waiting on a dependency").await;
+    let d = expect_one(q.as_ref()).await;
+    let delay = Duration::from_millis(300);
+    let released_at = Instant::now();
+    d.nack(Nack::Release { delay }).await.expect("release");
+    let again = expect_one(q.as_ref()).await;
+    assert!(released_at.elapsed() >= delay, "came back before its delay");
+    assert_eq!(again.message().attempt, 1);
+    again
+        .nack(Nack::Retry {
+            delay: Duration::ZERO,
+        })
+        .await
+        .expect("retry");
+    assert_eq!(expect_one(q.as_ref()).await.message().attempt, 2);
 }
 
 /// A dead letter keeps its reason and body, and redrive puts it back with

@@ -14,6 +14,13 @@ pub enum Nack {
         /// How long the queue holds the message first.
         delay: Duration,
     },
+    /// Deliver again after `delay` as the same attempt: the attempt never
+    /// ran (a dependency of the consumer was down), so it must not use up
+    /// the message's retry budget.
+    Release {
+        /// How long the queue holds the message first.
+        delay: Duration,
+    },
     /// Park the message on the dead-letter queue.
     DeadLetter {
         /// Why; kept with the dead letter.

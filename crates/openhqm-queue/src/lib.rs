@@ -3,7 +3,8 @@
 //! A backend stores opaque messages (bytes plus string attributes) and hands
 //! them out as [`Delivery`] values. A delivery is settled exactly once, by
 //! value: [`Delivery::ack`], or [`Delivery::nack`] with [`Nack::Retry`] (come
-//! back after a delay, attempt + 1) or [`Nack::DeadLetter`] (park it with a
+//! back after a delay, attempt + 1), [`Nack::Release`] (come back after a
+//! delay as the same attempt) or [`Nack::DeadLetter`] (park it with a
 //! reason). Until it is settled its lease can be extended; a delivery that is
 //! dropped unsettled, or whose lease runs out, is delivered again: the
 //! guarantee is at-least-once.

@@ -500,11 +500,12 @@ impl Handler {
         true
     }
 
-    /// The store could not record the outcome: hand the message back so the
-    /// work is redone once it can, instead of losing the result.
+    /// The store or a sink could not take the outcome: hand the message back
+    /// so the work is redone once they can, instead of losing the result. A
+    /// release, not a retry: an outage must not use up the retry budget.
     async fn retry_later(&self, delivery: Delivery) {
         let delay = self.shared.config.unavailable_backoff;
-        self.finish(delivery.nack(Nack::Retry { delay }).await);
+        self.finish(delivery.nack(Nack::Release { delay }).await);
     }
 
     fn finish(&self, settled: Result<(), openhqm_queue::QueueError>) {

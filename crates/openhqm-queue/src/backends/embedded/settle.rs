@@ -56,10 +56,12 @@ impl Settle for Handle {
         let priority = self.release()?;
         let key = record::encode_key(self.seq);
         match nack {
-            Nack::Retry { delay } => {
+            Nack::Retry { delay } | Nack::Release { delay } => {
                 let due = now_ms() + duration_ms(delay);
                 let mut rec = self.record.clone();
-                rec.attempt += 1;
+                if matches!(nack, Nack::Retry { .. }) {
+                    rec.attempt += 1;
+                }
                 rec.not_before_ms = due;
                 let ks = self.inner.messages.clone();
                 let written = self

@@ -68,10 +68,11 @@ impl Settle for RedisSettle {
     async fn nack(&self, nack: Nack) -> Result<(), QueueError> {
         let s = &self.shared;
         match nack {
-            Nack::Retry { delay } => {
+            Nack::Retry { delay } | Nack::Release { delay } => {
+                let counted = u32::from(matches!(nack, Nack::Retry { .. }));
                 let extra = [
                     duration_ms(delay).to_string(),
-                    self.attempt.saturating_add(1).to_string(),
+                    self.attempt.saturating_add(counted).to_string(),
                     self.origin.clone(),
                 ];
                 self.run(&s.scripts.retry, &[&s.config.stream, &s.delayed], &extra)
