@@ -51,3 +51,57 @@ async fn a_nack_that_cannot_be_written_leaves_the_message_waiting() {
         assert_eq!(again[0].message().body.as_ref(), b"m");
     }
 }
+
+#[tokio::test]
+async fn an_undecodable_stored_message_is_dead_lettered_not_a_wedge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
+    // What a torn or foreign write would leave: not a message record.
+    let ks = db.keyspace("requests").expect("keyspace");
+    let garbage = b"\xffnot a record".to_vec();
+    let stored = garbage.clone();
+    db.write(openhqm_embedded::Wait::Durable, move |ctx| {
+        ctx.insert(&ks, &0u64.to_be_bytes(), stored);
+    })
+    .await
+    .expect("write");
+    let config = EmbeddedQueueConfig {
+        name: "requests".into(),
+        dead_letter_name: "requests-dlq".into(),
+        lease: Duration::from_secs(60),
+        max_payload: 1 << 20,
+    };
+    let queue = EmbeddedQueue::open(db.clone(), config).expect("opens despite the bad record");
+    queue
+        .publish(OutgoingMessage::new(b"good".to_vec()))
+        .await
+        .expect("publish");
+    let got = queue
+        .receive(2, Duration::from_secs(1))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message().body.as_ref(), b"good");
+    assert_eq!(queue.dead_letter_depth().await.expect("dlq depth"), 1);
+    // The move is written behind the receive; wait for it to land.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let dead = loop {
+        let dead = queue.dead_letters(10).await.expect("dead letters");
+        if !dead.is_empty() || tokio::time::Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].reason.contains("cannot be decoded"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(dead[0].message.body.as_ref(), garbage.as_slice());
+    assert_eq!(
+        queue.depth().await.expect("depth"),
+        1,
+        "only the good one is left"
+    );
+}

@@ -14,10 +14,14 @@
 //!   leases, so after a restart every unacknowledged message is waiting again.
 //! - **Settling.** Ack deletes the key; a retry rewrites it with attempt + 1
 //!   and a due time (the delay is held by the queue, not by a sleeping task);
-//!   a dead letter moves it to the dead-letter keyspace with its reason, in
-//!   one atomic batch. A nack waits until its write is applied; an ack does not
-//!   wait at all. Neither waits for a sync: a crash before the next sync can
-//!   only cause a redelivery.
+//!   a release rewrites only the due time; a dead letter moves it to the
+//!   dead-letter keyspace with its reason, in one atomic batch. A nack waits
+//!   until its write is applied; an ack does not wait at all. Neither waits
+//!   for a sync: a crash before the next sync can only cause a redelivery. A
+//!   nack whose write fails puts the message back in line.
+//! - **Undecodable records** (a torn or foreign write) are dead-lettered with
+//!   their bytes as the body when taken; they never stop the queue opening
+//!   or wedge the head of the line.
 //! - **Depth** counts every stored message: waiting, delayed and leased.
 //! - **Storage stays bounded**: acknowledged and dead-lettered messages are
 //!   deleted, and fjall's compaction reclaims the space.
@@ -26,11 +30,13 @@ mod record;
 mod settle;
 mod state;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Wait};
 use tokio::sync::Notify;
 
@@ -87,8 +93,12 @@ fn db_error(e: DbError) -> QueueError {
 impl EmbeddedQueue {
     /// Opens the queue in `db`, recovering every stored message.
     ///
+    /// A stored message that cannot be decoded does not stop the queue: it
+    /// waits like any other and is dead-lettered, bytes and all, when it is
+    /// taken.
+    ///
     /// # Errors
-    /// If the keyspaces cannot be opened or a stored record cannot be read.
+    /// If the keyspaces cannot be opened or read.
     pub fn open(db: EmbeddedDb, config: EmbeddedQueueConfig) -> Result<Self, QueueError> {
         let messages = db.keyspace(&config.name).map_err(db_error)?;
         let dead = db.keyspace(&config.dead_letter_name).map_err(db_error)?;
@@ -98,8 +108,13 @@ impl EmbeddedQueue {
         for item in messages.iter() {
             let (key, value) = item.into_inner().map_err(unavailable)?;
             let seq = record::decode_key(&key).map_err(unavailable)?;
-            let rec = StoredRecord::decode(&value).map_err(unavailable)?;
-            state.restore(seq, rec.priority, rec.not_before_ms, now);
+            match StoredRecord::decode(&value) {
+                Ok(rec) => state.restore(seq, rec.priority, rec.not_before_ms, now),
+                Err(e) => {
+                    tracing::warn!(queue = %config.name, seq, error = %e, "undecodable stored message; it will be dead-lettered");
+                    state.push_ready(seq, 0);
+                }
+            }
             next_seq = seq + 1;
         }
         let mut next_dead_seq = 0;
@@ -156,23 +171,74 @@ impl Inner {
             self.persist_attempt(seq, attempt);
         }
         let mut out = Vec::with_capacity(taken.len());
-        for (seq, token) in taken {
-            match self
-                .messages
-                .get(record::encode_key(seq))
-                .map_err(unavailable)?
-            {
-                Some(raw) => {
-                    let mut rec = StoredRecord::decode(&raw).map_err(unavailable)?;
+        let mut taken = taken.into_iter();
+        while let Some((seq, token)) = taken.next() {
+            let raw = match self.messages.get(record::encode_key(seq)) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => {
+                    self.lock().forget(seq);
+                    continue;
+                }
+                Err(e) => {
+                    // Storage cannot be read: give this lease and the rest
+                    // back untouched, and hand out what was loaded.
+                    let mut state = self.lock();
+                    for (seq, token) in std::iter::once((seq, token)).chain(taken) {
+                        state.give_back(seq, token);
+                    }
+                    drop(state);
+                    if out.is_empty() {
+                        return Err(unavailable(e));
+                    }
+                    break;
+                }
+            };
+            match StoredRecord::decode(&raw) {
+                Ok(mut rec) => {
                     rec.attempt = self.lock().note_attempt(seq, token, rec.attempt);
                     let message = rec.to_message(seq);
                     let handle = settle::Handle::new(Arc::clone(self), seq, token, rec);
                     out.push(Delivery::new(message, Box::new(handle)));
                 }
-                None => self.lock().forget(seq),
+                Err(e) => self.quarantine(seq, &raw, &e),
             }
         }
         Ok((out, next_due))
+    }
+
+    /// Dead-letters a stored message that cannot be decoded, keeping its
+    /// bytes as the body, so that it neither blocks the queue nor is lost.
+    fn quarantine(&self, seq: u64, raw: &[u8], error: &record::CorruptRecord) {
+        tracing::error!(queue = %self.config.name, seq, %error, "stored message cannot be decoded; dead-lettered");
+        let dead = DeadRecord {
+            dead_lettered_at_ms: now_ms(),
+            reason: format!("stored message {seq} cannot be decoded: {error}"),
+            record: StoredRecord {
+                attempt: 1,
+                not_before_ms: 0,
+                priority: 0,
+                attributes: BTreeMap::new(),
+                body: Bytes::copy_from_slice(raw),
+            },
+        };
+        let dead_seq = self.next_dead_seq.fetch_add(1, Ordering::Relaxed);
+        let (messages, dead_ks) = (self.messages.clone(), self.dead.clone());
+        let key = record::encode_key(seq);
+        let moved = self.db.write_detached(move |ctx| {
+            ctx.remove(&messages, &key);
+            ctx.insert(&dead_ks, &record::encode_key(dead_seq), dead.encode());
+        });
+        let mut state = self.lock();
+        match moved {
+            Ok(()) => {
+                state.forget(seq);
+                state.dead_count += 1;
+            }
+            // Not moved: it stays leased, and comes back after the lease.
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "could not dead-letter an undecodable message")
+            }
+        }
     }
 
     /// A lease ran out: the next delivery counts as a new attempt, also after a restart.

@@ -121,6 +121,15 @@ impl State {
         }
     }
 
+    /// Ends a lease that never reached its consumer: the message goes back
+    /// to the front, as the same attempt.
+    pub fn give_back(&mut self, seq: u64, token: u64) {
+        if let Some(priority) = self.release(seq, token) {
+            self.ready[usize::from(priority)].push_front(seq);
+            self.ready_len += 1;
+        }
+    }
+
     /// Pushes a lease's deadline out; `false` if `token` no longer holds it.
     pub fn extend(&mut self, seq: u64, token: u64, deadline_ms: u64) -> bool {
         match self.leased.get_mut(&seq) {
