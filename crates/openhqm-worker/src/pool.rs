@@ -174,6 +174,19 @@ impl Handler {
                 let span = tracing::info_span!("request", correlation_id = %envelope.correlation_id, attempt);
                 async {
                     let started = Instant::now();
+                    let budget = self.policy(&envelope).max_retries;
+                    if attempt > budget.saturating_add(1) {
+                        // Every attempt the budget allows was started and
+                        // none finished: a message that kills its worker
+                        // must not do so forever.
+                        let interrupted = Failure::new(
+                            FailureKind::Transient,
+                            "every attempt was interrupted before it finished (the worker stopped or its lease ran out)",
+                        );
+                        self.settle(delivery, &envelope, attempt - 1, started, Err(interrupted))
+                            .await;
+                        return;
+                    }
                     let result = self.attempt(&mut delivery, &envelope, attempt).await;
                     self.settle(delivery, &envelope, attempt, started, result)
                         .await;
@@ -249,13 +262,15 @@ impl Handler {
         loop {
             let id = envelope.correlation_id;
             match self.shared.store.transition(id, update.clone()).await {
-                Ok(Transition::Applied(_)) => {
+                Ok(Transition::Applied(record)) => {
                     if update.redrive.is_some() {
                         tracing::info!(correlation_id = %id, "failed request redriven: processing it again");
                     }
+                    // The store counts an attempt the queue could not: one
+                    // interrupted by a crash.
                     return Begin::Process {
                         envelope: Box::new(envelope),
-                        attempt,
+                        attempt: record.attempts.max(attempt),
                     };
                 }
                 // A redrive of its dead letter: the one way a failed request reopens.
@@ -367,10 +382,7 @@ impl Handler {
             raw_body: answer.and_then(|r| r.raw_body.clone()),
             ..ResultData::default()
         };
-        let mut policy = self.shared.config.backoff;
-        if let Some(max_retries) = self.shared.processor.max_retries(envelope) {
-            policy.max_retries = max_retries;
-        }
+        let policy = self.policy(envelope);
         match decide(&failure, attempt, &policy, fastrand::f64()) {
             Decision::Retry { delay } => {
                 m.retried.observe(elapsed.as_secs_f64());
@@ -408,6 +420,16 @@ impl Handler {
                 }
             }
         }
+    }
+
+    /// The retry policy for `envelope`: the pool's, with the processor's
+    /// budget if it has one for this request.
+    fn policy(&self, envelope: &Envelope) -> Backoff {
+        let mut policy = self.shared.config.backoff;
+        if let Some(max_retries) = self.shared.processor.max_retries(envelope) {
+            policy.max_retries = max_retries;
+        }
+        policy
     }
 
     /// Writes a transition; `None` if the store could not take it.

@@ -541,3 +541,73 @@ async fn an_outcome_refused_by_an_unfinished_request_is_retried_not_acked() {
     assert_eq!(done.attempts, 1);
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_whose_every_attempt_was_interrupted_is_dead_lettered_not_run_again() {
+    let flaky = Arc::new(Flaky {
+        fail_times: 0,
+        kind: FailureKind::Transient,
+        calls: AtomicU32::new(0),
+    });
+    let rig = rig(Arc::clone(&flaky) as Arc<dyn Processor>, config(4, 2)).await;
+    // What three crashed attempts leave: the request PROCESSING, attempt 3
+    // (the last of max_retries 2), and its message delivered again as
+    // attempt 3, since the embedded queue counts nothing a crash interrupts.
+    let id = CorrelationId::new();
+    let update = openhqm_store::Update {
+        attempts: Some(3),
+        ..openhqm_store::Update::to(RequestStatus::Processing)
+    };
+    rig.store.transition(id, update).await.expect("processing");
+    let env = json!({"v": 1, "correlation_id": id.to_string(), "payload": 1, "metadata": {"retry_count": 2}});
+    rig.queue
+        .publish(OutgoingMessage::new(
+            serde_json::to_vec(&env).expect("json"),
+        ))
+        .await
+        .expect("publish");
+    let done = rig.wait_terminal(id).await;
+    assert_eq!(done.status, RequestStatus::Failed);
+    assert_eq!(done.attempts, 3);
+    let error = done.outcome.and_then(|o| o.error).unwrap_or_default();
+    assert!(error.contains("interrupted"), "{error}");
+    assert_eq!(
+        flaky.calls.load(Ordering::SeqCst),
+        0,
+        "not run a fourth time"
+    );
+    let dead = rig.dead_letters(1).await;
+    assert!(dead[0].reason.contains("interrupted"), "{}", dead[0].reason);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_interrupted_attempt_with_budget_left_runs_again_as_the_next_attempt() {
+    let flaky = Arc::new(Flaky {
+        fail_times: 0,
+        kind: FailureKind::Transient,
+        calls: AtomicU32::new(0),
+    });
+    let rig = rig(Arc::clone(&flaky) as Arc<dyn Processor>, config(4, 2)).await;
+    let id = CorrelationId::new();
+    let update = openhqm_store::Update {
+        attempts: Some(1),
+        ..openhqm_store::Update::to(RequestStatus::Processing)
+    };
+    rig.store.transition(id, update).await.expect("processing");
+    let env = json!({"v": 1, "correlation_id": id.to_string(), "payload": 1});
+    rig.queue
+        .publish(OutgoingMessage::new(
+            serde_json::to_vec(&env).expect("json"),
+        ))
+        .await
+        .expect("publish");
+    let done = rig.wait_terminal(id).await;
+    assert_eq!(done.status, RequestStatus::Completed);
+    assert_eq!(done.attempts, 2);
+    assert_eq!(
+        done.outcome.and_then(|o| o.result),
+        Some(json!({"attempt": 2}))
+    );
+    rig.stop().await;
+}
