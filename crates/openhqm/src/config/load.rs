@@ -325,14 +325,59 @@ fn layer_string(
         errors.push(ConfigError::new(key, format!("malformed key {origin}")));
         return;
     }
-    let Some(hint) = path.iter().try_fold(defaults, |v, k| v.get(k)) else {
+    let Some(hint) = hint_for(defaults, path) else {
         errors.push(ConfigError::new(key, format!("unknown key ({origin})")));
         return;
     };
-    match typed(hint, raw) {
+    let value = match &hint {
+        Hint::Default(default) => typed(default, raw),
+        Hint::UnsetOption => Ok(loose(raw)),
+    };
+    match value {
         Ok(value) => set(tree, path, value),
         Err(message) => errors.push(ConfigError::new(key, format!("{message} ({origin})"))),
     }
+}
+
+/// What `path` holds, to read a string by: the default at that key; inside a
+/// named endpoint (`proxy.endpoints.<name>.<key>`, which has no default),
+/// an endpoint's defaults, where an unset option reads as JSON if it parses
+/// as a number or a boolean.
+fn hint_for(defaults: &Value, path: &[String]) -> Option<Hint> {
+    if let [section, map, _name, rest @ ..] = path
+        && section == "proxy"
+        && map == "endpoints"
+        && !rest.is_empty()
+    {
+        let mut template = serde_json::to_value(super::EndpointConfig::with_url("")).ok()?;
+        if let Value::Object(fields) = &mut template {
+            fields.entry("callback_url").or_insert(Value::Null);
+        }
+        return match rest.iter().try_fold(&template, |v, k| v.get(k))? {
+            Value::Null => Some(Hint::UnsetOption),
+            other => Some(Hint::Default(other.clone())),
+        };
+    }
+    path.iter()
+        .try_fold(defaults, |v, k| v.get(k))
+        .map(|v| Hint::Default(v.clone()))
+}
+
+/// How to read a string given for a key.
+enum Hint {
+    /// By the type of the key's default.
+    Default(Value),
+    /// An endpoint option that is unset by default, so of no known type.
+    UnsetOption,
+}
+
+/// A value of no known type: JSON if it is a number, a boolean, an object or
+/// an array; text otherwise.
+fn loose(raw: &str) -> Value {
+    serde_json::from_str::<Value>(raw.trim())
+        .ok()
+        .filter(|v| v.is_number() || v.is_boolean() || v.is_object() || v.is_array())
+        .unwrap_or_else(|| Value::String(raw.to_owned()))
 }
 
 fn typed(hint: &Value, raw: &str) -> Result<Value, String> {
@@ -349,14 +394,21 @@ fn typed(hint: &Value, raw: &str) -> Result<Value, String> {
             .map(Value::Number)
             .map_err(|_| format!("expected a number, got `{raw}`")),
         Value::Array(_) if trimmed.starts_with('[') => json(),
-        Value::Array(_) => Ok(Value::Array(
+        Value::Array(items) => {
+            // Comma-separated, each item read by the type of the default's.
+            let numbers = items.first().is_some_and(Value::is_number);
             trimmed
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|s| Value::String(s.to_owned()))
-                .collect(),
-        )),
+                .map(|s| match s.parse::<serde_json::Number>() {
+                    Ok(n) if numbers => Ok(Value::Number(n)),
+                    Err(_) if numbers => Err(format!("expected numbers, got `{s}` in `{raw}`")),
+                    _ => Ok(Value::String(s.to_owned())),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array)
+        }
         Value::Object(_) => json(),
         Value::Null if trimmed.starts_with('{') || trimmed.starts_with('[') => json(),
         Value::Null | Value::String(_) => Ok(Value::String(raw.to_owned())),

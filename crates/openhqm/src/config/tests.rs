@@ -520,3 +520,62 @@ fn null_endpoint_fields_are_unset_as_in_the_earlier_implementation() {
     assert!(api.headers.is_empty());
     assert!(api.auth_token.is_empty() && api.auth_password.is_empty());
 }
+
+#[test]
+fn an_endpoint_is_set_key_by_key_from_the_environment() {
+    let file = yaml(
+        "proxy:\n  enabled: true\n  endpoints:\n    app:\n      url: http://127.0.0.1:8080\n      method: PUT\n",
+    );
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[
+            ("OPENHQM_PROXY__ENDPOINTS__APP__TIMEOUT", "5"),
+            ("OPENHQM_PROXY__ENDPOINTS__APP__AUTH_TYPE", "bearer"),
+            ("OPENHQM_PROXY__ENDPOINTS__APP__AUTH_TOKEN", "12345"),
+            ("OPENHQM_PROXY__ENDPOINTS__APP__MAX_CONCURRENCY", "50"),
+            ("OPENHQM_PROXY__ENDPOINTS__APP__RETRY_ON", "502,503"),
+            (
+                "OPENHQM_PROXY__ENDPOINTS__APP__HEADERS",
+                r#"{"X-Team":"orders"}"#,
+            ),
+            (
+                "OPENHQM_PROXY__ENDPOINTS__BILLING__URL",
+                "http://127.0.0.1:9090",
+            ),
+            (
+                "OPENHQM_PROXY__ENDPOINTS__BILLING__RATE_LIMIT",
+                r#"{"requests_per_second": 10}"#,
+            ),
+        ]),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("valid");
+    let app = &c.proxy.endpoints["app"];
+    assert_eq!(
+        app.url.as_deref(),
+        Some("http://127.0.0.1:8080"),
+        "the file's keys stay"
+    );
+    assert_eq!(app.method, "PUT");
+    assert_eq!(app.timeout, 5);
+    assert_eq!(app.auth_type, Some(AuthType::Bearer));
+    assert_eq!(app.auth_token.expose(), "12345", "a secret stays text");
+    assert_eq!(app.max_concurrency, Some(50));
+    assert_eq!(app.retry_on, [502, 503]);
+    assert_eq!(app.headers["X-Team"], "orders");
+    let billing = &c.proxy.endpoints["billing"];
+    assert_eq!(billing.url.as_deref(), Some("http://127.0.0.1:9090"));
+    assert!(billing.rate_limit.is_some());
+
+    let typo = Sources {
+        env: env(&[("OPENHQM_PROXY__ENDPOINTS__APP__URLL", "http://x")]),
+        ..Sources::default()
+    };
+    let errors = errors_of(&typo);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("`proxy.endpoints.app.urll`: unknown key")),
+        "{errors:#?}"
+    );
+}
