@@ -9,8 +9,9 @@
 //! - **Dispatch.** Which messages are waiting, delayed or leased is kept in
 //!   memory and rebuilt from the keyspace on open. Waiting messages are handed
 //!   out by priority, FIFO within a priority.
-//! - **Leases.** A delivery holds a lease in memory; when it runs out the
-//!   message goes back in line with attempt + 1. A process that dies loses all
+//! - **Leases.** A delivery holds a lease in memory, on the monotonic clock
+//!   (a wall-clock step expires none); when it runs out the message goes
+//!   back in line with attempt + 1. A process that dies loses all
 //!   leases, so after a restart every unacknowledged message is waiting again.
 //! - **Settling.** Ack deletes the key; a retry rewrites it with attempt + 1
 //!   and a due time (the delay is held by the queue, not by a sleeping task);
@@ -44,7 +45,7 @@ use crate::{
     Capabilities, DeadLetter, Delivery, OutgoingMessage, QueueBackend, QueueError, now_ms,
 };
 use record::{DeadRecord, StoredRecord};
-use state::State;
+use state::{Now, State};
 
 /// Settings of one embedded queue.
 #[derive(Debug, Clone)]
@@ -73,6 +74,8 @@ pub(crate) struct Inner {
     next_seq: AtomicU64,
     next_dead_seq: AtomicU64,
     config: EmbeddedQueueConfig,
+    /// Zero of the monotonic clock that leases run on.
+    epoch: Instant,
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -139,6 +142,7 @@ impl EmbeddedQueue {
                 next_seq: AtomicU64::new(next_seq),
                 next_dead_seq: AtomicU64::new(next_dead_seq),
                 config,
+                epoch: Instant::now(),
             }),
         })
     }
@@ -153,10 +157,18 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Leases up to `max` due messages and loads them; also returns when the
-    /// next delayed message or lease falls due.
-    fn take(self: &Arc<Self>, max: usize) -> Result<(Vec<Delivery>, Option<u64>), QueueError> {
-        let now = now_ms();
+    /// Now, on both clocks of [`State`].
+    fn now(&self) -> Now {
+        Now {
+            wall_ms: now_ms(),
+            mono_ms: duration_ms(self.epoch.elapsed()),
+        }
+    }
+
+    /// Leases up to `max` due messages and loads them; also returns how long
+    /// until the next delayed message or lease falls due.
+    fn take(self: &Arc<Self>, max: usize) -> Result<(Vec<Delivery>, Option<Duration>), QueueError> {
+        let now = self.now();
         let lease_ms = duration_ms(self.config.lease);
         let (taken, next_due, expired) = {
             let mut state = self.lock();
@@ -164,8 +176,8 @@ impl Inner {
                 return Err(QueueError::Closed);
             }
             let expired = state.promote(now);
-            let taken = state.lease(max, now + lease_ms);
-            (taken, state.next_due(), expired)
+            let taken = state.lease(max, now.mono_ms + lease_ms);
+            (taken, state.next_due(now), expired)
         };
         for (seq, attempt) in expired {
             self.persist_attempt(seq, attempt);
@@ -311,9 +323,8 @@ impl QueueBackend for EmbeddedQueue {
                 return Ok(Vec::new());
             }
             let mut wake = deadline;
-            if let Some(due) = next_due {
-                let until_due = Duration::from_millis(due.saturating_sub(now_ms()).max(1));
-                wake = wake.min(now + until_due);
+            if let Some(until_due) = next_due {
+                wake = wake.min(now + until_due.max(Duration::from_millis(1)));
             }
             tokio::select! {
                 () = &mut notified => {}

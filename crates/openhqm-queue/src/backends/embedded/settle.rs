@@ -107,7 +107,7 @@ impl Settle for Handle {
     }
 
     async fn extend(&self, by: Duration) -> Result<(), QueueError> {
-        let deadline = now_ms() + duration_ms(by);
+        let deadline = self.inner.now().mono_ms + duration_ms(by);
         if self.inner.lock().extend(self.seq, self.token, deadline) {
             Ok(())
         } else {

@@ -3,9 +3,21 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::Duration;
 
 pub(crate) const MAX_PRIORITY: u8 = 9;
 const LEVELS: usize = MAX_PRIORITY as usize + 1;
+
+/// The two clocks the state runs on. A delay is stored, so it falls due at
+/// a wall-clock time that means the same after a restart; a lease lives only
+/// in memory, so it runs on the monotonic clock, which a clock step (NTP,
+/// a suspended VM) cannot move: a step forward must not expire every lease
+/// at once and have all in-flight work run twice.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Now {
+    pub wall_ms: u64,
+    pub mono_ms: u64,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Lease {
@@ -55,9 +67,9 @@ impl State {
 
     /// Moves due delayed messages to ready and expired leases back to ready.
     /// Returns the messages whose lease expired, with their next attempt number.
-    pub fn promote(&mut self, now_ms: u64) -> Vec<(u64, u32)> {
+    pub fn promote(&mut self, now: Now) -> Vec<(u64, u32)> {
         while let Some(Reverse((due, seq, priority))) = self.delayed.peek().copied() {
-            if due > now_ms {
+            if due > now.wall_ms {
                 break;
             }
             self.delayed.pop();
@@ -65,12 +77,14 @@ impl State {
         }
         let mut expired = Vec::new();
         while let Some(Reverse((deadline, seq, token))) = self.lease_deadlines.peek().copied() {
-            if deadline > now_ms {
+            if deadline > now.mono_ms {
                 break;
             }
             self.lease_deadlines.pop();
             let current = self.leased.get(&seq).copied();
-            if let Some(lease) = current.filter(|l| l.token == token && l.deadline_ms <= now_ms) {
+            if let Some(lease) =
+                current.filter(|l| l.token == token && l.deadline_ms <= now.mono_ms)
+            {
                 self.leased.remove(&seq);
                 // An expired message goes to the front: it has waited longest.
                 self.ready[usize::from(lease.priority)].push_front(seq);
@@ -82,7 +96,8 @@ impl State {
         expired
     }
 
-    /// Leases up to `max` waiting messages, highest priority first.
+    /// Leases up to `max` waiting messages, highest priority first, until
+    /// `deadline_ms` on the monotonic clock.
     pub fn lease(&mut self, max: usize, deadline_ms: u64) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         for priority in (0..LEVELS).rev() {
@@ -159,20 +174,35 @@ impl State {
         self.attempt_floor.remove(&seq);
     }
 
-    /// When the next delayed message or lease falls due.
-    pub fn next_due(&self) -> Option<u64> {
-        let delayed = self.delayed.peek().map(|Reverse((due, _, _))| *due);
-        let lease = self.lease_deadlines.peek().map(|Reverse((due, _, _))| *due);
-        match (delayed, lease) {
+    /// How long until the next delayed message or lease falls due.
+    pub fn next_due(&self, now: Now) -> Option<Duration> {
+        let delayed = self
+            .delayed
+            .peek()
+            .map(|Reverse((due, _, _))| due.saturating_sub(now.wall_ms));
+        let lease = self
+            .lease_deadlines
+            .peek()
+            .map(|Reverse((due, _, _))| due.saturating_sub(now.mono_ms));
+        let ms = match (delayed, lease) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
+        };
+        ms.map(Duration::from_millis)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both clocks at `ms`.
+    fn at(ms: u64) -> Now {
+        Now {
+            wall_ms: ms,
+            mono_ms: ms,
+        }
+    }
 
     #[test]
     fn higher_priority_first_then_fifo() {
@@ -192,7 +222,7 @@ mod tests {
         s.push_ready(1, 0);
         let (_, token) = s.lease(1, 100)[0];
         assert_eq!(s.note_attempt(1, token, 1), 1);
-        assert_eq!(s.promote(100), vec![(1, 2)]);
+        assert_eq!(s.promote(at(100)), vec![(1, 2)]);
         let (_, token2) = s.lease(1, 200)[0];
         assert_eq!(
             s.note_attempt(1, token2, 1),
@@ -212,7 +242,23 @@ mod tests {
         s.push_ready(1, 0);
         let (_, token) = s.lease(1, 100)[0];
         assert!(s.extend(1, token, 300));
-        assert!(s.promote(150).is_empty());
-        assert_eq!(s.promote(300), vec![(1, 2)]);
+        assert!(s.promote(at(150)).is_empty());
+        assert_eq!(s.promote(at(300)), vec![(1, 2)]);
+    }
+
+    #[test]
+    fn a_wall_clock_step_expires_no_lease_but_moves_delays() {
+        let mut s = State::default();
+        s.push_ready(1, 0);
+        s.push_delayed(2, 0, 1_000);
+        let (_, token) = s.lease(1, 100)[0];
+        let stepped = Now {
+            wall_ms: 1_000_000,
+            mono_ms: 50,
+        };
+        assert!(s.promote(stepped).is_empty(), "the lease still holds");
+        assert!(s.extend(1, token, 200));
+        assert_eq!(s.lease(10, 300).len(), 1, "the delayed message is due");
+        assert_eq!(s.next_due(stepped), Some(Duration::from_millis(50)));
     }
 }
