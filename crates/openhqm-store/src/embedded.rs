@@ -1,7 +1,8 @@
 //! The embedded result store, in the same fjall database as the embedded queue.
 //!
 //! Records are keyed by the correlation id's 16 bytes; OpenHQM's ids are
-//! UUIDv7, so keys arrive in time order and expiry can scan from the oldest.
+//! UUIDv7, so keys arrive in time order and expiry can scan from the oldest
+//! (an outside producer's UUIDv4 is swept too; see [`expired_keys`]).
 //! A value is `[expires_at_ms u64 BE][record JSON]`; every write moves the
 //! expiry to `updated_at + ttl`, reads treat an expired record as absent, and a
 //! sweeper deletes expired records so storage stays bounded.
@@ -134,27 +135,56 @@ impl EmbeddedStore {
 /// A record expires `ttl` after its last update, so none created in the last
 /// `ttl` can have expired: since v7 keys sort by creation time, the scan stops
 /// at the first of those and only walks the old end of the keyspace.
+///
+/// Ids that are not time-ordered (an outside producer's UUIDv4 on a Redis
+/// queue) sort anywhere. Those below the horizon are met by that scan; a
+/// second scan walks all keys above the current time, where no v7 id of
+/// ours can be and almost every other id is. The few in between are met
+/// once the horizon passes them.
 pub fn expired_keys(results: &Keyspace, ttl_ms: u64, now_ms: u64) -> Vec<[u8; 16]> {
     let horizon = now_ms.saturating_sub(ttl_ms);
     let mut expired = Vec::new();
-    for item in results.iter() {
+    // `false` once the scan should stop.
+    let mut collect = |key: &[u8], value: &[u8], stop_young: bool| {
+        let Ok(bytes) = <[u8; 16]>::try_from(key) else {
+            return true;
+        };
+        if stop_young
+            && CorrelationId::from_bytes(bytes)
+                .timestamp_ms()
+                .is_some_and(|ts| ts > horizon)
+        {
+            return false;
+        }
+        if expires_at(value).is_some_and(|e| e <= now_ms) {
+            expired.push(bytes);
+        }
+        true
+    };
+    let above = above_v7_ids_of(now_ms);
+    for item in results.range(..above) {
         let Ok((key, value)) = item.into_inner() else {
             break;
         };
-        let Ok(bytes) = <[u8; 16]>::try_from(key.as_ref()) else {
-            continue;
-        };
-        if CorrelationId::from_bytes(bytes)
-            .timestamp_ms()
-            .is_some_and(|ts| ts > horizon)
-        {
+        if !collect(&key, &value, true) {
             break;
         }
-        if expires_at(&value).is_some_and(|e| e <= now_ms) {
-            expired.push(bytes);
-        }
+    }
+    for item in results.range(above..) {
+        let Ok((key, value)) = item.into_inner() else {
+            break;
+        };
+        collect(&key, &value, false);
     }
     expired
+}
+
+/// The smallest key above every v7 id created up to `now_ms`: a v7 id starts
+/// with its 48-bit millisecond timestamp.
+fn above_v7_ids_of(now_ms: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..6].copy_from_slice(&(now_ms + 1).to_be_bytes()[2..]);
+    key
 }
 
 fn expires_at(value: &[u8]) -> Option<u64> {

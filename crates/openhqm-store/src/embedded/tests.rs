@@ -199,3 +199,49 @@ async fn expired_idempotency_keys_are_swept() {
     assert_eq!(store.keys.claims.iter().count(), 0, "claim swept");
     assert_eq!(store.keys.by_expiry.iter().count(), 0, "index swept");
 }
+
+#[tokio::test]
+async fn records_of_ids_that_are_not_time_ordered_expire_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = open(dir.path(), Duration::from_secs(2));
+    // UUIDv4 ids, as the earlier implementation's producers queue them:
+    // they sort before, among and (mostly) after the v7 ids of now.
+    let v4: Vec<CorrelationId> = ["00", "7f", "ff"]
+        .iter()
+        .map(|head| {
+            format!("{head}3e4567-e89b-42d3-a456-426614174000")
+                .parse()
+                .expect("uuid")
+        })
+        .collect();
+    for id in &v4 {
+        let record = RequestRecord::pending(*id, openhqm_core::time::now_ms());
+        store.create(record).await.expect("create");
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // A record still young when those expire: the scan of time-ordered ids
+    // stops at it.
+    let young = CorrelationId::new();
+    let record = RequestRecord::pending(young, openhqm_core::time::now_ms());
+    store.create(record).await.expect("create");
+    // The sweeper (every 50 ms here) deletes the others while it lives.
+    let results = db.keyspace("results").expect("ks");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<Vec<u8>> = results
+            .iter()
+            .filter_map(|item| item.key().ok().map(|k| k.to_vec()))
+            .collect();
+        if left == [young.as_bytes().to_vec()] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} records left, the young one and expired ones never swept",
+            left.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.close().await;
+    db.close().await;
+}
