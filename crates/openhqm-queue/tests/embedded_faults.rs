@@ -105,3 +105,56 @@ async fn an_undecodable_stored_message_is_dead_lettered_not_a_wedge() {
         "only the good one is left"
     );
 }
+
+#[tokio::test]
+async fn a_lease_cut_short_by_a_crash_counts_and_one_ended_by_close_does_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = || EmbeddedQueueConfig {
+        name: "requests".into(),
+        dead_letter_name: "requests-dlq".into(),
+        lease: Duration::from_secs(60),
+        max_payload: 1 << 20,
+    };
+    let reopen = || async {
+        let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
+        let queue = EmbeddedQueue::open(db.clone(), config()).expect("queue");
+        (db, queue)
+    };
+
+    let (db, queue) = reopen().await;
+    queue
+        .publish(OutgoingMessage::new(b"m".to_vec()))
+        .await
+        .expect("publish");
+    assert_eq!(next_attempt(&queue).await, 1);
+    // A crash: the process ends with the lease held and nothing settled.
+    drop(queue);
+    db.close().await;
+    drop(db);
+
+    let (db, queue) = reopen().await;
+    assert_eq!(next_attempt(&queue).await, 2, "the crashed attempt counts");
+    // A clean shutdown with the work abandoned.
+    queue.close().await;
+    drop(queue);
+    db.close().await;
+    drop(db);
+
+    let (db, queue) = reopen().await;
+    assert_eq!(
+        next_attempt(&queue).await,
+        2,
+        "a shutdown uses up no attempt"
+    );
+    db.close().await;
+}
+
+/// The attempt of the next delivery, left unsettled.
+async fn next_attempt(queue: &EmbeddedQueue) -> u32 {
+    let got = queue
+        .receive(1, Duration::from_secs(1))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1);
+    got[0].message().attempt
+}

@@ -202,22 +202,9 @@ pub fn apply_update(
             RequestRecord::pending(id, submitted)
         }
     };
-    // PROCESSING again without an outcome in between: the attempt that
-    // wrote the first one never finished (its process died, or its lease ran
-    // out). It counts, even where the queue could not count it (a crash
-    // before the embedded queue persisted it), so a message that kills its
-    // worker every time still runs out of attempts.
-    let interrupted = record.status == RequestStatus::Processing && update.to == record.status;
-    let attempts = update.attempts.map(|a| {
-        if interrupted {
-            a.max(record.attempts + 1)
-        } else {
-            a
-        }
-    });
     record.status = update.to;
     record.updated_at_ms = now_ms;
-    if let Some(attempts) = attempts {
+    if let Some(attempts) = update.attempts {
         record.attempts = attempts;
     }
     if update.outcome.is_some() {
@@ -272,30 +259,6 @@ mod tests {
         check(Some(Pending), Completed, false);
         check(None, Completed, true);
         check(None, Processing, true);
-    }
-
-    #[test]
-    fn processing_again_counts_the_interrupted_attempt() {
-        let id = CorrelationId::new();
-        let at = |status: RequestStatus, attempts: u32, delivered: u32| {
-            let rec = RequestRecord {
-                status,
-                attempts,
-                ..RequestRecord::pending(id, 1)
-            };
-            let update = Update {
-                attempts: Some(delivered),
-                ..Update::to(Processing)
-            };
-            match apply_update(id, Some(rec), update, 10) {
-                Transition::Applied(r) => r.attempts,
-                Transition::Refused { .. } => unreachable!(),
-            }
-        };
-        assert_eq!(at(Processing, 2, 2), 3, "redelivered as the same attempt");
-        assert_eq!(at(Processing, 2, 3), 3, "the queue counted it already");
-        assert_eq!(at(Pending, 2, 3), 3, "a retry after a finished attempt");
-        assert_eq!(at(Pending, 0, 1), 1, "the first attempt");
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! redelivered later, and nothing is failed or dead-lettered by a shutdown.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use openhqm_core::envelope::DEFAULT_TIMEOUT_SECS;
@@ -115,10 +116,25 @@ impl WorkerPool {
     }
 
     /// Runs until `shutdown` turns `true`, then drains. Returns how many
-    /// handlers were abandoned because the drain timeout ran out.
+    /// messages were left for redelivery because the drain ran out: attempts
+    /// still running just before it does are released (handed back as the
+    /// same attempt, at once), and any handler still busy after it is
+    /// abandoned unsettled.
     pub async fn run(self, shutdown: watch::Receiver<bool>) -> usize {
         let shared = Arc::new(self.shared);
         let c = &shared.config;
+        let (give_up_tx, give_up) = watch::channel(false);
+        let mut stopping = shutdown.clone();
+        let release_at = c.drain.saturating_sub((c.drain / 10).min(RELEASE_MARGIN));
+        let timer = tokio::spawn(async move {
+            if stopping.wait_for(|stop| *stop).await.is_ok() {
+                tokio::time::sleep(release_at).await;
+                let _ = give_up_tx.send(true);
+                // Keep the sender: a closed channel must not read as "give up".
+                std::future::pending::<()>().await;
+            }
+        });
+        let released = Arc::new(AtomicUsize::new(0));
         let consume_config = ConsumeConfig {
             name: "worker pool",
             concurrency: c.count,
@@ -127,7 +143,7 @@ impl WorkerPool {
             unavailable_backoff: c.unavailable_backoff,
         };
         let consumed = shared.queue_metrics.consume.clone();
-        consume(
+        let abandoned = consume(
             Arc::clone(&shared.queue),
             &consume_config,
             shutdown,
@@ -135,16 +151,30 @@ impl WorkerPool {
                 consumed.inc_by(n as u64);
             },
             |delivery| {
-                let shared = Arc::clone(&shared);
-                async move { Handler { shared }.handle(delivery).await }
+                let handler = Handler {
+                    shared: Arc::clone(&shared),
+                    give_up: give_up.clone(),
+                    released: Arc::clone(&released),
+                };
+                async move { handler.handle(delivery).await }
             },
         )
-        .await
+        .await;
+        timer.abort();
+        abandoned + released.load(Ordering::Relaxed)
     }
 }
 
+/// How long before the drain runs out attempts still running are released
+/// (at most a tenth of the drain), so the release lands before the drain ends.
+const RELEASE_MARGIN: Duration = Duration::from_millis(500);
+
 struct Handler {
     shared: Arc<Shared>,
+    /// Turns `true` when the drain is about to run out.
+    give_up: watch::Receiver<bool>,
+    /// Attempts released because of it.
+    released: Arc<AtomicUsize>,
 }
 
 /// What [`Handler::begin`] found.
@@ -181,13 +211,25 @@ impl Handler {
                         // must not do so forever.
                         let interrupted = Failure::new(
                             FailureKind::Transient,
-                            "every attempt was interrupted before it finished (the worker stopped or its lease ran out)",
+                            format!("no attempts left: {} were started without an outcome (a worker died or lost its lease)", attempt - 1),
                         );
                         self.settle(delivery, &envelope, attempt - 1, started, Err(interrupted))
                             .await;
                         return;
                     }
-                    let result = self.attempt(&mut delivery, &envelope, attempt).await;
+                    let result = tokio::select! {
+                        result = self.attempt(&mut delivery, &envelope, attempt) => Some(result),
+                        () = self.drain_running_out() => None,
+                    };
+                    let Some(result) = result else {
+                        // A shutdown is not a failure: hand the message back
+                        // as this same attempt.
+                        tracing::info!("shutdown: attempt still running as the drain ran out; message released for redelivery");
+                        self.released.fetch_add(1, Ordering::Relaxed);
+                        let release = Nack::Release { delay: Duration::ZERO };
+                        self.finish(delivery.nack(release).await);
+                        return;
+                    };
                     self.settle(delivery, &envelope, attempt, started, result)
                         .await;
                 }
@@ -262,15 +304,13 @@ impl Handler {
         loop {
             let id = envelope.correlation_id;
             match self.shared.store.transition(id, update.clone()).await {
-                Ok(Transition::Applied(record)) => {
+                Ok(Transition::Applied(_)) => {
                     if update.redrive.is_some() {
                         tracing::info!(correlation_id = %id, "failed request redriven: processing it again");
                     }
-                    // The store counts an attempt the queue could not: one
-                    // interrupted by a crash.
                     return Begin::Process {
                         envelope: Box::new(envelope),
-                        attempt: record.attempts.max(attempt),
+                        attempt,
                     };
                 }
                 // A redrive of its dead letter: the one way a failed request reopens.
@@ -419,6 +459,14 @@ impl Handler {
                     self.retry_later(delivery).await;
                 }
             }
+        }
+    }
+
+    /// Completes when the shutdown's drain is about to run out.
+    async fn drain_running_out(&self) {
+        let mut give_up = self.give_up.clone();
+        if give_up.wait_for(|g| *g).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 

@@ -183,6 +183,7 @@ impl Inner {
             self.persist_attempt(seq, attempt);
         }
         let mut out = Vec::with_capacity(taken.len());
+        let mut interrupted = Vec::with_capacity(taken.len());
         let mut taken = taken.into_iter();
         while let Some((seq, token)) = taken.next() {
             let raw = match self.messages.get(record::encode_key(seq)) {
@@ -209,13 +210,40 @@ impl Inner {
                 Ok(mut rec) => {
                     rec.attempt = self.lock().note_attempt(seq, token, rec.attempt);
                     let message = rec.to_message(seq);
+                    let next = StoredRecord {
+                        attempt: rec.attempt.saturating_add(1),
+                        ..rec.clone()
+                    };
+                    interrupted.push((record::encode_key(seq), next.encode()));
                     let handle = settle::Handle::new(Arc::clone(self), seq, token, rec);
                     out.push(Delivery::new(message, Box::new(handle)));
                 }
                 Err(e) => self.quarantine(seq, &raw, &e),
             }
         }
+        self.persist_interrupted(interrupted);
         Ok((out, next_due))
+    }
+
+    /// Stores each leased message as its next attempt, so that if the
+    /// process dies during this one, the redelivery after a restart counts
+    /// it: a message that kills its worker every time runs out of attempts
+    /// instead of crashing workers forever. Not waited for: it is ordered
+    /// before every settle, which writes the attempt it means, and a clean
+    /// shutdown puts the attempts of abandoned work back (`close`).
+    fn persist_interrupted(&self, records: Vec<([u8; 8], Vec<u8>)>) {
+        if records.is_empty() {
+            return;
+        }
+        let ks = self.messages.clone();
+        let written = self.db.write_detached(move |ctx| {
+            for (key, value) in records {
+                ctx.insert(&ks, &key, value);
+            }
+        });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "could not record the attempts of leased messages");
+        }
     }
 
     /// Dead-letters a stored message that cannot be decoded, keeping its
@@ -406,8 +434,37 @@ impl QueueBackend for EmbeddedQueue {
         self.inner.db.probe().await.map_err(db_error)
     }
 
+    /// Stops handing out messages. Work abandoned by the shutdown gets back
+    /// the attempt it was delivered as: a shutdown is not a crash, and must
+    /// not use up a message's attempts.
     async fn close(&self) {
-        self.inner.lock().closed = true;
+        let abandoned = {
+            let mut state = self.inner.lock();
+            state.closed = true;
+            state.leased_attempts()
+        };
         self.inner.notify.notify_waiters();
+        if abandoned.is_empty() {
+            return;
+        }
+        let ks = self.inner.messages.clone();
+        let restored = self
+            .inner
+            .db
+            .write(Wait::Durable, move |ctx| {
+                for (seq, attempt) in abandoned {
+                    let key = record::encode_key(seq);
+                    if let Ok(Some(raw)) = ctx.get(&ks, &key)
+                        && let Ok(mut rec) = StoredRecord::decode(&raw)
+                    {
+                        rec.attempt = attempt;
+                        ctx.insert(&ks, &key, rec.encode());
+                    }
+                }
+            })
+            .await;
+        if let Err(e) = restored {
+            tracing::warn!(error = %e, "could not restore the attempts of abandoned messages");
+        }
     }
 }

@@ -168,6 +168,14 @@ impl State {
         attempt
     }
 
+    /// Every leased message with the attempt it was delivered as.
+    pub fn leased_attempts(&self) -> Vec<(u64, u32)> {
+        self.leased
+            .iter()
+            .map(|(seq, l)| (*seq, l.attempt))
+            .collect()
+    }
+
     /// Drops a leased message that vanished from storage.
     pub fn forget(&mut self, seq: u64) {
         self.leased.remove(&seq);
