@@ -46,7 +46,14 @@ impl CorrelationId {
         Self(Uuid::from_bytes(bytes))
     }
 
-    /// Milliseconds since the Unix epoch encoded in a v7 id, if it is one.
+    /// Whether the id is a UUIDv7, whose bytes sort by its creation time.
+    #[must_use]
+    pub fn is_time_ordered(&self) -> bool {
+        self.0.get_version_num() == 7
+    }
+
+    /// Milliseconds since the Unix epoch encoded in the id, for ids that
+    /// carry a time (v1, v6, v7).
     #[must_use]
     pub fn timestamp_ms(&self) -> Option<u64> {
         let ts = self.0.get_timestamp()?;

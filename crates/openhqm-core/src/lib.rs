@@ -25,6 +25,33 @@ pub use record::{RequestRecord, ResultData};
 pub use secret::Secret;
 pub use status::RequestStatus;
 
+/// An optional number given as a number (YAML) or as text (an environment
+/// variable or `--set`, which carry no type when the default is unset).
+///
+/// # Errors
+/// When the value is neither `null`, a number, nor text that parses as one.
+pub fn number_or_text<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + std::str::FromStr,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Given<T> {
+        Number(T),
+        Text(String),
+    }
+    match <Option<Given<T>> as serde::Deserialize>::deserialize(d)? {
+        None => Ok(None),
+        Some(Given::Number(n)) => Ok(Some(n)),
+        Some(Given::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("expected a number, got `{t}`"))),
+    }
+}
+
 /// Deserializes an explicit `null` as the type's default, as an absent
 /// field is: producers and config files written for the earlier
 /// implementation send `null` for "not set".

@@ -149,11 +149,10 @@ pub fn expired_keys(results: &Keyspace, ttl_ms: u64, now_ms: u64) -> Vec<[u8; 16
         let Ok(bytes) = <[u8; 16]>::try_from(key) else {
             return true;
         };
-        if stop_young
-            && CorrelationId::from_bytes(bytes)
-                .timestamp_ms()
-                .is_some_and(|ts| ts > horizon)
-        {
+        // Only a v7 id sorts by its time (v1 and v6 carry one too, but
+        // elsewhere in the key).
+        let id = CorrelationId::from_bytes(bytes);
+        if stop_young && id.is_time_ordered() && id.timestamp_ms().is_some_and(|ts| ts > horizon) {
             return false;
         }
         if expires_at(value).is_some_and(|e| e <= now_ms) {

@@ -98,7 +98,7 @@ pub struct EndpointConfig {
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     /// Most forwards in flight from this process to this endpoint.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "openhqm_core::number_or_text")]
     pub max_concurrency: Option<usize>,
     /// Most forwards started per second (GCRA), with a burst.
     #[serde(default)]
@@ -107,7 +107,7 @@ pub struct EndpointConfig {
     #[serde(default = "default_retry_on")]
     pub retry_on: Vec<u16>,
     /// Overrides `worker.max_retries` for this endpoint; kept for the worker.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "openhqm_core::number_or_text")]
     pub max_retries: Option<u32>,
     /// Rewrites the request path (`metadata.path`) before it is appended.
     #[serde(default)]

@@ -92,7 +92,7 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
             EnvKey::Misspelt(hint) => {
                 errors.push(ConfigError::new(
                     name.clone(),
-                    format!("not a configuration variable; did you mean {hint}?"),
+                    format!("not a configuration variable; {hint}"),
                 ));
                 continue;
             }
@@ -244,7 +244,7 @@ enum EnvKey {
     /// every pod `OPENHQM_API_SERVICE_HOST`, `OPENHQM_API_PORT`, ...).
     NotOurs,
     /// `OPENHQM_SERVER_PORT`: a section and a key joined by one underscore,
-    /// with the spelling that was probably meant.
+    /// with a hint at the right spelling.
     Misspelt(String),
 }
 
@@ -268,17 +268,22 @@ fn env_key(name: &str, value: &str, defaults: &Value) -> EnvKey {
     let Some(sections) = defaults.as_object() else {
         return EnvKey::NotOurs;
     };
+    // `OPENHQM_PROXY='{...}'`: a whole section, as JSON.
+    if sections.contains_key(&lower) {
+        return EnvKey::Key(vec![lower]);
+    }
     sections
         .keys()
         .find_map(|section| {
             let key = lower.strip_prefix(section.as_str())?.strip_prefix('_')?;
-            let known = defaults.get(section)?.get(key).is_some();
-            known.then(|| {
+            let upper = section.to_ascii_uppercase();
+            Some(if defaults.get(section)?.get(key).is_some() {
                 format!(
-                    "{ENV_PREFIX}{}__{}",
-                    section.to_ascii_uppercase(),
+                    "did you mean {ENV_PREFIX}{upper}__{}?",
                     key.to_ascii_uppercase()
                 )
+            } else {
+                format!("keys are set as {ENV_PREFIX}{upper}__<KEY>")
             })
         })
         .map_or(EnvKey::NotOurs, EnvKey::Misspelt)
@@ -341,8 +346,7 @@ fn layer_string(
 
 /// What `path` holds, to read a string by: the default at that key; inside a
 /// named endpoint (`proxy.endpoints.<name>.<key>`, which has no default),
-/// an endpoint's defaults, where an unset option reads as JSON if it parses
-/// as a number or a boolean.
+/// an endpoint's defaults, where an unset option is read loosely.
 fn hint_for(defaults: &Value, path: &[String]) -> Option<Hint> {
     if let [section, map, _name, rest @ ..] = path
         && section == "proxy"
@@ -371,12 +375,13 @@ enum Hint {
     UnsetOption,
 }
 
-/// A value of no known type: JSON if it is a number, a boolean, an object or
-/// an array; text otherwise.
+/// A value of no known type: JSON if it is an object or an array, text
+/// otherwise (a numeric option reads text as a number itself, so a user name
+/// of digits stays text).
 fn loose(raw: &str) -> Value {
     serde_json::from_str::<Value>(raw.trim())
         .ok()
-        .filter(|v| v.is_number() || v.is_boolean() || v.is_object() || v.is_array())
+        .filter(|v| v.is_object() || v.is_array())
         .unwrap_or_else(|| Value::String(raw.to_owned()))
 }
 

@@ -91,7 +91,7 @@ pub struct SidecarSection {
     /// Whether the passthrough ingress runs.
     pub enabled: bool,
     /// Its own port, where every path is passed through.
-    #[serde(deserialize_with = "number_or_text")]
+    #[serde(deserialize_with = "openhqm_core::number_or_text")]
     pub port: Option<u16>,
     /// Or a prefix of the API port (e.g. `/app`), stripped before the replay.
     pub path_prefix: Option<String>,
@@ -116,37 +116,13 @@ impl Default for SidecarSection {
     }
 }
 
-/// An optional number given as a number (YAML) or as text (an environment
-/// variable or `--set`, which carry no type when the default is unset).
-fn number_or_text<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + std::str::FromStr,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Given<T> {
-        Number(T),
-        Text(String),
-    }
-    match Option::<Given<T>>::deserialize(d)? {
-        None => Ok(None),
-        Some(Given::Number(n)) => Ok(Some(n)),
-        Some(Given::Text(t)) => t
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("expected a number, got `{t}`"))),
-    }
-}
-
 /// `idempotency.*`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdempotencySection {
     /// How long a key is remembered; unset = `cache.ttl_seconds`, and never
     /// longer (a key must not outlive the result it replays).
-    #[serde(deserialize_with = "number_or_text")]
+    #[serde(deserialize_with = "openhqm_core::number_or_text")]
     pub ttl_seconds: Option<u64>,
     /// The header whose value identifies the caller; keys are scoped by it.
     pub identity_header: String,

@@ -490,15 +490,23 @@ fn a_section_and_key_joined_by_one_underscore_is_reported() {
         env: env(&[
             ("OPENHQM_SERVER_PORT", "9000"),
             ("OPENHQM_WORKER_COUNT", "8"),
+            ("OPENHQM_WORKER_CONUT", "8"),
         ]),
         ..Sources::default()
     };
     let errors = errors_of(&sources);
-    for (var, meant) in [
-        ("OPENHQM_SERVER_PORT", "OPENHQM_SERVER__PORT"),
-        ("OPENHQM_WORKER_COUNT", "OPENHQM_WORKER__COUNT"),
+    for (var, hint) in [
+        ("OPENHQM_SERVER_PORT", "did you mean OPENHQM_SERVER__PORT?"),
+        (
+            "OPENHQM_WORKER_COUNT",
+            "did you mean OPENHQM_WORKER__COUNT?",
+        ),
+        (
+            "OPENHQM_WORKER_CONUT",
+            "keys are set as OPENHQM_WORKER__<KEY>",
+        ),
     ] {
-        let needle = format!("`{var}`: not a configuration variable; did you mean {meant}?");
+        let needle = format!("`{var}`: not a configuration variable; {hint}");
         assert!(
             errors.iter().any(|e| e.starts_with(&needle)),
             "missing `{needle}` in {errors:#?}"
@@ -578,4 +586,36 @@ fn an_endpoint_is_set_key_by_key_from_the_environment() {
             .any(|e| e.starts_with("`proxy.endpoints.app.urll`: unknown key")),
         "{errors:#?}"
     );
+}
+
+#[test]
+fn a_whole_section_can_be_given_as_json() {
+    let sources = Sources {
+        env: env(&[("OPENHQM_WORKER", r#"{"count": 7, "max_retries": 1}"#)]),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("valid");
+    assert_eq!(c.worker.count, 7);
+    assert_eq!(c.worker.max_retries, 1);
+}
+
+#[test]
+fn digits_stay_text_where_an_endpoint_option_is_text() {
+    let sources = Sources {
+        env: env(&[
+            (
+                "OPENHQM_PROXY__ENDPOINTS__APP__URL",
+                "http://127.0.0.1:8080",
+            ),
+            ("OPENHQM_PROXY__ENDPOINTS__APP__AUTH_TYPE", "basic"),
+            ("OPENHQM_PROXY__ENDPOINTS__APP__AUTH_USERNAME", "12345"),
+            ("OPENHQM_PROXY__ENDPOINTS__APP__AUTH_PASSWORD", "678"),
+            ("OPENHQM_PROXY__ENDPOINTS__APP__MAX_RETRIES", "2"),
+        ]),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("valid");
+    let app = &c.proxy.endpoints["app"];
+    assert_eq!(app.auth_username.as_deref(), Some("12345"));
+    assert_eq!(app.max_retries, Some(2));
 }
