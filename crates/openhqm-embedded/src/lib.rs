@@ -205,16 +205,33 @@ impl EmbeddedDb {
     where
         F: FnOnce(&mut WriteCtx<'_>) + Send + 'static,
     {
+        self.send_detached(Wait::Applied, op)
+    }
+
+    /// Like [`EmbeddedDb::write_detached`], but the group holding `op` is
+    /// made durable as if a caller waited for it: for a write that must
+    /// survive a crash soon after, though nobody can wait for it.
+    ///
+    /// # Errors
+    /// [`DbError::Closed`] if the writer has stopped.
+    pub fn write_detached_durable<F>(&self, op: F) -> Result<(), DbError>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) + Send + 'static,
+    {
+        self.send_detached(Wait::Durable, op)
+    }
+
+    fn send_detached<F>(&self, wait: Wait, op: F) -> Result<(), DbError>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) + Send + 'static,
+    {
         let job: Job = Box::new(move |ctx| {
             op(ctx);
             Box::new(|_| {})
         });
         self.inner
             .tx
-            .send(Request {
-                job,
-                wait: Wait::Applied,
-            })
+            .send(Request { job, wait })
             .map_err(|_| DbError::Closed)
     }
 

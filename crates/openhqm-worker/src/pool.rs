@@ -218,6 +218,8 @@ impl Handler {
                         return;
                     }
                     let result = tokio::select! {
+                        // A finished attempt wins over the drain running out.
+                        biased;
                         result = self.attempt(&mut delivery, &envelope, attempt) => Some(result),
                         () = self.drain_running_out() => None,
                     };
@@ -225,9 +227,12 @@ impl Handler {
                         // A shutdown is not a failure: hand the message back
                         // as this same attempt.
                         tracing::info!("shutdown: attempt still running as the drain ran out; message released for redelivery");
-                        self.released.fetch_add(1, Ordering::Relaxed);
                         let release = Nack::Release { delay: Duration::ZERO };
-                        self.finish(delivery.nack(release).await);
+                        let released = delivery.nack(release).await;
+                        if released.is_ok() {
+                            self.released.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.finish(released);
                         return;
                     };
                     self.settle(delivery, &envelope, attempt, started, result)

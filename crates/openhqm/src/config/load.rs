@@ -84,7 +84,9 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
         merge(&mut tree, file);
     }
     let mut env: Vec<(&String, &String)> = sources.env.iter().collect();
-    env.sort();
+    // In any case, a section (`OPENHQM_WORKER`) before its keys
+    // (`OPENHQM_WORKER__COUNT`), which refine it.
+    env.sort_by_key(|(name, _)| name.to_ascii_uppercase());
     for (name, raw) in env {
         let path = match env_key(name, raw, &defaults) {
             EnvKey::Key(path) => path,
@@ -434,7 +436,14 @@ fn set(tree: &mut Value, path: &[String], value: Value) {
         node = next;
     }
     if let (Value::Object(map), Some(last)) = (node, path.last()) {
-        map.insert(last.clone(), value);
+        // An object (a section or a map given as JSON) merges with what the
+        // earlier layers set there, as the file does with the defaults.
+        match map.get_mut(last) {
+            Some(existing) if existing.is_object() && value.is_object() => merge(existing, value),
+            _ => {
+                map.insert(last.clone(), value);
+            }
+        }
     }
 }
 

@@ -589,14 +589,20 @@ fn an_endpoint_is_set_key_by_key_from_the_environment() {
 }
 
 #[test]
-fn a_whole_section_can_be_given_as_json() {
+fn a_whole_section_can_be_given_as_json_and_merges_with_the_file() {
+    let file = yaml("worker:\n  timeout_seconds: 45\n  max_retries: 5\n");
     let sources = Sources {
-        env: env(&[("OPENHQM_WORKER", r#"{"count": 7, "max_retries": 1}"#)]),
+        file: Some(file.path().to_path_buf()),
+        env: env(&[
+            ("OPENHQM_WORKER", r#"{"count": 7, "max_retries": 1}"#),
+            ("openhqm_worker__count", "9"),
+        ]),
         ..Sources::default()
     };
     let c = load(&sources).expect("valid");
-    assert_eq!(c.worker.count, 7);
+    assert_eq!(c.worker.timeout_seconds, 45, "the file's other keys stay");
     assert_eq!(c.worker.max_retries, 1);
+    assert_eq!(c.worker.count, 9, "a key refines its section");
 }
 
 #[test]

@@ -228,15 +228,16 @@ impl Inner {
     /// Stores each leased message as its next attempt, so that if the
     /// process dies during this one, the redelivery after a restart counts
     /// it: a message that kills its worker every time runs out of attempts
-    /// instead of crashing workers forever. Not waited for: it is ordered
-    /// before every settle, which writes the attempt it means, and a clean
-    /// shutdown puts the attempts of abandoned work back (`close`).
+    /// instead of crashing workers forever. Synced with its group, since a
+    /// crash must not lose it, but not waited for: it is ordered before
+    /// every settle, which writes the attempt it means, and a clean shutdown
+    /// puts the attempts of abandoned work back (`close`).
     fn persist_interrupted(&self, records: Vec<([u8; 8], Vec<u8>)>) {
         if records.is_empty() {
             return;
         }
         let ks = self.messages.clone();
-        let written = self.db.write_detached(move |ctx| {
+        let written = self.db.write_detached_durable(move |ctx| {
             for (key, value) in records {
                 ctx.insert(&ks, &key, value);
             }
@@ -447,18 +448,22 @@ impl QueueBackend for EmbeddedQueue {
         if abandoned.is_empty() {
             return;
         }
-        let ks = self.inner.messages.clone();
+        let inner = Arc::clone(&self.inner);
         let restored = self
             .inner
             .db
             .write(Wait::Durable, move |ctx| {
-                for (seq, attempt) in abandoned {
+                for (seq, token, attempt) in abandoned {
+                    // Settled meanwhile: its own write says what it means.
+                    if !inner.lock().holds(seq, token) {
+                        continue;
+                    }
                     let key = record::encode_key(seq);
-                    if let Ok(Some(raw)) = ctx.get(&ks, &key)
+                    if let Ok(Some(raw)) = ctx.get(&inner.messages, &key)
                         && let Ok(mut rec) = StoredRecord::decode(&raw)
                     {
                         rec.attempt = attempt;
-                        ctx.insert(&ks, &key, rec.encode());
+                        ctx.insert(&inner.messages, &key, rec.encode());
                     }
                 }
             })

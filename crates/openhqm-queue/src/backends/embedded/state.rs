@@ -168,12 +168,18 @@ impl State {
         attempt
     }
 
-    /// Every leased message with the attempt it was delivered as.
-    pub fn leased_attempts(&self) -> Vec<(u64, u32)> {
+    /// Every leased message: its lease token and the attempt it was
+    /// delivered as.
+    pub fn leased_attempts(&self) -> Vec<(u64, u64, u32)> {
         self.leased
             .iter()
-            .map(|(seq, l)| (*seq, l.attempt))
+            .map(|(seq, l)| (*seq, l.token, l.attempt))
             .collect()
+    }
+
+    /// Whether `token` still holds the lease on `seq`.
+    pub fn holds(&self, seq: u64, token: u64) -> bool {
+        self.leased.get(&seq).is_some_and(|l| l.token == token)
     }
 
     /// Drops a leased message that vanished from storage.
