@@ -6,16 +6,19 @@ use openhqm_embedded::{EmbeddedDb, Options};
 use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
 use openhqm_queue::{Nack, OutgoingMessage, QueueBackend};
 
-async fn queue() -> (tempfile::TempDir, EmbeddedDb, EmbeddedQueue) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
-    let config = EmbeddedQueueConfig {
+fn config() -> EmbeddedQueueConfig {
+    EmbeddedQueueConfig {
         name: "requests".into(),
         dead_letter_name: "requests-dlq".into(),
         lease: Duration::from_secs(60),
         max_payload: 1 << 20,
-    };
-    let queue = EmbeddedQueue::open(db.clone(), config).expect("queue");
+    }
+}
+
+async fn queue() -> (tempfile::TempDir, EmbeddedDb, EmbeddedQueue) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
+    let queue = EmbeddedQueue::open(db.clone(), config()).expect("queue");
     (dir, db, queue)
 }
 
@@ -65,13 +68,7 @@ async fn an_undecodable_stored_message_is_dead_lettered_not_a_wedge() {
     })
     .await
     .expect("write");
-    let config = EmbeddedQueueConfig {
-        name: "requests".into(),
-        dead_letter_name: "requests-dlq".into(),
-        lease: Duration::from_secs(60),
-        max_payload: 1 << 20,
-    };
-    let queue = EmbeddedQueue::open(db.clone(), config).expect("opens despite the bad record");
+    let queue = EmbeddedQueue::open(db.clone(), config()).expect("opens despite the bad record");
     queue
         .publish(OutgoingMessage::new(b"good".to_vec()))
         .await
@@ -109,12 +106,6 @@ async fn an_undecodable_stored_message_is_dead_lettered_not_a_wedge() {
 #[tokio::test]
 async fn a_lease_cut_short_by_a_crash_counts_and_one_ended_by_close_does_not() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = || EmbeddedQueueConfig {
-        name: "requests".into(),
-        dead_letter_name: "requests-dlq".into(),
-        lease: Duration::from_secs(60),
-        max_payload: 1 << 20,
-    };
     let reopen = || async {
         let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
         let queue = EmbeddedQueue::open(db.clone(), config()).expect("queue");

@@ -262,13 +262,7 @@ impl Inner {
                 body: Bytes::copy_from_slice(raw),
             },
         };
-        let dead_seq = self.next_dead_seq.fetch_add(1, Ordering::Relaxed);
-        let (messages, dead_ks) = (self.messages.clone(), self.dead.clone());
-        let key = record::encode_key(seq);
-        let moved = self.db.write_detached(move |ctx| {
-            ctx.remove(&messages, &key);
-            ctx.insert(&dead_ks, &record::encode_key(dead_seq), dead.encode());
-        });
+        let moved = self.db.write_detached(self.dead_letter_move(seq, dead));
         let mut state = self.lock();
         match moved {
             Ok(()) => {
@@ -279,6 +273,21 @@ impl Inner {
             Err(e) => {
                 tracing::warn!(seq, error = %e, "could not dead-letter an undecodable message")
             }
+        }
+    }
+
+    /// The writer job moving message `seq` to the dead-letter keyspace as
+    /// `dead`: one atomic batch, so it is never in both or neither.
+    pub(crate) fn dead_letter_move(
+        &self,
+        seq: u64,
+        dead: DeadRecord,
+    ) -> impl FnOnce(&mut openhqm_embedded::WriteCtx<'_>) + Send + 'static {
+        let dead_seq = self.next_dead_seq.fetch_add(1, Ordering::Relaxed);
+        let (messages, dead_ks) = (self.messages.clone(), self.dead.clone());
+        move |ctx| {
+            ctx.remove(&messages, &record::encode_key(seq));
+            ctx.insert(&dead_ks, &record::encode_key(dead_seq), dead.encode());
         }
     }
 

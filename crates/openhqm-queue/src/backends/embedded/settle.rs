@@ -1,7 +1,6 @@
 //! Settling embedded deliveries.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -83,15 +82,10 @@ impl Settle for Handle {
                     reason,
                     record: self.record.clone(),
                 };
-                let dead_seq = self.inner.next_dead_seq.fetch_add(1, Ordering::Relaxed);
-                let (messages, dead_ks) = (self.inner.messages.clone(), self.inner.dead.clone());
                 let moved = self
                     .inner
                     .db
-                    .write(Wait::Applied, move |ctx| {
-                        ctx.remove(&messages, &key);
-                        ctx.insert(&dead_ks, &record::encode_key(dead_seq), dead.encode());
-                    })
+                    .write(Wait::Applied, self.inner.dead_letter_move(self.seq, dead))
                     .await;
                 if let Err(e) = moved {
                     // The move is atomic, so the message is still stored:
