@@ -9,6 +9,7 @@
 pub mod callback;
 pub mod envelope;
 pub mod foreign;
+pub mod hop_by_hop;
 pub mod id;
 pub mod outcome;
 pub mod record;

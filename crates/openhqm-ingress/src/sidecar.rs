@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use openhqm_core::envelope::ENVELOPE_VERSION;
+use openhqm_core::hop_by_hop::{is_hop_by_hop, named_by_connection};
 use openhqm_core::time::rfc3339_ms;
 use openhqm_core::{CorrelationId, Envelope, Metadata, RequestRecord, RequestStatus, ResultData};
 use serde_json::Value;
@@ -50,36 +51,10 @@ pub struct SidecarConfig {
     pub forward_headers: Option<Vec<String>>,
 }
 
-/// Request headers that never travel with the message: they describe this
-/// connection or are answered here.
-const NOT_QUEUED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "trailer",
-    "host",
-    "content-length",
-    "expect",
-    "prefer",
-    idempotency::HEADER,
-];
-
-/// Response headers not copied from the stored answer: framing is redone
-/// for the new connection.
-const NOT_REPLAYED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "trailer",
-    "content-length",
-];
+/// Request headers that never travel with the message besides the
+/// hop-by-hop ones: they describe this request to the ingress, or are
+/// answered here.
+const NOT_QUEUED: &[&str] = &["host", "content-length", "expect", "prefer", idempotency::HEADER];
 
 static PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
@@ -249,7 +224,8 @@ fn answer(record: &RequestRecord) -> Result<Response, Problem> {
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
             continue;
         };
-        if NOT_REPLAYED.contains(&name.as_str()) {
+        // Framing is redone for the new connection.
+        if is_hop_by_hop(name.as_str()) || name == header::CONTENT_LENGTH {
             continue;
         }
         let values: Vec<&Value> = match values {
@@ -297,16 +273,16 @@ fn replay_path<'a>(path: &'a str, prefix: Option<&str>) -> &'a str {
 /// (repeated ones joined as RFC 9110 §5.3 allows; cookies with `; `).
 fn queued_headers(headers: &HeaderMap, forward: Option<&[String]>) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
-    let connection_named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
+    let connection_named = named_by_connection(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     for (name, value) in headers {
         let n = name.as_str();
-        if NOT_QUEUED.contains(&n)
+        if is_hop_by_hop(n)
+            || NOT_QUEUED.contains(&n)
             || connection_named.iter().any(|c| c == n)
             || forward.is_some_and(|list| !list.iter().any(|f| f == n))
         {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use openhqm_core::hop_by_hop::named_by_connection;
 use openhqm_core::{Envelope, LastResponse};
 use openhqm_metrics::Metrics;
 use openhqm_worker::Output;
@@ -303,13 +304,12 @@ fn settle(
 ) -> Result<Output, UpstreamError> {
     let mut kept = headers_to_json(headers);
     // Hop-by-hop: the standard ones, and any the `Connection` header names.
-    let connection_named: Vec<String> = headers
-        .get_all(reqwest::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
+    let connection_named = named_by_connection(
+        headers
+            .get_all(reqwest::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     kept.retain(|name, _| !is_hop_by_hop(name) && !connection_named.contains(name));
     let result = body_to_result(content_type(headers), &body);
     let raw_body = keep_raw.then(|| BASE64.encode(&body));

@@ -13,23 +13,10 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
+pub use openhqm_core::hop_by_hop::is_hop_by_hop;
 use openhqm_core::{CorrelationId, Secret};
 
 use crate::config::{AuthType, EndpointConfig};
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1,
-/// plus the de-facto `Keep-Alive` and `Proxy-Connection`).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "trailer",
-];
 
 /// Describe the client's own request to the ingress, not the forward: the
 /// target's host and the payload's length are set by the HTTP client.
@@ -38,12 +25,6 @@ const MANAGED: &[&str] = &["host", "content-length"];
 /// Set by the forwarder itself; a client or static value is replaced.
 pub const CORRELATION_HEADER: &str = "X-Correlation-ID";
 const TRACEPARENT: &str = "traceparent";
-
-/// Whether `name` is a hop-by-hop header.
-#[must_use]
-pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-}
 
 /// The forward and strip lists, ready to apply.
 #[derive(Debug, Clone)]
