@@ -39,7 +39,12 @@ mod tests {
 
     #[test]
     fn standard_names_match_in_any_case() {
-        for name in ["Connection", "TE", "transfer-encoding", "Proxy-Authorization"] {
+        for name in [
+            "Connection",
+            "TE",
+            "transfer-encoding",
+            "Proxy-Authorization",
+        ] {
             assert!(is_hop_by_hop(name), "{name}");
         }
         for name in ["content-type", "authorization", "x-te", "cookie"] {

@@ -54,7 +54,13 @@ pub struct SidecarConfig {
 /// Request headers that never travel with the message besides the
 /// hop-by-hop ones: they describe this request to the ingress, or are
 /// answered here.
-const NOT_QUEUED: &[&str] = &["host", "content-length", "expect", "prefer", idempotency::HEADER];
+const NOT_QUEUED: &[&str] = &[
+    "host",
+    "content-length",
+    "expect",
+    "prefer",
+    idempotency::HEADER,
+];
 
 static PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");

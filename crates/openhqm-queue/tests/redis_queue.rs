@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use openhqm_queue::backends::redis::{RedisQueue, RedisQueueConfig};
-use openhqm_queue::{OutgoingMessage, QueueBackend, QueueError};
+use openhqm_queue::{Delivery, OutgoingMessage, QueueBackend, QueueError};
 use openhqm_redis_testkit::RedisServer;
 
 const LEASE: Duration = Duration::from_millis(500);
@@ -39,6 +39,27 @@ async fn raw(server: &RedisServer, cmd: &redis::Cmd) -> redis::Value {
     cmd.query_async(&mut conn).await.expect("raw command")
 }
 
+/// `XADD openhqm-requests * field value ...`, as an outside producer writes.
+async fn xadd(server: &RedisServer, fields: &[&str]) {
+    raw(
+        server,
+        redis::cmd("XADD")
+            .arg("openhqm-requests")
+            .arg("*")
+            .arg(fields),
+    )
+    .await;
+}
+
+/// The one delivery `q` gets within `within`; fails naming `what`.
+async fn take_one(q: &RedisQueue, within: Duration, what: &str) -> Delivery {
+    q.receive(1, within)
+        .await
+        .expect("receive")
+        .pop()
+        .unwrap_or_else(|| panic!("no delivery: {what}"))
+}
+
 /// Waits until `check` holds, failing after `within`.
 async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
@@ -57,17 +78,8 @@ async fn external_producer_entry_is_received_as_is() {
     let server = RedisServer::start();
     let q = open(&server, "a").await;
     let envelope = r#"{"correlation_id":"0192f6e4-7b1a-7c3e-9a4b-1234567890ab","payload":{"operation":"echo"},"headers":{},"timestamp":"2025-01-01T00:00:00Z","metadata":{}}"#;
-    raw(
-        &server,
-        redis::cmd("XADD")
-            .arg("openhqm-requests")
-            .arg("*")
-            .arg("payload")
-            .arg(envelope),
-    )
-    .await;
-    let mut got = q.receive(1, Duration::from_secs(5)).await.expect("receive");
-    let d = got.pop().expect("the external entry");
+    xadd(&server, &["payload", envelope]).await;
+    let d = take_one(&q, Duration::from_secs(5), "the external entry").await;
     assert_eq!(d.message().body.as_ref(), envelope.as_bytes());
     assert_eq!(d.message().attempt, 1);
     assert!(d.message().attributes.is_empty());
@@ -79,27 +91,21 @@ async fn external_producer_entry_is_received_as_is() {
 async fn producer_fields_are_attributes_and_survive_a_retry() {
     let server = RedisServer::start();
     let q = open(&server, "a").await;
-    raw(
+    xadd(
         &server,
-        redis::cmd("XADD")
-            .arg("openhqm-requests")
-            .arg("*")
-            .arg("ce_id")
-            .arg("A-1")
-            .arg("payload")
-            .arg("{}")
-            .arg("content-type")
-            .arg("application/json")
-            .arg("attr:ce_id")
-            .arg("wins"),
+        &[
+            "ce_id",
+            "A-1",
+            "payload",
+            "{}",
+            "content-type",
+            "application/json",
+            "attr:ce_id",
+            "wins",
+        ],
     )
     .await;
-    let d = q
-        .receive(1, Duration::from_secs(5))
-        .await
-        .expect("receive")
-        .pop()
-        .expect("the producer's entry");
+    let d = take_one(&q, Duration::from_secs(5), "the producer's entry").await;
     let want: std::collections::BTreeMap<String, String> =
         [("ce_id", "wins"), ("content-type", "application/json")]
             .into_iter()
@@ -110,12 +116,7 @@ async fn producer_fields_are_attributes_and_survive_a_retry() {
         delay: Duration::ZERO,
     };
     d.nack(nack).await.expect("retry");
-    let d = q
-        .receive(1, Duration::from_secs(5))
-        .await
-        .expect("receive")
-        .pop()
-        .expect("the retried entry");
+    let d = take_one(&q, Duration::from_secs(5), "the retried entry").await;
     assert_eq!(d.message().attempt, 2);
     assert_eq!(
         d.message().attributes,
@@ -128,22 +129,9 @@ async fn producer_fields_are_attributes_and_survive_a_retry() {
 #[tokio::test]
 async fn entries_written_before_the_group_existed_are_consumed() {
     let server = RedisServer::start();
-    raw(
-        &server,
-        redis::cmd("XADD")
-            .arg("openhqm-requests")
-            .arg("*")
-            .arg("payload")
-            .arg("early"),
-    )
-    .await;
+    xadd(&server, &["payload", "early"]).await;
     let q = open(&server, "a").await;
-    let d = q
-        .receive(1, Duration::from_secs(5))
-        .await
-        .expect("receive")
-        .pop()
-        .expect("the early entry");
+    let d = take_one(&q, Duration::from_secs(5), "the early entry").await;
     assert_eq!(d.message().body.as_ref(), b"early");
     d.ack().await.expect("ack");
 }
@@ -152,15 +140,7 @@ async fn entries_written_before_the_group_existed_are_consumed() {
 async fn entry_without_payload_is_dead_lettered_with_a_reason() {
     let server = RedisServer::start();
     let q = open(&server, "a").await;
-    raw(
-        &server,
-        redis::cmd("XADD")
-            .arg("openhqm-requests")
-            .arg("*")
-            .arg("body")
-            .arg("not the field we read"),
-    )
-    .await;
+    xadd(&server, &["body", "not the field we read"]).await;
     q.publish(OutgoingMessage::new("good"))
         .await
         .expect("publish");
@@ -179,29 +159,43 @@ async fn entry_without_payload_is_dead_lettered_with_a_reason() {
     assert_eq!(q.depth().await.expect("depth"), 0, "nothing left pending");
 }
 
-#[tokio::test]
-async fn another_consumer_takes_over_after_the_lease_with_attempt_two() {
-    let server = RedisServer::start();
-    let a = open(&server, "consumer-a").await;
-    let b = open(&server, "consumer-b").await;
+/// One message, held by consumer a and then taken over by b after the lease.
+struct TakenOver {
+    b: RedisQueue,
+    held: Delivery,
+    taken: Delivery,
+    /// How long b waited for it.
+    waited: Duration,
+}
+
+async fn take_over(server: &RedisServer) -> TakenOver {
+    let a = open(server, "consumer-a").await;
+    let b = open(server, "consumer-b").await;
     a.publish(OutgoingMessage::new("job"))
         .await
         .expect("publish");
-    let held = a
-        .receive(1, Duration::from_secs(5))
-        .await
-        .expect("receive")
-        .pop()
-        .expect("a gets it");
+    let held = take_one(&a, Duration::from_secs(5), "a gets it").await;
+    let asked = Instant::now();
+    let taken = take_one(&b, LEASE * 4, "b takes it over after the lease").await;
+    TakenOver {
+        b,
+        held,
+        taken,
+        waited: asked.elapsed(),
+    }
+}
+
+#[tokio::test]
+async fn another_consumer_takes_over_after_the_lease_with_attempt_two() {
+    let server = RedisServer::start();
+    let TakenOver {
+        b,
+        held,
+        taken,
+        waited,
+    } = take_over(&server).await;
     assert_eq!(held.message().attempt, 1);
-    let taken_at = Instant::now();
-    let taken = b
-        .receive(1, LEASE * 4)
-        .await
-        .expect("receive")
-        .pop()
-        .expect("b takes it over after the lease");
-    assert!(taken_at.elapsed() + Duration::from_millis(50) >= LEASE);
+    assert!(waited + Duration::from_millis(50) >= LEASE, "{waited:?}");
     assert_eq!(taken.message().attempt, 2);
     assert_eq!(taken.message().id, held.message().id);
     let stale = held.ack().await;
@@ -217,23 +211,7 @@ async fn another_consumer_takes_over_after_the_lease_with_attempt_two() {
 #[tokio::test]
 async fn stale_retry_after_takeover_is_refused_and_changes_nothing() {
     let server = RedisServer::start();
-    let a = open(&server, "consumer-a").await;
-    let b = open(&server, "consumer-b").await;
-    a.publish(OutgoingMessage::new("job"))
-        .await
-        .expect("publish");
-    let held = a
-        .receive(1, Duration::from_secs(5))
-        .await
-        .expect("receive")
-        .pop()
-        .expect("a gets it");
-    let taken = b
-        .receive(1, LEASE * 4)
-        .await
-        .expect("receive")
-        .pop()
-        .expect("b takes it over");
+    let TakenOver { b, held, taken, .. } = take_over(&server).await;
     let stale = held
         .nack(openhqm_queue::Nack::Retry {
             delay: Duration::ZERO,
