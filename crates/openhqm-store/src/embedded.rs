@@ -353,26 +353,9 @@ impl ResultStore for EmbeddedStore {
         id: CorrelationId,
         timeout: Duration,
     ) -> Result<Option<RequestRecord>, StoreError> {
-        let waiting = self.waiters.register(id);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = waiting.notify.notified();
-            tokio::pin!(notified);
-            // Registered before the read: a transition after it wakes us.
-            notified.as_mut().enable();
-            let record = match waiting.finished() {
-                Some(handed_over) => Some(handed_over),
-                None => self.get(id).await?,
-            };
-            if let Some(record) = record
-                && record.status.is_terminal()
-            {
-                return Ok(Some(record));
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(None);
-            }
-        }
+        self.waiters
+            .wait_terminal(id, timeout, || self.get(id))
+            .await
     }
 
     async fn claim_key(

@@ -320,31 +320,11 @@ impl ResultStore for RedisStore {
         id: CorrelationId,
         timeout: Duration,
     ) -> Result<Option<RequestRecord>, StoreError> {
-        let waiting = self.waiters.register(id);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = waiting.notify.notified();
-            tokio::pin!(notified);
-            // Registered before the read: a publish after it wakes us.
-            notified.as_mut().enable();
-            match self.get(id).await {
-                Ok(Some(record)) if record.status.is_terminal() => return Ok(Some(record)),
-                Ok(_) => {}
-                // The first command after a lost connection fails while the
-                // manager reconnects; a missed publish is covered by the
-                // wake-up after resubscribing, so read again shortly.
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(%id, error = %e, "result store read failed while waiting; retrying");
-                    let retry = tokio::time::Instant::now() + Duration::from_millis(100);
-                    tokio::time::sleep_until(retry.min(deadline)).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(None);
-            }
-        }
+        // Woken by the completion's PUBLISH; after a reconnection, by the
+        // resubscription (`wake_all`).
+        self.waiters
+            .wait_terminal(id, timeout, || self.get(id))
+            .await
     }
 
     async fn claim_key(

@@ -8,9 +8,17 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use openhqm_core::{CorrelationId, RequestRecord};
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::StoreError;
+
+/// How soon a read that failed with a retryable error is tried again while
+/// waiting (a reconnecting Redis connection, say).
+const READ_RETRY: Duration = Duration::from_millis(100);
 
 /// Waiters by id; one [`Notify`] per id however many wait on it.
 #[derive(Default)]
@@ -29,7 +37,7 @@ struct Entry {
 pub(crate) struct Waiting<'a> {
     waiters: &'a Waiters,
     id: CorrelationId,
-    pub(crate) notify: Arc<Notify>,
+    notify: Arc<Notify>,
 }
 
 impl Waiters {
@@ -78,6 +86,54 @@ impl Waiters {
         }
     }
 
+    /// Waits up to `timeout` for `id` to reach a terminal status: the
+    /// store's `wait_terminal`. `read` reads the record from the store; it
+    /// runs once registered, so a completion between the read and the wait
+    /// still wakes this waiter, and again after each wake-up. `None` when
+    /// the time runs out first.
+    pub(crate) async fn wait_terminal<F, R>(
+        &self,
+        id: CorrelationId,
+        timeout: Duration,
+        read: F,
+    ) -> Result<Option<RequestRecord>, StoreError>
+    where
+        // A plain closure returning a future, not an async closure: the
+        // latter's future cannot be proven `Send` for the store traits.
+        F: Fn() -> R,
+        R: Future<Output = Result<Option<RequestRecord>, StoreError>>,
+    {
+        let waiting = self.register(id);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = waiting.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let record = match waiting.finished() {
+                Some(handed_over) => Some(handed_over),
+                None => match read().await {
+                    Ok(record) => record,
+                    // A missed wake-up while the store was unreachable is
+                    // covered by reading again shortly.
+                    Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                        tracing::debug!(%id, error = %e, "result store read failed while waiting; retrying");
+                        tokio::time::sleep_until((Instant::now() + READ_RETRY).min(deadline)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            if let Some(record) = record
+                && record.status.is_terminal()
+            {
+                return Ok(Some(record));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn wake_all(&self) {
         for entry in self.lock().values() {
@@ -88,8 +144,7 @@ impl Waiters {
 
 impl Waiting<'_> {
     /// The terminal record, if the store handed it over.
-    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
-    pub(crate) fn finished(&self) -> Option<RequestRecord> {
+    fn finished(&self) -> Option<RequestRecord> {
         self.waiters
             .lock()
             .get(&self.id)
