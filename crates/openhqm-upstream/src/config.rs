@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 mod validate;
 
-pub(crate) use validate::check_url;
+pub(crate) use validate::{check_url, shown};
 
 /// `proxy.*` minus `enabled`, which belongs to the binary.
 #[derive(Debug, Clone, Serialize, Deserialize)]

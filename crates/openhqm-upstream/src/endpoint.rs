@@ -268,10 +268,7 @@ fn is_json_content_type(ct: &str) -> bool {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    // `*/json` or `*/*+json`, as the CloudEvents JSON format defines it.
-    essence
-        .split_once('/')
-        .is_some_and(|(_, sub)| sub == "json" || sub.ends_with("+json"))
+    crate::response::is_json(&essence)
 }
 
 enum Exchange {

@@ -56,7 +56,7 @@ impl Gcra {
         if wait > max_wait {
             return Err(wait);
         }
-        Ok((start + self.interval, wait))
+        Ok((start.saturating_add(self.interval), wait))
     }
 }
 
@@ -158,6 +158,23 @@ mod tests {
                 Some(0),
                 Some(100),
             ],
+        );
+    }
+
+    #[test]
+    fn an_absurdly_slow_rate_saturates_instead_of_overflowing() {
+        let g = Gcra::new(&RateLimitConfig {
+            requests_per_second: 1e-30,
+            burst: 1,
+        });
+        let (tat, wait) = g
+            .reserve(Duration::ZERO, Duration::from_secs(5), Duration::ZERO)
+            .expect("the first request goes at once");
+        assert_eq!(wait, Duration::ZERO);
+        assert_eq!(tat, Duration::MAX);
+        assert!(
+            g.reserve(tat, Duration::from_secs(6), Duration::from_secs(60))
+                .is_err()
         );
     }
 

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 pub use openhqm_core::hop_by_hop::is_hop_by_hop;
+use openhqm_core::hop_by_hop::named_by_connection;
 use openhqm_core::{CorrelationId, Secret};
 
 use crate::config::{AuthType, EndpointConfig};
@@ -149,13 +150,12 @@ pub fn outgoing(policy: &HeaderPolicy, src: &HeaderSources<'_>) -> Vec<OutHeader
     };
     let empty = BTreeMap::new();
     let client = src.client.unwrap_or(&empty);
-    let connection_named: Vec<String> = client
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, v)| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
+    let connection_named = named_by_connection(
+        client
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| v.as_str()),
+    );
     for (name, value) in client {
         if policy.passes(name, &connection_named) {
             set(OutHeader::Plain(name.clone(), value.clone()));
@@ -175,9 +175,15 @@ pub fn outgoing(policy: &HeaderPolicy, src: &HeaderSources<'_>) -> Vec<OutHeader
         CORRELATION_HEADER.into(),
         src.correlation_id.to_string(),
     ));
+    // The client's trace is continued whatever the forward list says, unless
+    // the operator strips `traceparent`: then a new trace starts here.
     let parent = client
         .iter()
-        .find(|(k, v)| k.eq_ignore_ascii_case(TRACEPARENT) && valid_traceparent(v))
+        .find(|(k, v)| {
+            k.eq_ignore_ascii_case(TRACEPARENT)
+                && !policy.strip.iter().any(|s| s == TRACEPARENT)
+                && valid_traceparent(v)
+        })
         .map(|(_, v)| v.clone());
     let parent = parent.unwrap_or_else(|| new_traceparent(src.correlation_id, fastrand::u64(1..)));
     set(OutHeader::Plain(TRACEPARENT.into(), parent));

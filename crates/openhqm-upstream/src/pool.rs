@@ -24,12 +24,13 @@ use crate::config::{
 };
 use crate::error::UpstreamError;
 
-/// One backend of an endpoint.
-#[derive(Debug)]
+/// One backend of an endpoint. Its `Debug` shows the label, never `url`,
+/// which may carry credentials.
 pub struct Target {
     /// Base URL.
     pub url: Url,
-    /// The URL as configured: the metric label.
+    /// The URL without credentials (`config::shown`): the metric label and
+    /// the `target_url` of logs.
     pub label: String,
     /// Relative share of the load.
     pub weight: u32,
@@ -48,6 +49,16 @@ struct TargetState {
     breaker: Option<Breaker>,
 }
 
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.label)
+            .field("weight", &self.weight)
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Target {
     fn new(
         cfg: &TargetConfig,
@@ -57,8 +68,8 @@ impl Target {
     ) -> Self {
         m.healthy.set(1);
         Self {
+            label: crate::config::shown(&url),
             url,
-            label: cfg.url.clone(),
             weight: cfg.weight.max(1),
             in_flight: AtomicU64::new(0),
             state: Mutex::new(TargetState {
@@ -219,12 +230,8 @@ impl Pool {
         for t in cfg.all_targets() {
             let url = crate::config::check_url(&t.url).map_err(bad)?;
             let breaker = cfg.circuit_breaker.as_ref().map(Breaker::new);
-            targets.push(Target::new(
-                &t,
-                url,
-                breaker,
-                metrics.upstream_target(name, &t.url),
-            ));
+            let m = metrics.upstream_target(name, &crate::config::shown(&url));
+            targets.push(Target::new(&t, url, breaker, m));
         }
         if targets.is_empty() {
             return Err(bad("no url and no targets".into()));

@@ -99,8 +99,17 @@ enum Kind {
     Unknown,
 }
 
+/// Whether a media type essence (lower-case, no parameters) is JSON:
+/// `*/json` or `*/*+json`, as the CloudEvents JSON format defines it. One
+/// rule for what is sent and what is captured.
+pub(crate) fn is_json(essence: &str) -> bool {
+    essence
+        .split_once('/')
+        .is_some_and(|(_, sub)| sub == "json" || sub.ends_with("+json"))
+}
+
 fn kind_of(essence: &str) -> Kind {
-    if essence == "application/json" || essence.ends_with("+json") {
+    if is_json(essence) {
         Kind::Json
     } else if essence.starts_with("text/")
         || essence.ends_with("+xml")
@@ -131,6 +140,11 @@ mod tests {
     #[test]
     fn body_table() {
         check(Some("application/json"), b"[1,2,3]", json!([1, 2, 3]));
+        check(
+            Some("text/json; charset=utf-8"),
+            b"{\"a\":1}",
+            json!({"a": 1}),
+        );
         check(Some("application/json; charset=utf-8"), b"42", json!(42));
         check(
             Some("application/problem+json"),

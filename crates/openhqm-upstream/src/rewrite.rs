@@ -49,10 +49,11 @@ impl Rewrite {
     pub fn apply(&self, path: &str) -> String {
         let out = match self {
             Self::Keep => path.to_owned(),
-            Self::StripPrefix(prefix) => path
-                .strip_prefix(prefix.as_str())
-                .unwrap_or(path)
-                .to_owned(),
+            // Whole segments only: `/api` strips `/api/users`, not `/apiv2`.
+            Self::StripPrefix(prefix) => match path.strip_prefix(prefix.trim_end_matches('/')) {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.to_owned(),
+                _ => path.to_owned(),
+            },
             Self::Regex(re, replace) => re.replace(path, replace.as_str()).into_owned(),
         };
         if out.starts_with('/') {
@@ -66,7 +67,10 @@ impl Rewrite {
 /// The URL to send `env` to on the target at `base`.
 ///
 /// # Errors
-/// [`UpstreamError::InvalidUrl`] when the joined URL does not parse.
+/// [`UpstreamError::InvalidUrl`] when the joined path leaves the target's
+/// base path (`..`, `%2e%2e` or `\` segments): a caller may choose a path
+/// below the endpoint, never another resource of the backend, which would get
+/// the endpoint's credentials.
 pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, UpstreamError> {
     let extra = &env.metadata.extra;
     let path = extra.get("path").and_then(|v| v.as_str());
@@ -93,12 +97,19 @@ pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, 
         };
         url.set_query(Some(&merged));
     }
-    if url.host_str() != base.host_str() {
+    if url.host_str() != base.host_str() || !within(base.path(), url.path()) {
         return Err(UpstreamError::InvalidUrl(
-            "the path changed the host".into(),
+            "the request's path leaves the endpoint's base path".into(),
         ));
     }
     Ok(url)
+}
+
+/// Whether `path` is `base` or below it, segment by segment.
+fn within(base: &str, path: &str) -> bool {
+    let base = base.trim_end_matches('/');
+    path.strip_prefix(base)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -141,6 +152,36 @@ mod tests {
             replace: Some(replace.into()),
             ..PathRewrite::default()
         })
+    }
+
+    #[test]
+    fn a_path_cannot_climb_out_of_the_base_path() {
+        let base = Url::parse("http://b:1/hooks/public").expect("base");
+        for path in [
+            "/../../admin/purge",
+            "/%2e%2e/%2E%2E/admin",
+            "/..\\..\\admin",
+            "/x/../../../admin",
+        ] {
+            let mut env: Envelope = serde_json::from_str(
+                r#"{"correlation_id":"01890a5d-ac96-774b-bcce-b302099a8057","payload":1}"#,
+            )
+            .expect("envelope");
+            env.metadata.extra.insert("path".into(), path.into());
+            let got = target_url(&base, &env, &Rewrite::Keep);
+            assert!(
+                matches!(got, Err(UpstreamError::InvalidUrl(_))),
+                "{path}: {got:?}"
+            );
+        }
+        // Dot segments that stay inside are resolved and allowed.
+        check(
+            "http://b:1/hooks/public",
+            Some("/a/../b"),
+            None,
+            None,
+            "http://b:1/hooks/public/b",
+        );
     }
 
     #[test]
@@ -188,6 +229,13 @@ mod tests {
             None,
             regex("^/v1/(.*)$", "/v2/$1"),
             "http://b:1/v2/users/7",
+        );
+        check(
+            "http://b:1/",
+            Some("/apiv2/users"),
+            None,
+            strip("/api"),
+            "http://b:1/apiv2/users",
         );
         // The path cannot escape the target.
         check(

@@ -10,6 +10,9 @@ use super::{AuthType, EndpointConfig, PathRewrite, Strategy, UpstreamConfig};
 use crate::balance::HashKey;
 use crate::headers::is_hop_by_hop;
 
+/// The slowest rate limit: one request per 1,000 s.
+const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
+
 type Problems = Vec<(String, String)>;
 
 impl UpstreamConfig {
@@ -142,10 +145,12 @@ impl EndpointConfig {
             add("max_concurrency", "must be at least 1".into());
         }
         if let Some(r) = &self.rate_limit {
-            if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0) {
+            if !(r.requests_per_second.is_finite()
+                && r.requests_per_second >= MIN_REQUESTS_PER_SECOND)
+            {
                 add(
                     "rate_limit.requests_per_second",
-                    "must be a positive number".into(),
+                    format!("must be a number of at least {MIN_REQUESTS_PER_SECOND}"),
                 );
             }
             if r.burst == 0 {
@@ -203,12 +208,31 @@ fn auth_problems(e: &EndpointConfig, add: &mut impl FnMut(&str, String)) {
 }
 
 /// Checks that `url` is an absolute http(s) URL.
+///
+/// Errors never quote the URL whole: it may carry credentials.
 pub(crate) fn check_url(url: &str) -> Result<Url, String> {
-    let parsed = Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let parsed = Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(format!("must be an http:// or https:// URL, got `{url}`"));
+        return Err(format!(
+            "must be an http:// or https:// URL, got `{}`",
+            shown(&parsed)
+        ));
     }
     Ok(parsed)
+}
+
+/// `url` as it may be shown in logs, metric labels and errors: without
+/// user info and query, where credentials are put (`https://user:pw@host`,
+/// `?code=KEY`).
+pub(crate) fn shown(url: &Url) -> String {
+    let mut shown = url.clone();
+    // Both setters fail only for URLs that cannot have a host, which
+    // `check_url` refuses.
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.into()
 }
 
 fn check_header(name: &str, value: &str) -> Result<(), String> {
@@ -232,5 +256,20 @@ fn check_rewrite(rw: &PathRewrite) -> Result<(), String> {
             .map_err(|e| format!("invalid regex: {e}")),
         (None, Some(_), None) => Err("`regex` needs `replace`".into()),
         _ => Err("give either `strip_prefix`, or `regex` with `replace`".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        let url = check_url("https://user:pw@api.example:8443/hooks?code=KEY#x").expect("url");
+        assert_eq!(shown(&url), "https://api.example:8443/hooks");
+        let err = check_url("ftp://user:pw@files.example/").expect_err("not http");
+        assert!(!err.contains("pw"), "{err}");
+        let err = check_url("https://user:pw@[bad").expect_err("not a URL");
+        assert!(!err.contains("pw"), "{err}");
     }
 }

@@ -194,6 +194,22 @@ fn traceparent_is_kept_when_valid_and_generated_otherwise() {
         assert!(valid_traceparent(&tp), "{tp}");
         assert_eq!(tp == input, keep, "{input} -> {tp}");
     }
+    // Stripped by the operator: a new trace starts here.
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let client = map(&[("traceparent", given)]);
+    let out = outgoing(
+        &HeaderPolicy::new(&["*".into()], &["TraceParent".into()]),
+        &HeaderSources {
+            client: Some(&client),
+            derived: &BTreeMap::new(),
+            endpoint: &BTreeMap::new(),
+            auth: None,
+            correlation_id: CorrelationId::new(),
+        },
+    );
+    let sent: Vec<_> = out.iter().filter(|h| h.name() == TRACEPARENT).collect();
+    assert_eq!(sent.len(), 1);
+    assert_ne!(sent[0].value(), given);
     let id: CorrelationId = serde_json::from_value(serde_json::json!(ID)).expect("id");
     assert_eq!(
         new_traceparent(id, 0xab),
