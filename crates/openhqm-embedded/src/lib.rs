@@ -178,11 +178,30 @@ impl EmbeddedDb {
         R: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_>) -> R + Send + 'static,
     {
+        self.write_then(wait, op, |value| value).await
+    }
+
+    /// As [`write`](Self::write), and once the group is committed `then`
+    /// turns `op`'s value into the answer, on the writer thread, whether or
+    /// not the caller still waits. In-memory state that must follow a
+    /// committed write (a message made receivable, waiters woken) is kept
+    /// there, so a caller dropped mid-write (a client gone, a timeout) cannot
+    /// leave a write without it. `then` must be quick and must not wait.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write); `then` does not run.
+    pub async fn write_then<R, T, F, G>(&self, wait: Wait, op: F, then: G) -> Result<T, DbError>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> R + Send + 'static,
+        G: FnOnce(R) -> T + Send + 'static,
+    {
         let (done_tx, done_rx) = oneshot::channel();
         let job: Job = Box::new(move |ctx| {
             let value = op(ctx);
             Box::new(move |result| {
-                let _ = done_tx.send(result.map(|()| value));
+                let _ = done_tx.send(result.map(|()| then(value)));
             })
         });
         self.inner

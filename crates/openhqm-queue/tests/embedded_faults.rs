@@ -1,4 +1,5 @@
-//! The embedded queue when its storage stops taking writes.
+//! The embedded queue when its storage stops taking writes, or a caller
+//! goes away in the middle of one.
 
 use std::time::Duration;
 
@@ -53,6 +54,23 @@ async fn a_nack_that_cannot_be_written_leaves_the_message_waiting() {
         assert_eq!(again.len(), 1, "{nack:?}: the message is handed out again");
         assert_eq!(again[0].message().body.as_ref(), b"m");
     }
+}
+
+#[tokio::test]
+async fn a_publish_whose_caller_went_away_mid_write_is_still_delivered() {
+    let (_dir, _db, queue) = queue().await;
+    // Polled once (the write is handed to the writer), then dropped, as a
+    // handler is when its client disconnects.
+    let mut publish = queue.publish(OutgoingMessage::new(b"orphan".to_vec()));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "cut off before it committed");
+    drop(publish);
+    let got = queue
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1, "the stored message is receivable");
+    assert_eq!(got[0].message().body.as_ref(), b"orphan");
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@
 //! Waiters for a terminal status register by id; a transition to a terminal
 //! status wakes that id's waiters only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -46,7 +47,7 @@ pub struct EmbeddedStore {
     keys: IdempotencyKeys,
     ttl_ms: u64,
     /// Callers of [`ResultStore::wait_terminal`], by id.
-    waiters: Waiters,
+    waiters: Arc<Waiters>,
     sweeper: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -103,7 +104,7 @@ impl EmbeddedStore {
             results,
             keys,
             ttl_ms,
-            waiters: Waiters::default(),
+            waiters: Arc::default(),
             sweeper: std::sync::Mutex::new(Some(sweeper)),
         })
     }
@@ -320,32 +321,45 @@ impl ResultStore for EmbeddedStore {
         let ks = self.results.clone();
         let ttl_ms = self.ttl_ms;
         let reopening = update.redrive.is_some();
-        let outcome = self
-            .db
-            .write(Wait::Applied, move |ctx| {
-                let now = now_ms();
-                let current = match ctx.get(&ks, id.as_bytes()) {
-                    Ok(Some(raw)) => decode(id, &raw, now)?,
-                    Ok(None) => None,
-                    Err(e) => return Err(StoreError::Unavailable(e.to_string())),
-                };
-                let outcome = apply_update(id, current, update, now);
-                if let Transition::Applied(record) = &outcome {
-                    let value = encode(record, now.saturating_add(ttl_ms));
-                    ctx.insert(&ks, id.as_bytes(), value);
-                }
-                Ok(outcome)
-            })
+        let waiters = Arc::clone(&self.waiters);
+        self.db
+            .write_then(
+                Wait::Applied,
+                move |ctx| {
+                    let now = now_ms();
+                    let current = match ctx.get(&ks, id.as_bytes()) {
+                        // An unreadable record (a downgrade, a damaged value)
+                        // is replaced: refusing would leave its message to be
+                        // redelivered, never settled, for as long as it stays.
+                        Ok(Some(raw)) => decode(id, &raw, now).unwrap_or_else(|e| {
+                            tracing::warn!(correlation_id = %id, error = %e, "unreadable result record replaced");
+                            None
+                        }),
+                        Ok(None) => None,
+                        Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+                    };
+                    let outcome = apply_update(id, current, update, now);
+                    if let Transition::Applied(record) = &outcome {
+                        let value = encode(record, now.saturating_add(ttl_ms));
+                        ctx.insert(&ks, id.as_bytes(), value);
+                    }
+                    Ok(outcome)
+                },
+                move |outcome: Result<Transition, StoreError>| {
+                    // On the writer thread: a finished request's waiters are
+                    // woken even if this caller is gone.
+                    if let Ok(Transition::Applied(record)) = &outcome {
+                        if record.status.is_terminal() {
+                            waiters.finish(record);
+                        } else if reopening {
+                            waiters.reopen(id);
+                        }
+                    }
+                    outcome
+                },
+            )
             .await
-            .map_err(db_error)??;
-        if let Transition::Applied(record) = &outcome {
-            if record.status.is_terminal() {
-                self.waiters.finish(record);
-            } else if reopening {
-                self.waiters.reopen(id);
-            }
-        }
-        Ok(outcome)
+            .map_err(db_error)?
     }
 
     async fn wait_terminal(

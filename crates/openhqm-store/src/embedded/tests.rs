@@ -22,7 +22,7 @@ async fn status_and_result_are_written_together_and_survive_reopen() {
     let (db, store) = open(dir.path(), Duration::from_secs(60));
     let id = CorrelationId::new();
     store
-        .create(RequestRecord::pending(id, 1))
+        .create(RequestRecord::pending(id, openhqm_core::time::now_ms()))
         .await
         .expect("create");
     store
@@ -66,6 +66,29 @@ async fn status_and_result_are_written_together_and_survive_reopen() {
     assert_eq!(rec.status, RequestStatus::Completed);
     assert_eq!(rec.outcome, Some(outcome));
     assert_eq!(rec.attempts, 1);
+    store.close().await;
+    db.close().await;
+}
+
+#[tokio::test]
+async fn an_unreadable_record_is_replaced_by_the_next_transition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = open(dir.path(), Duration::from_secs(60));
+    for garbage in [&b"{not json"[..], b"\x01"] {
+        let id = CorrelationId::new();
+        store
+            .results
+            .insert(id.as_bytes(), garbage)
+            .expect("write garbage");
+        assert!(store.get(id).await.is_err(), "the damage is visible");
+        let applied = store
+            .transition(id, Update::to(RequestStatus::Processing))
+            .await
+            .expect("not refused");
+        assert!(matches!(applied, Transition::Applied(_)), "{applied:?}");
+        let rec = store.get(id).await.expect("readable").expect("present");
+        assert_eq!(rec.status, RequestStatus::Processing);
+    }
     store.close().await;
     db.close().await;
 }
@@ -131,7 +154,10 @@ async fn store_reports_unavailable_when_its_database_is_closed() {
     assert!(store.health().await.is_err());
     assert!(
         store
-            .create(RequestRecord::pending(CorrelationId::new(), 1))
+            .create(RequestRecord::pending(
+                CorrelationId::new(),
+                openhqm_core::time::now_ms()
+            ))
             .await
             .is_err()
     );
@@ -144,7 +170,7 @@ async fn wait_terminal_is_woken_by_a_finishing_transition() {
     let store = std::sync::Arc::new(store);
     let id = CorrelationId::new();
     store
-        .create(RequestRecord::pending(id, 1))
+        .create(RequestRecord::pending(id, openhqm_core::time::now_ms()))
         .await
         .expect("create");
     let none = store

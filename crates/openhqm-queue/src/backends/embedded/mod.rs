@@ -334,16 +334,19 @@ impl QueueBackend for EmbeddedQueue {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let ks = self.inner.messages.clone();
         let value = rec.encode();
+        let inner = Arc::clone(&self.inner);
         self.inner
             .db
-            .write(Wait::Durable, move |ctx| {
-                ctx.insert(&ks, &record::encode_key(seq), value)
-            })
+            .write_then(
+                Wait::Durable,
+                move |ctx| ctx.insert(&ks, &record::encode_key(seq), value),
+                move |()| {
+                    inner.lock().push_ready(seq, priority);
+                    inner.notify.notify_waiters();
+                },
+            )
             .await
-            .map_err(db_error)?;
-        self.inner.lock().push_ready(seq, priority);
-        self.inner.notify.notify_waiters();
-        Ok(())
+            .map_err(db_error)
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
@@ -407,34 +410,38 @@ impl QueueBackend for EmbeddedQueue {
             moves.push((key, seq, rec));
         }
         let (messages, dead) = (self.inner.messages.clone(), self.inner.dead.clone());
-        let placed: Vec<(u64, u8)> = self
-            .inner
+        let inner = Arc::clone(&self.inner);
+        self.inner
             .db
-            .write(Wait::Durable, move |ctx| {
-                let mut placed = Vec::with_capacity(moves.len());
-                for (dead_key, seq, rec) in moves {
-                    // A concurrent redrive may have moved it since it was read.
-                    if !matches!(ctx.get(&dead, &dead_key), Ok(Some(_))) {
-                        continue;
+            .write_then(
+                Wait::Durable,
+                move |ctx| {
+                    let mut placed = Vec::with_capacity(moves.len());
+                    for (dead_key, seq, rec) in moves {
+                        // A concurrent redrive may have moved it since it was read.
+                        if !matches!(ctx.get(&dead, &dead_key), Ok(Some(_))) {
+                            continue;
+                        }
+                        ctx.remove(&dead, &dead_key);
+                        ctx.insert(&messages, &record::encode_key(seq), rec.encode());
+                        placed.push((seq, rec.priority));
                     }
-                    ctx.remove(&dead, &dead_key);
-                    ctx.insert(&messages, &record::encode_key(seq), rec.encode());
-                    placed.push((seq, rec.priority));
-                }
-                placed
-            })
+                    placed
+                },
+                move |placed: Vec<(u64, u8)>| {
+                    let moved = placed.len() as u64;
+                    let mut state = inner.lock();
+                    for (seq, priority) in placed {
+                        state.push_ready(seq, priority);
+                    }
+                    state.dead_count = state.dead_count.saturating_sub(moved);
+                    drop(state);
+                    inner.notify.notify_waiters();
+                    moved
+                },
+            )
             .await
-            .map_err(db_error)?;
-        let moved = placed.len() as u64;
-        {
-            let mut state = self.inner.lock();
-            for (seq, priority) in placed {
-                state.push_ready(seq, priority);
-            }
-            state.dead_count = state.dead_count.saturating_sub(moved);
-        }
-        self.inner.notify.notify_waiters();
-        Ok(moved)
+            .map_err(db_error)
     }
 
     async fn health(&self) -> Result<(), QueueError> {
