@@ -2,6 +2,8 @@
 //! Shared by the submit API and the passthrough (sidecar) ingress, so both
 //! keep the same promise: a 202 (or a wait) only for a request that is stored.
 
+use std::sync::Arc;
+
 use openhqm_core::time::now_ms;
 use openhqm_core::{CorrelationId, Envelope, RequestRecord};
 use openhqm_queue::{OutgoingMessage, QueueError};
@@ -74,12 +76,29 @@ pub(crate) async fn accept(
     };
     let record = RequestRecord::pending(id, now);
     let (created, published) = if keyed.is_some() {
-        let published = state.queue.publish(message).await;
-        let created = match published {
-            Ok(()) => state.store.create(record.clone()).await,
-            Err(_) => Ok(()),
-        };
-        (created, published)
+        // Run apart from this handler: a client that disconnects between
+        // the two writes must not leave a stored message without its record,
+        // whose key would later be taken over as stale and the work run twice.
+        let (queue, store, pending) = (
+            Arc::clone(&state.queue),
+            Arc::clone(&state.store),
+            record.clone(),
+        );
+        let both = tokio::spawn(async move {
+            let published = queue.publish(message).await;
+            let created = match published {
+                Ok(()) => store.create(pending).await,
+                Err(_) => Ok(()),
+            };
+            (created, published)
+        });
+        both.await.unwrap_or_else(|e| {
+            let lost = || format!("accepting the request stopped: {e}");
+            (
+                Err(openhqm_store::StoreError::Unavailable(lost())),
+                Err(QueueError::Unavailable(lost())),
+            )
+        })
     } else {
         // Both writes start together; for the embedded engine they share one
         // group commit.

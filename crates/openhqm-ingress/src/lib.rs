@@ -130,8 +130,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .as_ref()
         .and_then(|s| s.path_prefix.as_deref())
     {
+        // `{*path}` matches no empty segment: `/prefix/` needs its own route.
         router = router
             .route(prefix, any(sidecar::passthrough))
+            .route(&format!("{prefix}/"), any(sidecar::passthrough))
             .route(&format!("{prefix}/{{*path}}"), any(sidecar::passthrough));
     }
     router

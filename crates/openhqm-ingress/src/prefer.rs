@@ -23,7 +23,8 @@ pub struct Preferences {
 }
 
 impl Preferences {
-    /// Reads every `Prefer` header, then `wait` from the query, which wins.
+    /// Reads every `Prefer` header (the first `wait` counts, RFC 7240 §2),
+    /// then `wait` from the query, which wins.
     #[must_use]
     pub fn from_request(headers: &HeaderMap, query: Option<&str>) -> Self {
         let mut prefs = Self::default();
@@ -49,12 +50,32 @@ impl Preferences {
             if token.eq_ignore_ascii_case("respond-async") {
                 self.respond_async = true;
             } else if token.eq_ignore_ascii_case("wait")
+                && self.wait.is_none()
                 && let Some(secs) = value.and_then(|v| v.parse::<u64>().ok())
             {
                 self.wait = Some(Duration::from_secs(secs));
             }
         }
     }
+}
+
+/// A `Prefer` value without the preferences OpenHQM answers itself (`wait`,
+/// `respond-async`): what is left is the application's (`return=minimal`,
+/// `handling=strict`, ...) and travels with the request. `None` when nothing
+/// is left.
+#[must_use]
+pub fn for_the_application(header: &str) -> Option<String> {
+    let kept: Vec<&str> = header
+        .split(',')
+        .map(str::trim)
+        .filter(|p| {
+            let token = p.split([';', '=']).next().unwrap_or("").trim();
+            !token.is_empty()
+                && !token.eq_ignore_ascii_case("wait")
+                && !token.eq_ignore_ascii_case("respond-async")
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
 }
 
 fn query_wait(query: &str) -> Option<Duration> {
@@ -104,5 +125,28 @@ mod tests {
         check(&["wait=10"], Some("x=1&wait=2"), Some(2), false);
         check(&[], Some("wait=abc"), None, false);
         check(&[], Some("wait=30"), Some(30), false);
+        // Only the first `wait` counts.
+        check(&["wait=5", "wait=60"], None, Some(5), false);
+        check(&["wait=5, wait=60"], None, Some(5), false);
+    }
+
+    #[test]
+    fn the_applications_preferences_are_kept() {
+        let cases = [
+            ("return=representation", Some("return=representation")),
+            (
+                "respond-async, return=minimal; foo=bar, wait=10",
+                Some("return=minimal; foo=bar"),
+            ),
+            ("WAIT=5, Respond-Async", None),
+            (
+                "handling=strict,count=exact",
+                Some("handling=strict, count=exact"),
+            ),
+            (" , ", None),
+        ];
+        for (given, kept) in cases {
+            assert_eq!(for_the_application(given).as_deref(), kept, "{given}");
+        }
     }
 }

@@ -30,7 +30,7 @@ use serde_json::value::RawValue;
 
 use crate::accept::{Accepted, accept, stamp};
 use crate::handlers::{IDEMPOTENT_REPLAYED, read_limited, status_body};
-use crate::prefer::Preferences;
+use crate::prefer::{self, PREFER, Preferences};
 use crate::wait::wait_for_answer;
 use crate::{ApiState, Problem, idempotency};
 
@@ -53,14 +53,8 @@ pub struct SidecarConfig {
 
 /// Request headers that never travel with the message besides the
 /// hop-by-hop ones: they describe this request to the ingress, or are
-/// answered here.
-const NOT_QUEUED: &[&str] = &[
-    "host",
-    "content-length",
-    "expect",
-    "prefer",
-    idempotency::HEADER,
-];
+/// answered here. (`Prefer` travels without the preferences answered here.)
+const NOT_QUEUED: &[&str] = &["host", "content-length", "expect", idempotency::HEADER];
 
 static PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
@@ -105,15 +99,13 @@ pub(crate) async fn passthrough(
     let record = match accepted {
         Accepted::New(r) | Accepted::Replayed(r) => r,
     };
-    let (record, waited) = if prefs.respond_async {
-        (record, None)
-    } else {
-        let wait = prefs
-            .wait
-            .unwrap_or(sidecar.wait)
-            .min(state.config.max_wait);
-        wait_for_answer(&state, record, wait).await
+    // `respond-async` alone: 202 at once. With `wait=N` too: an answer
+    // within N seconds, else 202 (RFC 7240 §4.1, §4.3).
+    let wait = match (prefs.respond_async, prefs.wait) {
+        (true, None) => Duration::ZERO,
+        (_, asked) => asked.unwrap_or(sidecar.wait).min(state.config.max_wait),
     };
+    let (record, waited) = wait_for_answer(&state, record, wait).await;
     let mut response = if record.status.is_terminal() {
         answer(&record)?
     } else {
@@ -123,14 +115,20 @@ pub(crate) async fn passthrough(
     if let Ok(v) = HeaderValue::from_str(&record.correlation_id.to_string()) {
         h.insert(CORRELATION_ID.clone(), v);
     }
-    let applied = if prefs.respond_async && !record.status.is_terminal() {
-        Some(HeaderValue::from_static("respond-async"))
-    } else {
-        // Only a wait the caller asked for and that took place.
-        prefs.wait.and(waited).and_then(wait_applied)
-    };
-    if let Some(applied) = applied {
-        h.insert(PREFERENCE_APPLIED.clone(), applied);
+    // The preferences honoured: the wait the caller asked for (as capped),
+    // if there was one, and `respond-async` if it got a 202 for it. Appended:
+    // the application may have applied its own.
+    let mut applied = Vec::new();
+    if prefs.respond_async && !record.status.is_terminal() {
+        applied.push("respond-async".to_owned());
+    }
+    if prefs.wait.is_some() && waited {
+        applied.push(format!("wait={}", wait.as_secs()));
+    }
+    if !applied.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&applied.join(", "))
+    {
+        h.append(PREFERENCE_APPLIED.clone(), v);
     }
     h.append(header::VARY, HeaderValue::from_static("prefer"));
     if replayed {
@@ -177,11 +175,6 @@ impl Call<'_> {
             derived_headers: BTreeMap::new(),
         }
     }
-}
-
-/// `Preference-Applied: wait=N` for a wait of `waited`.
-fn wait_applied(waited: Duration) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!("wait={}", waited.as_secs())).ok()
 }
 
 /// `202 Accepted` pointing at the status resource.
@@ -294,7 +287,22 @@ fn queued_headers(headers: &HeaderMap, forward: Option<&[String]>) -> BTreeMap<S
         {
             continue;
         }
-        let Ok(value) = value.to_str() else { continue };
+        // Bytes as sent (RFC 9110 allows obs-text), as long as they are text.
+        let Ok(value) = std::str::from_utf8(value.as_bytes()) else {
+            continue;
+        };
+        let application;
+        let value = if name == PREFER {
+            match prefer::for_the_application(value) {
+                Some(kept) => {
+                    application = kept;
+                    application.as_str()
+                }
+                None => continue,
+            }
+        } else {
+            value
+        };
         out.entry(n.to_owned())
             .and_modify(|v| {
                 v.push_str(if n == "cookie" { "; " } else { ", " });

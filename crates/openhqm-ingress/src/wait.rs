@@ -1,16 +1,17 @@
 //! Holding a caller until its request is finished: the passthrough ingress
 //! and long-polls on `/api/v1/response/{id}` share this.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openhqm_core::RequestRecord;
 
 use crate::ApiState;
 
 /// Waits until the record is terminal, the wait runs out, or the process
-/// starts shutting down; returns the freshest record, and how long it waited
-/// (`None` if it did not: already finished, no wait asked, or
-/// `server.max_waiting` callers already waiting).
+/// starts shutting down; returns the freshest record (read again when the
+/// wait ran out: it may have moved on from PENDING meanwhile), and whether it
+/// waited (not if already finished, no wait asked, or `server.max_waiting`
+/// callers already waiting).
 ///
 /// The request is stored whatever happens here, so a store that fails while
 /// we wait is not an error for the caller: it gets the status it has, with
@@ -19,14 +20,13 @@ pub(crate) async fn wait_for_answer(
     state: &ApiState,
     record: RequestRecord,
     wait: Duration,
-) -> (RequestRecord, Option<Duration>) {
+) -> (RequestRecord, bool) {
     if record.status.is_terminal() || wait.is_zero() {
-        return (record, None);
+        return (record, false);
     }
     let Ok(_permit) = state.waiting.try_acquire() else {
-        return (record, None);
+        return (record, false);
     };
-    let started = Instant::now();
     let mut stopping = state.stopping.clone();
     let id = record.correlation_id;
     let stopped = async move {
@@ -49,5 +49,12 @@ pub(crate) async fn wait_for_answer(
             None
         }
     };
-    (done.unwrap_or(record), Some(started.elapsed()))
+    let latest = match done {
+        Some(done) => done,
+        None => match state.store.get(id).await {
+            Ok(Some(now)) => now,
+            _ => record,
+        },
+    };
+    (latest, true)
 }

@@ -152,6 +152,11 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
         .header("content-type", "application/xml")
         .header("authorization", "Bearer caller")
         .header("x-request-tag", "t1")
+        .header(
+            "x-user",
+            reqwest::header::HeaderValue::from_bytes("José".as_bytes()).expect("obs-text"),
+        )
+        .header("prefer", "return=representation, wait=20")
         .header("connection", "keep-alive")
         .body(body)
         .send()
@@ -196,6 +201,16 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
     assert_eq!(h("content-type"), Some("application/xml"));
     assert_eq!(h("authorization"), Some("Bearer caller"));
     assert_eq!(h("x-request-tag"), Some("t1"));
+    assert_eq!(
+        s.headers.get("x-user").map(|v| v.as_bytes()),
+        Some("José".as_bytes()),
+        "non-ASCII header bytes pass"
+    );
+    assert_eq!(
+        h("prefer"),
+        Some("return=representation"),
+        "the application's preferences pass; the wait was ours"
+    );
     assert!(h("x-correlation-id").is_some());
     assert!(h("traceparent").is_some());
 
@@ -284,6 +299,29 @@ async fn prefer_respond_async_and_a_wait_that_runs_out_give_202_with_location() 
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_millis(2900),
         "waited about the 1 s asked for, not the backend's 3 s: {waited:?}"
+    );
+
+    // `respond-async` with a wait: the answer if it comes in time, and the
+    // wait asked for (not the time taken) is what was applied.
+    let r = http
+        .post(format!("{side}/quick"))
+        .header("prefer", "respond-async, wait=10")
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::CREATED, "answered within the wait");
+    assert_eq!(header(&r, "preference-applied"), Some("wait=10"));
+    let r = http
+        .post(format!("{side}/slow"))
+        .header("prefer", "respond-async, wait=1")
+        .header("x-delay-ms", "3000")
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        header(&r, "preference-applied"),
+        Some("respond-async, wait=1")
     );
 }
 
@@ -603,6 +641,16 @@ async fn a_path_prefix_on_the_api_port_passes_through_without_the_prefix() {
     assert_eq!(seen[0].method, Method::DELETE);
     assert_eq!(seen[0].uri.path(), "/orders/9");
     assert_eq!(seen[0].uri.query(), Some("why=dup"));
+    // The prefix with a trailing slash is the application's root.
+    let r = http
+        .get(format!("{}/app/?q=1", server.base))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let seen = backend.seen.lock().expect("lock").clone();
+    assert_eq!(seen[1].uri.path(), "/");
+    assert_eq!(seen[1].uri.query(), Some("q=1"));
     // The API itself is untouched, and passthrough calls have their own label.
     let metrics = http
         .get(format!("{}/metrics", server.base))
