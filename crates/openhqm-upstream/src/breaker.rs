@@ -90,6 +90,15 @@ impl Breaker {
         }
     }
 
+    /// When an open breaker lets a trial through, if it is open.
+    #[must_use]
+    pub fn open_until(&self) -> Option<Instant> {
+        match self.state {
+            State::Open { until } => Some(until),
+            _ => None,
+        }
+    }
+
     /// Admits a request, or refuses it.
     pub fn admit(&mut self, now: Instant) -> Option<Admission> {
         if let State::Open { until } = self.state {

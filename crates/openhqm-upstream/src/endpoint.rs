@@ -94,11 +94,15 @@ impl Endpoint {
         timeout: Duration,
     ) -> Result<Output, UpstreamError> {
         let budget = Duration::from_secs(self.cfg.timeout).min(timeout);
-        let deadline = Instant::now() + budget;
+        let now = Instant::now();
+        let deadline = now + budget;
         if attempt > 1 {
             self.retries.inc();
         }
-        let _permit = self.admit(deadline).await?;
+        // Waiting for a concurrency or rate slot may take half the attempt's
+        // time, no more: the backend always gets the other half, so a slow
+        // queue for slots is never blamed on it as a timeout.
+        let _permit = self.admit(now + budget / 2).await?;
         let lease = self.pool.pick(env)?;
         let request = self.prepare(shared, env, &lease.target().url)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -124,7 +128,7 @@ impl Endpoint {
             }
             Err(Exchange::Failed(e)) => {
                 let (attempted, err) = if e.is_timeout() {
-                    (Attempted::TimedOut, UpstreamError::Timeout(budget))
+                    (Attempted::TimedOut, UpstreamError::Timeout(remaining))
                 } else {
                     (Attempted::NetworkError, UpstreamError::from(e))
                 };

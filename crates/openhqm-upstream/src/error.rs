@@ -21,8 +21,15 @@ pub enum UpstreamError {
     #[error("the request names no endpoint and proxy.default_endpoint is not set")]
     NoEndpoint,
     /// Every target is unhealthy, ejected or behind an open breaker.
-    #[error("no healthy target for endpoint `{0}`")]
-    NoHealthyTarget(String),
+    #[error("no healthy target for endpoint `{endpoint}`")]
+    NoHealthyTarget {
+        /// Endpoint name.
+        endpoint: String,
+        /// When the first target may take traffic again (an ejection or an
+        /// open breaker ending), if known: the retry waits for it rather than
+        /// spend an attempt sooner.
+        retry_after: Option<Duration>,
+    },
     /// The endpoint's configuration cannot be used (checked at start-up).
     #[error("endpoint `{endpoint}`: {message}")]
     Config {
@@ -102,7 +109,7 @@ impl UpstreamError {
             | Self::ResponseTooLarge { .. } => FailureKind::Permanent,
             Self::Timeout(_) => FailureKind::Timeout,
             Self::Network(e) if e.is_timeout() => FailureKind::Timeout,
-            Self::NoHealthyTarget(_)
+            Self::NoHealthyTarget { .. }
             | Self::Saturated { .. }
             | Self::Network(_)
             | Self::RetryableStatus { .. } => FailureKind::Transient,
@@ -113,9 +120,9 @@ impl UpstreamError {
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RetryableStatus { retry_after, .. } | Self::Saturated { retry_after, .. } => {
-                *retry_after
-            }
+            Self::RetryableStatus { retry_after, .. }
+            | Self::Saturated { retry_after, .. }
+            | Self::NoHealthyTarget { retry_after, .. } => *retry_after,
             _ => None,
         }
     }

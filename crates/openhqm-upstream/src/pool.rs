@@ -95,6 +95,19 @@ impl Target {
             && s.breaker.as_ref().is_none_or(|b| b.available(now))
     }
 
+    /// When a target that is ejected or behind an open breaker may take
+    /// traffic again; `None` if it is not waiting on either (an unhealthy
+    /// target waits on its health checks, a half-open one on its trials).
+    fn back_at(&self) -> Option<Instant> {
+        let s = self.lock();
+        let breaker = s.breaker.as_ref().and_then(Breaker::open_until);
+        match (s.ejected_until, breaker) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+        .filter(|_| s.healthy)
+    }
+
     /// Whether active checks currently consider the target healthy.
     #[must_use]
     pub fn is_healthy(&self) -> bool {
@@ -306,7 +319,16 @@ impl Pool {
                 None => candidates.retain(|c| *c != idx),
             }
         }
-        Err(UpstreamError::NoHealthyTarget(self.endpoint.clone()))
+        let retry_after = self
+            .targets
+            .iter()
+            .filter_map(Target::back_at)
+            .min()
+            .map(|at| at.saturating_duration_since(now));
+        Err(UpstreamError::NoHealthyTarget {
+            endpoint: self.endpoint.clone(),
+            retry_after,
+        })
     }
 
     fn choose(&self, candidates: &[usize], key: Option<&str>) -> Option<usize> {

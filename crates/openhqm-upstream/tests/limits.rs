@@ -75,6 +75,30 @@ async fn waiting_for_a_permit_past_the_deadline_is_transient() {
     );
 }
 
+#[tokio::test]
+async fn a_slot_wait_takes_at_most_half_the_attempt_so_the_backend_is_not_blamed() {
+    let (router, _) = counting_backend(Duration::from_millis(600));
+    let mut e = EndpointConfig::with_url(url(serve(router).await));
+    e.max_concurrency = Some(1);
+    e.timeout = 1;
+    let p = processor(&config(e));
+    let (one, two) = (envelope("{}", &[]), envelope("{}", &[]));
+    let (first, second) = tokio::join!(call(&p, &one), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The slot frees at 600 ms, past half of this attempt's second; taken
+        // then, the 600 ms backend could not answer in what is left.
+        call(&p, &two).await
+    });
+    first.expect("the first call is answered");
+    let second = second.unwrap_err();
+    assert_eq!(second.kind, FailureKind::Transient, "{}", second.message);
+    assert!(
+        second.message.contains("concurrency limit"),
+        "refused for the slot, not timed out at the backend: {}",
+        second.message
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_holds_over_a_window() {
     let arrivals = Arc::new(Mutex::new(Vec::new()));

@@ -214,6 +214,7 @@ async fn health_checks_eject_and_bring_back_a_target() {
     let err = who(&p).await.unwrap_err();
     assert_eq!(err.kind, FailureKind::Transient);
     assert!(err.message.contains("no healthy target"), "{}", err.message);
+    assert_eq!(err.retry_after, None, "health checks decide; the backoff holds");
     a.sick.store(false, Ordering::SeqCst);
     b.sick.store(false, Ordering::SeqCst);
     eventually("both healthy", Duration::from_secs(5), || {
@@ -266,9 +267,15 @@ async fn breaker_opens_rejects_then_recovers_through_a_trial() {
             .render()
             .contains("openhqm_upstream_breaker_state{endpoint=\"api\"")
     );
-    // Open: refused without touching the backend.
+    // Open: refused without touching the backend, and the retry waits until
+    // the breaker lets a trial through.
     let err = who(&p).await.unwrap_err();
     assert!(err.message.contains("no healthy target"), "{}", err.message);
+    let wait = err.retry_after.expect("a retry after the open breaker");
+    assert!(
+        !wait.is_zero() && wait <= Duration::from_secs(1),
+        "{wait:?}"
+    );
     // After open_seconds, a failed trial opens it again...
     eventually("half open", Duration::from_secs(3), || {
         breaker() == Some("half_open")
