@@ -167,3 +167,38 @@ async fn next_attempt(queue: &EmbeddedQueue) -> u32 {
     assert_eq!(got.len(), 1);
     got[0].message().attempt
 }
+
+#[tokio::test]
+async fn a_damaged_dead_letter_hides_no_other_and_blocks_no_redrive() {
+    let (_dir, db, queue) = queue().await;
+    let dlq = db.keyspace("requests-dlq").expect("keyspace");
+    db.write(openhqm_embedded::Wait::Durable, move |ctx| {
+        ctx.insert(&dlq, &0u64.to_be_bytes(), b"\xffdamaged".to_vec());
+    })
+    .await
+    .expect("write");
+    queue
+        .publish(OutgoingMessage::new(b"m".to_vec()))
+        .await
+        .expect("publish");
+    let d = queue
+        .receive(1, Duration::from_secs(1))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("a delivery");
+    d.nack(Nack::DeadLetter {
+        reason: "bad".into(),
+    })
+    .await
+    .expect("dead-letter");
+    let dead = queue.dead_letters(10).await.expect("listing still works");
+    assert_eq!(dead.len(), 1, "the readable one is listed");
+    assert_eq!(dead[0].message.body.as_ref(), b"m");
+    assert_eq!(queue.redrive(10).await.expect("redrive still works"), 1);
+    let again = queue
+        .receive(1, Duration::from_secs(1))
+        .await
+        .expect("receive");
+    assert_eq!(again[0].message().body.as_ref(), b"m");
+}

@@ -48,8 +48,9 @@ impl State {
 pub enum Admission {
     /// Let through while closed.
     Normal,
-    /// A half-open trial.
-    Trial,
+    /// A half-open trial, of the given half-open round: a late result or
+    /// release from an earlier round must not decide or free this one.
+    Trial(u32),
 }
 
 /// The breaker.
@@ -59,6 +60,8 @@ pub struct Breaker {
     open_for: Duration,
     half_open_max: u32,
     state: State,
+    /// Counts half-open rounds, to tell their trials apart.
+    round: u32,
 }
 
 impl Breaker {
@@ -70,6 +73,7 @@ impl Breaker {
             open_for: Duration::from_secs(cfg.open_seconds),
             half_open_max: cfg.half_open_max.max(1),
             state: State::Closed { failures: 0 },
+            round: 0,
         }
     }
 
@@ -106,12 +110,13 @@ impl Breaker {
                 return None;
             }
             self.state = State::HalfOpen { trials: 0 };
+            self.round = self.round.wrapping_add(1);
         }
         match &mut self.state {
             State::Closed { .. } => Some(Admission::Normal),
             State::HalfOpen { trials } if *trials < self.half_open_max => {
                 *trials += 1;
-                Some(Admission::Trial)
+                Some(Admission::Trial(self.round))
             }
             _ => None,
         }
@@ -119,6 +124,7 @@ impl Breaker {
 
     /// Records the result of an admitted request.
     pub fn record(&mut self, admission: Admission, success: bool, now: Instant) {
+        let this_round = admission == Admission::Trial(self.round);
         self.state = match (self.state, admission, success) {
             (State::Closed { .. }, _, true) => State::Closed { failures: 0 },
             (State::Closed { failures }, _, false) if failures + 1 >= self.threshold => {
@@ -129,19 +135,24 @@ impl Breaker {
             (State::Closed { failures }, _, false) => State::Closed {
                 failures: failures + 1,
             },
-            (State::HalfOpen { .. }, Admission::Trial, true) => State::Closed { failures: 0 },
-            (State::HalfOpen { .. }, Admission::Trial, false) => State::Open {
+            (State::HalfOpen { .. }, Admission::Trial(_), true) if this_round => {
+                State::Closed { failures: 0 }
+            }
+            (State::HalfOpen { .. }, Admission::Trial(_), false) if this_round => State::Open {
                 until: now + self.open_for,
             },
-            // A request admitted before the breaker changed state says nothing
-            // about the state it finishes in.
+            // A request admitted before the breaker changed state (or in an
+            // earlier half-open round) says nothing about the state it
+            // finishes in.
             (state, _, _) => state,
         };
     }
 
     /// A trial abandoned without a result (the attempt was cancelled).
     pub fn release(&mut self, admission: Admission) {
-        if let (State::HalfOpen { trials }, Admission::Trial) = (&mut self.state, admission) {
+        if let (State::HalfOpen { trials }, Admission::Trial(round)) = (&mut self.state, admission)
+            && round == self.round
+        {
             *trials = trials.saturating_sub(1);
         }
     }
@@ -203,9 +214,9 @@ mod tests {
             &[
                 Record(0, Normal, false),
                 Record(0, Normal, false),
-                Admit(10, Some(Trial)),
+                Admit(10, Some(Trial(1))),
                 Admit(10, None),
-                Record(11, Trial, true),
+                Record(11, Trial(1), true),
                 Admit(11, Some(Normal)),
             ],
             &["closed1", "open10", "half1", "half1", "closed0", "closed0"],
@@ -215,11 +226,27 @@ mod tests {
             &[
                 Record(0, Normal, false),
                 Record(0, Normal, false),
-                Admit(10, Some(Trial)),
-                Record(12, Trial, false),
+                Admit(10, Some(Trial(1))),
+                Record(12, Trial(1), false),
                 Admit(13, None),
             ],
             &["closed1", "open10", "half1", "open22", "open22"],
+        );
+        // A trial of an earlier round neither closes the breaker nor frees a
+        // slot of the current round.
+        check(
+            &[
+                Record(0, Normal, false),
+                Record(0, Normal, false),
+                Admit(10, Some(Trial(1))),
+                Record(11, Trial(1), false),
+                Admit(21, Some(Trial(2))),
+                Record(21, Trial(1), true),
+                Admit(21, None),
+            ],
+            &[
+                "closed1", "open10", "half1", "open21", "half1", "half1", "half1",
+            ],
         );
         // Late results of requests admitted while closed change nothing.
         check(
@@ -227,7 +254,7 @@ mod tests {
                 Record(0, Normal, false),
                 Record(0, Normal, false),
                 Record(1, Normal, true),
-                Admit(10, Some(Trial)),
+                Admit(10, Some(Trial(1))),
                 Record(10, Normal, false),
             ],
             &["closed1", "open10", "open10", "half1", "half1"],
@@ -243,9 +270,14 @@ mod tests {
             half_open_max: 1,
         });
         b.record(Admission::Normal, false, t0);
-        assert_eq!(b.admit(t0), Some(Admission::Trial));
+        assert_eq!(b.admit(t0), Some(Admission::Trial(1)));
         assert!(!b.available(t0));
-        b.release(Admission::Trial);
+        b.release(Admission::Trial(0));
+        assert!(
+            !b.available(t0),
+            "a release from another round frees nothing"
+        );
+        b.release(Admission::Trial(1));
         assert!(b.available(t0));
     }
 }

@@ -214,7 +214,10 @@ async fn health_checks_eject_and_bring_back_a_target() {
     let err = who(&p).await.unwrap_err();
     assert_eq!(err.kind, FailureKind::Transient);
     assert!(err.message.contains("no healthy target"), "{}", err.message);
-    assert_eq!(err.retry_after, None, "health checks decide; the backoff holds");
+    assert_eq!(
+        err.retry_after, None,
+        "health checks decide; the backoff holds"
+    );
     a.sick.store(false, Ordering::SeqCst);
     b.sick.store(false, Ordering::SeqCst);
     eventually("both healthy", Duration::from_secs(5), || {

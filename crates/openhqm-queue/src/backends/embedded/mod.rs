@@ -386,12 +386,13 @@ impl QueueBackend for EmbeddedQueue {
         let mut out = Vec::new();
         for item in self.inner.dead.iter().take(limit) {
             let (key, value) = item.into_inner().map_err(unavailable)?;
-            let seq = record::decode_key(&key).map_err(unavailable)?;
-            out.push(
-                DeadRecord::decode(&value)
-                    .map_err(unavailable)?
-                    .into_dead_letter(seq),
-            );
+            let decoded =
+                record::decode_key(&key).and_then(|seq| Ok((seq, DeadRecord::decode(&value)?)));
+            match decoded {
+                Ok((seq, dead)) => out.push(dead.into_dead_letter(seq)),
+                // One damaged record must not hide every other one.
+                Err(e) => tracing::warn!(error = %e, "skipped an unreadable dead letter"),
+            }
         }
         Ok(out)
     }
@@ -401,7 +402,14 @@ impl QueueBackend for EmbeddedQueue {
         let mut moves = Vec::new();
         for item in self.inner.dead.iter().take(limit) {
             let (key, value) = item.into_inner().map_err(unavailable)?;
-            let mut rec = DeadRecord::decode(&value).map_err(unavailable)?.record;
+            let mut rec = match DeadRecord::decode(&value) {
+                Ok(dead) => dead.record,
+                // Left where it is: redriving it would only dead-letter it again.
+                Err(e) => {
+                    tracing::warn!(error = %e, "an unreadable dead letter stays dead-lettered");
+                    continue;
+                }
+            };
             rec.attempt = 1;
             rec.not_before_ms = 0;
             rec.attributes
