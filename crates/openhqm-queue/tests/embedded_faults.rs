@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use openhqm_embedded::{EmbeddedDb, Options};
 use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
-use openhqm_queue::{Nack, OutgoingMessage, QueueBackend};
+use openhqm_queue::{Delivery, Nack, OutgoingMessage, QueueBackend};
 
 fn config() -> EmbeddedQueueConfig {
     EmbeddedQueueConfig {
@@ -23,6 +23,20 @@ async fn queue() -> (tempfile::TempDir, EmbeddedDb, EmbeddedQueue) {
     (dir, db, queue)
 }
 
+/// Publishes `body` and takes it back as one delivery.
+async fn published_and_taken(queue: &EmbeddedQueue, body: &[u8]) -> Delivery {
+    queue
+        .publish(OutgoingMessage::new(body.to_vec()))
+        .await
+        .expect("publish");
+    queue
+        .receive(1, Duration::from_secs(1))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("a delivery")
+}
+
 #[tokio::test]
 async fn a_nack_that_cannot_be_written_leaves_the_message_waiting() {
     for nack in [
@@ -34,16 +48,7 @@ async fn a_nack_that_cannot_be_written_leaves_the_message_waiting() {
         },
     ] {
         let (_dir, db, queue) = queue().await;
-        queue
-            .publish(OutgoingMessage::new(b"m".to_vec()))
-            .await
-            .expect("publish");
-        let first = queue
-            .receive(1, Duration::from_secs(1))
-            .await
-            .expect("receive")
-            .pop()
-            .expect("a delivery");
+        let first = published_and_taken(&queue, b"m").await;
         db.close().await; // writes fail from here on
         first.nack(nack.clone()).await.expect_err("the write fails");
         assert_eq!(queue.depth().await.expect("depth"), 1, "{nack:?}");
@@ -177,16 +182,7 @@ async fn a_damaged_dead_letter_hides_no_other_and_blocks_no_redrive() {
     })
     .await
     .expect("write");
-    queue
-        .publish(OutgoingMessage::new(b"m".to_vec()))
-        .await
-        .expect("publish");
-    let d = queue
-        .receive(1, Duration::from_secs(1))
-        .await
-        .expect("receive")
-        .pop()
-        .expect("a delivery");
+    let d = published_and_taken(&queue, b"m").await;
     d.nack(Nack::DeadLetter {
         reason: "bad".into(),
     })

@@ -13,6 +13,20 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 const ID: &str = "01890a5d-ac96-774b-bcce-b302099a8057";
 
+/// What `policy` sends for a client's headers alone.
+fn sent_for(policy: &HeaderPolicy, client: &BTreeMap<String, String>) -> Vec<OutHeader> {
+    outgoing(
+        policy,
+        &HeaderSources {
+            client: Some(client),
+            derived: &BTreeMap::new(),
+            endpoint: &BTreeMap::new(),
+            auth: None,
+            correlation_id: CorrelationId::new(),
+        },
+    )
+}
+
 /// Runs the policy and checks the outgoing headers other than the two the
 /// forwarder always adds, which are checked separately.
 fn check(
@@ -176,16 +190,7 @@ fn traceparent_is_kept_when_valid_and_generated_otherwise() {
     ] {
         assert_eq!(valid_traceparent(input), keep, "{input}");
         let client = map(&[("TraceParent", input)]);
-        let out = outgoing(
-            &HeaderPolicy::new(&[], &[]),
-            &HeaderSources {
-                client: Some(&client),
-                derived: &BTreeMap::new(),
-                endpoint: &BTreeMap::new(),
-                auth: None,
-                correlation_id: CorrelationId::new(),
-            },
-        );
+        let out = sent_for(&HeaderPolicy::new(&[], &[]), &client);
         let tp = out
             .iter()
             .find(|h| h.name() == TRACEPARENT)
@@ -197,15 +202,9 @@ fn traceparent_is_kept_when_valid_and_generated_otherwise() {
     // Stripped by the operator: a new trace starts here.
     let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let client = map(&[("traceparent", given)]);
-    let out = outgoing(
+    let out = sent_for(
         &HeaderPolicy::new(&["*".into()], &["TraceParent".into()]),
-        &HeaderSources {
-            client: Some(&client),
-            derived: &BTreeMap::new(),
-            endpoint: &BTreeMap::new(),
-            auth: None,
-            correlation_id: CorrelationId::new(),
-        },
+        &client,
     );
     let sent: Vec<_> = out.iter().filter(|h| h.name() == TRACEPARENT).collect();
     assert_eq!(sent.len(), 1);
