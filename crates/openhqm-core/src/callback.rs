@@ -146,10 +146,13 @@ impl CallbackPolicy {
             return Err(CallbackUrlError::Invalid("the URL has no host".into()));
         };
         let explicit = parsed.port();
+        // Ports compare as effective ports: `host:443` allows `https://host/`,
+        // whose default port the URL does not spell out.
+        let port = parsed.port_or_known_default();
         let ok = self
             .allowed
             .iter()
-            .any(|a| a.host == host && a.port == explicit);
+            .any(|a| a.host == host && a.port.or_else(|| default_port(parsed.scheme())) == port);
         if ok {
             Ok(parsed)
         } else {
@@ -168,6 +171,15 @@ impl CallbackPolicy {
     }
 }
 
+/// The port a URL of `scheme` means when it names none.
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,16 +190,27 @@ mod tests {
 
     #[test]
     fn host_and_port_must_match_an_entry() {
-        let p = policy(&["Hooks.Example.com", "127.0.0.1:9000", "[::1]:8080"]);
+        let p = policy(&[
+            "Hooks.Example.com",
+            "127.0.0.1:9000",
+            "[::1]:8080",
+            "secure.example.com:443",
+        ]);
         for ok in [
             "https://hooks.example.com/a?b=c",
             "http://HOOKS.example.com/",
             "https://hooks.example.com:443/x",
             "http://127.0.0.1:9000/hook",
             "http://[::1]:8080/",
+            "https://secure.example.com/",
+            "https://secure.example.com:443/",
         ] {
             assert!(p.check(ok).is_ok(), "{ok} should be allowed");
         }
+        assert!(
+            p.check("http://secure.example.com/").is_err(),
+            "port 80 is not the entry's 443"
+        );
         for (refused, expected) in [
             (
                 "https://hooks.example.com:8443/",

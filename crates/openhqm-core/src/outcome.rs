@@ -60,7 +60,7 @@ impl Failure {
     }
 }
 
-/// Retry policy: exponential backoff with full jitter.
+/// Retry policy: exponential backoff, jittered between `base` and the window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// Shortest delay before a retry.
@@ -79,7 +79,12 @@ impl Backoff {
     #[must_use]
     pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
         let factor = 2f64.powi(i32::try_from(attempt.min(62)).unwrap_or(62));
-        let window = self.base.mul_f64(factor).min(self.max).max(self.base);
+        // `try_from`: `mul_f64` panics past `Duration::MAX`, which a base of
+        // a few seconds reaches by attempt 60.
+        let window = Duration::try_from_secs_f64(self.base.as_secs_f64() * factor)
+            .unwrap_or(self.max)
+            .min(self.max)
+            .max(self.base);
         let span = window.saturating_sub(self.base);
         self.base + span.mul_f64(jitter.clamp(0.0, 1.0))
     }
@@ -207,5 +212,13 @@ mod tests {
         assert_eq!(POLICY.delay(20, 1.0), Duration::from_secs(60));
         assert_eq!(POLICY.delay(20, 0.0), Duration::from_secs(1));
         assert_eq!(POLICY.delay(u32::MAX, 1.0), Duration::from_secs(60));
+        // A base of seconds times 2^62 is past `Duration::MAX`: capped, no panic.
+        let slow = Backoff {
+            base: Duration::from_secs(5),
+            max: Duration::from_secs(3600),
+            max_retries: 100,
+        };
+        assert_eq!(slow.delay(90, 1.0), Duration::from_secs(3600));
+        assert_eq!(slow.delay(90, 0.0), Duration::from_secs(5));
     }
 }

@@ -79,7 +79,7 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     let mut errors = Vec::new();
     let mut tree = Value::Object(Map::new());
     if let Some(path) = &sources.file
-        && let Some(file) = read_file(path, &sources.env, &mut errors)
+        && let Some(file) = read_file(path, &sources.env, &defaults, &mut errors)
     {
         merge(&mut tree, file);
     }
@@ -128,6 +128,7 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
 fn read_file(
     path: &PathBuf,
     env: &HashMap<String, String>,
+    defaults: &Value,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Value> {
     let text = match std::fs::read_to_string(path) {
@@ -164,34 +165,71 @@ fn read_file(
             return None;
         }
     }
-    expand_tree(&mut value, "", env, errors);
+    let mut expansion = Expansion {
+        env,
+        defaults,
+        errors,
+    };
+    expansion.tree(&mut value, &mut Vec::new(), None);
     Some(value)
 }
 
-/// Expands `${VAR}` and `${VAR:-default}` in every string of the tree; `$${`
-/// stands for a literal `${`.
-fn expand_tree(
-    value: &mut Value,
-    path: &str,
-    env: &HashMap<String, String>,
-    errors: &mut Vec<ConfigError>,
-) {
-    match value {
-        Value::String(s) => match expand(s, env) {
-            Ok(expanded) => *s = expanded,
-            Err(message) => errors.push(ConfigError::new(path, message)),
-        },
-        Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                expand_tree(item, &format!("{path}[{i}]"), env, errors);
+/// Expands `${VAR}` and `${VAR:-default}` in every string of a file's tree;
+/// `$${` stands for a literal `${`. A string that held a substitution is
+/// then read by the type of its key, as an environment variable is: YAML
+/// saw `port: ${PORT}` as text, but it is a number.
+struct Expansion<'a> {
+    env: &'a HashMap<String, String>,
+    defaults: &'a Value,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Expansion<'_> {
+    /// `hint`: what an array item is read by (its default's first item).
+    fn tree(&mut self, value: &mut Value, path: &mut Vec<String>, hint: Option<Hint>) {
+        match value {
+            Value::String(s) => {
+                let shown = path.join(".");
+                match expand(s, self.env) {
+                    Ok(expanded) if expanded == *s && !s.contains("$${") => {}
+                    Ok(expanded) => {
+                        let hint = hint.or_else(|| hint_for(self.defaults, path));
+                        *value = match hint {
+                            Some(Hint::Default(d)) if !d.is_string() && !d.is_null() => {
+                                match typed(&d, &expanded) {
+                                    Ok(v) => v,
+                                    Err(message) => {
+                                        self.errors.push(ConfigError::new(&shown, message));
+                                        return;
+                                    }
+                                }
+                            }
+                            _ => Value::String(expanded),
+                        };
+                    }
+                    Err(message) => self.errors.push(ConfigError::new(&shown, message)),
+                }
             }
-        }
-        Value::Object(map) => {
-            for (k, v) in map.iter_mut() {
-                expand_tree(v, &join(path, k), env, errors);
+            Value::Array(items) => {
+                let item_hint = match hint.or_else(|| hint_for(self.defaults, path)) {
+                    Some(Hint::Default(Value::Array(d))) => d.first().cloned(),
+                    _ => None,
+                };
+                for (i, item) in items.iter_mut().enumerate() {
+                    path.push(i.to_string());
+                    self.tree(item, path, item_hint.clone().map(Hint::Default));
+                    path.pop();
+                }
             }
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    path.push(k.clone());
+                    self.tree(v, path, None);
+                    path.pop();
+                }
+            }
+            _ => {}
         }
-        _ => {}
     }
 }
 
@@ -207,13 +245,18 @@ pub(crate) fn expand(input: &str, env: &HashMap<String, String>) -> Result<Strin
         } else if let Some(after) = tail.strip_prefix("${") {
             let end = after
                 .find('}')
-                .ok_or_else(|| format!("unterminated `${{` in `{input}`"))?;
+                // The value is not quoted: it may be a secret.
+                .ok_or_else(|| "unterminated `${` (write `$${` for a literal one)".to_owned())?;
             let inner = &after[..end];
             let (name, default) = match inner.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (inner, None),
             };
-            match (env.get(name), default) {
+            // As in the shell: `:-` also stands in for a variable set empty.
+            match (
+                env.get(name).filter(|v| default.is_none() || !v.is_empty()),
+                default,
+            ) {
                 (Some(v), _) => out.push_str(v),
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => return Err(format!("environment variable `{name}` is not set")),

@@ -248,18 +248,76 @@ fn contract_backends_parse_but_unavailable_ones_are_refused() {
 }
 
 #[test]
+fn expanded_file_values_are_read_by_the_type_of_their_key() {
+    let file = yaml(concat!(
+        "server:\n  port: ${PORT:-8000}\n",
+        "worker:\n  count: ${WORKERS}\n  retry_delay_base: \"${BASE}\"\n",
+        "proxy:\n  enabled: ${PROXY}\n",
+        "  endpoints:\n    api:\n      url: http://127.0.0.1:${APP_PORT}/x\n      max_retries: ${RETRIES}\n      retry_on: [\"${R1}\", 503]\n",
+    ));
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[
+            ("WORKERS", "12"),
+            ("BASE", "0.5"),
+            ("PROXY", "true"),
+            ("R1", "502"),
+            ("APP_PORT", "9000"),
+            ("RETRIES", "7"),
+        ]),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("valid");
+    assert_eq!(c.server.port, 8000);
+    assert_eq!(c.worker.count, 12);
+    assert!((c.worker.retry_delay_base - 0.5).abs() < f64::EPSILON);
+    assert!(c.proxy.enabled);
+    let api = &c.proxy.endpoints["api"];
+    assert_eq!(api.retry_on, [502, 503]);
+    assert_eq!(api.url.as_deref(), Some("http://127.0.0.1:9000/x"));
+    assert_eq!(api.max_retries, Some(7));
+    // A value of the wrong type after expansion names its key.
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[
+            ("WORKERS", "many"),
+            ("BASE", "1"),
+            ("PROXY", "true"),
+            ("R1", "1"),
+            ("APP_PORT", "1"),
+            ("RETRIES", "1"),
+        ]),
+        ..Sources::default()
+    };
+    let errors = errors_of(&sources);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("worker.count") && e.contains("many")),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn expansion_rules() {
-    let vars = env(&[("A", "1")]);
+    let vars = env(&[("A", "1"), ("EMPTY", "")]);
     for (input, expected) in [
         ("x${A}y", Ok("x1y".to_owned())),
         ("${B:-dflt}", Ok("dflt".to_owned())),
+        // As in the shell: `:-` also covers a variable set empty; plain
+        // `${VAR}` keeps it empty.
+        ("${EMPTY:-dflt}", Ok("dflt".to_owned())),
+        ("[${EMPTY}]", Ok("[]".to_owned())),
         ("$${A}", Ok("${A}".to_owned())),
         ("cost $5", Ok("cost $5".to_owned())),
         (
             "${B}",
             Err("environment variable `B` is not set".to_owned()),
         ),
-        ("${A", Err("unterminated `${` in `${A`".to_owned())),
+        (
+            "${s3cr3t",
+            Err("unterminated `${` (write `$${` for a literal one)".to_owned()),
+        ),
     ] {
         assert_eq!(load::expand(input, &vars), expected, "{input}");
     }
