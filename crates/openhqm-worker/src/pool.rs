@@ -401,7 +401,7 @@ impl Handler {
                     outcome: Some(outcome),
                     redrive: None,
                 };
-                if self.record_terminal(envelope, update).await {
+                if self.record_terminal(envelope, update).await.is_some() {
                     tracing::debug!(processing_time_ms = ms, "request completed");
                     self.finish(delivery.ack().await);
                 } else {
@@ -447,7 +447,6 @@ impl Handler {
             }
             Decision::GiveUp { status, reason } => {
                 m.failed.observe(elapsed.as_secs_f64());
-                tracing::warn!(%status, error = %reason, "request failed; dead-lettered");
                 let outcome = ResultData {
                     completed_at_ms: Some(now_ms()),
                     ..error
@@ -458,10 +457,19 @@ impl Handler {
                     outcome: Some(outcome),
                     redrive: None,
                 };
-                if self.record_terminal(envelope, update).await {
-                    self.dead_letter(delivery, status, reason).await;
-                } else {
-                    self.retry_later(delivery).await;
+                match self.record_terminal(envelope, update).await {
+                    None => self.retry_later(delivery).await,
+                    // A duplicate delivery completed it (or it was cancelled)
+                    // meanwhile: the request did not fail, and its message
+                    // is done.
+                    Some(RequestStatus::Completed | RequestStatus::Cancelled) => {
+                        tracing::info!(error = %reason, "attempt failed, but the request was finished by another delivery");
+                        self.finish(delivery.ack().await);
+                    }
+                    Some(_) => {
+                        tracing::warn!(%status, error = %reason, "request failed; dead-lettered");
+                        self.dead_letter(delivery, status, reason).await;
+                    }
                 }
             }
         }
@@ -496,33 +504,37 @@ impl Handler {
         }
     }
 
-    /// Writes a terminal transition, then tells the sinks; `true` once both
-    /// are done and the delivery may be settled.
-    async fn record_terminal(&self, envelope: &Envelope, update: Update) -> bool {
+    /// Writes a terminal transition, then tells the sinks. Once both are
+    /// done and the delivery may be settled, the status the request ended
+    /// with: this outcome's, or another delivery's that finished it first.
+    async fn record_terminal(&self, envelope: &Envelope, update: Update) -> Option<RequestStatus> {
         let id = envelope.correlation_id;
         match self.record(id, update).await {
-            None => false,
-            Some(Transition::Applied(record)) => self.notify(envelope, &record).await,
+            None => None,
+            Some(Transition::Applied(record)) => self
+                .notify(envelope, &record)
+                .await
+                .then_some(record.status),
             // Not finished, yet this outcome was refused: a holder whose
             // lease had run out put the request back to PENDING after this
             // attempt began. Acking would strand it there with its outcome
             // lost; running it again is the at-least-once price.
             Some(Transition::Refused { current }) if !current.is_terminal() => {
                 tracing::info!(%current, "outcome refused by a request that is not finished; message will be retried");
-                false
+                None
             }
             // Someone else finished it (a duplicate delivery racing this one);
             // report what is stored, since that one may not live to do so.
             Some(Transition::Refused { current }) => {
                 if !notifies(current) || self.shared.sinks.is_empty() {
-                    return true;
+                    return Some(current);
                 }
                 match self.shared.store.get(id).await {
-                    Ok(Some(record)) => self.notify(envelope, &record).await,
-                    Ok(None) => true,
+                    Ok(Some(record)) => self.notify(envelope, &record).await.then_some(current),
+                    Ok(None) => Some(current),
                     Err(e) => {
                         tracing::warn!(error = %e, "result store unavailable; message will be retried");
-                        false
+                        None
                     }
                 }
             }

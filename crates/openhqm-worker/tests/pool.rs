@@ -584,3 +584,45 @@ async fn a_message_delivered_past_its_attempts_is_dead_lettered_not_run_again() 
     );
     rig.stop().await;
 }
+
+/// Does what a duplicate delivery that finished first leaves behind: the
+/// request COMPLETED. Then fails for good, as a backend that deduplicates
+/// answers the second call (409).
+struct CompletedByADuplicate {
+    store: std::sync::OnceLock<Arc<dyn ResultStore>>,
+}
+
+#[async_trait]
+impl Processor for CompletedByADuplicate {
+    async fn process(&self, request: &Request<'_>) -> Result<Output, Failure> {
+        let store = self.store.get().expect("store set");
+        let id = request.envelope.correlation_id;
+        store
+            .transition(id, openhqm_store::Update::to(RequestStatus::Completed))
+            .await
+            .expect("the duplicate's outcome");
+        Err(Failure::new(FailureKind::Permanent, "409 already done"))
+    }
+}
+
+#[tokio::test]
+async fn a_failure_after_a_duplicate_completed_the_request_is_acked_not_dead_lettered() {
+    let processor = Arc::new(CompletedByADuplicate {
+        store: std::sync::OnceLock::new(),
+    });
+    let rig = rig(Arc::clone(&processor) as Arc<dyn Processor>, config(4, 0)).await;
+    let _ = processor.store.set(Arc::clone(&rig.store));
+    let id = rig.submit(json!({"payload": 1})).await;
+    assert_eq!(rig.wait_terminal(id).await.status, RequestStatus::Completed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rig.queue.depth().await.expect("depth") > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.queue.dead_letter_depth().await.expect("dlq"), 0);
+    assert_eq!(
+        rig.store.get(id).await.expect("get").expect("record").status,
+        RequestStatus::Completed
+    );
+    rig.stop().await;
+}
