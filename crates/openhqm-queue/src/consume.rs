@@ -1,8 +1,9 @@
 //! The consumer loop shared by everything that works a queue (the worker
 //! pool, the callback dispatcher): receive batches sized to the free slots,
 //! run each delivery in its own task holding a slot, and on shutdown stop
-//! receiving, give the tasks in flight the drain time, and abandon the rest
-//! unsettled so their messages are redelivered later.
+//! receiving (a receive in flight finishes, and gives back what it got),
+//! give the tasks in flight the drain time, and abandon the rest unsettled
+//! so their messages are redelivered later.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::{Delivery, QueueBackend};
+use crate::{Delivery, Nack, QueueBackend};
 
 /// How a [`consume`] loop runs.
 #[derive(Debug, Clone)]
@@ -56,9 +57,25 @@ where
             _ = shutdown.changed() => break,
         };
         let want = (1 + slots.available_permits()).min(config.batch_size.max(1));
+        let receiving = queue.receive(want, Duration::from_secs(1));
+        tokio::pin!(receiving);
         let batch = tokio::select! {
-            r = queue.receive(want, Duration::from_secs(1)) => r,
-            _ = shutdown.changed() => break,
+            r = &mut receiving => r,
+            _ = shutdown.changed() => {
+                // Not dropped mid-call: a receive cut off after the broker
+                // handed messages over (a Redis read already sent) would
+                // leave them leased to no one, to come back after the lease
+                // with an attempt used. It ends within its wait; what it
+                // got goes back at once, as the same attempt.
+                if let Ok(got) = receiving.await {
+                    for delivery in got {
+                        if let Err(e) = delivery.nack(Nack::Release { delay: Duration::ZERO }).await {
+                            tracing::warn!(error = %e, "{name}: could not give back a message received during shutdown");
+                        }
+                    }
+                }
+                break;
+            }
         };
         let deliveries = match batch {
             Ok(d) => d,

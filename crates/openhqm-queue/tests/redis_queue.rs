@@ -3,10 +3,12 @@
 //! and Redis going away.
 #![cfg(feature = "redis")]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use openhqm_queue::backends::redis::{RedisQueue, RedisQueueConfig};
-use openhqm_queue::{Delivery, OutgoingMessage, QueueBackend, QueueError};
+use openhqm_queue::{ConsumeConfig, Delivery, OutgoingMessage, QueueBackend, QueueError, consume};
 use openhqm_redis_testkit::RedisServer;
 
 const LEASE: Duration = Duration::from_millis(500);
@@ -282,4 +284,55 @@ async fn redis_down_answers_unavailable_quickly() {
         started.elapsed()
     );
     assert!(published.err().is_some_and(|e| e.is_retryable()));
+}
+
+#[tokio::test]
+async fn a_shutdown_during_a_blocking_read_gives_back_what_the_read_took() {
+    let server = RedisServer::start();
+    let q: Arc<dyn QueueBackend> = Arc::new(open(&server, "a").await);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let handled = Arc::new(AtomicUsize::new(0));
+    let consumer = tokio::spawn({
+        let (q, handled) = (Arc::clone(&q), Arc::clone(&handled));
+        async move {
+            let config = ConsumeConfig {
+                name: "test consumer",
+                concurrency: 4,
+                batch_size: 4,
+                drain: Duration::from_secs(1),
+                unavailable_backoff: Duration::from_millis(50),
+            };
+            consume(
+                q,
+                &config,
+                stopped,
+                |_| {},
+                move |d: Delivery| {
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let _ = d.ack().await;
+                    }
+                },
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await; // blocked in XREADGROUP
+    stop.send(true).expect("stop");
+    // Arrives while that read still blocks: Redis hands it to consumer a.
+    q.publish(OutgoingMessage::new("late"))
+        .await
+        .expect("publish");
+    consumer.await.expect("consumer");
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        0,
+        "nothing runs after shutdown"
+    );
+    // Given back at once as the same attempt, not left leased to a process
+    // that is gone (taken over after the lease as attempt 2).
+    let b = open(&server, "b").await;
+    let d = take_one(&b, Duration::from_secs(3), "the message given back").await;
+    assert_eq!(d.message().attempt, 1);
+    assert_eq!(d.message().body.as_ref(), b"late");
 }

@@ -621,7 +621,12 @@ async fn a_failure_after_a_duplicate_completed_the_request_is_acked_not_dead_let
     }
     assert_eq!(rig.queue.dead_letter_depth().await.expect("dlq"), 0);
     assert_eq!(
-        rig.store.get(id).await.expect("get").expect("record").status,
+        rig.store
+            .get(id)
+            .await
+            .expect("get")
+            .expect("record")
+            .status,
         RequestStatus::Completed
     );
     rig.stop().await;

@@ -27,7 +27,10 @@ impl RedisQueue {
             }
             let (claimed, next_due) = self.prepare(max - out.len()).await?;
             self.deliver(claimed, &mut out).await;
-            if out.len() >= max {
+            // Taken over already: handed out now, not held through a
+            // blocking read (whose failure would drop them unrun, to come
+            // back after another lease with an attempt used up).
+            if !out.is_empty() {
                 return Ok(out);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
