@@ -34,6 +34,7 @@ impl Harness for Redis {
             dead_letter_stream: "conformance-dlq".into(),
             lease: self.lease(),
             max_payload: 64 * 1024,
+            trim_older_than: None,
         };
         Arc::new(RedisQueue::open(config).await.expect("open redis queue"))
     }

@@ -22,6 +22,7 @@ fn config(server: &RedisServer, consumer: &str) -> RedisQueueConfig {
         dead_letter_stream: "openhqm-dlq".into(),
         lease: LEASE,
         max_payload: 64 * 1024,
+        trim_older_than: None,
     }
 }
 
@@ -335,4 +336,37 @@ async fn a_shutdown_during_a_blocking_read_gives_back_what_the_read_took() {
     let d = take_one(&b, Duration::from_secs(3), "the message given back").await;
     assert_eq!(d.message().attempt, 1);
     assert_eq!(d.message().body.as_ref(), b"late");
+}
+
+#[tokio::test]
+async fn a_stream_with_a_retention_drops_entries_older_than_it_as_it_grows() {
+    let server = RedisServer::start();
+    // A stream node (100 entries) of replies nobody read, from long ago.
+    for seq in 0..100 {
+        raw(
+            &server,
+            redis::cmd("XADD")
+                .arg("openhqm-requests")
+                .arg(format!("1000-{seq}"))
+                .arg("payload")
+                .arg("old"),
+        )
+        .await;
+    }
+    let q = RedisQueue::open(RedisQueueConfig {
+        trim_older_than: Some(Duration::from_secs(60)),
+        ..config(&server, "a")
+    })
+    .await
+    .expect("open");
+    for i in 0..10 {
+        q.publish(OutgoingMessage::new(format!("new {i}")))
+            .await
+            .expect("publish");
+    }
+    // `~` trims whole nodes: the old one goes, every new entry stays.
+    let len: u64 =
+        redis::from_redis_value(raw(&server, redis::cmd("XLEN").arg("openhqm-requests")).await)
+            .expect("xlen");
+    assert_eq!(len, 10, "only the new entries are left");
 }

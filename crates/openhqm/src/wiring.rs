@@ -133,11 +133,14 @@ async fn open_side_queue(
     backends: &Backends,
     name: &str,
     dead_letter_name: &str,
+    trim_older_than: Option<Duration>,
 ) -> anyhow::Result<Arc<dyn QueueBackend>> {
     #[cfg(feature = "redis")]
     if config.queue.kind == BackendType::Redis {
-        return redis::open_side_queue(config, name, dead_letter_name).await;
+        return redis::open_side_queue(config, name, dead_letter_name, trim_older_than).await;
     }
+    // Replies are refused on the embedded queue (nothing else could read them).
+    let _ = trim_older_than;
     let db = backends
         .db
         .clone()
@@ -182,7 +185,16 @@ async fn completion(
     };
     if config.queue.reply_enabled {
         let name = &config.queue.response_queue_name;
-        let queue = open_side_queue(config, backends, name, &format!("{name}-dlq")).await?;
+        // Replies live as long as the results they repeat.
+        let retention = secs(config.cache.ttl_seconds);
+        let queue = open_side_queue(
+            config,
+            backends,
+            name,
+            &format!("{name}-dlq"),
+            Some(retention),
+        )
+        .await?;
         out.sinks.push(Arc::new(ReplyQueueSink::new(
             Arc::clone(&queue),
             metrics.queue(name),
@@ -195,7 +207,7 @@ async fn completion(
         let cb = &config.callbacks;
         let key = SigningKey::from_secret(cb.secret.expose())
             .map_err(|e| anyhow!("callbacks.secret: {e}"))?;
-        let queue = open_side_queue(config, backends, &cb.queue_name, &cb.dlq_name).await?;
+        let queue = open_side_queue(config, backends, &cb.queue_name, &cb.dlq_name, None).await?;
         let endpoints = if config.proxy.enabled {
             EndpointCallbacks {
                 urls: config

@@ -2,6 +2,7 @@
 //! still configured as embedded come from the embedded database as usual.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use openhqm_queue::QueueBackend;
@@ -37,6 +38,7 @@ fn queue_config(config: &Config) -> RedisQueueConfig {
         dead_letter_stream: q.dlq_name.clone(),
         lease: secs(q.lease_seconds),
         max_payload: config.server.max_body_size.saturating_mul(2).max(64 * 1024),
+        trim_older_than: None,
     }
 }
 
@@ -46,11 +48,13 @@ pub(super) async fn open_side_queue(
     config: &Config,
     name: &str,
     dead_letter_name: &str,
+    trim_older_than: Option<Duration>,
 ) -> anyhow::Result<Arc<dyn QueueBackend>> {
     let q = RedisQueueConfig {
         stream: name.to_owned(),
         dead_letter_stream: dead_letter_name.to_owned(),
         max_payload: super::side_queue_max_payload(config),
+        trim_older_than,
         ..queue_config(config)
     };
     let queue = RedisQueue::open(q)

@@ -91,6 +91,10 @@ pub struct RedisQueueConfig {
     pub lease: Duration,
     /// Largest body accepted.
     pub max_payload: usize,
+    /// Entries older than this are trimmed as new ones are added (`XADD
+    /// MINID ~`): for a stream that outside consumers read without deleting
+    /// (the reply stream), never for one whose entries are work.
+    pub trim_older_than: Option<Duration>,
 }
 
 impl std::fmt::Debug for RedisQueueConfig {
@@ -104,6 +108,7 @@ impl std::fmt::Debug for RedisQueueConfig {
             .field("dead_letter_stream", &self.dead_letter_stream)
             .field("lease", &self.lease)
             .field("max_payload", &self.max_payload)
+            .field("trim_older_than", &self.trim_older_than)
             .finish()
     }
 }
@@ -238,7 +243,13 @@ impl QueueBackend for RedisQueue {
             return Err(QueueError::Closed);
         }
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.shared.config.stream).arg("*");
+        cmd.arg(&self.shared.config.stream);
+        if let Some(age) = self.shared.config.trim_older_than {
+            // Stream ids start with their entry's time in ms.
+            let oldest = crate::now_ms().saturating_sub(duration_ms(age));
+            cmd.arg("MINID").arg("~").arg(oldest);
+        }
+        cmd.arg("*");
         for (k, v) in entry::publish_fields(&message) {
             cmd.arg(k).arg(v);
         }
