@@ -210,6 +210,9 @@ impl RedisStore {
     }
 }
 
+/// How often the subscription checks that its connection is alive.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
 /// The one subscriber of this process: fans finished ids out to waiters,
 /// and resubscribes after a lost connection.
 async fn listen(
@@ -221,20 +224,36 @@ async fn listen(
     let mut ready = Some(ready);
     loop {
         match subscribe(&client, &channel).await {
-            Ok(mut pubsub) => {
+            Ok(pubsub) => {
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(());
                 }
                 // Anything finished while we were not subscribed: read again.
                 waiters.wake_all();
-                let mut messages = pubsub.on_message();
-                while let Some(msg) = messages.next().await {
-                    let id = msg
-                        .get_payload::<String>()
-                        .ok()
-                        .and_then(|s| s.parse::<CorrelationId>().ok());
-                    if let Some(id) = id {
-                        waiters.wake(id);
+                let (mut sink, mut messages) = pubsub.split();
+                // A connection dropped without a reset (an idle timeout in a
+                // NAT or balancer) ends no stream: a ping that gets no pong
+                // says so, and the subscription is made again.
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        msg = messages.next() => {
+                            let Some(msg) = msg else { break };
+                            let id = msg
+                                .get_payload::<String>()
+                                .ok()
+                                .and_then(|s| s.parse::<CorrelationId>().ok());
+                            if let Some(id) = id {
+                                waiters.wake(id);
+                            }
+                        }
+                        _ = heartbeat.tick() => {
+                            let pong = tokio::time::timeout(HEARTBEAT, sink.ping::<()>()).await;
+                            if !matches!(pong, Ok(Ok(()))) {
+                                break;
+                            }
+                        }
                     }
                 }
                 tracing::warn!(%channel, "result-store subscription lost; resubscribing");
