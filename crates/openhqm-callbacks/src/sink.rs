@@ -119,9 +119,10 @@ impl CompletionSink for CallbackSink {
         else {
             return Ok(());
         };
-        let error = |message: String| SinkError {
+        let error = |message: String, retryable: bool| SinkError {
             sink: "callbacks",
             message,
+            retryable,
         };
         // Submit checked it already, but a foreign producer's message never
         // went through submit, and the list may have changed since.
@@ -130,8 +131,9 @@ impl CompletionSink for CallbackSink {
             tracing::warn!(error = %e, "callback not queued");
             return Ok(());
         }
-        let job = CallbackJob::new(url.to_owned(), record).map_err(|e| error(e.to_string()))?;
-        let body = serde_json::to_vec(&job).map_err(|e| error(e.to_string()))?;
+        let job =
+            CallbackJob::new(url.to_owned(), record).map_err(|e| error(e.to_string(), false))?;
+        let body = serde_json::to_vec(&job).map_err(|e| error(e.to_string(), false))?;
         let message = OutgoingMessage {
             body: body.into(),
             attributes: [(
@@ -150,7 +152,7 @@ impl CompletionSink for CallbackSink {
             }
             Err(e) => {
                 self.queue_metrics.publish_error.inc();
-                Err(error(e.to_string()))
+                Err(error(e.to_string(), e.is_retryable()))
             }
         }
     }

@@ -578,10 +578,18 @@ impl Handler {
             return true;
         }
         for sink in &self.shared.sinks {
-            if let Err(e) = sink.finished(envelope, record).await {
-                self.shared.metrics.errors_sink.inc();
-                tracing::warn!(sink = sink.name(), error = %e, "completion sink failed; message will be retried");
-                return false;
+            match sink.finished(envelope, record).await {
+                Ok(()) => {}
+                Err(e) if e.retryable => {
+                    self.shared.metrics.errors_sink.inc();
+                    tracing::warn!(sink = sink.name(), error = %e, "completion sink failed; message will be retried");
+                    return false;
+                }
+                // Redelivering could never help: settled without this sink.
+                Err(e) => {
+                    self.shared.metrics.errors_sink.inc();
+                    tracing::error!(sink = sink.name(), error = %e, "completion sink cannot take this request; settled without it");
+                }
             }
         }
         true

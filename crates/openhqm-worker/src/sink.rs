@@ -27,6 +27,10 @@ pub struct SinkError {
     pub sink: &'static str,
     /// What went wrong, for the logs.
     pub message: String,
+    /// Whether trying again may help. A sink that can never take this
+    /// request (a reply too large for its queue) does not hold its message:
+    /// the request is settled without it, and the error logged and counted.
+    pub retryable: bool,
 }
 
 /// Something told about every finished request.
@@ -99,6 +103,7 @@ impl CompletionSink for ReplyQueueSink {
                 Err(SinkError {
                     sink: self.name(),
                     message: e.to_string(),
+                    retryable: e.is_retryable(),
                 })
             }
         }

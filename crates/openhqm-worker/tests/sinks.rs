@@ -278,6 +278,7 @@ impl CompletionSink for FailingFirst {
             return Err(SinkError {
                 sink: "failing_first",
                 message: "not now".into(),
+                retryable: true,
             });
         }
         self.inner.finished(envelope, record).await
@@ -409,6 +410,7 @@ impl CompletionSink for FailingCall {
             return Err(SinkError {
                 sink: "failing_call",
                 message: "not now".into(),
+                retryable: true,
             });
         }
         self.inner.finished(envelope, record).await
@@ -442,6 +444,50 @@ async fn a_redrive_reopens_a_request_once_however_often_its_message_comes_back()
         metrics.contains("openhqm_worker_processing_duration_seconds_count{outcome=\"failed\"} 2"),
         "processed once, and once more for the redrive only: {metrics}"
     );
+    stop.send(true).expect("stop");
+    pool.await.expect("pool");
+    rig.db.close().await;
+}
+
+/// Can never take a request, as a reply queue cannot take a reply larger
+/// than its messages may be.
+struct NeverFits {
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl CompletionSink for NeverFits {
+    fn name(&self) -> &'static str {
+        "never_fits"
+    }
+
+    async fn finished(&self, _: &Envelope, _: &RequestRecord) -> Result<(), SinkError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Err(SinkError {
+            sink: "never_fits",
+            message: "payload too large".into(),
+            retryable: false,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_sink_that_can_never_take_a_request_does_not_hold_its_message() {
+    let rig = rig();
+    let sink = Arc::new(NeverFits {
+        calls: AtomicU32::new(0),
+    });
+    let (stop, pool) = rig.start(vec![Arc::clone(&sink) as Arc<dyn CompletionSink>]);
+    let id = rig.submit(json!({"payload": {"operation": "echo"}})).await;
+    rig.drained().await;
+    let record = rig.store.get(id).await.expect("get").expect("record");
+    assert_eq!(record.status, RequestStatus::Completed);
+    assert_eq!(
+        sink.calls.load(Ordering::SeqCst),
+        1,
+        "told once; the message was settled, not redelivered"
+    );
+    assert_eq!(rig.queue.dead_letter_depth().await.expect("dlq"), 0);
     stop.send(true).expect("stop");
     pool.await.expect("pool");
     rig.db.close().await;
