@@ -537,17 +537,59 @@ fn section<T: DeserializeOwned>(
     errors: &mut Vec<ConfigError>,
 ) {
     let Some(value) = tree.get(name) else { return };
-    match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-        Ok(v) => *slot = v,
-        Err(e) => {
-            let inner = e.path().to_string();
-            let key = if inner == "." {
-                name.to_owned()
-            } else {
-                join(name, &inner)
-            };
-            errors.push(ConfigError::new(key, e.into_inner().to_string()));
+    // serde stops at a section's first error: the key in error is dropped
+    // (it keeps its default) and the section read again, so every error in
+    // it is reported and the rest of it still applies.
+    let mut value = value.clone();
+    for _ in 0..MAX_ERRORS_PER_SECTION {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => {
+                *slot = v;
+                return;
+            }
+            Err(e) => {
+                let inner = e.path().to_string();
+                let key = if inner == "." {
+                    name.to_owned()
+                } else {
+                    join(name, &inner)
+                };
+                let dropped = drop_key(&mut value, e.path());
+                errors.push(ConfigError::new(key, e.into_inner().to_string()));
+                if !dropped {
+                    return;
+                }
+            }
         }
+    }
+}
+
+/// More errors than anyone reads in one section.
+const MAX_ERRORS_PER_SECTION: usize = 32;
+
+/// Removes the innermost mapping key on `path`; `false` if there is none.
+fn drop_key(value: &mut Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some(last_key) = segments
+        .iter()
+        .rposition(|s| matches!(s, Segment::Map { .. }))
+    else {
+        return false;
+    };
+    let mut node = value;
+    for segment in &segments[..last_key] {
+        let next = match segment {
+            Segment::Map { key } => node.get_mut(key.as_str()),
+            Segment::Seq { index } => node.get_mut(*index),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        node = next;
+    }
+    match (node, segments[last_key]) {
+        (Value::Object(map), Segment::Map { key }) => map.remove(key.as_str()).is_some(),
+        _ => false,
     }
 }
 

@@ -142,6 +142,39 @@ fn every_error_is_collected_and_names_its_key() {
 }
 
 #[test]
+fn every_type_error_of_a_section_is_reported_and_its_other_keys_still_apply() {
+    let file = yaml(
+        "worker:\n  count: lots\n  batch_size: some\n  max_retries: 9\nproxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:1/\n      timeout: soon\n      max_retries: 2\n",
+    );
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    };
+    let (config, errors) = load_all(&sources);
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    for key in [
+        "worker.count",
+        "worker.batch_size",
+        "proxy.endpoints.api.timeout",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(&format!("`{key}`"))),
+            "missing `{key}` in {errors:#?}"
+        );
+    }
+    assert_eq!(
+        config.worker.max_retries, 9,
+        "the section's good keys apply"
+    );
+    assert_eq!(
+        config.worker.count,
+        WorkerSection::default().count,
+        "a bad key keeps its default"
+    );
+    assert_eq!(config.proxy.endpoints["api"].max_retries, Some(2));
+}
+
+#[test]
 fn unknown_keys_inside_endpoints_are_named() {
     let file =
         yaml("proxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1\n      tiemout: 3\n");
