@@ -71,7 +71,14 @@ impl Cli {
 /// `openhqm check-config`: the effective configuration on stdout, errors on stderr.
 #[must_use]
 pub fn check_config(config: &Config, errors: &[ConfigError]) -> ExitCode {
-    match serde_norway::to_string(config) {
+    let printed = serde_json::to_value(config).map(|mut tree| {
+        mask_for_printing(&mut tree);
+        tree
+    });
+    match printed
+        .map_err(|e| e.to_string())
+        .and_then(|tree| serde_norway::to_string(&tree).map_err(|e| e.to_string()))
+    {
         Ok(yaml) => print!("{yaml}"),
         Err(e) => eprintln!("error: cannot print the configuration: {e}"),
     }
@@ -84,4 +91,34 @@ pub fn check_config(config: &Config, errors: &[ConfigError]) -> ExitCode {
     }
     eprintln!("{} configuration error(s)", errors.len());
     ExitCode::from(2)
+}
+
+/// Masks what a printed configuration must not show beyond its `Secret`s
+/// (printed `***` already): credentials inside URLs, and static header
+/// values whose names say they are credentials.
+fn mask_for_printing(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => {
+            if let Some(masked) = openhqm_upstream::config::masked_url(s) {
+                *s = masked;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mask_for_printing),
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    Value::Object(headers) if key == "headers" => {
+                        for (name, v) in headers.iter_mut() {
+                            if openhqm_upstream::config::is_sensitive_header(name) {
+                                *v = Value::String("***".into());
+                            }
+                        }
+                    }
+                    other => mask_for_printing(other),
+                }
+            }
+        }
+        _ => {}
+    }
 }

@@ -284,7 +284,7 @@ fn check_config_lists_every_error_by_key_and_exits_non_zero() {
 fn check_config_prints_the_effective_config_with_secrets_masked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("ok.yaml");
-    std::fs::write(&file, "proxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:9\n      auth_type: bearer\n      auth_token: ${TOKEN}\n").expect("write");
+    std::fs::write(&file, "proxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:9\n      auth_type: bearer\n      auth_token: ${TOKEN}\n    fn:\n      url: https://app:hunter2-pw@fn.example/run?code=hunter2-code\n      headers:\n        X-Api-Key: hunter2-key\n        Accept: application/json\n").expect("write");
     let out = Command::new(BIN)
         .arg("check-config")
         .arg("--config")
@@ -305,6 +305,7 @@ fn check_config_prints_the_effective_config_with_secrets_masked() {
         "{stdout}"
     );
     assert!(!stdout.contains("hunter2"), "secret printed:\n{stdout}");
+    assert!(stdout.contains("Accept: application/json"), "{stdout}");
 }
 
 #[test]

@@ -221,6 +221,40 @@ pub(crate) fn check_url(url: &str) -> Result<Url, String> {
     Ok(parsed)
 }
 
+/// `text`, if it is a URL carrying credentials (a password, or a query such
+/// as `?code=KEY`), with them masked for printing a configuration.
+#[must_use]
+pub fn masked_url(text: &str) -> Option<String> {
+    let mut url = Url::parse(text).ok()?;
+    if url.password().is_none() && url.query().is_none() {
+        return None;
+    }
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        url.set_query(Some("***"));
+    }
+    Some(url.into())
+}
+
+/// Whether a static header's value is likely a credential, by its name.
+#[must_use]
+pub fn is_sensitive_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "authorization",
+        "cookie",
+        "token",
+        "key",
+        "secret",
+        "password",
+        "signature",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
 /// `url` as it may be shown in logs, metric labels and errors: without
 /// user info and query, where credentials are put (`https://user:pw@host`,
 /// `?code=KEY`).
@@ -271,5 +305,11 @@ mod tests {
         assert!(!err.contains("pw"), "{err}");
         let err = check_url("https://user:pw@[bad").expect_err("not a URL");
         assert!(!err.contains("pw"), "{err}");
+        assert_eq!(
+            masked_url("https://user:pw@h/p?code=KEY").as_deref(),
+            Some("https://user:***@h/p?***")
+        );
+        assert_eq!(masked_url("http://h:1/p"), None);
+        assert_eq!(masked_url("not a url"), None);
     }
 }
