@@ -34,6 +34,9 @@ pub use writer::WriteCtx;
 pub enum Wait {
     /// Applied: visible to every reader, journaled in order, not yet synced.
     Applied,
+    /// Handed to the OS: survives a crash of this process, not a power
+    /// loss. For what only a crashing process must not lose.
+    Flushed,
     /// Made durable according to the database's [`Durability`].
     Durable,
 }
@@ -228,16 +231,17 @@ impl EmbeddedDb {
     }
 
     /// Like [`EmbeddedDb::write_detached`], but the group holding `op` is
-    /// made durable as if a caller waited for it: for a write that must
-    /// survive a crash soon after, though nobody can wait for it.
+    /// flushed to the OS ([`Wait::Flushed`]) as if a caller waited for it:
+    /// for a write that must survive this process crashing soon after,
+    /// though nobody can wait for it.
     ///
     /// # Errors
     /// [`DbError::Closed`] if the writer has stopped.
-    pub fn write_detached_durable<F>(&self, op: F) -> Result<(), DbError>
+    pub fn write_detached_flushed<F>(&self, op: F) -> Result<(), DbError>
     where
         F: FnOnce(&mut WriteCtx<'_>) + Send + 'static,
     {
-        self.send_detached(Wait::Durable, op)
+        self.send_detached(Wait::Flushed, op)
     }
 
     fn send_detached<F>(&self, wait: Wait, op: F) -> Result<(), DbError>

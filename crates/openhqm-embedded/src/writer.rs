@@ -124,12 +124,21 @@ fn commit_group(
         stop: false,
     };
     let mut applied: Vec<Completion> = Vec::new();
-    let mut durable: Vec<Completion> = Vec::new();
+    // Flushed and durable jobs, and the persist they need (the strongest asked).
+    let mut persisted: Vec<Completion> = Vec::new();
+    let mut persist: Option<PersistMode> = None;
     for req in group.drain(..) {
         let done = (req.job)(&mut ctx);
         match req.wait {
             Wait::Applied => applied.push(done),
-            Wait::Durable => durable.push(done),
+            Wait::Flushed => {
+                persist = persist.or(Some(PersistMode::Buffer));
+                persisted.push(done);
+            }
+            Wait::Durable => {
+                persist = Some(mode);
+                persisted.push(done);
+            }
         }
     }
     let WriteCtx {
@@ -151,15 +160,15 @@ fn commit_group(
     for done in applied {
         done(result.clone());
     }
-    let result = match result {
-        Ok(()) if !durable.is_empty() => db.persist(mode).map_err(Arc::new),
-        other => other,
+    let result = match (result, persist) {
+        (Ok(()), Some(persist)) => db.persist(persist).map_err(Arc::new),
+        (other, _) => other,
     };
     if let Err(e) = &result {
         tracing::error!(error = %e, "embedded database commit failed");
         failed.store(true, Ordering::Relaxed);
     }
-    for done in durable {
+    for done in persisted {
         done(result.clone());
     }
     stop

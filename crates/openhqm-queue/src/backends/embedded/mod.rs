@@ -228,16 +228,19 @@ impl Inner {
     /// Stores each leased message as its next attempt, so that if the
     /// process dies during this one, the redelivery after a restart counts
     /// it: a message that kills its worker every time runs out of attempts
-    /// instead of crashing workers forever. Synced with its group, since a
-    /// crash must not lose it, but not waited for: it is ordered before
-    /// every settle, which writes the attempt it means, and a clean shutdown
-    /// puts the attempts of abandoned work back (`close`).
+    /// instead of crashing workers forever. Flushed to the OS with its group,
+    /// not synced: a crashing process is what it guards against (a power
+    /// loss may cost the count, and a re-run is the at-least-once price),
+    /// and a sync here would put a second fsync on every message's path. Not
+    /// waited for: it is ordered before every settle, which writes the
+    /// attempt it means, and a clean shutdown puts the attempts of abandoned
+    /// work back (`close`).
     fn persist_interrupted(&self, records: Vec<([u8; 8], Vec<u8>)>) {
         if records.is_empty() {
             return;
         }
         let ks = self.messages.clone();
-        let written = self.db.write_detached_durable(move |ctx| {
+        let written = self.db.write_detached_flushed(move |ctx| {
             for (key, value) in records {
                 ctx.insert(&ks, &key, value);
             }
