@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{BIN, free_port, http_client, status_of, submit, until, wait_ready};
+use common::{BIN, free_port, get_json, http_client, status_of, submit, until, wait_ready};
 
 struct Server {
     child: Child,
@@ -141,6 +141,45 @@ async fn kill_dash_nine_under_load_loses_no_acknowledged_request() {
         recovered > 0,
         "the kill left no unfinished work; the test proved nothing:\n{log}"
     );
+}
+
+/// An attempt cut short by `kill -9` counts: with one attempt allowed, the
+/// redelivery after the restart is failed ("no attempts left") without
+/// running again. A message that kills its worker cannot do so forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_killed_mid_way_counts_after_the_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let once = ["--set", "worker.max_retries=0"];
+    let mut server = start(dir.path(), port, &once);
+    let http = http_client();
+    wait_ready(&http, &server.base).await;
+    let body = json!({"payload": {"operation": "sleep", "ms": 60_000}});
+    let id = submit(&http, &server.base, &body).await.expect("accepted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_of(&http, &server.base, &id).await.as_deref() != Some("PROCESSING") {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.child.kill().expect("kill -9");
+    server.child.wait().expect("reap");
+
+    let mut server = start(dir.path(), port, &once);
+    wait_ready(&http, &server.base).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let record = loop {
+        let v = get_json(&http, format!("{}/api/v1/response/{id}", server.base)).await;
+        if v["status"] == "FAILED" {
+            break v;
+        }
+        assert_ne!(v["status"], "COMPLETED");
+        assert!(Instant::now() < deadline, "the killed attempt ran again: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = record["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no attempts left"), "{record}");
+    signal(&server.child, "-TERM");
+    assert!(wait_exit(&mut server.child, Duration::from_secs(30)).success());
 }
 
 /// SIGTERM: stop taking work, finish what is in flight, exit 0.
