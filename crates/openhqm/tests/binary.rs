@@ -173,7 +173,10 @@ async fn an_attempt_killed_mid_way_counts_after_the_restart() {
             break v;
         }
         assert_ne!(v["status"], "COMPLETED");
-        assert!(Instant::now() < deadline, "the killed attempt ran again: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "the killed attempt ran again: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let error = record["error"].as_str().unwrap_or_default();
