@@ -209,9 +209,16 @@ impl Handler {
                         // Every attempt the budget allows was started and
                         // none finished: a message that kills its worker
                         // must not do so forever.
+                        let before = envelope.metadata.retry_count.min(attempt - 1);
+                        let here = attempt - 1 - before;
+                        let why = if before == 0 {
+                            format!("{here} were started without an outcome (a worker died or lost its lease)")
+                        } else {
+                            format!("{before} were made before it was queued (metadata.retry_count), {here} started here without an outcome")
+                        };
                         let interrupted = Failure::new(
                             FailureKind::Transient,
-                            format!("no attempts left: {} were started without an outcome (a worker died or lost its lease)", attempt - 1),
+                            format!("no attempts left: {why}"),
                         );
                         self.settle(delivery, &envelope, attempt - 1, started, Err(interrupted))
                             .await;
