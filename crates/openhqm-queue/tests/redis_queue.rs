@@ -370,3 +370,43 @@ async fn a_stream_with_a_retention_drops_entries_older_than_it_as_it_grows() {
             .expect("xlen");
     assert_eq!(len, 10, "only the new entries are left");
 }
+
+#[tokio::test]
+async fn consumers_of_gone_processes_are_forgotten_but_never_one_holding_work() {
+    let server = RedisServer::start();
+    let gone = open(&server, "host-1").await;
+    let holder = open(&server, "host-2").await;
+    let me = open(&server, "host-3").await;
+    // host-1 took an entry and settled it; host-2 holds one.
+    gone.publish(OutgoingMessage::new("done"))
+        .await
+        .expect("publish");
+    take_one(&gone, Duration::from_secs(2), "host-1 takes it")
+        .await
+        .ack()
+        .await
+        .expect("ack");
+    holder
+        .publish(OutgoingMessage::new("held"))
+        .await
+        .expect("publish");
+    let held = take_one(&holder, Duration::from_secs(2), "host-2 takes it").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let forgotten = me
+        .forget_idle_consumers(Duration::from_millis(100))
+        .await
+        .expect("forget");
+    assert_eq!(forgotten, 1, "only host-1: host-2 holds work, host-3 asks");
+    let names: redis::Value = raw(
+        &server,
+        redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg("openhqm-requests")
+            .arg("openhqm-workers"),
+    )
+    .await;
+    let names = format!("{names:?}");
+    assert!(!names.contains("host-1"), "{names}");
+    assert!(names.contains("host-2"), "{names}");
+    held.ack().await.expect("the holder still settles");
+}

@@ -56,7 +56,7 @@ mod settle;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -113,6 +113,12 @@ impl std::fmt::Debug for RedisQueueConfig {
     }
 }
 
+/// How often a receive looks for consumers of gone processes.
+const IDLE_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// The shortest idle time after which an empty consumer is forgotten.
+const MIN_CONSUMER_IDLE: Duration = Duration::from_secs(600);
+
 /// The Redis Streams queue. Share it as `Arc<dyn QueueBackend>`.
 pub struct RedisQueue {
     shared: Arc<Shared>,
@@ -127,6 +133,8 @@ pub(crate) struct Shared {
     delayed: String,
     /// Where the next `XAUTOCLAIM` scan of the pending list starts.
     claim_cursor: std::sync::Mutex<String>,
+    /// When idle consumers were last looked for (`forget_idle_consumers`).
+    idle_checked: std::sync::Mutex<Instant>,
     closed: AtomicBool,
     config: RedisQueueConfig,
 }
@@ -183,12 +191,57 @@ impl RedisQueue {
                 scripts: Scripts::new(),
                 delayed: format!("{}:delayed", config.stream),
                 claim_cursor: std::sync::Mutex::new("0-0".into()),
+                idle_checked: std::sync::Mutex::new(Instant::now()),
                 closed: AtomicBool::new(false),
                 config,
             }),
         };
         queue.create_group().await?;
         Ok(queue)
+    }
+
+    /// Deletes the group's consumers (not this one) that hold no entry and
+    /// have been idle for longer than `idle`. Every receive does this once
+    /// per [`IDLE_CHECK_EVERY`], with `idle` the larger of ten leases and
+    /// [`MIN_CONSUMER_IDLE`]; a live consumer deleted while idle is made
+    /// again by its next read.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn forget_idle_consumers(&self, idle: Duration) -> Result<u64, QueueError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        s.scripts
+            .forget_idle
+            .key(&s.config.stream)
+            .arg(&s.config.group)
+            .arg(&s.config.consumer)
+            .arg(duration_ms(idle))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)
+    }
+
+    /// The periodic [`RedisQueue::forget_idle_consumers`]; failures are
+    /// only logged: it is housekeeping.
+    async fn forget_idle_consumers_now_and_then(&self) {
+        {
+            let mut last = self
+                .shared
+                .idle_checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.elapsed() < IDLE_CHECK_EVERY {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let idle = (self.shared.config.lease * 10).max(MIN_CONSUMER_IDLE);
+        match self.forget_idle_consumers(idle).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(consumers = n, "forgot idle consumers of gone processes"),
+            Err(e) => tracing::debug!(error = %e, "could not look for idle consumers"),
+        }
     }
 
     /// `XGROUP CREATE ... 0 MKSTREAM`; an existing group is fine.
@@ -258,6 +311,7 @@ impl QueueBackend for RedisQueue {
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        self.forget_idle_consumers_now_and_then().await;
         self.receive_batch(max.max(1), wait).await
     }
 

@@ -143,7 +143,30 @@ return #es
 ";
 
 /// The compiled scripts (their SHA1s), shared by a queue and its deliveries.
+/// `FORGET_IDLE(stream; group, self, idle_ms)`: deletes the group's
+/// consumers other than `self` that hold nothing and have been idle longer
+/// than `idle_ms` (processes gone with a rollout: `<host>-<pid>` names
+/// pile up otherwise). In one script, so no consumer can take an entry
+/// between the check and the delete, which would drop it from the pending
+/// list. Returns how many were deleted.
+const FORGET_IDLE: &str = r"
+local removed = 0
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+for _, c in ipairs(consumers) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[2] and tonumber(f['pending']) == 0
+      and tonumber(f['idle']) > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed = removed + 1
+  end
+end
+return removed
+";
+
 pub(crate) struct Scripts {
+    pub forget_idle: Script,
     pub ack: Script,
     pub extend: Script,
     pub retry: Script,
@@ -156,6 +179,7 @@ impl Scripts {
     pub fn new() -> Self {
         let with_helpers = |body: &str| Script::new(&format!("{OWNED}{body}"));
         Self {
+            forget_idle: Script::new(FORGET_IDLE),
             ack: with_helpers(ACK),
             extend: with_helpers(EXTEND),
             retry: with_helpers(RETRY),
