@@ -7,6 +7,9 @@ use openhqm_core::RequestRecord;
 
 use crate::ApiState;
 
+/// How long the last read of a wait may take.
+const LAST_LOOK: Duration = Duration::from_secs(1);
+
 /// Waits until the record is terminal, the wait runs out, or the process
 /// starts shutting down; returns the freshest record (read again when the
 /// wait ran out: it may have moved on from PENDING meanwhile), and whether it
@@ -35,26 +38,25 @@ pub(crate) async fn wait_for_answer(
             std::future::pending::<()>().await;
         }
     };
-    let waited = tokio::select! {
-        r = state.store.wait_terminal(id, wait) => r,
-        () = stopped => {
-            // Shutting down: one last look, then hand out the Location.
-            state.store.get(id).await.map(|r| r.filter(|r| r.status.is_terminal()))
+    // Finished, or the latest status: one read either way, and a short one,
+    // so a store that stopped answering holds no caller past its wait.
+    let latest = || async {
+        match tokio::time::timeout(LAST_LOOK, state.store.get(id)).await {
+            Ok(Ok(Some(now))) => Some(now),
+            _ => None,
         }
     };
-    let done = match waited {
-        Ok(done) => done,
-        Err(e) => {
-            tracing::warn!(correlation_id = %id, error = %e, "waiting for a result failed; answering with the status");
-            None
-        }
-    };
-    let latest = match done {
-        Some(done) => done,
-        None => match state.store.get(id).await {
-            Ok(Some(now)) => now,
-            _ => record,
+    let found = tokio::select! {
+        r = state.store.wait_terminal(id, wait) => match r {
+            Ok(Some(done)) => Some(done),
+            Ok(None) => latest().await,
+            Err(e) => {
+                tracing::warn!(correlation_id = %id, error = %e, "waiting for a result failed; answering with the status");
+                None
+            }
         },
+        // Shutting down: one last look, then hand out the Location.
+        () = stopped => latest().await,
     };
-    (latest, true)
+    (found.unwrap_or(record), true)
 }

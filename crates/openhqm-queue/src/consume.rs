@@ -67,12 +67,24 @@ where
                 // leave them leased to no one, to come back after the lease
                 // with an attempt used. It ends within its wait; what it
                 // got goes back at once, as the same attempt.
-                if let Ok(got) = receiving.await {
+                // All within the drain time, and the releases at once: a
+                // broker that stopped answering must not hold the shutdown.
+                let give_back = async {
+                    let Ok(got) = receiving.await else { return };
+                    let mut releases = JoinSet::new();
                     for delivery in got {
-                        if let Err(e) = delivery.nack(Nack::Release { delay: Duration::ZERO }).await {
+                        releases.spawn(async move {
+                            delivery.nack(Nack::Release { delay: Duration::ZERO }).await
+                        });
+                    }
+                    while let Some(released) = releases.join_next().await {
+                        if let Ok(Err(e)) = released {
                             tracing::warn!(error = %e, "{name}: could not give back a message received during shutdown");
                         }
                     }
+                };
+                if tokio::time::timeout(config.drain, give_back).await.is_err() {
+                    tracing::warn!("{name}: giving back messages received during shutdown took longer than the drain; left for their lease");
                 }
                 break;
             }

@@ -29,9 +29,11 @@ use crate::error::UpstreamError;
 pub struct Target {
     /// Base URL.
     pub url: Url,
-    /// The URL without credentials (`config::shown`): the metric label and
-    /// the `target_url` of logs.
+    /// The URL as configured, or without its credentials if it has any
+    /// (`config::shown`): the metric label and the `target_url` of logs.
     pub label: String,
+    /// The URL as configured: where consistent hashing places the target.
+    ring_key: String,
     /// Relative share of the load.
     pub weight: u32,
     in_flight: AtomicU64,
@@ -63,12 +65,14 @@ impl Target {
     fn new(
         cfg: &TargetConfig,
         url: Url,
+        label: String,
         breaker: Option<Breaker>,
         m: UpstreamTargetMetrics,
     ) -> Self {
         m.healthy.set(1);
         Self {
-            label: crate::config::shown(&url),
+            label,
+            ring_key: cfg.url.clone(),
             url,
             weight: cfg.weight.max(1),
             in_flight: AtomicU64::new(0),
@@ -240,11 +244,22 @@ impl Pool {
             message,
         };
         let mut targets = Vec::new();
-        for t in cfg.all_targets() {
+        for (i, t) in cfg.all_targets().into_iter().enumerate() {
             let url = crate::config::check_url(&t.url).map_err(bad)?;
             let breaker = cfg.circuit_breaker.as_ref().map(Breaker::new);
-            let m = metrics.upstream_target(name, &crate::config::shown(&url));
-            targets.push(Target::new(&t, url, breaker, m));
+            let has_credentials =
+                !url.username().is_empty() || url.password().is_some() || url.query().is_some();
+            let mut label = if has_credentials {
+                crate::config::shown(&url)
+            } else {
+                t.url.clone()
+            };
+            // Targets that differ only by credentials keep metrics apart.
+            if targets.iter().any(|o: &Target| o.label == label) {
+                label = format!("{label}#{i}");
+            }
+            let m = metrics.upstream_target(name, &label);
+            targets.push(Target::new(&t, url, label, breaker, m));
         }
         if targets.is_empty() {
             return Err(bad("no url and no targets".into()));
@@ -262,7 +277,7 @@ impl Pool {
             Strategy::ConsistentHash => {
                 let ids: Vec<(&str, u32)> = targets
                     .iter()
-                    .map(|t| (t.label.as_str(), t.weight))
+                    .map(|t| (t.ring_key.as_str(), t.weight))
                     .collect();
                 Selector::Hash(Ring::new(&ids))
             }

@@ -105,11 +105,18 @@ pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, 
     Ok(url)
 }
 
-/// Whether `path` is `base` or below it, segment by segment.
+/// Whether `path` is `base` or below it, segment by segment. A segment
+/// with an encoded `/` or `\` is refused too: a server that decodes it
+/// before resolving `..` would climb out (`..%2F..%2Fadmin`).
 fn within(base: &str, path: &str) -> bool {
     let base = base.trim_end_matches('/');
-    path.strip_prefix(base)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    let encoded_separator = |segment: &str| {
+        let lower = segment.to_ascii_lowercase();
+        lower.contains("%2f") || lower.contains("%5c")
+    };
+    path.strip_prefix(base).is_some_and(|rest| {
+        (rest.is_empty() || rest.starts_with('/')) && !rest.split('/').any(encoded_separator)
+    })
 }
 
 #[cfg(test)]
@@ -162,6 +169,9 @@ mod tests {
             "/%2e%2e/%2E%2E/admin",
             "/..\\..\\admin",
             "/x/../../../admin",
+            "/..%2F..%2Fadmin",
+            "/%2e%2e%2fadmin",
+            "/a/..%5c..%5Cadmin",
         ] {
             let mut env: Envelope = serde_json::from_str(
                 r#"{"correlation_id":"01890a5d-ac96-774b-bcce-b302099a8057","payload":1}"#,

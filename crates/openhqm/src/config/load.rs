@@ -186,28 +186,37 @@ struct Expansion<'a> {
 
 impl Expansion<'_> {
     /// `hint`: what an array item is read by (its default's first item).
-    fn tree(&mut self, value: &mut Value, path: &mut Vec<String>, hint: Option<Hint>) {
+    /// Returns `false` for a value in error, which its parent removes: the
+    /// key keeps its default and is reported once.
+    fn tree(&mut self, value: &mut Value, path: &mut Vec<String>, hint: Option<Hint>) -> bool {
         match value {
             Value::String(s) => {
                 let shown = path.join(".");
                 match expand(s, self.env) {
-                    Ok(expanded) if expanded == *s && !s.contains("$${") => {}
+                    Ok(expanded) if expanded == *s && !s.contains("$${") => true,
                     Ok(expanded) => {
                         let hint = hint.or_else(|| hint_for(self.defaults, path));
-                        *value = match hint {
+                        let read = match hint {
                             Some(Hint::Default(d)) if !d.is_string() && !d.is_null() => {
-                                match typed(&d, &expanded) {
-                                    Ok(v) => v,
-                                    Err(message) => {
-                                        self.errors.push(ConfigError::new(&shown, message));
-                                        return;
-                                    }
-                                }
+                                typed(&d, &expanded)
                             }
-                            _ => Value::String(expanded),
+                            _ => Ok(Value::String(expanded)),
                         };
+                        match read {
+                            Ok(v) => {
+                                *value = v;
+                                true
+                            }
+                            Err(message) => {
+                                self.errors.push(ConfigError::new(&shown, message));
+                                false
+                            }
+                        }
                     }
-                    Err(message) => self.errors.push(ConfigError::new(&shown, message)),
+                    Err(message) => {
+                        self.errors.push(ConfigError::new(&shown, message));
+                        false
+                    }
                 }
             }
             Value::Array(items) => {
@@ -215,20 +224,29 @@ impl Expansion<'_> {
                     Some(Hint::Default(Value::Array(d))) => d.first().cloned(),
                     _ => None,
                 };
+                let mut ok = true;
                 for (i, item) in items.iter_mut().enumerate() {
                     path.push(i.to_string());
-                    self.tree(item, path, item_hint.clone().map(Hint::Default));
+                    ok &= self.tree(item, path, item_hint.clone().map(Hint::Default));
                     path.pop();
                 }
+                ok
             }
             Value::Object(map) => {
+                let mut in_error = Vec::new();
                 for (k, v) in map.iter_mut() {
                     path.push(k.clone());
-                    self.tree(v, path, None);
+                    if !self.tree(v, path, None) {
+                        in_error.push(k.clone());
+                    }
                     path.pop();
                 }
+                for k in in_error {
+                    map.remove(&k);
+                }
+                true
             }
-            _ => {}
+            _ => true,
         }
     }
 }

@@ -329,6 +329,11 @@ fn expanded_file_values_are_read_by_the_type_of_their_key() {
             .any(|e| e.contains("worker.count") && e.contains("many")),
         "{errors:?}"
     );
+    assert_eq!(
+        errors.iter().filter(|e| e.contains("worker.count")).count(),
+        1,
+        "reported once: {errors:?}"
+    );
 }
 
 #[test]
