@@ -167,6 +167,10 @@ impl Inner {
                 tracing::info!(%host, error = %failure.message, retry_in_ms = delay.as_millis() as u64, "callback failed; retry scheduled");
                 settled(delivery.nack(Nack::Retry { delay }).await);
             }
+            // The dispatcher reports no `Busy` failures; a release is not an attempt.
+            Decision::Release { delay } => {
+                settled(delivery.nack(Nack::Release { delay }).await);
+            }
             Decision::GiveUp { reason, .. } => {
                 tracing::warn!(%host, error = %reason, "callback given up; dead-lettered");
                 self.give_up(delivery, reason).await;

@@ -19,6 +19,10 @@ pub enum FailureKind {
     Timeout,
     /// Trying again cannot help (bad input, unknown operation).
     Permanent,
+    /// The attempt could not start: a limit of this process was full (a
+    /// backend's concurrency cap or rate limit). Not an attempt: the message
+    /// waits in the queue and comes back as the same attempt.
+    Busy,
 }
 
 /// A failed attempt.
@@ -98,6 +102,11 @@ pub enum Decision {
         /// How long the queue holds the message.
         delay: Duration,
     },
+    /// Put the message back for `delay` as the same attempt: it never ran.
+    Release {
+        /// How long the queue holds the message.
+        delay: Duration,
+    },
     /// Dead-letter the message and finish the request with `status`.
     GiveUp {
         /// FAILED or TIMEOUT.
@@ -113,6 +122,12 @@ pub enum Decision {
 pub fn decide(failure: &Failure, attempt: u32, policy: &Backoff, jitter: f64) -> Decision {
     let exhausted = attempt > policy.max_retries;
     match failure.kind {
+        // When the limit frees up, if known; else a short, jittered wait.
+        FailureKind::Busy => Decision::Release {
+            delay: failure
+                .retry_after
+                .map_or_else(|| policy.delay(1, jitter), |asked| asked.min(policy.max)),
+        },
         FailureKind::Permanent => Decision::GiveUp {
             status: RequestStatus::Failed,
             reason: failure.message.clone(),
@@ -205,6 +220,14 @@ mod tests {
         // Retry-After raises the delay, but never past the configured maximum.
         check(Transient, Some(30), 1, 0.0, retry(30_000));
         check(Transient, Some(3600), 1, 0.0, retry(60_000));
+        // Busy: back as the same attempt, however many came before, after
+        // the limit's own wait if it knows it.
+        let release = |ms| Decision::Release {
+            delay: Duration::from_millis(ms),
+        };
+        check(Busy, None, 9, 0.0, release(2000));
+        check(Busy, Some(3), 9, 0.0, release(3000));
+        check(Busy, Some(3600), 1, 0.0, release(60_000));
     }
 
     #[test]

@@ -382,6 +382,7 @@ impl Metrics {
             errors_transient: errors("transient"),
             errors_timeout: errors("timeout"),
             errors_permanent: errors("permanent"),
+            errors_busy: errors("busy"),
             errors_malformed: errors("malformed"),
             errors_sink: errors("sink"),
             retries: self.worker_retries.clone(),
@@ -434,6 +435,8 @@ pub struct WorkerMetrics {
     pub errors_timeout: Counter,
     /// Permanent errors.
     pub errors_permanent: Counter,
+    /// Attempts that could not start for a full local limit (put back).
+    pub errors_busy: Counter,
     /// Messages that could not be decoded.
     pub errors_malformed: Counter,
     /// Finished requests a completion sink could not take (retried).

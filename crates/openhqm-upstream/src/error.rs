@@ -109,10 +109,11 @@ impl UpstreamError {
             | Self::ResponseTooLarge { .. } => FailureKind::Permanent,
             Self::Timeout(_) => FailureKind::Timeout,
             Self::Network(e) if e.is_timeout() => FailureKind::Timeout,
-            Self::NoHealthyTarget { .. }
-            | Self::Saturated { .. }
-            | Self::Network(_)
-            | Self::RetryableStatus { .. } => FailureKind::Transient,
+            // The attempt never started: it waits for a slot, uncounted.
+            Self::Saturated { .. } => FailureKind::Busy,
+            Self::NoHealthyTarget { .. } | Self::Network(_) | Self::RetryableStatus { .. } => {
+                FailureKind::Transient
+            }
         }
     }
 

@@ -53,7 +53,7 @@ async fn concurrency_cap_is_never_exceeded_under_load() {
 }
 
 #[tokio::test]
-async fn waiting_for_a_permit_past_the_deadline_is_transient() {
+async fn waiting_for_a_permit_past_the_deadline_is_busy_not_an_attempt() {
     let (router, _) = counting_backend(Duration::from_secs(3));
     let mut e = EndpointConfig::with_url(url(serve(router).await));
     e.max_concurrency = Some(1);
@@ -67,7 +67,7 @@ async fn waiting_for_a_permit_past_the_deadline_is_transient() {
     });
     assert_eq!(first.unwrap_err().kind, FailureKind::Timeout);
     let second = second.unwrap_err();
-    assert_eq!(second.kind, FailureKind::Transient);
+    assert_eq!(second.kind, FailureKind::Busy);
     assert!(
         second.message.contains("concurrency limit"),
         "{}",
@@ -91,7 +91,7 @@ async fn a_slot_wait_takes_at_most_half_the_attempt_so_the_backend_is_not_blamed
     });
     first.expect("the first call is answered");
     let second = second.unwrap_err();
-    assert_eq!(second.kind, FailureKind::Transient, "{}", second.message);
+    assert_eq!(second.kind, FailureKind::Busy, "{}", second.message);
     assert!(
         second.message.contains("concurrency limit"),
         "refused for the slot, not timed out at the backend: {}",
@@ -152,7 +152,7 @@ async fn rate_wait_past_the_deadline_fails_with_retry_after() {
     let p = processor(&config(e));
     call(&p, &envelope("{}", &[])).await.unwrap();
     let err = call(&p, &envelope("{}", &[])).await.unwrap_err();
-    assert_eq!(err.kind, FailureKind::Transient);
+    assert_eq!(err.kind, FailureKind::Busy);
     assert!(err.message.contains("rate limit"), "{}", err.message);
     let after = err.retry_after.unwrap();
     assert!(

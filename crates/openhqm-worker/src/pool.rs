@@ -422,6 +422,7 @@ impl Handler {
             FailureKind::Transient => m.errors_transient.inc(),
             FailureKind::Timeout => m.errors_timeout.inc(),
             FailureKind::Permanent => m.errors_permanent.inc(),
+            FailureKind::Busy => m.errors_busy.inc(),
         };
         // The backend's last answer, if any, stays visible with the error.
         let answer = failure.response.as_deref();
@@ -448,6 +449,21 @@ impl Handler {
                 };
                 if self.record(id, update).await.is_some() {
                     self.finish(delivery.nack(Nack::Retry { delay }).await);
+                } else {
+                    self.retry_later(delivery).await;
+                }
+            }
+            Decision::Release { delay } => {
+                tracing::debug!(error = %failure.message, retry_in_ms = delay.as_millis() as u64, "attempt could not start; put back as the same attempt");
+                // Back to PENDING, with the attempts that really ran.
+                let update = Update {
+                    to: RequestStatus::Pending,
+                    attempts: Some(attempt.saturating_sub(1)),
+                    outcome: None,
+                    redrive: None,
+                };
+                if self.record(id, update).await.is_some() {
+                    self.finish(delivery.nack(Nack::Release { delay }).await);
                 } else {
                     self.retry_later(delivery).await;
                 }

@@ -634,3 +634,40 @@ async fn a_failure_after_a_duplicate_completed_the_request_is_acked_not_dead_let
     );
     rig.stop().await;
 }
+
+/// Cannot start its first `times` attempts (a full local limit), then echoes.
+struct BusyAtFirst {
+    times: u32,
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl Processor for BusyAtFirst {
+    async fn process(&self, request: &Request<'_>) -> Result<Output, Failure> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < self.times {
+            return Err(Failure::new(FailureKind::Busy, "at the concurrency limit"));
+        }
+        Ok(Output::json(json!({"attempt": request.attempt})))
+    }
+}
+
+#[tokio::test]
+async fn an_attempt_that_could_not_start_is_put_back_not_counted() {
+    let busy = Arc::new(BusyAtFirst {
+        times: 5,
+        calls: AtomicU32::new(0),
+    });
+    // One retry allowed, five times busy: only uncounted put-backs let it
+    // complete.
+    let rig = rig(Arc::clone(&busy) as Arc<dyn Processor>, config(4, 1)).await;
+    let id = rig.submit(json!({"payload": 1})).await;
+    let done = rig.wait_terminal(id).await;
+    assert_eq!(done.status, RequestStatus::Completed);
+    assert_eq!(done.attempts, 1, "the put-backs were not attempts");
+    assert_eq!(busy.calls.load(Ordering::SeqCst), 6);
+    assert_eq!(
+        done.outcome.and_then(|o| o.result),
+        Some(json!({"attempt": 1}))
+    );
+    rig.stop().await;
+}
