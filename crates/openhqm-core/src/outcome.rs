@@ -225,7 +225,8 @@ mod tests {
         let release = |ms| Decision::Release {
             delay: Duration::from_millis(ms),
         };
-        check(Busy, None, 9, 0.0, release(2000));
+        check(Busy, None, 9, 0.0, release(1000));
+        check(Busy, None, 9, 1.0, release(2000));
         check(Busy, Some(3), 9, 0.0, release(3000));
         check(Busy, Some(3600), 1, 0.0, release(60_000));
     }
