@@ -99,6 +99,16 @@ async fn serve_with(
 }
 
 impl Api {
+    /// The one message the queue holds now; fails naming `what` otherwise.
+    async fn take_one(&self, what: &str) -> openhqm_queue::Delivery {
+        self.queue
+            .receive(1, Duration::from_secs(1))
+            .await
+            .expect("receive")
+            .pop()
+            .unwrap_or_else(|| panic!("no delivery: {what}"))
+    }
+
     async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.base))
@@ -164,13 +174,7 @@ async fn submit_accepts_any_json_payload_and_stores_it_verbatim() {
         assert_eq!(status["status"], "PENDING");
         assert_eq!(status["submitted_at"], accepted["submitted_at"]);
 
-        let delivery = api
-            .queue
-            .receive(1, Duration::from_secs(1))
-            .await
-            .expect("receive")
-            .pop()
-            .expect("queued");
+        let delivery = api.take_one("queued").await;
         let envelope = Envelope::from_json(&delivery.message().body).expect("envelope");
         assert_eq!(envelope.correlation_id, id);
         assert_eq!(envelope.payload.get(), payload);
@@ -671,13 +675,7 @@ async fn dead_letters_are_listed_with_their_reason_and_redriven() {
         .expect("id")
         .to_owned();
     // A worker gave up on it.
-    let delivery = api
-        .queue
-        .receive(1, Duration::from_secs(1))
-        .await
-        .expect("receive")
-        .pop()
-        .expect("a delivery");
+    let delivery = api.take_one("a delivery").await;
     delivery
         .nack(openhqm_queue::Nack::DeadLetter {
             reason: "backend said 400".into(),
@@ -722,13 +720,7 @@ async fn dead_letters_are_listed_with_their_reason_and_redriven() {
     assert_eq!(redriven.status(), StatusCode::OK);
     assert_eq!(json_of(redriven).await, json!({"redriven": 1}));
     assert_eq!(api.queue.dead_letter_depth().await.expect("dlq"), 0);
-    let back = api
-        .queue
-        .receive(1, Duration::from_secs(1))
-        .await
-        .expect("receive")
-        .pop()
-        .expect("redriven message");
+    let back = api.take_one("redriven message").await;
     assert!(
         back.message()
             .attributes

@@ -318,7 +318,14 @@ async fn a_shutdown_during_a_blocking_read_gives_back_what_the_read_took() {
             .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await; // blocked in XREADGROUP
+    // Wait until the consumer is blocked in XREADGROUP, as Redis reports it.
+    eventually(Duration::from_secs(5), "a blocked read", || async {
+        let info: String =
+            redis::from_redis_value(raw(&server, redis::cmd("INFO").arg("clients")).await)
+                .expect("info");
+        !info.contains("blocked_clients:0")
+    })
+    .await;
     stop.send(true).expect("stop");
     // Arrives while that read still blocks: Redis hands it to consumer a.
     q.publish(OutgoingMessage::new("late"))

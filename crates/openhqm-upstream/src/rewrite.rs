@@ -111,8 +111,10 @@ pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, 
 fn within(base: &str, path: &str) -> bool {
     let base = base.trim_end_matches('/');
     let encoded_separator = |segment: &str| {
-        let lower = segment.to_ascii_lowercase();
-        lower.contains("%2f") || lower.contains("%5c")
+        segment.as_bytes().windows(3).any(|w| {
+            w[0] == b'%'
+                && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
+        })
     };
     path.strip_prefix(base).is_some_and(|rest| {
         (rest.is_empty() || rest.starts_with('/')) && !rest.split('/').any(encoded_separator)
