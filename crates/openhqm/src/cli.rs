@@ -69,8 +69,19 @@ impl Cli {
 }
 
 /// `openhqm check-config`: the effective configuration on stdout, errors on stderr.
+///
+/// A config file that could not be read or parsed (an error about the file
+/// as a whole) leaves no effective configuration to show: printing the
+/// defaults instead would look like what would run.
 #[must_use]
 pub fn check_config(config: &Config, errors: &[ConfigError]) -> ExitCode {
+    if errors.iter().any(ConfigError::is_about_the_file) {
+        for e in errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!("the config file could not be loaded; no effective configuration to show");
+        return ExitCode::from(2);
+    }
     let printed = serde_json::to_value(config).map(|mut tree| {
         mask_for_printing(&mut tree);
         tree

@@ -323,6 +323,29 @@ fn check_config_lists_every_error_by_key_and_exits_non_zero() {
 }
 
 #[test]
+fn check_config_shows_no_configuration_when_the_file_cannot_be_loaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(&file, "server:\n  port: [1,\n").expect("write");
+    for path in [file, dir.path().join("missing.yaml")] {
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&*path.to_string_lossy()), "{stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "defaults printed as if they were the configuration:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
 fn check_config_prints_the_effective_config_with_secrets_masked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("ok.yaml");

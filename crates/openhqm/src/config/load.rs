@@ -43,6 +43,13 @@ impl ConfigError {
             message: message.into(),
         }
     }
+
+    /// Whether this is about the config file as a whole (unreadable, not
+    /// YAML, not a mapping) rather than one key.
+    #[must_use]
+    pub fn is_about_the_file(&self) -> bool {
+        self.key.is_empty()
+    }
 }
 
 impl fmt::Display for ConfigError {
