@@ -84,6 +84,7 @@ pub fn check_config(config: &Config, errors: &[ConfigError]) -> ExitCode {
     }
     let printed = serde_json::to_value(config).map(|mut tree| {
         mask_for_printing(&mut tree);
+        show_redis_urls(&mut tree, config);
         tree
     });
     match printed
@@ -102,6 +103,23 @@ pub fn check_config(config: &Config, errors: &[ConfigError]) -> ExitCode {
     }
     eprintln!("{} configuration error(s)", errors.len());
     ExitCode::from(2)
+}
+
+/// Redis URLs are `Secret`s (a password may be in them) and serialize as
+/// `***`; which server they point at is worth seeing, so they are shown
+/// with only the password (and query) masked.
+fn show_redis_urls(tree: &mut serde_json::Value, config: &Config) {
+    let urls = [
+        ("queue", &config.queue.redis_url),
+        ("cache", &config.cache.redis_url),
+    ];
+    for (section, url) in urls {
+        if let Some(slot) = tree.get_mut(section).and_then(|s| s.get_mut("redis_url"))
+            && let Some(shown) = openhqm_upstream::config::printable_url(url.expose())
+        {
+            *slot = serde_json::Value::String(shown);
+        }
+    }
 }
 
 /// Masks what a printed configuration must not show beyond its `Secret`s

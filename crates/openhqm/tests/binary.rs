@@ -356,6 +356,10 @@ fn check_config_prints_the_effective_config_with_secrets_masked() {
         .arg(&file)
         .env("TOKEN", "hunter2-secret")
         .env("OPENHQM_WORKER__COUNT", "12")
+        .env(
+            "OPENHQM_QUEUE__REDIS_URL",
+            "redis://app:hunter2-redis@127.0.0.1:6390/0",
+        )
         .output()
         .expect("run");
     assert!(
@@ -371,6 +375,15 @@ fn check_config_prints_the_effective_config_with_secrets_masked() {
     );
     assert!(!stdout.contains("hunter2"), "secret printed:\n{stdout}");
     assert!(stdout.contains("Accept: application/json"), "{stdout}");
+    // Where Redis is stays visible; only its password is masked.
+    assert!(
+        stdout.contains("redis_url: redis://app:***@127.0.0.1:6390/0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("redis_url: redis://localhost:6379"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -238,6 +238,14 @@ pub fn masked_url(text: &str) -> Option<String> {
     Some(url.into())
 }
 
+/// `text` for printing if it is a URL: as given, with any password and
+/// query masked; `None` if it is not a URL (then print none of it).
+#[must_use]
+pub fn printable_url(text: &str) -> Option<String> {
+    Url::parse(text).ok()?;
+    Some(masked_url(text).unwrap_or_else(|| text.to_owned()))
+}
+
 /// Whether a static header's value is likely a credential, by its name.
 #[must_use]
 pub fn is_sensitive_header(name: &str) -> bool {
