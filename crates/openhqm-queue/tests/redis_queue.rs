@@ -398,6 +398,8 @@ async fn consumers_of_gone_processes_are_forgotten_but_never_one_holding_work() 
         .await
         .expect("publish");
     let held = take_one(&holder, Duration::from_secs(2), "host-2 takes it").await;
+    // Not synchronisation: the consumers must have been idle longer than the
+    // 100 ms threshold below, and only time passing does that.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let forgotten = me
         .forget_idle_consumers(Duration::from_millis(100))

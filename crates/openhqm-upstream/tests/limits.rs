@@ -7,32 +7,37 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use axum::Router;
 use common::*;
 use openhqm_core::FailureKind;
 use openhqm_upstream::{EndpointConfig, RateLimitConfig};
 
-/// A backend that counts requests in flight and remembers the most seen.
-fn counting_backend(hold: Duration) -> (Router, Arc<AtomicUsize>) {
+/// A backend that counts requests in flight and remembers the most seen;
+/// `arrived` is notified as each request comes in.
+fn counting_backend(hold: Duration) -> (Router, Arc<AtomicUsize>, Arc<Notify>) {
     let current = Arc::new(AtomicUsize::new(0));
     let max = Arc::new(AtomicUsize::new(0));
-    let (c, m) = (current, Arc::clone(&max));
+    let arrived = Arc::new(Notify::new());
+    let (c, m, a) = (current, Arc::clone(&max), Arc::clone(&arrived));
     let router = Router::new().fallback(move || {
-        let (c, m) = (Arc::clone(&c), Arc::clone(&m));
+        let (c, m, a) = (Arc::clone(&c), Arc::clone(&m), Arc::clone(&a));
         async move {
             let now = c.fetch_add(1, Ordering::SeqCst) + 1;
             m.fetch_max(now, Ordering::SeqCst);
+            a.notify_one();
             tokio::time::sleep(hold).await;
             c.fetch_sub(1, Ordering::SeqCst);
             "{}"
         }
     });
-    (router, max)
+    (router, max, arrived)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_cap_is_never_exceeded_under_load() {
-    let (router, max) = counting_backend(Duration::from_millis(20));
+    let (router, max, _) = counting_backend(Duration::from_millis(20));
     let mut e = EndpointConfig::with_url(url(serve(router).await));
     e.max_concurrency = Some(5);
     let p = Arc::new(processor(&config(e)));
@@ -54,14 +59,15 @@ async fn concurrency_cap_is_never_exceeded_under_load() {
 
 #[tokio::test]
 async fn waiting_for_a_permit_past_the_deadline_is_busy_not_an_attempt() {
-    let (router, _) = counting_backend(Duration::from_secs(3));
+    let (router, _, arrived) = counting_backend(Duration::from_secs(3));
     let mut e = EndpointConfig::with_url(url(serve(router).await));
     e.max_concurrency = Some(1);
     e.timeout = 1;
     let p = processor(&config(e));
     let env = envelope("{}", &[]);
     let (first, second) = tokio::join!(call(&p, &env), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Once the first call holds the one slot (its request is in):
+        arrived.notified().await;
         // The attempt's own timeout ends well before the first call's.
         call_within(&p, &envelope("{}", &[]), Duration::from_millis(300)).await
     });
@@ -77,16 +83,17 @@ async fn waiting_for_a_permit_past_the_deadline_is_busy_not_an_attempt() {
 
 #[tokio::test]
 async fn a_slot_wait_takes_at_most_half_the_attempt_so_the_backend_is_not_blamed() {
-    let (router, _) = counting_backend(Duration::from_millis(600));
+    let (router, _, arrived) = counting_backend(Duration::from_millis(600));
     let mut e = EndpointConfig::with_url(url(serve(router).await));
     e.max_concurrency = Some(1);
     e.timeout = 1;
     let p = processor(&config(e));
     let (one, two) = (envelope("{}", &[]), envelope("{}", &[]));
     let (first, second) = tokio::join!(call(&p, &one), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // The slot frees at 600 ms, past half of this attempt's second; taken
-        // then, the 600 ms backend could not answer in what is left.
+        arrived.notified().await;
+        // The first call holds the one slot. It frees 600 ms from now, past
+        // half of this attempt's second; taken then, the 600 ms backend
+        // could not answer in what is left.
         call(&p, &two).await
     });
     first.expect("the first call is answered");
