@@ -75,13 +75,26 @@ impl Cli {
 /// defaults instead would look like what would run.
 #[must_use]
 pub fn check_config(config: &Config, errors: &[ConfigError]) -> ExitCode {
-    if errors.iter().any(ConfigError::is_about_the_file) {
-        for e in errors {
-            eprintln!("error: {e}");
-        }
-        eprintln!("the config file could not be loaded; no effective configuration to show");
-        return ExitCode::from(2);
+    let file_unusable = errors.iter().any(ConfigError::is_about_the_file);
+    if !file_unusable {
+        print_effective(config);
     }
+    if errors.is_empty() {
+        eprintln!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{} configuration error(s)", errors.len());
+    if file_unusable {
+        eprintln!("the config file could not be loaded; no effective configuration to show");
+    }
+    ExitCode::from(2)
+}
+
+/// `config` as YAML on stdout, secrets masked.
+fn print_effective(config: &Config) {
     let printed = serde_json::to_value(config).map(|mut tree| {
         mask_for_printing(&mut tree);
         show_redis_urls(&mut tree, config);
@@ -94,15 +107,6 @@ pub fn check_config(config: &Config, errors: &[ConfigError]) -> ExitCode {
         Ok(yaml) => print!("{yaml}"),
         Err(e) => eprintln!("error: cannot print the configuration: {e}"),
     }
-    if errors.is_empty() {
-        eprintln!("configuration is valid");
-        return ExitCode::SUCCESS;
-    }
-    for e in errors {
-        eprintln!("error: {e}");
-    }
-    eprintln!("{} configuration error(s)", errors.len());
-    ExitCode::from(2)
 }
 
 /// Redis URLs are `Secret`s (a password may be in them) and serialize as

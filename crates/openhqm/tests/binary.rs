@@ -300,6 +300,13 @@ async fn request_logs_carry_the_correlation_id_and_worker_metrics_are_exported()
     }
 }
 
+/// `openhqm check-config --config file`, ready to run.
+fn check_config(file: &std::path::Path) -> Command {
+    let mut command = Command::new(BIN);
+    command.arg("check-config").arg("--config").arg(file);
+    command
+}
+
 #[test]
 fn check_config_lists_every_error_by_key_and_exits_non_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -309,12 +316,7 @@ fn check_config_lists_every_error_by_key_and_exits_non_zero() {
         "server:\n  prot: 1\nqueue:\n  type: kafka\nworker:\n  count: 0\n",
     )
     .expect("write");
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .expect("run");
+    let out = check_config(&file).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     for key in ["`server.prot`", "`queue.type`", "`worker.count`"] {
@@ -328,12 +330,7 @@ fn check_config_shows_no_configuration_when_the_file_cannot_be_loaded() {
     let file = dir.path().join("broken.yaml");
     std::fs::write(&file, "server:\n  port: [1,\n").expect("write");
     for path in [file, dir.path().join("missing.yaml")] {
-        let out = Command::new(BIN)
-            .arg("check-config")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .expect("run");
+        let out = check_config(&path).output().expect("run");
         assert_eq!(out.status.code(), Some(2));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(&*path.to_string_lossy()), "{stderr}");
@@ -350,10 +347,7 @@ fn check_config_prints_the_effective_config_with_secrets_masked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("ok.yaml");
     std::fs::write(&file, "proxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:9\n      auth_type: bearer\n      auth_token: ${TOKEN}\n    fn:\n      url: https://app:hunter2-pw@fn.example/run?code=hunter2-code\n      headers:\n        X-Api-Key: hunter2-key\n        Accept: application/json\n").expect("write");
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg("--config")
-        .arg(&file)
+    let out = check_config(&file)
         .env("TOKEN", "hunter2-secret")
         .env("OPENHQM_WORKER__COUNT", "12")
         .env(
