@@ -12,7 +12,7 @@ the appends' latency, the floor under the submit p99 of `bench/run.sh`:
   paced   the same bytes, synced every 256 KiB
 
 Each append is 16 KiB (one group of ~50 envelopes) to a preallocated file,
-so fdatasync need not touch metadata. Prints per-append percentiles and the
+written round, so fdatasync need not touch metadata. Prints per-append percentiles and the
 share of wall time spent in appends slower than 8 ms.
 
   python3 bench/disk-stalls.py [--dir DIR] [--seconds N]
@@ -27,7 +27,7 @@ import time
 APPEND = 16 * 1024
 TABLE = 8 * 1024 * 1024
 CHUNK = 256 * 1024
-LOG_BYTES = 512 * 1024 * 1024
+LOG_BYTES = 64 * 1024 * 1024
 
 
 def bulk_writer(directory, paced, stop):
@@ -57,6 +57,7 @@ def measure(directory, mode, seconds):
     for _ in range(LOG_BYTES >> 20):
         os.write(fd, zeros)
     os.fsync(fd)
+    time.sleep(1)  # let the device settle after the preallocation
     stop = threading.Event()
     writer = None
     if mode != "alone":
@@ -65,14 +66,15 @@ def measure(directory, mode, seconds):
     record = b"x" * APPEND
     latencies = []
     offset = 0
-    end = time.monotonic() + seconds
+    began = time.monotonic()
     try:
-        while time.monotonic() < end and offset + APPEND <= LOG_BYTES:
+        while time.monotonic() < began + seconds:
             start = time.perf_counter()
             os.pwrite(fd, record, offset)
             os.fdatasync(fd)
             latencies.append(time.perf_counter() - start)
-            offset += APPEND
+            offset = (offset + APPEND) % LOG_BYTES
+        elapsed = time.monotonic() - began
     finally:
         stop.set()
         if writer:
@@ -84,8 +86,8 @@ def measure(directory, mode, seconds):
     def pct(p):
         return latencies[min(n - 1, int(n * p))] * 1e3
 
-    stalled = sum(x for x in latencies if x > 0.008) / seconds * 100
-    return n / seconds, pct(0.5), pct(0.99), pct(0.999), latencies[-1] * 1e3, stalled
+    stalled = sum(x for x in latencies if x > 0.008) / elapsed * 100
+    return n / elapsed, pct(0.5), pct(0.99), pct(0.999), latencies[-1] * 1e3, stalled
 
 
 def main():

@@ -47,7 +47,6 @@ async fn jobs_carry_the_response_json_and_only_allowed_urls_are_queued() {
                 dead_letter_name: "callbacks-dlq".into(),
                 lease: Duration::from_secs(5),
                 max_payload: 1 << 20,
-                record_cache_bytes: EmbeddedQueueConfig::RECORD_CACHE_BYTES,
             },
         )
         .expect("queue"),

@@ -50,7 +50,6 @@ async fn serve_with(
         dead_letter_name: "requests-dlq".into(),
         lease: Duration::from_secs(30),
         max_payload: MAX_BODY * 2,
-        record_cache_bytes: EmbeddedQueueConfig::RECORD_CACHE_BYTES,
     };
     let queue: Arc<dyn QueueBackend> =
         Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"));

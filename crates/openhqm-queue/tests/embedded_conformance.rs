@@ -14,19 +14,13 @@ use openhqm_queue::conformance::Harness;
 struct Embedded {
     dir: tempfile::TempDir,
     db: Mutex<Option<EmbeddedDb>>,
-    cache_bytes: usize,
 }
 
 impl Embedded {
     fn new() -> Self {
-        Self::with_cache(EmbeddedQueueConfig::RECORD_CACHE_BYTES)
-    }
-
-    fn with_cache(cache_bytes: usize) -> Self {
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
             db: Mutex::new(None),
-            cache_bytes,
         }
     }
 
@@ -42,7 +36,6 @@ impl Embedded {
             dead_letter_name: "conformance-dlq".into(),
             lease: self.lease(),
             max_payload: 64 * 1024,
-            record_cache_bytes: self.cache_bytes,
         };
         Arc::new(EmbeddedQueue::open(db, config).expect("open queue"))
     }
@@ -70,11 +63,3 @@ impl Harness for Embedded {
 }
 
 openhqm_queue::conformance_tests!(Embedded::new());
-
-/// The suite again without the record cache: every message is read from
-/// storage when it is taken, as those past the cache's budget are.
-mod reading_from_storage {
-    use super::*;
-
-    openhqm_queue::conformance_tests!(Embedded::with_cache(0));
-}

@@ -13,7 +13,6 @@ fn config() -> EmbeddedQueueConfig {
         dead_letter_name: "requests-dlq".into(),
         lease: Duration::from_secs(60),
         max_payload: 1 << 20,
-        record_cache_bytes: EmbeddedQueueConfig::RECORD_CACHE_BYTES,
     }
 }
 
@@ -198,26 +197,4 @@ async fn a_damaged_dead_letter_hides_no_other_and_blocks_no_redrive() {
         .await
         .expect("receive");
     assert_eq!(again[0].message().body.as_ref(), b"m");
-}
-
-#[tokio::test]
-async fn a_message_is_handed_out_from_memory_without_reading_storage() {
-    let (_dir, db, queue) = queue().await;
-    queue
-        .publish(OutgoingMessage::new(b"kept".to_vec()))
-        .await
-        .expect("publish");
-    // Storage answers nothing for it any more; only the record cache can.
-    let ks = db.keyspace("requests").expect("keyspace");
-    db.write(openhqm_embedded::Wait::Applied, move |ctx| {
-        ctx.remove(&ks, &0u64.to_be_bytes());
-    })
-    .await
-    .expect("write");
-    let got = queue
-        .receive(1, Duration::from_secs(1))
-        .await
-        .expect("receive");
-    assert_eq!(got.len(), 1, "taking it read no storage");
-    assert_eq!(got[0].message().body.as_ref(), b"kept");
 }

@@ -60,22 +60,21 @@ struct Subject {
     queue: Arc<dyn QueueBackend>,
 }
 
-fn open(dir: tempfile::TempDir, cache_bytes: usize) -> Subject {
+fn open(dir: tempfile::TempDir) -> Subject {
     let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
     let config = EmbeddedQueueConfig {
         name: "model".into(),
         dead_letter_name: "model-dlq".into(),
         lease: Duration::from_secs(600),
         max_payload: 1024,
-        record_cache_bytes: cache_bytes,
     };
     let queue = Arc::new(EmbeddedQueue::open(db.clone(), config).expect("queue"));
     Subject { dir, db, queue }
 }
 
-async fn run(seed: u64, steps: usize, cache_bytes: usize) {
+async fn run(seed: u64, steps: usize) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut subject = open(tempfile::tempdir().expect("tempdir"), cache_bytes);
+    let mut subject = open(tempfile::tempdir().expect("tempdir"));
     let mut model = Model::default();
     let mut held: Vec<Delivery> = Vec::new();
     let mut next = 0u32;
@@ -192,7 +191,7 @@ async fn run(seed: u64, steps: usize, cache_bytes: usize) {
                 // Every handle must be gone before the directory is opened again.
                 let Subject { dir, db, queue } = subject;
                 drop((queue, db));
-                subject = open(dir, cache_bytes);
+                subject = open(dir);
             }
             _ => {}
         }
@@ -217,7 +216,7 @@ async fn run(seed: u64, steps: usize, cache_bytes: usize) {
     subject.db.close().await;
     let Subject { dir, db, queue } = subject;
     drop((queue, db));
-    let subject = open(dir, cache_bytes);
+    let subject = open(dir);
     let mut drained = BTreeMap::new();
     loop {
         let got = subject
@@ -262,15 +261,6 @@ async fn run(seed: u64, steps: usize, cache_bytes: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_queue_agrees_with_the_model() {
     for seed in 0..24 {
-        run(seed, 250, EmbeddedQueueConfig::RECORD_CACHE_BYTES).await;
-    }
-}
-
-/// The same without the record cache: every message is read from storage
-/// when it is taken, as those past the cache's budget are.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_queue_reading_from_storage_agrees_with_the_model() {
-    for seed in 100..108 {
-        run(seed, 250, 0).await;
+        run(seed, 250).await;
     }
 }

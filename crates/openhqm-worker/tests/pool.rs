@@ -52,7 +52,6 @@ async fn rig(processor: Arc<dyn Processor>, config: WorkerConfig) -> Rig {
         dead_letter_name: "requests-dlq".into(),
         lease: config.lease,
         max_payload: 1 << 20,
-        record_cache_bytes: EmbeddedQueueConfig::RECORD_CACHE_BYTES,
     };
     let queue: Arc<dyn QueueBackend> =
         Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"));

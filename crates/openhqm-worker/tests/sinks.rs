@@ -54,7 +54,6 @@ fn open_queue(db: &EmbeddedDb, name: &str) -> Arc<dyn QueueBackend> {
         dead_letter_name: format!("{name}-dlq"),
         lease: Duration::from_secs(2),
         max_payload: 1 << 20,
-        record_cache_bytes: EmbeddedQueueConfig::RECORD_CACHE_BYTES,
     };
     Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"))
 }

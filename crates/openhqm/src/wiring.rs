@@ -98,7 +98,6 @@ fn open_backends(config: &Config) -> anyhow::Result<Backends> {
             dead_letter_name: config.queue.dlq_name.clone(),
             lease: secs(config.queue.lease_seconds),
             max_payload: config.server.max_body_size.saturating_mul(2).max(64 * 1024),
-            record_cache_bytes: EmbeddedQueueConfig::RECORD_CACHE_BYTES,
         },
     )
     .context("cannot open the embedded queue")?;
@@ -153,7 +152,6 @@ async fn open_side_queue(
             dead_letter_name: dead_letter_name.to_owned(),
             lease: secs(config.queue.lease_seconds),
             max_payload: side_queue_max_payload(config),
-            record_cache_bytes: EmbeddedQueueConfig::RECORD_CACHE_BYTES,
         },
     )
     .with_context(|| format!("cannot open the embedded queue `{name}`"))?;

@@ -8,9 +8,7 @@
 //!   A publish returns only once its group commit is durable.
 //! - **Dispatch.** Which messages are waiting, delayed or leased is kept in
 //!   memory and rebuilt from the keyspace on open. Waiting messages are handed
-//!   out by priority, FIFO within a priority. Their records are kept in
-//!   memory too, within a budget ([`cache`]), so handing one out reads no
-//!   storage.
+//!   out by priority, FIFO within a priority.
 //! - **Leases.** A delivery holds a lease in memory, on the monotonic clock
 //!   (a wall-clock step expires none); when it runs out the message goes
 //!   back in line with attempt + 1. A process that dies loses all
@@ -29,7 +27,6 @@
 //! - **Storage stays bounded**: acknowledged and dead-lettered messages are
 //!   deleted, and fjall's compaction reclaims the space.
 
-mod cache;
 mod record;
 mod settle;
 mod state;
@@ -47,7 +44,6 @@ use tokio::sync::Notify;
 use crate::{
     Capabilities, DeadLetter, Delivery, OutgoingMessage, QueueBackend, QueueError, now_ms,
 };
-use cache::RecordCache;
 use record::{DeadRecord, StoredRecord};
 use state::{Now, State};
 
@@ -62,14 +58,6 @@ pub struct EmbeddedQueueConfig {
     pub lease: Duration,
     /// Largest body accepted.
     pub max_payload: usize,
-    /// Memory for the records of stored messages ([`cache`]); `0` reads
-    /// every message from storage when it is taken.
-    pub record_cache_bytes: usize,
-}
-
-impl EmbeddedQueueConfig {
-    /// The default for [`record_cache_bytes`](Self::record_cache_bytes).
-    pub const RECORD_CACHE_BYTES: usize = 32 * 1024 * 1024;
 }
 
 /// The embedded queue. Share it as `Arc<dyn QueueBackend>`.
@@ -82,8 +70,6 @@ pub(crate) struct Inner {
     messages: Keyspace,
     dead: Keyspace,
     state: std::sync::Mutex<State>,
-    /// Never locked while `state` is.
-    records: std::sync::Mutex<RecordCache>,
     notify: Notify,
     next_seq: AtomicU64,
     next_dead_seq: AtomicU64,
@@ -120,17 +106,13 @@ impl EmbeddedQueue {
         let messages = db.keyspace(&config.name).map_err(db_error)?;
         let dead = db.keyspace(&config.dead_letter_name).map_err(db_error)?;
         let mut state = State::default();
-        let mut records = RecordCache::new(config.record_cache_bytes);
         let now = now_ms();
         let mut next_seq = 0;
         for item in messages.iter() {
             let (key, value) = item.into_inner().map_err(unavailable)?;
             let seq = record::decode_key(&key).map_err(unavailable)?;
             match StoredRecord::decode(&value) {
-                Ok(rec) => {
-                    state.restore(seq, rec.priority, rec.not_before_ms, now);
-                    records.keep(seq, rec);
-                }
+                Ok(rec) => state.restore(seq, rec.priority, rec.not_before_ms, now),
                 Err(e) => {
                     tracing::warn!(queue = %config.name, seq, error = %e, "undecodable stored message; it will be dead-lettered");
                     state.push_ready(seq, 0);
@@ -156,7 +138,6 @@ impl EmbeddedQueue {
                 messages,
                 dead,
                 state: std::sync::Mutex::new(state),
-                records: std::sync::Mutex::new(records),
                 notify: Notify::new(),
                 next_seq: AtomicU64::new(next_seq),
                 next_dead_seq: AtomicU64::new(next_dead_seq),
@@ -172,13 +153,6 @@ impl Inner {
         // Storage is the source of truth: a panic while holding the lock cannot
         // lose a message, so a poisoned lock is used as is.
         self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn records(&self) -> std::sync::MutexGuard<'_, RecordCache> {
-        // Only a copy of storage: a poisoned lock is used as is.
-        self.records
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -212,11 +186,6 @@ impl Inner {
         let mut interrupted = Vec::with_capacity(taken.len());
         let mut taken = taken.into_iter();
         while let Some((seq, token)) = taken.next() {
-            let kept = self.records().get(seq);
-            if let Some(rec) = kept {
-                out.push(self.deliver(seq, token, rec, &mut interrupted));
-                continue;
-            }
             let raw = match self.messages.get(record::encode_key(seq)) {
                 Ok(Some(raw)) => raw,
                 Ok(None) => {
@@ -238,32 +207,22 @@ impl Inner {
                 }
             };
             match StoredRecord::decode(&raw) {
-                Ok(rec) => out.push(self.deliver(seq, token, rec, &mut interrupted)),
+                Ok(mut rec) => {
+                    rec.attempt = self.lock().note_attempt(seq, token, rec.attempt);
+                    let message = rec.to_message(seq);
+                    let next = StoredRecord {
+                        attempt: rec.attempt.saturating_add(1),
+                        ..rec.clone()
+                    };
+                    interrupted.push((record::encode_key(seq), next.encode()));
+                    let handle = settle::Handle::new(Arc::clone(self), seq, token, rec);
+                    out.push(Delivery::new(message, Box::new(handle)));
+                }
                 Err(e) => self.quarantine(seq, &raw, &e),
             }
         }
         self.persist_interrupted(interrupted);
         Ok((out, next_due))
-    }
-
-    /// Hands out leased message `seq` as `rec`, at the attempt it has come
-    /// to, and notes the record to store for the next attempt.
-    fn deliver(
-        self: &Arc<Self>,
-        seq: u64,
-        token: u64,
-        mut rec: StoredRecord,
-        interrupted: &mut Vec<([u8; 8], Vec<u8>)>,
-    ) -> Delivery {
-        rec.attempt = self.lock().note_attempt(seq, token, rec.attempt);
-        let message = rec.to_message(seq);
-        let next = StoredRecord {
-            attempt: rec.attempt.saturating_add(1),
-            ..rec.clone()
-        };
-        interrupted.push((record::encode_key(seq), next.encode()));
-        let handle = settle::Handle::new(Arc::clone(self), seq, token, rec);
-        Delivery::new(message, Box::new(handle))
     }
 
     /// Stores each leased message as its next attempt, so that if the
@@ -385,7 +344,6 @@ impl QueueBackend for EmbeddedQueue {
                 Wait::Durable,
                 move |ctx| ctx.insert(&ks, &record::encode_key(seq), value),
                 move |()| {
-                    inner.records().keep(seq, rec);
                     inner.lock().push_ready(seq, priority);
                     inner.notify.notify_waiters();
                 },
@@ -477,21 +435,14 @@ impl QueueBackend for EmbeddedQueue {
                         }
                         ctx.remove(&dead, &dead_key);
                         ctx.insert(&messages, &record::encode_key(seq), rec.encode());
-                        placed.push((seq, rec));
+                        placed.push((seq, rec.priority));
                     }
                     placed
                 },
-                move |placed: Vec<(u64, StoredRecord)>| {
+                move |placed: Vec<(u64, u8)>| {
                     let moved = placed.len() as u64;
-                    let mut ready = Vec::with_capacity(placed.len());
-                    let mut records = inner.records();
-                    for (seq, rec) in placed {
-                        ready.push((seq, rec.priority));
-                        records.keep(seq, rec);
-                    }
-                    drop(records);
                     let mut state = inner.lock();
-                    for (seq, priority) in ready {
+                    for (seq, priority) in placed {
                         state.push_ready(seq, priority);
                     }
                     state.dead_count = state.dead_count.saturating_sub(moved);

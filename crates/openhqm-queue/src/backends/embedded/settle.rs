@@ -40,7 +40,6 @@ impl Handle {
 impl Settle for Handle {
     async fn ack(&self) -> Result<(), QueueError> {
         self.release()?;
-        self.inner.records().forget(self.seq);
         let (ks, key) = (self.inner.messages.clone(), record::encode_key(self.seq));
         // Not waited for: the message already left the in-memory state, so it
         // cannot be handed out again by this process, and the delete is
@@ -63,7 +62,6 @@ impl Settle for Handle {
                     rec.attempt += 1;
                 }
                 rec.not_before_ms = due;
-                self.inner.records().keep(self.seq, rec.clone());
                 let ks = self.inner.messages.clone();
                 let written = self
                     .inner
@@ -96,7 +94,6 @@ impl Settle for Handle {
                     self.inner.notify.notify_waiters();
                     return Err(db_error(e));
                 }
-                self.inner.records().forget(self.seq);
                 self.inner.lock().dead_count += 1;
             }
         }
