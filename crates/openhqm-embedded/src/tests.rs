@@ -152,3 +152,74 @@ async fn hot_keyspace_memory_is_bounded_and_forgotten_keys_are_read_back() {
     assert_eq!(first, Some(4096));
     db.close().await;
 }
+
+/// Bytes that lz4 cannot shrink, so a table's size is the data's size.
+fn incompressible(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            // xorshift64: cheap, deterministic noise.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tables_stay_small_so_no_sync_is_a_long_burst() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Two background threads, as fjall intends, so that a memtable is
+    // rotated while a compaction runs instead of growing past its size
+    // during this burst.
+    let options = Options {
+        worker_threads: 2,
+        ..Options::default()
+    };
+    let db = EmbeddedDb::open(dir.path(), &options).expect("open");
+    let ks = db.keyspace("bulk").expect("keyspace");
+    // 32 MiB: several memtables, flushed to level 0 and compacted below it.
+    // Keys in random order, so that tables overlap and compaction must
+    // rewrite them (it moves tables of ordered keys down as they are).
+    for i in 0u64..8_192 {
+        // An odd multiplier is a bijection: distinct keys, scattered.
+        let key = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes().to_vec();
+        writer_put(&db, &ks, key, incompressible(i, 4096)).await;
+    }
+    let tables = ks.path().join("tables");
+    let sizes = || -> Vec<u64> {
+        let mut sizes: Vec<u64> = std::fs::read_dir(&tables)
+            .expect("tables folder")
+            .map(|e| e.expect("entry").metadata().expect("metadata").len())
+            .collect();
+        sizes.sort_unstable();
+        sizes
+    };
+    // Wait until compaction has put tables below level 0 and the files
+    // have stopped changing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut last = Vec::new();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "compaction did not settle"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = sizes();
+        if ks.table_count() > ks.l0_table_count() && now == last {
+            break;
+        }
+        last = now;
+    }
+    // A flush writes one memtable (4 MiB) and compaction aims at 2 MiB, each
+    // finishing the block it is writing: no table, so no sync, above 4 MiB.
+    // fjall's default (64 MiB tables) merges the first level-0 tables into
+    // one of about 16 MiB.
+    let largest = *last.last().expect("some table");
+    assert!(
+        largest <= 4 * 1024 * 1024 + 64 * 1024,
+        "largest table is {largest} bytes: {last:?}"
+    );
+    db.close().await;
+}
