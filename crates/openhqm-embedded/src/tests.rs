@@ -168,57 +168,59 @@ fn incompressible(seed: u64, len: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn tables_stay_small_so_no_sync_is_a_long_burst() {
+async fn compaction_writes_small_tables_so_no_sync_is_a_long_burst() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Two background threads, as fjall intends, so that a memtable is
-    // rotated while a compaction runs instead of growing past its size
-    // during this burst.
-    let options = Options {
-        worker_threads: 2,
-        ..Options::default()
-    };
-    let db = EmbeddedDb::open(dir.path(), &options).expect("open");
+    let db = open(dir.path());
     let ks = db.keyspace("bulk").expect("keyspace");
-    // 32 MiB: several memtables, flushed to level 0 and compacted below it.
-    // Keys in random order, so that tables overlap and compaction must
-    // rewrite them (it moves tables of ordered keys down as they are).
-    for i in 0u64..8_192 {
-        // An odd multiplier is a bijection: distinct keys, scattered.
-        let key = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes().to_vec();
-        writer_put(&db, &ks, key, incompressible(i, 4096)).await;
-    }
     let tables = ks.path().join("tables");
     let sizes = || -> Vec<u64> {
         let mut sizes: Vec<u64> = std::fs::read_dir(&tables)
-            .expect("tables folder")
-            .map(|e| e.expect("entry").metadata().expect("metadata").len())
-            .collect();
+            .map(|dir| {
+                dir.map(|e| e.expect("entry").metadata().expect("metadata").len())
+                    .collect()
+            })
+            .unwrap_or_default();
         sizes.sort_unstable();
         sizes
     };
-    // Wait until compaction has put tables below level 0 and the files
-    // have stopped changing.
+    // Level-0 tables of 1.5 MiB, flushed one by one, with keys in random
+    // order so that they overlap and compaction must merge them (it moves
+    // tables of ordered keys down as they are).
+    for table in 0u64..6 {
+        for i in table * 384..(table + 1) * 384 {
+            // An odd multiplier is a bijection: distinct keys, scattered.
+            let key = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes().to_vec();
+            writer_put(&db, &ks, key, incompressible(i, 4096)).await;
+        }
+        let flushing = ks.clone();
+        tokio::task::spawn_blocking(move || flushing.rotate_memtable_and_wait())
+            .await
+            .expect("join")
+            .expect("flush");
+    }
+    let flushed = 384 * 4096 + 128 * 1024;
+    // Wait until a merge has written a table larger than a flush, nothing
+    // is left for compaction on level 0, and the files have stopped changing.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut last = Vec::new();
     loop {
         assert!(
             std::time::Instant::now() < deadline,
-            "compaction did not settle"
+            "no merge settled: {last:?}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let now = sizes();
-        if ks.table_count() > ks.l0_table_count() && now == last {
+        let merged = now.last().is_some_and(|&largest| largest > flushed);
+        if merged && ks.l0_table_count() < 4 && now == last {
             break;
         }
         last = now;
     }
-    // A flush writes one memtable (4 MiB) and compaction aims at 2 MiB, each
-    // finishing the block it is writing: no table, so no sync, above 4 MiB.
-    // fjall's default (64 MiB tables) merges the first level-0 tables into
-    // one of about 16 MiB.
+    // Merges write tables of 2 MiB (each finishing the block it is
+    // writing); fjall's default, 64 MiB, writes one table of all 7.5 MiB.
     let largest = *last.last().expect("some table");
     assert!(
-        largest <= 4 * 1024 * 1024 + 64 * 1024,
+        largest <= 2 * 1024 * 1024 + 128 * 1024,
         "largest table is {largest} bytes: {last:?}"
     );
     db.close().await;
