@@ -81,6 +81,9 @@ const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 /// same throughput; the price is more, smaller files.
 const TABLE_BYTES: u64 = 2 * 1024 * 1024;
 
+/// Table files fjall keeps open.
+const MAX_OPEN_TABLES: usize = 256;
+
 type Completion = Box<dyn FnOnce(Result<(), Arc<fjall::Error>>) + Send>;
 type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Completion + Send>;
 
@@ -132,6 +135,10 @@ impl EmbeddedDb {
             .worker_threads(options.worker_threads.max(1))
             .manual_journal_persist(true)
             .cache_size(8 * 1024 * 1024)
+            // Small tables mean many files: keep the open ones well under
+            // the usual soft limit of 1024 descriptors (fjall's default is
+            // 900), which client sockets share. A colder table is reopened.
+            .max_cached_files(Some(MAX_OPEN_TABLES))
             .max_journaling_size(64 * 1024 * 1024)
             .open()?;
         let (tx, rx) = mpsc::unbounded_channel();
