@@ -39,6 +39,7 @@ pub fn main_with(processor: Arc<dyn Processor>) -> ExitCode {
         cli::Command::CheckConfig => return ExitCode::SUCCESS,
     };
     telemetry::init(&config.monitoring);
+    raise_open_file_limit();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("openhqm");
     if config.server.workers > 0 {
@@ -55,5 +56,17 @@ pub fn main_with(processor: Arc<dyn Processor>) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every client connection, backend connection and open storage file is a
+/// descriptor, and the usual soft limit (1024) is far below what a server
+/// needs and what the hard limit allows: raise the soft limit to the hard
+/// one, as nginx (`worker_rlimit_nofile`) and Go's runtime do.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
     }
 }

@@ -394,3 +394,80 @@ fn split_roles_on_the_embedded_queue_are_refused_with_a_reason() {
         "{stderr}"
     );
 }
+
+/// The usual soft limit on open files (often 1024) does not cap
+/// connections: the server raises it to the hard limit at start. Here the
+/// soft limit is 64, which the runtime, storage and listener already use
+/// a good part of, and 300 connections are held open at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_soft_open_file_limit_does_not_cap_connections() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
+    let _server = KillOnDrop(
+        Command::new("sh")
+            .args(["-c", "ulimit -Sn 64 && exec \"$0\" \"$@\"", BIN, "serve"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .env_remove("OPENHQM_CONFIG")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn openhqm under a low limit"),
+    );
+    wait_ready(&http_client(), &format!("http://127.0.0.1:{port}")).await;
+
+    let answered = tokio::task::spawn_blocking(move || {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // One deadline for everything: a connection the server cannot
+        // accept waits in the kernel's backlog, or in connect() once that
+        // is full, and is never answered.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let left = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
+        let mut conns = Vec::new();
+        while conns.len() < 300 && Instant::now() < deadline {
+            let Ok(mut conn) = TcpStream::connect_timeout(&addr, left()) else {
+                break;
+            };
+            conn.write_all(b"GET /health/live HTTP/1.1\r\nHost: openhqm\r\n\r\n")
+                .expect("send");
+            conns.push(conn);
+        }
+        let mut answered = 0;
+        for conn in &mut conns {
+            conn.set_read_timeout(Some(left())).expect("timeout");
+            let mut head = [0u8; 12];
+            if conn.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 200" {
+                answered += 1;
+            }
+        }
+        answered
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        answered, 300,
+        "connections answered under a soft limit of 64"
+    );
+}
