@@ -62,7 +62,7 @@ pub fn main_with(processor: Arc<dyn Processor>) -> ExitCode {
 /// Every client connection, backend connection and open storage file is a
 /// descriptor, and the usual soft limit (1024) is far below what a server
 /// needs and what the hard limit allows: raise the soft limit to the hard
-/// one, as nginx (`worker_rlimit_nofile`) and Go's runtime do.
+/// one, as Go's runtime does for every program.
 fn raise_open_file_limit() {
     #[cfg(unix)]
     match rlimit::increase_nofile_limit(u64::MAX) {
