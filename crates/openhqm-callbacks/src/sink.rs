@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use openhqm_core::{CallbackPolicy, CorrelationId, Envelope, RequestRecord};
 use openhqm_metrics::{CallbackMetrics, QueueMetrics};
-use openhqm_queue::{OutgoingMessage, QueueBackend, QueueError};
+use openhqm_queue::{OutgoingMessage, QueueBackend};
 use openhqm_worker::{CompletionSink, SinkError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -152,11 +152,7 @@ impl CompletionSink for CallbackSink {
             }
             Err(e) => {
                 self.queue_metrics.publish_error.inc();
-                Err(error(
-                    e.to_string(),
-                    // Only a message too large for its queue can never go.
-                    !matches!(e, QueueError::PayloadTooLarge { .. }),
-                ))
+                Err(error(e.to_string(), !e.never_fits()))
             }
         }
     }

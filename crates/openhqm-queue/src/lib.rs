@@ -128,6 +128,14 @@ impl QueueError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
     }
+
+    /// Whether publishing this same message can never succeed (it is too
+    /// large); any other failure may pass on a redelivery, after a restart
+    /// or once the backend is back.
+    #[must_use]
+    pub fn never_fits(&self) -> bool {
+        matches!(self, Self::PayloadTooLarge { .. })
+    }
 }
 
 /// A queue backend. Object safe: the process holds an `Arc<dyn QueueBackend>`.

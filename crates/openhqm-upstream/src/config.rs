@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 mod validate;
 
-pub(crate) use validate::{check_url, shown};
+pub(crate) use validate::{check_url, label};
 pub use validate::{is_sensitive_header, masked_url, printable_url};
 
 /// `proxy.*` minus `enabled`, which belongs to the binary.

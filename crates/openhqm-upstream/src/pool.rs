@@ -30,7 +30,7 @@ pub struct Target {
     /// Base URL.
     pub url: Url,
     /// The URL as configured, or without its credentials if it has any
-    /// (`config::shown`): the metric label and the `target_url` of logs.
+    /// (`config::label`): the metric label and the `target_url` of logs.
     pub label: String,
     /// The URL as configured: where consistent hashing places the target.
     ring_key: String,
@@ -247,13 +247,7 @@ impl Pool {
         for (i, t) in cfg.all_targets().into_iter().enumerate() {
             let url = crate::config::check_url(&t.url).map_err(bad)?;
             let breaker = cfg.circuit_breaker.as_ref().map(Breaker::new);
-            let has_credentials =
-                !url.username().is_empty() || url.password().is_some() || url.query().is_some();
-            let mut label = if has_credentials {
-                crate::config::shown(&url)
-            } else {
-                t.url.clone()
-            };
+            let mut label = crate::config::label(&t.url, &url);
             // Targets that differ only by credentials keep metrics apart.
             if targets.iter().any(|o: &Target| o.label == label) {
                 label = format!("{label}#{i}");

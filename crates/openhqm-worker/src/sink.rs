@@ -17,7 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use openhqm_core::{Envelope, RequestRecord, RequestStatus};
 use openhqm_metrics::QueueMetrics;
-use openhqm_queue::{OutgoingMessage, QueueBackend, QueueError};
+use openhqm_queue::{OutgoingMessage, QueueBackend};
 
 /// Why a sink could not take a finished request; the delivery is retried.
 #[derive(Debug, thiserror::Error)]
@@ -103,8 +103,7 @@ impl CompletionSink for ReplyQueueSink {
                 Err(SinkError {
                     sink: self.name(),
                     message: e.to_string(),
-                    // Only a message too large for its queue can never go.
-                    retryable: !matches!(e, QueueError::PayloadTooLarge { .. }),
+                    retryable: !e.never_fits(),
                 })
             }
         }

@@ -277,6 +277,16 @@ pub(crate) fn shown(url: &Url) -> String {
     shown.into()
 }
 
+/// A target's name in metrics and logs: its URL as configured, or `shown`
+/// if that carries credentials (user info or a query).
+pub(crate) fn label(configured: &str, url: &Url) -> String {
+    if url.username().is_empty() && url.password().is_none() && url.query().is_none() {
+        configured.to_owned()
+    } else {
+        shown(url)
+    }
+}
+
 fn check_header(name: &str, value: &str) -> Result<(), String> {
     if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
         return Err(format!("`{name}` is not a valid header name"));
