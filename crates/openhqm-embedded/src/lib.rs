@@ -23,10 +23,9 @@ mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use fjall::{Keyspace, Slice};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 pub use writer::WriteCtx;
 
 /// How far a write has to get before the caller is told it is done.
@@ -123,7 +122,8 @@ pub struct EmbeddedDb {
 struct Inner {
     db: fjall::Database,
     tx: mpsc::UnboundedSender<Request>,
-    failed: Arc<AtomicBool>,
+    /// The error that stopped the engine for good, once there is one.
+    failure: watch::Receiver<Option<Arc<str>>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -146,14 +146,14 @@ impl EmbeddedDb {
             .max_journaling_size(64 * 1024 * 1024)
             .open()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let failed = Arc::new(AtomicBool::new(false));
-        let thread = writer::spawn(db.clone(), rx, options.durability, Arc::clone(&failed))
+        let (failed, failure) = watch::channel(None);
+        let thread = writer::spawn(db.clone(), rx, options.durability, failed)
             .map_err(|e| DbError::Engine(fjall::Error::Io(e)))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 tx,
-                failed,
+                failure,
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
         })
@@ -289,10 +289,30 @@ impl EmbeddedDb {
     /// # Errors
     /// Why it cannot.
     pub async fn probe(&self) -> Result<(), DbError> {
-        if self.inner.failed.load(Ordering::Relaxed) {
+        if self.inner.failure.borrow().is_some() {
             return Err(DbError::Closed);
         }
         self.write(Wait::Durable, |_| ()).await
+    }
+
+    /// Resolves, with the error, once the engine has failed for good; never
+    /// for a healthy database.
+    ///
+    /// fjall poisons itself after a failed journal write or sync, or when a
+    /// flush or compaction fails, and refuses every later write: only a new
+    /// process, recovering from the journal, can write again. The writer
+    /// notices at its next commit (a readiness probe is one).
+    pub async fn failed(&self) -> Arc<str> {
+        let mut failure = self.inner.failure.clone();
+        let failed = match failure.wait_for(Option::is_some).await {
+            Ok(failure) => failure.clone(),
+            // The writer stopped without failing: the database was closed.
+            Err(_) => None,
+        };
+        match failed {
+            Some(error) => error,
+            None => std::future::pending().await,
+        }
     }
 
     /// Approximate bytes on disk (journal and tables).

@@ -226,3 +226,45 @@ async fn compaction_writes_small_tables_so_no_sync_is_a_long_burst() {
     );
     db.close().await;
 }
+
+#[tokio::test]
+async fn a_failed_flush_is_reported_once_and_refuses_later_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("db");
+    let db = open(&data);
+    let ks = db.keyspace("items").expect("keyspace");
+    let failed = tokio::spawn({
+        let db = db.clone();
+        async move { db.failed().await }
+    });
+    // The next flush cannot create its table file.
+    std::fs::remove_dir_all(&data).expect("delete the directory");
+    let value = vec![7u8; 256 * 1024];
+    let mut refused = None;
+    for i in 0u32..200 {
+        let ks = ks.clone();
+        let value = value.clone();
+        let written = db
+            .write(Wait::Durable, move |ctx| {
+                ctx.insert(&ks, &i.to_be_bytes(), value);
+            })
+            .await;
+        if written.is_err() {
+            refused = Some(i);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let refused = refused.expect("writes went on after the flush failed");
+    assert!(refused > 0, "the first write cannot have failed");
+    let error = tokio::time::timeout(std::time::Duration::from_secs(5), failed)
+        .await
+        .expect("failed() resolved")
+        .expect("join");
+    assert!(error.contains("Poisoned"), "{error}");
+    assert!(
+        db.probe().await.is_err(),
+        "a failed database probes unhealthy"
+    );
+    db.close().await;
+}

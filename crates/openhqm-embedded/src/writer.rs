@@ -2,10 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use fjall::{Keyspace, PersistMode, Slice};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::recent::{Key, Recent};
 use crate::{Completion, Durability, Request, Wait};
@@ -71,7 +70,7 @@ pub(crate) fn spawn(
     db: fjall::Database,
     rx: mpsc::UnboundedReceiver<Request>,
     durability: Durability,
-    failed: Arc<AtomicBool>,
+    failed: watch::Sender<Option<Arc<str>>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("openhqm-writer".into())
@@ -82,7 +81,7 @@ fn run(
     db: &fjall::Database,
     mut rx: mpsc::UnboundedReceiver<Request>,
     durability: Durability,
-    failed: &AtomicBool,
+    failed: &watch::Sender<Option<Arc<str>>>,
 ) {
     let mode = match durability {
         Durability::Fsync => PersistMode::SyncData,
@@ -115,7 +114,7 @@ fn commit_group(
     group: &mut Vec<Request>,
     recent: &mut Recent,
     mode: PersistMode,
-    failed: &AtomicBool,
+    failed: &watch::Sender<Option<Arc<str>>>,
 ) -> bool {
     let mut ctx = WriteCtx {
         batch: db.batch(),
@@ -165,8 +164,15 @@ fn commit_group(
         (other, _) => other,
     };
     if let Err(e) = &result {
-        tracing::error!(error = %e, "embedded database commit failed");
-        failed.store(true, Ordering::Relaxed);
+        // Every commit error leaves fjall poisoned: the first one is the news.
+        failed.send_if_modified(|failure| {
+            if failure.is_some() {
+                return false;
+            }
+            tracing::error!(error = %e, "embedded database commit failed; no write can succeed until a restart");
+            *failure = Some(e.to_string().into());
+            true
+        });
     }
     for done in persisted {
         done(result.clone());

@@ -12,7 +12,13 @@ pub(crate) fn init(monitoring: &MonitoringConfig) {
         "critical" => "error".to_owned(),
         other => other.to_owned(),
     };
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // The storage engine logs through the `log` crate (bridged here, so its
+    // errors are seen); its routine notes are not news to an operator.
+    let directives = match level.as_str() {
+        "info" | "debug" | "trace" => format!("{level},fjall=warn,lsm_tree=warn"),
+        _ => level,
+    };
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(directives));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout);

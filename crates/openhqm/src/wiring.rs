@@ -313,7 +313,7 @@ pub(crate) async fn run(
     let metrics = Metrics::new();
     let queue_metrics = metrics.queue(&config.queue.request_queue_name);
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(wait_for_signal(stop_tx));
+    let stopped = tokio::spawn(wait_for_stop(stop_tx, backends.db.clone()));
 
     let state = Arc::new(ApiState {
         queue: Arc::clone(&backends.queue),
@@ -412,6 +412,9 @@ pub(crate) async fn run(
     if let Some(db) = backends.db {
         db.close().await;
     }
+    if let Ok(Stop::StorageFailed(error)) = stopped.await {
+        bail!("the embedded storage failed ({error}); restart openhqm to recover from its journal");
+    }
     tracing::info!("openhqm stopped");
     Ok(())
 }
@@ -491,7 +494,36 @@ fn choose_processor(
     Ok((Arc::new(proxy), Some(checks)))
 }
 
-async fn wait_for_signal(stop: watch::Sender<bool>) {
+/// Why the process stops.
+enum Stop {
+    Signal,
+    /// The embedded engine refuses every write until a restart, so the
+    /// process stops (exiting non-zero) for its supervisor to restart it,
+    /// rather than answer 503 for ever.
+    StorageFailed(Arc<str>),
+}
+
+/// Waits for SIGTERM, SIGINT or a failure of the embedded storage, then
+/// tells everything to stop.
+async fn wait_for_stop(stop: watch::Sender<bool>, db: Option<EmbeddedDb>) -> Stop {
+    let storage = async {
+        match db {
+            Some(db) => db.failed().await,
+            None => std::future::pending().await,
+        }
+    };
+    let cause = tokio::select! {
+        () = signalled() => Stop::Signal,
+        error = storage => {
+            tracing::error!(%error, "the embedded storage failed; shutting down");
+            Stop::StorageFailed(error)
+        }
+    };
+    let _ = stop.send(true);
+    cause
+}
+
+async fn signalled() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -513,7 +545,6 @@ async fn wait_for_signal(stop: watch::Sender<bool>) {
         () = ctrl_c => tracing::info!("SIGINT received; shutting down"),
         () = term => tracing::info!("SIGTERM received; shutting down"),
     }
-    let _ = stop.send(true);
 }
 
 /// Keeps a queue's depth gauges current for scrapers and autoscalers, and

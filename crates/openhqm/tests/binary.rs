@@ -227,6 +227,51 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     assert!(wait_exit(&mut server.child, Duration::from_secs(15)).success());
 }
 
+/// fjall refuses every write once a write, sync, flush or compaction has
+/// failed; the process then stops with an error naming the cause, for its
+/// supervisor to restart it, instead of answering 503 for ever. The failure
+/// is real: the data directory is deleted under the running server, so the
+/// next memtable flush cannot create its table file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_failure_stops_the_process_with_the_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut server = start(dir.path(), port, &[]);
+    let http = http_client();
+    wait_ready(&http, &server.base).await;
+    std::fs::remove_dir_all(dir.path().join("data")).expect("delete the data directory");
+
+    // Well past one 4 MiB memtable, so a flush must write a table.
+    let data = "x".repeat(512 * 1024);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "openhqm kept running on a failed storage engine"
+        );
+        let _ = submit(
+            &http,
+            &server.base,
+            &json!({"payload": {"operation": "echo", "data": data}}),
+        )
+        .await;
+    };
+    assert!(!status.success(), "exit status {status}");
+    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("log");
+    assert!(
+        log.contains("the embedded storage failed"),
+        "the exit names the storage:\n{log}"
+    );
+    // fjall's own error (it logs through the `log` crate) reaches our log.
+    assert!(
+        log.contains("No such file or directory"),
+        "the root cause is logged:\n{log}"
+    );
+}
+
 /// Every log line about a request names it, and worker metrics are exported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_logs_carry_the_correlation_id_and_worker_metrics_are_exported() {
