@@ -42,6 +42,7 @@ macro_rules! conformance_tests {
             release_comes_back_as_the_same_attempt,
             dead_letter_and_redrive,
             concurrent_redrives_move_each_dead_letter_once,
+            trimming_deletes_only_dead_letters_older_than_the_cut,
             competing_consumers_each_get_every_message_once,
             single_consumer_sees_publish_order,
             higher_priority_is_delivered_first,
@@ -284,6 +285,55 @@ pub async fn concurrent_redrives_move_each_dead_letter_once(h: &dyn Harness) {
         d.ack().await.expect("ack");
     }
     assert_eq!(seen.len(), n);
+}
+
+/// Trimming deletes exactly the dead letters older than the cut, also
+/// across a restart, and never a newer one or one redriven meanwhile.
+pub async fn trimming_deletes_only_dead_letters_older_than_the_cut(h: &dyn Harness) {
+    let q = h.open().await;
+    let dead_letter = async |q: &dyn QueueBackend, body: &str| {
+        publish(q, body).await;
+        expect_one(q)
+            .await
+            .nack(Nack::DeadLetter {
+                reason: "given up".into(),
+            })
+            .await
+            .expect("dead-letter");
+    };
+    dead_letter(q.as_ref(), "old-1").await;
+    dead_letter(q.as_ref(), "old-2").await;
+    // Clear of the millisecond either side, whichever clock dates them.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = crate::now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    dead_letter(q.as_ref(), "new").await;
+
+    assert_eq!(q.trim_dead_letters(cut).await.expect("trim"), 2);
+    assert_eq!(q.trim_dead_letters(cut).await.expect("trim again"), 0);
+    assert_eq!(q.dead_letter_depth().await.expect("dlq depth"), 1);
+    let left = q.dead_letters(10).await.expect("list");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].message.body, Bytes::from_static(b"new"));
+
+    let q = h.restart(q).await;
+    assert_eq!(
+        q.dead_letter_depth()
+            .await
+            .expect("dlq depth after restart"),
+        1
+    );
+    assert_eq!(q.redrive(10).await.expect("redrive"), 1);
+    assert_eq!(
+        q.trim_dead_letters(crate::now_ms() + 1_000)
+            .await
+            .expect("trim all"),
+        0,
+        "a redriven message is no dead letter"
+    );
+    let back = expect_one(q.as_ref()).await;
+    assert_eq!(body(&back), "new");
+    back.ack().await.expect("ack");
 }
 
 /// Several consumers share the work: each message is delivered exactly once

@@ -184,6 +184,15 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// If the move failed; a message is never lost or duplicated by a failed redrive.
     async fn redrive(&self, limit: usize) -> Result<u64, QueueError>;
 
+    /// Deletes the dead letters dead-lettered before `before_ms` (epoch ms),
+    /// oldest first, and returns how many went: how a retention is kept
+    /// (`queue.dlq_retention_seconds`), so storage stays bounded even for
+    /// requests that fail again each time they are redriven.
+    ///
+    /// # Errors
+    /// If the backend cannot be asked; nothing newer is ever deleted.
+    async fn trim_dead_letters(&self, before_ms: u64) -> Result<u64, QueueError>;
+
     /// Proves the backend can store a message right now.
     ///
     /// # Errors

@@ -176,18 +176,17 @@ async fn next_attempt(queue: &EmbeddedQueue) -> u32 {
 #[tokio::test]
 async fn a_damaged_dead_letter_hides_no_other_and_blocks_no_redrive() {
     let (_dir, db, queue) = queue().await;
-    let dlq = db.keyspace("requests-dlq").expect("keyspace");
-    db.write(openhqm_embedded::Wait::Durable, move |ctx| {
-        ctx.insert(&dlq, &0u64.to_be_bytes(), b"\xffdamaged".to_vec());
-    })
-    .await
-    .expect("write");
+    damage_dead_letter(&db, 0).await;
+    // Opened again, the queue numbers new dead letters after the damaged one.
+    queue.close().await;
+    let queue = EmbeddedQueue::open(db.clone(), config()).expect("queue");
     let d = published_and_taken(&queue, b"m").await;
     d.nack(Nack::DeadLetter {
         reason: "bad".into(),
     })
     .await
     .expect("dead-letter");
+    assert_eq!(queue.dead_letter_depth().await.expect("depth"), 2);
     let dead = queue.dead_letters(10).await.expect("listing still works");
     assert_eq!(dead.len(), 1, "the readable one is listed");
     assert_eq!(dead[0].message.body.as_ref(), b"m");
@@ -197,4 +196,57 @@ async fn a_damaged_dead_letter_hides_no_other_and_blocks_no_redrive() {
         .await
         .expect("receive");
     assert_eq!(again[0].message().body.as_ref(), b"m");
+}
+
+/// Stores an unreadable record as dead letter number `seq`.
+async fn damage_dead_letter(db: &EmbeddedDb, seq: u64) {
+    let dlq = db.keyspace("requests-dlq").expect("keyspace");
+    db.write(openhqm_embedded::Wait::Durable, move |ctx| {
+        ctx.insert(&dlq, &seq.to_be_bytes(), b"\xffdamaged".to_vec());
+    })
+    .await
+    .expect("write");
+}
+
+/// An unreadable dead letter has no date: trimming goes by its place, and
+/// deletes it with a readable expired one after it, never before.
+#[tokio::test]
+async fn trimming_dates_a_damaged_dead_letter_by_its_place() {
+    let (_dir, db, mut queue) = queue().await;
+    for (body, damaged) in [(&b"old-1"[..], 1), (b"old-2", 3)] {
+        let d = published_and_taken(&queue, body).await;
+        d.nack(Nack::DeadLetter {
+            reason: "bad".into(),
+        })
+        .await
+        .expect("dead-letter");
+        damage_dead_letter(&db, damaged).await;
+        queue.close().await;
+        queue = EmbeddedQueue::open(db.clone(), config()).expect("queue");
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let d = published_and_taken(&queue, b"new").await;
+    d.nack(Nack::DeadLetter {
+        reason: "bad".into(),
+    })
+    .await
+    .expect("dead-letter");
+    assert_eq!(queue.dead_letter_depth().await.expect("depth"), 5);
+
+    // old-1, the damaged one after it, old-2; not the damaged one before "new".
+    assert_eq!(queue.trim_dead_letters(cut).await.expect("trim"), 3);
+    assert_eq!(queue.dead_letter_depth().await.expect("depth"), 2);
+    let left = queue.dead_letters(10).await.expect("list");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].message.body.as_ref(), b"new");
+    assert_eq!(
+        queue.trim_dead_letters(u64::MAX).await.expect("trim all"),
+        2
+    );
+    assert_eq!(queue.dead_letter_depth().await.expect("depth"), 0);
 }

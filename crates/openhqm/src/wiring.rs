@@ -245,6 +245,7 @@ async fn completion(
             None,
             stop.clone(),
         ));
+        expire_dead_letters(config, &queue, stop);
         out.dispatcher = Some(
             Dispatcher::new(
                 Arc::clone(&queue),
@@ -331,6 +332,7 @@ pub(crate) async fn run(
         Some(Arc::clone(&state.admission)),
         stop_rx.clone(),
     ));
+    expire_dead_letters(&config, &backends.queue, &stop_rx);
     let sidecar = match (mode, config.sidecar.enabled, config.sidecar.port) {
         (Mode::Serve | Mode::Listener, true, Some(port)) => {
             let address = format!("{}:{port}", config.server.host);
@@ -545,6 +547,44 @@ async fn signalled() {
         () = ctrl_c => tracing::info!("SIGINT received; shutting down"),
         () = term => tracing::info!("SIGTERM received; shutting down"),
     }
+}
+
+/// Deletes `queue`'s dead letters older than `queue.dlq_retention_seconds`,
+/// checking every tenth of it (between a second and a minute), so none
+/// outlives it by much. Any number of processes may trim one queue.
+fn expire_dead_letters(
+    config: &Config,
+    queue: &Arc<dyn QueueBackend>,
+    stop: &watch::Receiver<bool>,
+) {
+    let retention = secs(config.queue.dlq_retention_seconds);
+    if retention.is_zero() {
+        return;
+    }
+    let (queue, mut stop) = (Arc::clone(queue), stop.clone());
+    tokio::spawn(async move {
+        let period = (retention / 10).clamp(secs(1), secs(60));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let before = openhqm_core::time::now_ms()
+                .saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+            match queue.trim_dead_letters(before).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(
+                    deleted,
+                    retention_seconds = retention.as_secs(),
+                    "deleted dead letters past their retention"
+                ),
+                // The queue's health is reported elsewhere; the next tick tries again.
+                Err(e) => tracing::debug!(error = %e, "could not trim dead letters"),
+            }
+        }
+    });
 }
 
 /// Keeps a queue's depth gauges current for scrapers and autoscalers, and

@@ -272,6 +272,52 @@ async fn a_storage_failure_stops_the_process_with_the_cause() {
     );
 }
 
+/// Dead letters past `queue.dlq_retention_seconds` are deleted by the
+/// running process, so a request that fails for good takes no space for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_past_their_retention_are_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut server = start(
+        dir.path(),
+        port,
+        &["--set", "queue.dlq_retention_seconds=2"],
+    );
+    let http = http_client();
+    wait_ready(&http, &server.base).await;
+    submit(
+        &http,
+        &server.base,
+        &json!({"payload": {"operation": "fail", "error": "no", "permanent": true}}),
+    )
+    .await
+    .expect("accepted");
+    let depth = async || -> Option<u64> {
+        get_json(&http, format!("{}/api/v1/dead-letters", server.base)).await["depth"].as_u64()
+    };
+    until("the dead letter", async || {
+        (depth().await? == 1).then_some(())
+    })
+    .await;
+    let dead_at = Instant::now();
+    until("the dead letter to expire", async || {
+        (depth().await? == 0).then_some(())
+    })
+    .await;
+    assert!(
+        dead_at.elapsed() >= Duration::from_millis(1500),
+        "deleted before its retention ran out: {:?}",
+        dead_at.elapsed()
+    );
+    signal(&server.child, "-TERM");
+    assert!(wait_exit(&mut server.child, Duration::from_secs(15)).success());
+    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("log");
+    assert!(
+        log.contains("deleted dead letters past their retention"),
+        "{log}"
+    );
+}
+
 /// Every log line about a request names it, and worker metrics are exported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_logs_carry_the_correlation_id_and_worker_metrics_are_exported() {

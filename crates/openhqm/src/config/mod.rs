@@ -217,6 +217,9 @@ pub struct QueueConfig {
     pub request_queue_name: String,
     pub response_queue_name: String,
     pub dlq_name: String,
+    /// Dead letters (of requests and of callbacks) older than this are
+    /// deleted; `0` keeps them until they are redriven.
+    pub dlq_retention_seconds: u64,
     /// What producers write on the request queue: `envelope` (OpenHQM's),
     /// `raw` (any JSON), `cloudevents` (structured or binary) or `auto`.
     pub message_format: MessageFormat,
@@ -255,6 +258,8 @@ impl Default for QueueConfig {
             request_queue_name: "openhqm-requests".into(),
             response_queue_name: "openhqm-responses".into(),
             dlq_name: "openhqm-dlq".into(),
+            // SQS's longest message retention.
+            dlq_retention_seconds: 14 * 24 * 3600,
             message_format: MessageFormat::Envelope,
             reply_enabled: false,
         }

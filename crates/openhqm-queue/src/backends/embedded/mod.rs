@@ -25,7 +25,9 @@
 //!   or wedge the head of the line.
 //! - **Depth** counts every stored message: waiting, delayed and leased.
 //! - **Storage stays bounded**: acknowledged and dead-lettered messages are
-//!   deleted, and fjall's compaction reclaims the space.
+//!   deleted from the queue, dead letters past their retention are trimmed
+//!   (their keys follow the order of dead-lettering), and fjall's compaction
+//!   reclaims the space.
 
 mod record;
 mod settle;
@@ -38,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Wait};
+use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Slice, Wait};
 use tokio::sync::Notify;
 
 use crate::{
@@ -77,6 +79,10 @@ pub(crate) struct Inner {
     /// Zero of the monotonic clock that leases run on.
     epoch: Instant,
 }
+
+/// Dead letters deleted per writer job when trimming, so a large backlog
+/// never makes one long job that holds up every other write.
+const TRIM_BATCH: usize = 1024;
 
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -294,6 +300,31 @@ impl Inner {
         }
     }
 
+    /// Keys of the oldest dead letters dead-lettered before `before_ms`, at
+    /// most [`TRIM_BATCH`], and whether more may follow. Keys follow the
+    /// order of dead-lettering, so the scan stops at the first newer one. An
+    /// unreadable record is dated by its place: it goes only with a readable
+    /// expired one after it.
+    fn expired_dead_letters(&self, before_ms: u64) -> Result<(Vec<Slice>, bool), QueueError> {
+        let mut expired = Vec::new();
+        let mut unreadable = Vec::new();
+        for item in self.dead.iter() {
+            let (key, value) = item.into_inner().map_err(unavailable)?;
+            match DeadRecord::decode(&value) {
+                Ok(dead) if dead.dead_lettered_at_ms >= before_ms => return Ok((expired, false)),
+                Ok(_) => {
+                    expired.append(&mut unreadable);
+                    expired.push(key);
+                    if expired.len() >= TRIM_BATCH {
+                        return Ok((expired, true));
+                    }
+                }
+                Err(_) => unreadable.push(key),
+            }
+        }
+        Ok((expired, false))
+    }
+
     /// A lease ran out: the next delivery counts as a new attempt, also after a restart.
     fn persist_attempt(&self, seq: u64, attempt: u32) {
         let ks = self.messages.clone();
@@ -453,6 +484,46 @@ impl QueueBackend for EmbeddedQueue {
             )
             .await
             .map_err(db_error)
+    }
+
+    async fn trim_dead_letters(&self, before_ms: u64) -> Result<u64, QueueError> {
+        let mut trimmed = 0;
+        loop {
+            let (expired, more) = self.inner.expired_dead_letters(before_ms)?;
+            if expired.is_empty() {
+                return Ok(trimmed);
+            }
+            let dead = self.inner.dead.clone();
+            let inner = Arc::clone(&self.inner);
+            trimmed += self
+                .inner
+                .db
+                .write_then(
+                    // A crash before the next sync brings some back, to be trimmed again.
+                    Wait::Applied,
+                    move |ctx| {
+                        let mut removed = 0;
+                        for key in expired {
+                            // A concurrent redrive may have moved it since it was read.
+                            if matches!(ctx.get(&dead, &key), Ok(Some(_))) {
+                                ctx.remove(&dead, &key);
+                                removed += 1;
+                            }
+                        }
+                        removed
+                    },
+                    move |removed: u64| {
+                        let mut state = inner.lock();
+                        state.dead_count = state.dead_count.saturating_sub(removed);
+                        removed
+                    },
+                )
+                .await
+                .map_err(db_error)?;
+            if !more {
+                return Ok(trimmed);
+            }
+        }
     }
 
     async fn health(&self) -> Result<(), QueueError> {

@@ -29,7 +29,8 @@
 //!   it from the stream. Every receive first runs a script moving due members
 //!   back with `XADD`; being one script, two workers never both move one.
 //! - **Dead letters** go, atomically with the ack, to the dead-letter stream
-//!   with `reason` and `dead_at`. Redrive moves them back with attempt 1.
+//!   with `reason` and `dead_at`. Redrive moves them back with attempt 1;
+//!   past their retention they are trimmed (`XTRIM MINID`).
 //!   An entry without a `payload` field cannot become a message: receive
 //!   dead-letters it at once with a reason instead of leaving it pending.
 //! - **Depth** is `XLEN` of the stream + `ZCARD` of the delayed set. Since
@@ -361,6 +362,18 @@ impl QueueBackend for RedisQueue {
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)
+    }
+
+    async fn trim_dead_letters(&self, before_ms: u64) -> Result<u64, QueueError> {
+        // Dead letters are added with `XADD *`: an entry's id is its time of
+        // dead-lettering (Redis's clock), and `MINID` trims exactly below it.
+        self.query(
+            redis::cmd("XTRIM")
+                .arg(&self.shared.config.dead_letter_stream)
+                .arg("MINID")
+                .arg(before_ms),
+        )
+        .await
     }
 
     async fn health(&self) -> Result<(), QueueError> {
