@@ -18,6 +18,7 @@
 //! Reads go straight to fjall from any thread and see every applied batch.
 //! Jobs on the writer read hot keyspaces mostly from memory ([`recent`]).
 
+mod failure;
 mod recent;
 mod writer;
 
@@ -25,7 +26,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use fjall::{Keyspace, Slice};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
+
+use failure::Failure;
 pub use writer::WriteCtx;
 
 /// How far a write has to get before the caller is told it is done.
@@ -58,6 +61,9 @@ pub enum DbError {
     /// The writer thread has stopped; the database is closed or failed.
     #[error("embedded database is closed")]
     Closed,
+    /// The engine failed for good; see [`EmbeddedDb::failed`].
+    #[error("embedded storage failed: {0}")]
+    Failed(Arc<str>),
 }
 
 impl DbError {
@@ -83,6 +89,9 @@ const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 /// fjall stores a keyspace's options when it creates it: a data directory
 /// created by an earlier build keeps the sizes it was created with.
 const TABLE_BYTES: u64 = 2 * 1024 * 1024;
+
+/// How often [`EmbeddedDb::failed`] asks fjall itself whether it failed.
+const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Table files fjall keeps open.
 const MAX_OPEN_TABLES: usize = 256;
@@ -122,8 +131,7 @@ pub struct EmbeddedDb {
 struct Inner {
     db: fjall::Database,
     tx: mpsc::UnboundedSender<Request>,
-    /// The error that stopped the engine for good, once there is one.
-    failure: watch::Receiver<Option<Arc<str>>>,
+    failure: Arc<Failure>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -146,8 +154,8 @@ impl EmbeddedDb {
             .max_journaling_size(64 * 1024 * 1024)
             .open()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let (failed, failure) = watch::channel(None);
-        let thread = writer::spawn(db.clone(), rx, options.durability, failed)
+        let failure = Arc::new(Failure::new());
+        let thread = writer::spawn(db.clone(), rx, options.durability, Arc::clone(&failure))
             .map_err(|e| DbError::Engine(fjall::Error::Io(e)))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -289,29 +297,35 @@ impl EmbeddedDb {
     /// # Errors
     /// Why it cannot.
     pub async fn probe(&self) -> Result<(), DbError> {
-        if self.inner.failure.borrow().is_some() {
-            return Err(DbError::Closed);
+        if let Some(cause) = self.inner.failure.cause() {
+            return Err(DbError::Failed(cause));
         }
         self.write(Wait::Durable, |_| ()).await
     }
 
-    /// Resolves, with the error, once the engine has failed for good; never
-    /// for a healthy database.
-    ///
-    /// fjall poisons itself after a failed journal write or sync, or when a
-    /// flush or compaction fails, and refuses every later write: only a new
-    /// process, recovering from the journal, can write again. The writer
-    /// notices at its next commit (a readiness probe is one).
+    /// Resolves, with the cause, once the engine has failed for good (see
+    /// [`failure`]); never for a healthy or closed database.
     pub async fn failed(&self) -> Arc<str> {
-        let mut failure = self.inner.failure.clone();
-        let failed = match failure.wait_for(Option::is_some).await {
-            Ok(failure) => failure.clone(),
-            // The writer stopped without failing: the database was closed.
-            Err(_) => None,
-        };
-        match failed {
-            Some(error) => error,
-            None => std::future::pending().await,
+        let reported = self.inner.failure.reported();
+        tokio::pin!(reported);
+        let mut watchdog = tokio::time::interval(WATCHDOG);
+        loop {
+            tokio::select! {
+                cause = &mut reported => return cause,
+                _ = watchdog.tick(), if !self.inner.tx.is_closed() => self.ask_fjall().await,
+            }
+        }
+    }
+
+    /// Reports fjall's poisoning even if the writer is stuck inside fjall.
+    async fn ask_fjall(&self) {
+        // Flushing the journal's buffer to the OS is cheap, and refused by a
+        // poisoned database.
+        let db = self.inner.db.clone();
+        let persisted =
+            tokio::task::spawn_blocking(move || db.persist(fjall::PersistMode::Buffer)).await;
+        if let Ok(Err(e)) = persisted {
+            self.inner.failure.report(&e);
         }
     }
 

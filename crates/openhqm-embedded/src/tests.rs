@@ -228,7 +228,7 @@ async fn compaction_writes_small_tables_so_no_sync_is_a_long_burst() {
 }
 
 #[tokio::test]
-async fn a_failed_flush_is_reported_once_and_refuses_later_writes() {
+async fn a_failed_flush_is_reported_and_refuses_later_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("db");
     let db = open(&data);
@@ -267,4 +267,24 @@ async fn a_failed_flush_is_reported_once_and_refuses_later_writes() {
         "a failed database probes unhealthy"
     );
     db.close().await;
+}
+
+#[tokio::test]
+async fn a_panic_on_the_writer_thread_is_reported_as_a_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let written = db
+        .write(Wait::Applied, |_| {
+            panic!("a job that panics (expected by this test)")
+        })
+        .await;
+    assert!(written.is_err(), "the panicking job cannot succeed");
+    let cause = tokio::time::timeout(std::time::Duration::from_secs(5), db.failed())
+        .await
+        .expect("failed() resolved");
+    assert!(cause.contains("panicked"), "{cause}");
+    assert!(
+        db.write(Wait::Applied, |_| ()).await.is_err(),
+        "later writes fail"
+    );
 }

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fjall::{Keyspace, PersistMode, Slice};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
+use crate::failure::{Failure, ReportPanic};
 use crate::recent::{Key, Recent};
 use crate::{Completion, Durability, Request, Wait};
 
@@ -70,19 +71,20 @@ pub(crate) fn spawn(
     db: fjall::Database,
     rx: mpsc::UnboundedReceiver<Request>,
     durability: Durability,
-    failed: watch::Sender<Option<Arc<str>>>,
+    failure: Arc<Failure>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("openhqm-writer".into())
-        .spawn(move || run(&db, rx, durability, &failed))
+        .spawn(move || run(&db, rx, durability, &failure))
 }
 
 fn run(
     db: &fjall::Database,
     mut rx: mpsc::UnboundedReceiver<Request>,
     durability: Durability,
-    failed: &watch::Sender<Option<Arc<str>>>,
+    failure: &Failure,
 ) {
+    let _panic = ReportPanic(failure);
     let mode = match durability {
         Durability::Fsync => PersistMode::SyncData,
         Durability::Process => PersistMode::Buffer,
@@ -97,7 +99,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let stop = commit_group(db, &mut group, &mut recent, mode, failed);
+        let stop = commit_group(db, &mut group, &mut recent, mode, failure);
         if stop {
             break;
         }
@@ -114,7 +116,7 @@ fn commit_group(
     group: &mut Vec<Request>,
     recent: &mut Recent,
     mode: PersistMode,
-    failed: &watch::Sender<Option<Arc<str>>>,
+    failure: &Failure,
 ) -> bool {
     let mut ctx = WriteCtx {
         batch: db.batch(),
@@ -165,14 +167,7 @@ fn commit_group(
     };
     if let Err(e) = &result {
         // Every commit error leaves fjall poisoned: the first one is the news.
-        failed.send_if_modified(|failure| {
-            if failure.is_some() {
-                return false;
-            }
-            tracing::error!(error = %e, "embedded database commit failed; no write can succeed until a restart");
-            *failure = Some(e.to_string().into());
-            true
-        });
+        failure.report(e);
     }
     for done in persisted {
         done(result.clone());

@@ -287,8 +287,8 @@ pub async fn concurrent_redrives_move_each_dead_letter_once(h: &dyn Harness) {
     assert_eq!(seen.len(), n);
 }
 
-/// Trimming deletes exactly the dead letters older than the cut, also
-/// across a restart, and never a newer one or one redriven meanwhile.
+/// Trimming deletes exactly the dead letters older than the cut, and the
+/// count follows across a restart; a redriven message is no longer one.
 pub async fn trimming_deletes_only_dead_letters_older_than_the_cut(h: &dyn Harness) {
     let q = h.open().await;
     let dead_letter = async |q: &dyn QueueBackend, body: &str| {

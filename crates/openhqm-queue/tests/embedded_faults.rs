@@ -102,7 +102,6 @@ async fn an_undecodable_stored_message_is_dead_lettered_not_a_wedge() {
         .expect("receive");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].message().body.as_ref(), b"good");
-    assert_eq!(queue.dead_letter_depth().await.expect("dlq depth"), 1);
     // The move is written behind the receive; wait for it to land.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let dead = loop {
@@ -119,6 +118,8 @@ async fn an_undecodable_stored_message_is_dead_lettered_not_a_wedge() {
         dead[0].reason
     );
     assert_eq!(dead[0].message.body.as_ref(), garbage.as_slice());
+    // Counted when the move is applied, which listing it proves.
+    assert_eq!(queue.dead_letter_depth().await.expect("dlq depth"), 1);
     assert_eq!(
         queue.depth().await.expect("depth"),
         1,
@@ -225,10 +226,13 @@ async fn trimming_dates_a_damaged_dead_letter_by_its_place() {
         queue = EmbeddedQueue::open(db.clone(), config()).expect("queue");
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let cut = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
+    let cut = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms fit u64");
     tokio::time::sleep(Duration::from_millis(20)).await;
     let d = published_and_taken(&queue, b"new").await;
     d.nack(Nack::DeadLetter {
@@ -249,4 +253,45 @@ async fn trimming_dates_a_damaged_dead_letter_by_its_place() {
         2
     );
     assert_eq!(queue.dead_letter_depth().await.expect("depth"), 0);
+}
+
+/// Trimming a backlog larger than one writer job takes several, each
+/// resuming where the last one stopped, and counts what it deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_a_large_backlog_takes_several_jobs() {
+    let (_dir, _db, queue) = queue().await;
+    let queue = std::sync::Arc::new(queue);
+    let n = 2500;
+    let publishes: Vec<_> = (0..n)
+        .map(|i| {
+            let queue = std::sync::Arc::clone(&queue);
+            tokio::spawn(async move {
+                queue
+                    .publish(OutgoingMessage::new(format!("m{i}").into_bytes()))
+                    .await
+            })
+        })
+        .collect();
+    for p in publishes {
+        p.await.expect("join").expect("publish");
+    }
+    let mut dead = 0;
+    while dead < n {
+        for d in queue
+            .receive(500, Duration::from_secs(1))
+            .await
+            .expect("receive")
+        {
+            d.nack(Nack::DeadLetter {
+                reason: "bad".into(),
+            })
+            .await
+            .expect("dead-letter");
+            dead += 1;
+        }
+    }
+    assert_eq!(queue.dead_letter_depth().await.expect("depth"), n);
+    assert_eq!(queue.trim_dead_letters(u64::MAX).await.expect("trim"), n);
+    assert_eq!(queue.dead_letter_depth().await.expect("depth"), 0);
+    assert!(queue.dead_letters(10).await.expect("list").is_empty());
 }

@@ -1,8 +1,12 @@
 //! Builds the components from the configuration and runs them until a
-//! signal: the one place that knows every concrete type.
+//! signal or a failure of the embedded storage: the one place that knows
+//! every concrete type.
 
 #[cfg(feature = "redis")]
 mod redis;
+mod tasks;
+
+use tasks::{Stop, expire_dead_letters, sample_depth, wait_for_stop};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use openhqm_callbacks::{
 use openhqm_core::{Backoff, Decoder};
 use openhqm_embedded::{Durability, EmbeddedDb, Options};
 use openhqm_ingress::{Admission, ApiConfig, ApiState, IdempotencyConfig, SidecarConfig};
-use openhqm_metrics::{Metrics, QueueMetrics};
+use openhqm_metrics::Metrics;
 use openhqm_queue::QueueBackend;
 use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
 use openhqm_store::ResultStore;
@@ -289,8 +293,9 @@ fn decoder(config: &Config) -> Decoder {
     }
 }
 
-/// Runs `mode` until SIGTERM or SIGINT, then shuts down in order: stop
-/// accepting, drain the workers, close the queue, the store and the database.
+/// Runs `mode` until SIGTERM, SIGINT or a failure of the embedded storage,
+/// then shuts down in order: stop accepting, drain the workers, close the
+/// queue, the store and the database.
 pub(crate) async fn run(
     config: Config,
     mode: Mode,
@@ -412,7 +417,12 @@ pub(crate) async fn run(
     backends.queue.close().await;
     backends.store.close().await;
     if let Some(db) = backends.db {
-        db.close().await;
+        // A writer stuck inside a failed engine never answers; the process
+        // must still exit, and nothing is lost by not waiting (every write
+        // a caller was told about is synced already).
+        if tokio::time::timeout(secs(10), db.close()).await.is_err() {
+            tracing::error!("the embedded database did not close within 10 s");
+        }
     }
     if let Ok(Stop::StorageFailed(error)) = stopped.await {
         bail!("the embedded storage failed ({error}); restart openhqm to recover from its journal");
@@ -494,125 +504,4 @@ fn choose_processor(
         .context("cannot set up proxy mode")?;
     let checks = proxy.start_health_checks();
     Ok((Arc::new(proxy), Some(checks)))
-}
-
-/// Why the process stops.
-enum Stop {
-    Signal,
-    /// The embedded engine refuses every write until a restart, so the
-    /// process stops (exiting non-zero) for its supervisor to restart it,
-    /// rather than answer 503 for ever.
-    StorageFailed(Arc<str>),
-}
-
-/// Waits for SIGTERM, SIGINT or a failure of the embedded storage, then
-/// tells everything to stop.
-async fn wait_for_stop(stop: watch::Sender<bool>, db: Option<EmbeddedDb>) -> Stop {
-    let storage = async {
-        match db {
-            Some(db) => db.failed().await,
-            None => std::future::pending().await,
-        }
-    };
-    let cause = tokio::select! {
-        () = signalled() => Stop::Signal,
-        error = storage => {
-            tracing::error!(%error, "the embedded storage failed; shutting down");
-            Stop::StorageFailed(error)
-        }
-    };
-    let _ = stop.send(true);
-    cause
-}
-
-async fn signalled() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received; shutting down"),
-        () = term => tracing::info!("SIGTERM received; shutting down"),
-    }
-}
-
-/// Deletes `queue`'s dead letters older than `queue.dlq_retention_seconds`,
-/// checking every tenth of it (between a second and a minute), so none
-/// outlives it by much. Any number of processes may trim one queue.
-fn expire_dead_letters(
-    config: &Config,
-    queue: &Arc<dyn QueueBackend>,
-    stop: &watch::Receiver<bool>,
-) {
-    let retention = secs(config.queue.dlq_retention_seconds);
-    if retention.is_zero() {
-        return;
-    }
-    let (queue, mut stop) = (Arc::clone(queue), stop.clone());
-    tokio::spawn(async move {
-        let period = (retention / 10).clamp(secs(1), secs(60));
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            let before = openhqm_core::time::now_ms()
-                .saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
-            match queue.trim_dead_letters(before).await {
-                Ok(0) => {}
-                Ok(deleted) => tracing::info!(
-                    deleted,
-                    retention_seconds = retention.as_secs(),
-                    "deleted dead letters past their retention"
-                ),
-                // The queue's health is reported elsewhere; the next tick tries again.
-                Err(e) => tracing::debug!(error = %e, "could not trim dead letters"),
-            }
-        }
-    });
-}
-
-/// Keeps a queue's depth gauges current for scrapers and autoscalers, and
-/// the API's admission estimate fresh (hence four times a second).
-async fn sample_depth(
-    queue: Arc<dyn QueueBackend>,
-    metrics: QueueMetrics,
-    admission: Option<Arc<Admission>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let counted = admission.as_ref().map_or(0, |a| a.counted());
-        if let Ok(depth) = queue.depth().await {
-            if let Some(admission) = &admission {
-                admission.record_depth(depth, counted);
-            }
-            metrics.depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
-        }
-        if let Ok(dead) = queue.dead_letter_depth().await {
-            metrics
-                .dlq_depth
-                .set(i64::try_from(dead).unwrap_or(i64::MAX));
-        }
-    }
 }

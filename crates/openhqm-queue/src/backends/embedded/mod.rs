@@ -29,24 +29,23 @@
 //!   (their keys follow the order of dead-lettering), and fjall's compaction
 //!   reclaims the space.
 
+mod dead;
 mod record;
 mod settle;
 mod state;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Slice, Wait};
+use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Wait};
 use tokio::sync::Notify;
 
 use crate::{
     Capabilities, DeadLetter, Delivery, OutgoingMessage, QueueBackend, QueueError, now_ms,
 };
-use record::{DeadRecord, StoredRecord};
+use record::StoredRecord;
 use state::{Now, State};
 
 /// Settings of one embedded queue.
@@ -79,10 +78,6 @@ pub(crate) struct Inner {
     /// Zero of the monotonic clock that leases run on.
     epoch: Instant,
 }
-
-/// Dead letters deleted per writer job when trimming, so a large backlog
-/// never makes one long job that holds up every other write.
-const TRIM_BATCH: usize = 1024;
 
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -256,75 +251,6 @@ impl Inner {
         }
     }
 
-    /// Dead-letters a stored message that cannot be decoded, keeping its
-    /// bytes as the body, so that it neither blocks the queue nor is lost.
-    fn quarantine(&self, seq: u64, raw: &[u8], error: &record::CorruptRecord) {
-        tracing::error!(queue = %self.config.name, seq, %error, "stored message cannot be decoded; dead-lettered");
-        let dead = DeadRecord {
-            dead_lettered_at_ms: now_ms(),
-            reason: format!("stored message {seq} cannot be decoded: {error}"),
-            record: StoredRecord {
-                attempt: 1,
-                not_before_ms: 0,
-                priority: 0,
-                attributes: BTreeMap::new(),
-                body: Bytes::copy_from_slice(raw),
-            },
-        };
-        let moved = self.db.write_detached(self.dead_letter_move(seq, dead));
-        let mut state = self.lock();
-        match moved {
-            Ok(()) => {
-                state.forget(seq);
-                state.dead_count += 1;
-            }
-            // Not moved: it stays leased, and comes back after the lease.
-            Err(e) => {
-                tracing::warn!(seq, error = %e, "could not dead-letter an undecodable message")
-            }
-        }
-    }
-
-    /// The writer job moving message `seq` to the dead-letter keyspace as
-    /// `dead`: one atomic batch, so it is never in both or neither.
-    pub(crate) fn dead_letter_move(
-        &self,
-        seq: u64,
-        dead: DeadRecord,
-    ) -> impl FnOnce(&mut openhqm_embedded::WriteCtx<'_>) + Send + 'static {
-        let dead_seq = self.next_dead_seq.fetch_add(1, Ordering::Relaxed);
-        let (messages, dead_ks) = (self.messages.clone(), self.dead.clone());
-        move |ctx| {
-            ctx.remove(&messages, &record::encode_key(seq));
-            ctx.insert(&dead_ks, &record::encode_key(dead_seq), dead.encode());
-        }
-    }
-
-    /// Keys of the oldest dead letters dead-lettered before `before_ms`, at
-    /// most [`TRIM_BATCH`], and whether more may follow. Keys follow the
-    /// order of dead-lettering, so the scan stops at the first newer one. An
-    /// unreadable record is dated by its place: it goes only with a readable
-    /// expired one after it.
-    fn expired_dead_letters(&self, before_ms: u64) -> Result<(Vec<Slice>, bool), QueueError> {
-        let mut expired = Vec::new();
-        let mut unreadable = Vec::new();
-        for item in self.dead.iter() {
-            let (key, value) = item.into_inner().map_err(unavailable)?;
-            match DeadRecord::decode(&value) {
-                Ok(dead) if dead.dead_lettered_at_ms >= before_ms => return Ok((expired, false)),
-                Ok(_) => {
-                    expired.append(&mut unreadable);
-                    expired.push(key);
-                    if expired.len() >= TRIM_BATCH {
-                        return Ok((expired, true));
-                    }
-                }
-                Err(_) => unreadable.push(key),
-            }
-        }
-        Ok((expired, false))
-    }
-
     /// A lease ran out: the next delivery counts as a new attempt, also after a restart.
     fn persist_attempt(&self, seq: u64, attempt: u32) {
         let ks = self.messages.clone();
@@ -417,113 +343,15 @@ impl QueueBackend for EmbeddedQueue {
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        let mut out = Vec::new();
-        for item in self.inner.dead.iter().take(limit) {
-            let (key, value) = item.into_inner().map_err(unavailable)?;
-            let decoded =
-                record::decode_key(&key).and_then(|seq| Ok((seq, DeadRecord::decode(&value)?)));
-            match decoded {
-                Ok((seq, dead)) => out.push(dead.into_dead_letter(seq)),
-                // One damaged record must not hide every other one.
-                Err(e) => tracing::warn!(error = %e, "skipped an unreadable dead letter"),
-            }
-        }
-        Ok(out)
+        self.inner.dead_letters(limit)
     }
 
     async fn redrive(&self, limit: usize) -> Result<u64, QueueError> {
-        let redriven_at = now_ms();
-        let mut moves = Vec::new();
-        for item in self.inner.dead.iter().take(limit) {
-            let (key, value) = item.into_inner().map_err(unavailable)?;
-            let mut rec = match DeadRecord::decode(&value) {
-                Ok(dead) => dead.record,
-                // Left where it is: redriving it would only dead-letter it again.
-                Err(e) => {
-                    tracing::warn!(error = %e, "an unreadable dead letter stays dead-lettered");
-                    continue;
-                }
-            };
-            rec.attempt = 1;
-            rec.not_before_ms = 0;
-            rec.attributes
-                .insert(crate::REDRIVEN.to_owned(), redriven_at.to_string());
-            let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-            moves.push((key, seq, rec));
-        }
-        let (messages, dead) = (self.inner.messages.clone(), self.inner.dead.clone());
-        let inner = Arc::clone(&self.inner);
-        self.inner
-            .db
-            .write_then(
-                Wait::Durable,
-                move |ctx| {
-                    let mut placed = Vec::with_capacity(moves.len());
-                    for (dead_key, seq, rec) in moves {
-                        // A concurrent redrive may have moved it since it was read.
-                        if !matches!(ctx.get(&dead, &dead_key), Ok(Some(_))) {
-                            continue;
-                        }
-                        ctx.remove(&dead, &dead_key);
-                        ctx.insert(&messages, &record::encode_key(seq), rec.encode());
-                        placed.push((seq, rec.priority));
-                    }
-                    placed
-                },
-                move |placed: Vec<(u64, u8)>| {
-                    let moved = placed.len() as u64;
-                    let mut state = inner.lock();
-                    for (seq, priority) in placed {
-                        state.push_ready(seq, priority);
-                    }
-                    state.dead_count = state.dead_count.saturating_sub(moved);
-                    drop(state);
-                    inner.notify.notify_waiters();
-                    moved
-                },
-            )
-            .await
-            .map_err(db_error)
+        self.inner.redrive(limit).await
     }
 
     async fn trim_dead_letters(&self, before_ms: u64) -> Result<u64, QueueError> {
-        let mut trimmed = 0;
-        loop {
-            let (expired, more) = self.inner.expired_dead_letters(before_ms)?;
-            if expired.is_empty() {
-                return Ok(trimmed);
-            }
-            let dead = self.inner.dead.clone();
-            let inner = Arc::clone(&self.inner);
-            trimmed += self
-                .inner
-                .db
-                .write_then(
-                    // A crash before the next sync brings some back, to be trimmed again.
-                    Wait::Applied,
-                    move |ctx| {
-                        let mut removed = 0;
-                        for key in expired {
-                            // A concurrent redrive may have moved it since it was read.
-                            if matches!(ctx.get(&dead, &key), Ok(Some(_))) {
-                                ctx.remove(&dead, &key);
-                                removed += 1;
-                            }
-                        }
-                        removed
-                    },
-                    move |removed: u64| {
-                        let mut state = inner.lock();
-                        state.dead_count = state.dead_count.saturating_sub(removed);
-                        removed
-                    },
-                )
-                .await
-                .map_err(db_error)?;
-            if !more {
-                return Ok(trimmed);
-            }
-        }
+        self.inner.trim_dead_letters(before_ms).await
     }
 
     async fn health(&self) -> Result<(), QueueError> {

@@ -174,6 +174,13 @@ impl DeadRecord {
         })
     }
 
+    /// When `raw` was dead-lettered, read from its header alone.
+    pub fn dead_lettered_at(raw: &[u8]) -> Result<u64, CorruptRecord> {
+        let mut r = Reader(raw);
+        r.version()?;
+        r.u64()
+    }
+
     pub fn into_dead_letter(self, seq: u64) -> DeadLetter {
         DeadLetter {
             message: self.record.to_message(seq),
@@ -204,6 +211,7 @@ mod tests {
             reason: "bad".into(),
             record: rec,
         };
+        assert_eq!(DeadRecord::dead_lettered_at(&dead.encode()).ok(), Some(99));
         assert_eq!(DeadRecord::decode(&dead.encode()).ok(), Some(dead));
     }
 

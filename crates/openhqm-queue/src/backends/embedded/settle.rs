@@ -94,7 +94,6 @@ impl Settle for Handle {
                     self.inner.notify.notify_waiters();
                     return Err(db_error(e));
                 }
-                self.inner.lock().dead_count += 1;
             }
         }
         Ok(())
