@@ -67,10 +67,10 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// Whether trying again later might succeed.
+    /// Whether trying again later, in this process, might succeed.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        true
+        !matches!(self, Self::Failed(_))
     }
 }
 
@@ -303,12 +303,15 @@ impl EmbeddedDb {
         self.write(Wait::Durable, |_| ()).await
     }
 
-    /// Resolves, with the cause, once the engine has failed for good (see
-    /// [`failure`]); never for a healthy or closed database.
+    /// Resolves, with the cause, once the engine has failed for good: a
+    /// commit failed (fjall then refuses every write until a restart), the
+    /// writer thread panicked, or fjall says it is poisoned while the writer
+    /// is stuck inside it. Never for a healthy or closed database.
     pub async fn failed(&self) -> Arc<str> {
         let reported = self.inner.failure.reported();
         tokio::pin!(reported);
         let mut watchdog = tokio::time::interval(WATCHDOG);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cause = &mut reported => return cause,

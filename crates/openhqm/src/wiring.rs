@@ -319,7 +319,11 @@ pub(crate) async fn run(
     let metrics = Metrics::new();
     let queue_metrics = metrics.queue(&config.queue.request_queue_name);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = tokio::spawn(wait_for_stop(stop_tx, backends.db.clone()));
+    let stopped = tokio::spawn(wait_for_stop(
+        stop_tx,
+        backends.db.clone(),
+        secs(config.worker.drain_timeout_seconds),
+    ));
 
     let state = Arc::new(ApiState {
         queue: Arc::clone(&backends.queue),
@@ -417,12 +421,7 @@ pub(crate) async fn run(
     backends.queue.close().await;
     backends.store.close().await;
     if let Some(db) = backends.db {
-        // A writer stuck inside a failed engine never answers; the process
-        // must still exit, and nothing is lost by not waiting (every write
-        // a caller was told about is synced already).
-        if tokio::time::timeout(secs(10), db.close()).await.is_err() {
-            tracing::error!("the embedded database did not close within 10 s");
-        }
+        db.close().await;
     }
     if let Ok(Stop::StorageFailed(error)) = stopped.await {
         bail!("the embedded storage failed ({error}); restart openhqm to recover from its journal");

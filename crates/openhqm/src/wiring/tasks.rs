@@ -23,8 +23,15 @@ pub(super) enum Stop {
 }
 
 /// Waits for SIGTERM, SIGINT or a failure of the embedded storage, then
-/// tells everything to stop.
-pub(super) async fn wait_for_stop(stop: watch::Sender<bool>, db: Option<EmbeddedDb>) -> Stop {
+/// tells everything to stop. After a storage failure, a shutdown that has
+/// not finished within `drain` and ten seconds more is cut short: writes
+/// the failed engine never answers (fjall can stall waiting for the flush
+/// worker that died) must not keep the process from being restarted.
+pub(super) async fn wait_for_stop(
+    stop: watch::Sender<bool>,
+    db: Option<EmbeddedDb>,
+    drain: Duration,
+) -> Stop {
     let storage = async {
         match db {
             Some(db) => db.failed().await,
@@ -35,6 +42,11 @@ pub(super) async fn wait_for_stop(stop: watch::Sender<bool>, db: Option<Embedded
         () = signalled() => Stop::Signal,
         error = storage => {
             tracing::error!(%error, "the embedded storage failed; shutting down");
+            tokio::spawn(async move {
+                tokio::time::sleep(drain + secs(10)).await;
+                tracing::error!("the shutdown after the storage failure did not finish; exiting now");
+                std::process::exit(1);
+            });
             Stop::StorageFailed(error)
         }
     };
