@@ -303,7 +303,8 @@ pub async fn trimming_deletes_only_dead_letters_older_than_the_cut(h: &dyn Harne
     };
     dead_letter(q.as_ref(), "old-1").await;
     dead_letter(q.as_ref(), "old-2").await;
-    // Clear of the millisecond either side, whichever clock dates them.
+    // Not synchronisation: a margin between clock readings either side of
+    // the cut, whichever clock (ours, or the broker's) dates a dead letter.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let cut = crate::now_ms();
     tokio::time::sleep(Duration::from_millis(20)).await;

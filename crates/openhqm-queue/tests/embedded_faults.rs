@@ -181,12 +181,7 @@ async fn a_damaged_dead_letter_hides_no_other_and_blocks_no_redrive() {
     // Opened again, the queue numbers new dead letters after the damaged one.
     queue.close().await;
     let queue = EmbeddedQueue::open(db.clone(), config()).expect("queue");
-    let d = published_and_taken(&queue, b"m").await;
-    d.nack(Nack::DeadLetter {
-        reason: "bad".into(),
-    })
-    .await
-    .expect("dead-letter");
+    dead_lettered(&queue, b"m").await;
     assert_eq!(queue.dead_letter_depth().await.expect("depth"), 2);
     let dead = queue.dead_letters(10).await.expect("listing still works");
     assert_eq!(dead.len(), 1, "the readable one is listed");
@@ -197,6 +192,36 @@ async fn a_damaged_dead_letter_hides_no_other_and_blocks_no_redrive() {
         .await
         .expect("receive");
     assert_eq!(again[0].message().body.as_ref(), b"m");
+}
+
+/// Publishes `body`, takes it and dead-letters it.
+async fn dead_lettered(queue: &EmbeddedQueue, body: &[u8]) {
+    published_and_taken(queue, body)
+        .await
+        .nack(Nack::DeadLetter {
+            reason: "bad".into(),
+        })
+        .await
+        .expect("dead-letter");
+}
+
+/// The wall clock's next millisecond (epoch ms), once it has begun: later
+/// than every dead letter so far, and no later than any to come.
+async fn next_millisecond() -> u64 {
+    let now = || {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock");
+        u64::try_from(since.as_millis()).expect("ms fit u64")
+    };
+    let start = now();
+    loop {
+        let t = now();
+        if t > start {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Stores an unreadable record as dead letter number `seq`.
@@ -215,31 +240,13 @@ async fn damage_dead_letter(db: &EmbeddedDb, seq: u64) {
 async fn trimming_dates_a_damaged_dead_letter_by_its_place() {
     let (_dir, db, mut queue) = queue().await;
     for (body, damaged) in [(&b"old-1"[..], 1), (b"old-2", 3)] {
-        let d = published_and_taken(&queue, body).await;
-        d.nack(Nack::DeadLetter {
-            reason: "bad".into(),
-        })
-        .await
-        .expect("dead-letter");
+        dead_lettered(&queue, body).await;
         damage_dead_letter(&db, damaged).await;
         queue.close().await;
         queue = EmbeddedQueue::open(db.clone(), config()).expect("queue");
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let cut = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_millis(),
-    )
-    .expect("ms fit u64");
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let d = published_and_taken(&queue, b"new").await;
-    d.nack(Nack::DeadLetter {
-        reason: "bad".into(),
-    })
-    .await
-    .expect("dead-letter");
+    let cut = next_millisecond().await;
+    dead_lettered(&queue, b"new").await;
     assert_eq!(queue.dead_letter_depth().await.expect("depth"), 5);
 
     // old-1, the damaged one after it, old-2; not the damaged one before "new".

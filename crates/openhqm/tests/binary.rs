@@ -41,6 +41,11 @@ fn start(dir: &Path, port: u16, extra: &[&str]) -> Server {
     }
 }
 
+/// What the server started by [`start`] in `dir` has logged.
+fn server_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("server.log")).expect("log")
+}
+
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -129,7 +134,7 @@ async fn kill_dash_nine_under_load_loses_no_acknowledged_request() {
     signal(&server.child, "-TERM");
     assert!(wait_exit(&mut server.child, Duration::from_secs(30)).success());
     // The test only proves something if the crash left work behind.
-    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("log");
+    let log = server_log(dir.path());
     let recovered: u64 = log
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -260,7 +265,7 @@ async fn a_storage_failure_stops_the_process_with_the_cause() {
         .await;
     };
     assert!(!status.success(), "exit status {status}");
-    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("log");
+    let log = server_log(dir.path());
     assert!(
         log.contains("the embedded storage failed"),
         "the exit names the storage:\n{log}"
@@ -311,7 +316,7 @@ async fn dead_letters_past_their_retention_are_deleted() {
     );
     signal(&server.child, "-TERM");
     assert!(wait_exit(&mut server.child, Duration::from_secs(15)).success());
-    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("log");
+    let log = server_log(dir.path());
     assert!(
         log.contains("deleted dead letters past their retention"),
         "{log}"
@@ -374,7 +379,7 @@ async fn request_logs_carry_the_correlation_id_and_worker_metrics_are_exported()
     signal(&server.child, "-TERM");
     wait_exit(&mut server.child, Duration::from_secs(15));
 
-    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("log");
+    let log = server_log(dir.path());
     let about: Vec<Value> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
