@@ -109,7 +109,9 @@ where
             let permit = first
                 .take()
                 .or_else(|| Arc::clone(&slots).try_acquire_owned().ok());
-            let work = handle(delivery);
+            // Boxed: a handler's future can be kilobytes, and tokio moves a
+            // task's future by value when it spawns and again when it ends.
+            let work = Box::pin(handle(delivery));
             running.spawn(async move {
                 let _permit = permit;
                 work.await;

@@ -69,7 +69,28 @@ impl Inner {
         }
     }
 
-    pub(super) fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+    /// Runs `scan` of storage on the blocking pool: a read may wait on the
+    /// disk or on fjall's locks (a flush holds a tree's version lock while it
+    /// syncs), and must not hold a runtime thread meanwhile.
+    async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        scan: impl FnOnce(&Self) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let inner = Arc::clone(self);
+        tokio::task::spawn_blocking(move || scan(&inner))
+            .await
+            .map_err(|e| unavailable(format!("reading dead letters stopped: {e}")))?
+    }
+
+    pub(super) async fn dead_letters(
+        self: &Arc<Self>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        self.off_runtime(move |inner| inner.read_dead_letters(limit))
+            .await
+    }
+
+    fn read_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let mut out = Vec::new();
         for item in self.dead.iter().take(limit) {
             let (key, value) = item.into_inner().map_err(unavailable)?;
@@ -85,25 +106,9 @@ impl Inner {
     }
 
     pub(super) async fn redrive(self: &Arc<Self>, limit: usize) -> Result<u64, QueueError> {
-        let redriven_at = now_ms();
-        let mut moves = Vec::new();
-        for item in self.dead.iter().take(limit) {
-            let (key, value) = item.into_inner().map_err(unavailable)?;
-            let mut rec = match DeadRecord::decode(&value) {
-                Ok(dead) => dead.record,
-                // Left where it is: redriving it would only dead-letter it again.
-                Err(e) => {
-                    tracing::warn!(error = %e, "an unreadable dead letter stays dead-lettered");
-                    continue;
-                }
-            };
-            rec.attempt = 1;
-            rec.not_before_ms = 0;
-            rec.attributes
-                .insert(crate::REDRIVEN.to_owned(), redriven_at.to_string());
-            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            moves.push((key, seq, rec));
-        }
+        let moves = self
+            .off_runtime(move |inner| inner.redrive_moves(limit, now_ms()))
+            .await?;
         let (job, then) = (Arc::clone(self), Arc::clone(self));
         self.db
             .write_then(
@@ -137,6 +142,35 @@ impl Inner {
             .map_err(db_error)
     }
 
+    /// The oldest `limit` readable dead letters, each with the key it leaves
+    /// and the queue sequence and record (a fresh first attempt, marked as
+    /// redriven at `redriven_at`) it goes back as.
+    fn redrive_moves(
+        &self,
+        limit: usize,
+        redriven_at: u64,
+    ) -> Result<Vec<(Slice, u64, StoredRecord)>, QueueError> {
+        let mut moves = Vec::new();
+        for item in self.dead.iter().take(limit) {
+            let (key, value) = item.into_inner().map_err(unavailable)?;
+            let mut rec = match DeadRecord::decode(&value) {
+                Ok(dead) => dead.record,
+                // Left where it is: redriving it would only dead-letter it again.
+                Err(e) => {
+                    tracing::warn!(error = %e, "an unreadable dead letter stays dead-lettered");
+                    continue;
+                }
+            };
+            rec.attempt = 1;
+            rec.not_before_ms = 0;
+            rec.attributes
+                .insert(crate::REDRIVEN.to_owned(), redriven_at.to_string());
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            moves.push((key, seq, rec));
+        }
+        Ok(moves)
+    }
+
     pub(super) async fn trim_dead_letters(
         self: &Arc<Self>,
         before_ms: u64,
@@ -144,7 +178,10 @@ impl Inner {
         let mut trimmed = 0;
         let mut after = None;
         loop {
-            let (expired, more) = self.expired_dead_letters(before_ms, after.take())?;
+            let start = after.take();
+            let (expired, more) = self
+                .off_runtime(move |inner| inner.expired_dead_letters(before_ms, start))
+                .await?;
             let Some(last) = expired.last().cloned() else {
                 return Ok(trimmed);
             };

@@ -343,7 +343,7 @@ impl QueueBackend for EmbeddedQueue {
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        self.inner.dead_letters(limit)
+        self.inner.dead_letters(limit).await
     }
 
     async fn redrive(&self, limit: usize) -> Result<u64, QueueError> {
