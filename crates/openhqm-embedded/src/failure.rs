@@ -49,6 +49,18 @@ impl Failure {
     }
 }
 
+/// What a fjall error says about why the engine failed. `Poisoned` says
+/// only that an earlier write failed (a flush or compaction, whose worker
+/// logs the I/O error itself), so the cause points there.
+pub(crate) fn cause_of(e: &fjall::Error) -> String {
+    match e {
+        fjall::Error::Poisoned => {
+            "an I/O error in fjall's flush or compaction (fjall logged it just before) poisoned the database".into()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Reports a panic of the thread that holds it.
 pub(crate) struct ReportPanic<'a>(pub &'a Failure);
 

@@ -66,14 +66,6 @@ pub enum DbError {
     Failed(Arc<str>),
 }
 
-impl DbError {
-    /// Whether trying again later, in this process, might succeed.
-    #[must_use]
-    pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Failed(_))
-    }
-}
-
 /// Memtable size per keyspace: bounds memory; larger only saves flushes.
 const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -320,6 +312,12 @@ impl EmbeddedDb {
         }
     }
 
+    /// The cause, if the engine has failed for good (see [`EmbeddedDb::failed`]).
+    #[must_use]
+    pub fn failure(&self) -> Option<Arc<str>> {
+        self.inner.failure.cause()
+    }
+
     /// Reports fjall's poisoning even if the writer is stuck inside fjall.
     async fn ask_fjall(&self) {
         // Flushing the journal's buffer to the OS is cheap, and refused by a
@@ -328,7 +326,7 @@ impl EmbeddedDb {
         let persisted =
             tokio::task::spawn_blocking(move || db.persist(fjall::PersistMode::Buffer)).await;
         if let Ok(Err(e)) = persisted {
-            self.inner.failure.report(&e);
+            self.inner.failure.report(&failure::cause_of(&e));
         }
     }
 

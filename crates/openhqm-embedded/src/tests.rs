@@ -261,7 +261,7 @@ async fn a_failed_flush_is_reported_and_refuses_later_writes() {
         .await
         .expect("failed() resolved")
         .expect("join");
-    assert!(error.contains("Poisoned"), "{error}");
+    assert!(error.contains("poisoned the database"), "{error}");
     assert!(
         db.probe().await.is_err(),
         "a failed database probes unhealthy"

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fjall::{Keyspace, PersistMode, Slice};
 use tokio::sync::mpsc;
 
-use crate::failure::{Failure, ReportPanic};
+use crate::failure::{Failure, ReportPanic, cause_of};
 use crate::recent::{Key, Recent};
 use crate::{Completion, Durability, Request, Wait};
 
@@ -106,7 +106,7 @@ fn run(
     }
     // Whatever the OS still buffers is synced on the way out.
     if let Err(e) = db.persist(PersistMode::SyncAll) {
-        tracing::error!(error = %e, "final journal sync failed");
+        failure.report(&cause_of(&e));
     }
 }
 
@@ -167,7 +167,7 @@ fn commit_group(
     };
     if let Err(e) = &result {
         // Every commit error leaves fjall poisoned: the first one is the news.
-        failure.report(e);
+        failure.report(&cause_of(e));
     }
     for done in persisted {
         done(result.clone());

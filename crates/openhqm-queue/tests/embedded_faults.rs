@@ -262,6 +262,38 @@ async fn trimming_dates_a_damaged_dead_letter_by_its_place() {
     assert_eq!(queue.dead_letter_depth().await.expect("depth"), 0);
 }
 
+/// Re-dates dead letter number `seq` to `at_ms` (the record's bytes 1..9).
+async fn date_dead_letter(db: &EmbeddedDb, seq: u64, at_ms: u64) {
+    let dlq = db.keyspace("requests-dlq").expect("keyspace");
+    db.write(openhqm_embedded::Wait::Durable, move |ctx| {
+        let key = seq.to_be_bytes();
+        let mut raw = ctx.get(&dlq, &key).expect("read").expect("stored").to_vec();
+        raw[1..9].copy_from_slice(&at_ms.to_be_bytes());
+        ctx.insert(&dlq, &key, raw);
+    })
+    .await
+    .expect("write");
+}
+
+/// A dead letter stamped by a clock far ahead is dated by its place, like
+/// an unreadable one: it does not hold up trimming until that date.
+#[tokio::test]
+async fn a_dead_letter_dated_far_ahead_does_not_hold_up_trimming() {
+    let (_dir, db, queue) = queue().await;
+    for body in [&b"old-1"[..], b"ahead", b"old-2"] {
+        dead_lettered(&queue, body).await;
+    }
+    let year_ahead = next_millisecond().await + 365 * 24 * 3600 * 1000;
+    date_dead_letter(&db, 1, year_ahead).await;
+    let cut = next_millisecond().await;
+    dead_lettered(&queue, b"new").await;
+
+    assert_eq!(queue.trim_dead_letters(cut).await.expect("trim"), 3);
+    let left = queue.dead_letters(10).await.expect("list");
+    let bodies: Vec<&[u8]> = left.iter().map(|d| d.message.body.as_ref()).collect();
+    assert_eq!(bodies, [&b"new"[..]]);
+}
+
 /// Trimming a backlog larger than one writer job takes several, each
 /// resuming where the last one stopped, and counts what it deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

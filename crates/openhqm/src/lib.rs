@@ -46,7 +46,13 @@ pub fn main_with(processor: Arc<dyn Processor>) -> ExitCode {
         runtime.worker_threads(config.server.workers);
     }
     let result = match runtime.build() {
-        Ok(rt) => rt.block_on(wiring::run(config, mode, processor)),
+        Ok(rt) => {
+            let result = rt.block_on(wiring::run(config, mode, processor));
+            // A blocking task stuck in a failed storage engine must not
+            // hold the exit.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            result
+        }
         Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
     };
     match result {

@@ -6,7 +6,7 @@
 mod redis;
 mod tasks;
 
-use tasks::{Stop, expire_dead_letters, sample_depth, wait_for_stop};
+use tasks::{expire_dead_letters, sample_depth, watch_for_stop};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -319,7 +319,7 @@ pub(crate) async fn run(
     let metrics = Metrics::new();
     let queue_metrics = metrics.queue(&config.queue.request_queue_name);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = tokio::spawn(wait_for_stop(
+    let watcher = tokio::spawn(watch_for_stop(
         stop_tx,
         backends.db.clone(),
         secs(config.worker.drain_timeout_seconds),
@@ -420,10 +420,11 @@ pub(crate) async fn run(
     }
     backends.queue.close().await;
     backends.store.close().await;
-    if let Some(db) = backends.db {
+    if let Some(db) = &backends.db {
         db.close().await;
     }
-    if let Ok(Stop::StorageFailed(error)) = stopped.await {
+    watcher.abort();
+    if let Some(error) = backends.db.as_ref().and_then(EmbeddedDb::failure) {
         bail!("the embedded storage failed ({error}); restart openhqm to recover from its journal");
     }
     tracing::info!("openhqm stopped");

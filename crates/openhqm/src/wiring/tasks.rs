@@ -13,45 +13,37 @@ use tokio::sync::watch;
 use super::secs;
 use crate::config::Config;
 
-/// Why the process stops.
-pub(super) enum Stop {
-    Signal,
-    /// The embedded engine refuses every write until a restart, so the
-    /// process stops (exiting non-zero) for its supervisor to restart it,
-    /// rather than answer 503 for ever.
-    StorageFailed(Arc<str>),
-}
-
 /// Waits for SIGTERM, SIGINT or a failure of the embedded storage, then
-/// tells everything to stop. After a storage failure, a shutdown that has
+/// tells everything to stop, and goes on watching the storage through the
+/// drain: a failure then still ends the process non-zero (see
+/// [`EmbeddedDb::failure`]). After a storage failure, a shutdown that has
 /// not finished within `drain` and ten seconds more is cut short: writes
 /// the failed engine never answers (fjall can stall waiting for the flush
 /// worker that died) must not keep the process from being restarted.
-pub(super) async fn wait_for_stop(
+pub(super) async fn watch_for_stop(
     stop: watch::Sender<bool>,
     db: Option<EmbeddedDb>,
     drain: Duration,
-) -> Stop {
+) {
     let storage = async {
         match db {
             Some(db) => db.failed().await,
             None => std::future::pending().await,
         }
     };
-    let cause = tokio::select! {
-        () = signalled() => Stop::Signal,
-        error = storage => {
-            tracing::error!(%error, "the embedded storage failed; shutting down");
-            tokio::spawn(async move {
-                tokio::time::sleep(drain + secs(10)).await;
-                tracing::error!("the shutdown after the storage failure did not finish; exiting now");
-                std::process::exit(1);
-            });
-            Stop::StorageFailed(error)
+    tokio::pin!(storage);
+    let error = tokio::select! {
+        () = signalled() => {
+            let _ = stop.send(true);
+            storage.await
         }
+        error = &mut storage => error,
     };
+    tracing::error!(%error, "the embedded storage failed; shutting down");
     let _ = stop.send(true);
-    cause
+    tokio::time::sleep(drain + secs(10)).await;
+    tracing::error!("the shutdown after the storage failure did not finish; exiting now");
+    std::process::exit(1);
 }
 
 async fn signalled() {

@@ -21,6 +21,11 @@ use crate::{DeadLetter, QueueError, now_ms};
 /// never makes one long job that holds up every other write.
 const TRIM_BATCH: usize = 1024;
 
+/// A dead letter dated further ahead of now than this was stamped by a
+/// clock that ran ahead (a VM booted before NTP set it): it is dated by its
+/// place instead, so it cannot hold up trimming until that date.
+const CLOCK_AHEAD_MS: u64 = 24 * 60 * 60 * 1000;
+
 impl Inner {
     /// The writer job moving message `seq` to the dead-letter keyspace as
     /// `dead`: one atomic batch, so it is never in both or neither.
@@ -106,6 +111,7 @@ impl Inner {
     }
 
     pub(super) async fn redrive(self: &Arc<Self>, limit: usize) -> Result<u64, QueueError> {
+        let _removing = self.removing_dead.lock().await;
         let moves = self
             .off_runtime(move |inner| inner.redrive_moves(limit, now_ms()))
             .await?;
@@ -116,10 +122,6 @@ impl Inner {
                 move |ctx| {
                     let mut placed = Vec::with_capacity(moves.len());
                     for (dead_key, seq, rec) in moves {
-                        // A concurrent redrive or trim may have removed it since it was read.
-                        if !matches!(ctx.get(&job.dead, &dead_key), Ok(Some(_))) {
-                            continue;
-                        }
                         ctx.remove(&job.dead, &dead_key);
                         ctx.insert(&job.messages, &record::encode_key(seq), rec.encode());
                         placed.push((seq, rec.priority));
@@ -178,6 +180,7 @@ impl Inner {
         let mut trimmed = 0;
         let mut after = None;
         loop {
+            let removing = self.removing_dead.lock().await;
             let start = after.take();
             let (expired, more) = self
                 .off_runtime(move |inner| inner.expired_dead_letters(before_ms, start))
@@ -192,15 +195,10 @@ impl Inner {
                     // A crash before the next sync brings some back, to be trimmed again.
                     Wait::Applied,
                     move |ctx| {
-                        let mut removed = 0;
-                        for key in expired {
-                            // A concurrent redrive may have moved it since it was read.
-                            if matches!(ctx.get(&job.dead, &key), Ok(Some(_))) {
-                                ctx.remove(&job.dead, &key);
-                                removed += 1;
-                            }
+                        for key in &expired {
+                            ctx.remove(&job.dead, key);
                         }
-                        removed
+                        expired.len() as u64
                     },
                     move |removed: u64| {
                         let mut state = then.lock();
@@ -210,6 +208,7 @@ impl Inner {
                 )
                 .await
                 .map_err(db_error)?;
+            drop(removing);
             if !more {
                 return Ok(trimmed);
             }
@@ -221,29 +220,32 @@ impl Inner {
     /// dead-lettered before `before_ms`, at most [`TRIM_BATCH`], and whether
     /// more may follow. Keys follow the order of dead-lettering, so the scan
     /// stops at the first younger one (a wall clock set back can hold up
-    /// trimming until it catches up; it never deletes a younger one). An
-    /// unreadable record is dated by its place: it goes only with a readable
-    /// expired one after it.
+    /// trimming until it catches up; it never deletes a younger one). A
+    /// record that is unreadable, or dated more than [`CLOCK_AHEAD_MS`]
+    /// ahead, is dated by its place: it goes only with a readable expired
+    /// one after it.
     fn expired_dead_letters(
         &self,
         before_ms: u64,
         after: Option<Slice>,
     ) -> Result<(Vec<Slice>, bool), QueueError> {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let clock_ahead = now_ms().saturating_add(CLOCK_AHEAD_MS);
         let mut expired = Vec::new();
-        let mut unreadable = Vec::new();
+        let mut undated = Vec::new();
         for item in self.dead.range::<Slice, _>((start, Bound::Unbounded)) {
             let (key, value) = item.into_inner().map_err(unavailable)?;
             match DeadRecord::dead_lettered_at(&value) {
+                Ok(at) if at > clock_ahead => undated.push(key),
                 Ok(at) if at >= before_ms => return Ok((expired, false)),
                 Ok(_) => {
-                    expired.append(&mut unreadable);
+                    expired.append(&mut undated);
                     expired.push(key);
                     if expired.len() >= TRIM_BATCH {
                         return Ok((expired, true));
                     }
                 }
-                Err(_) => unreadable.push(key),
+                Err(_) => undated.push(key),
             }
         }
         Ok((expired, false))

@@ -74,6 +74,10 @@ pub(crate) struct Inner {
     notify: Notify,
     next_seq: AtomicU64,
     next_dead_seq: AtomicU64,
+    /// Held by whatever removes dead letters (redrive, trim) from its scan
+    /// to its commit: moves only add keys, so what the scan found is still
+    /// there, and the writer job deletes it without reading it again.
+    removing_dead: tokio::sync::Mutex<()>,
     config: EmbeddedQueueConfig,
     /// Zero of the monotonic clock that leases run on.
     epoch: Instant,
@@ -142,6 +146,7 @@ impl EmbeddedQueue {
                 notify: Notify::new(),
                 next_seq: AtomicU64::new(next_seq),
                 next_dead_seq: AtomicU64::new(next_dead_seq),
+                removing_dead: tokio::sync::Mutex::new(()),
                 config,
                 epoch: Instant::now(),
             }),
