@@ -177,6 +177,10 @@ impl Inner {
         self: &Arc<Self>,
         before_ms: u64,
     ) -> Result<u64, QueueError> {
+        if self.lock().dead_count == 0 {
+            // Nothing to scan: the usual case costs no read and no thread.
+            return Ok(0);
+        }
         let mut trimmed = 0;
         let mut after = None;
         loop {
