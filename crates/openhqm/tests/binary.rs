@@ -275,6 +275,11 @@ async fn a_storage_failure_stops_the_process_with_the_cause() {
         log.contains("No such file or directory"),
         "the root cause is logged:\n{log}"
     );
+    // The orderly shutdown finished, rather than the drain timer's cut-off.
+    assert!(
+        log.contains("restart openhqm to recover from its journal"),
+        "the shutdown ran to its end:\n{log}"
+    );
 }
 
 /// Dead letters past `queue.dlq_retention_seconds` are deleted by the
