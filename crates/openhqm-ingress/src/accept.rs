@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use openhqm_core::time::now_ms;
-use openhqm_core::{CorrelationId, Envelope, RequestRecord};
+use openhqm_core::{CorrelationId, Envelope, RequestRecord, RequestStatus};
 use openhqm_queue::{OutgoingMessage, QueueError};
-use openhqm_store::{Claim, KeyClaim};
+use openhqm_store::{Claim, KeyClaim, Update};
 
 use crate::idempotency::Keyed;
 use crate::{ApiState, Problem};
@@ -110,6 +110,14 @@ pub(crate) async fn accept(
     if let Err(e) = published {
         state.queue_metrics.publish_error.inc();
         state.admission.unreserve();
+        if created.is_ok() {
+            // The record has no message and the client no id: finish it, so
+            // it expires with the TTL instead of reading PENDING for days.
+            let finish = Update::to(RequestStatus::Failed);
+            if let Err(e) = state.store.transition(id, finish).await {
+                tracing::warn!(correlation_id = %id, error = %e, "could not finish the record of a request that was not queued");
+            }
+        }
         let problem = match e {
             QueueError::PayloadTooLarge { .. } => Problem::too_large(state.config.max_body_size),
             other => {

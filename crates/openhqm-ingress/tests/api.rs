@@ -43,13 +43,21 @@ async fn serve_with(
     known_endpoints: Option<std::collections::HashSet<String>>,
     max_pending: u64,
 ) -> Api {
+    serve_with_queue_limit(known_endpoints, max_pending, MAX_BODY * 2).await
+}
+
+async fn serve_with_queue_limit(
+    known_endpoints: Option<std::collections::HashSet<String>>,
+    max_pending: u64,
+    max_payload: usize,
+) -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
     let qc = EmbeddedQueueConfig {
         name: "requests".into(),
         dead_letter_name: "requests-dlq".into(),
         lease: Duration::from_secs(30),
-        max_payload: MAX_BODY * 2,
+        max_payload,
     };
     let queue: Arc<dyn QueueBackend> =
         Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"));
@@ -464,6 +472,27 @@ async fn storage_down_means_503_with_retry_after_never_202() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(api.get("/health/live").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_request_the_queue_refuses_leaves_no_pending_record() {
+    // The queue takes less than the API does, so the publish fails after
+    // the status record was written beside it.
+    let api = serve_with_queue_limit(None, 0, 1024).await;
+    let big = format!(r#"{{"payload": "{}"}}"#, "x".repeat(4096));
+    let refused = api.post_raw("/api/v1/submit", big).await;
+    expect_problem(refused, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large").await;
+    let results = api.db.keyspace("results").expect("keyspace");
+    let statuses: Vec<Value> = results
+        .iter()
+        .map(|item| {
+            let value = item.value().expect("value");
+            let record: Value = serde_json::from_slice(&value[8..]).expect("record");
+            record["status"].clone()
+        })
+        .collect();
+    // Finished, so it expires with the TTL instead of reading PENDING for days.
+    assert_eq!(statuses, [json!("FAILED")]);
 }
 
 #[tokio::test]

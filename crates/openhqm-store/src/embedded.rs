@@ -4,8 +4,9 @@
 //! UUIDv7, so keys arrive in time order and expiry can scan from the oldest
 //! (an outside producer's UUIDv4 is swept too; see [`expired_keys`]).
 //! A value is `[expires_at_ms u64 BE][record JSON]`; every write moves the
-//! expiry to `updated_at + ttl`, reads treat an expired record as absent, and a
-//! sweeper deletes expired records so storage stays bounded.
+//! expiry to `updated_at` + its [`lifetime`] (the TTL once finished), reads
+//! treat an expired record as absent, and a sweeper deletes expired records
+//! so storage stays bounded.
 //!
 //! Transitions run on the database's single writer thread, which makes their
 //! read-modify-write atomic. `create` and `transition` wait until the write
@@ -29,7 +30,7 @@ use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Wait};
 use tokio::task::JoinHandle;
 
 use crate::waiters::Waiters;
-use crate::{Claim, KeyClaim, ResultStore, StoreError, Transition, Update, apply_update};
+use crate::{Claim, KeyClaim, ResultStore, StoreError, Transition, Update, apply_update, lifetime};
 
 /// Settings of the embedded store.
 #[derive(Debug, Clone)]
@@ -58,7 +59,11 @@ fn db_error(e: DbError) -> StoreError {
     }
 }
 
-fn encode(record: &RequestRecord, expires_at_ms: u64) -> Vec<u8> {
+/// `[expires_at_ms][record JSON]`, the record living its [`lifetime`] under `ttl_ms`.
+fn encode(record: &RequestRecord, ttl_ms: u64) -> Vec<u8> {
+    let ttl = Duration::from_millis(ttl_ms);
+    let lifetime_ms = u64::try_from(lifetime(record.status, ttl).as_millis()).unwrap_or(u64::MAX);
+    let expires_at_ms = record.updated_at_ms.saturating_add(lifetime_ms);
     let mut out = expires_at_ms.to_be_bytes().to_vec();
     // Serializing our own record type cannot fail.
     serde_json::to_writer(&mut out, record).unwrap_or_default();
@@ -113,7 +118,7 @@ impl EmbeddedStore {
     /// message and written a later status (create and publish run
     /// concurrently), which PENDING must not overwrite.
     async fn put_new(&self, id: CorrelationId, record: RequestRecord) -> Result<(), StoreError> {
-        let value = encode(&record, record.updated_at_ms.saturating_add(self.ttl_ms));
+        let value = encode(&record, self.ttl_ms);
         let ks = self.results.clone();
         self.db
             .write(Wait::Applied, move |ctx| {
@@ -340,7 +345,7 @@ impl ResultStore for EmbeddedStore {
                     };
                     let outcome = apply_update(id, current, update, now);
                     if let Transition::Applied(record) = &outcome {
-                        let value = encode(record, now.saturating_add(ttl_ms));
+                        let value = encode(record, ttl_ms);
                         ctx.insert(&ks, id.as_bytes(), value);
                     }
                     Ok(outcome)

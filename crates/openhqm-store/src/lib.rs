@@ -46,6 +46,24 @@ impl StoreError {
     }
 }
 
+/// The least time an unfinished request's record is kept after its last
+/// change, whatever the configured TTL: a request waiting out a long backlog,
+/// or running long, must not read as unknown (404) and reappear when it
+/// finishes. (A record whose publish failed is finished at once by the
+/// ingress; only if that write fails too does it linger this long.)
+pub const UNFINISHED_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a record in `status` lives after its last change: `ttl` once the
+/// request is finished, at least [`UNFINISHED_LIFETIME`] before.
+#[must_use]
+pub fn lifetime(status: RequestStatus, ttl: Duration) -> Duration {
+    if status.is_terminal() {
+        ttl
+    } else {
+        ttl.max(UNFINISHED_LIFETIME)
+    }
+}
+
 /// A requested status change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Update {

@@ -3,8 +3,9 @@
 //! # How the store maps onto Redis
 //! - **One key per request**, `<prefix><correlation id>` (prefix
 //!   `openhqm:result:` by default), holding the [`RequestRecord`] as JSON.
-//!   Every write sets the expiry to `ttl` (`PX`), so a record lives `ttl`
-//!   after its last change and Redis itself deletes it: no sweeper.
+//!   Every write sets the expiry (`PX`) to the record's [`lifetime`]: `ttl`
+//!   after its last change once finished, at least a week before; Redis
+//!   itself deletes it: no sweeper.
 //! - **Transitions** read the record, apply [`apply_update`] in Rust (the one
 //!   place the transition table lives) and write the result with a
 //!   compare-and-set Lua script that only writes if the stored value is still
@@ -36,7 +37,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::task::JoinHandle;
 
 use crate::waiters::Waiters;
-use crate::{Claim, KeyClaim, ResultStore, StoreError, Transition, Update, apply_update};
+use crate::{Claim, KeyClaim, ResultStore, StoreError, Transition, Update, apply_update, lifetime};
 
 /// Default key prefix of records.
 pub const DEFAULT_KEY_PREFIX: &str = "openhqm:result:";
@@ -168,6 +169,11 @@ impl RedisStore {
         })
     }
 
+    /// The `PX` of a write of `record`: its [`lifetime`].
+    fn px(&self, record: &RequestRecord) -> u64 {
+        ttl_ms(lifetime(record.status, self.config.ttl))
+    }
+
     fn key(&self, id: CorrelationId) -> String {
         format!("{}{id}", self.config.key_prefix)
     }
@@ -181,20 +187,20 @@ impl RedisStore {
             .map_err(redis_error)
     }
 
-    /// Writes `new` if the record still reads `expected`; publishes if `done`.
+    /// Writes `new` if the record still reads `expected`; publishes if it is finished.
     async fn compare_and_set(
         &self,
         id: CorrelationId,
         expected: Option<&[u8]>,
-        new: &[u8],
-        done: bool,
+        new: &RequestRecord,
     ) -> Result<bool, StoreError> {
+        let done = new.status.is_terminal();
         let mut invocation = self.cas.key(self.key(id));
         invocation
             .arg(if expected.is_some() { "1" } else { "0" })
             .arg(expected.unwrap_or_default())
-            .arg(new)
-            .arg(ttl_ms(self.config.ttl))
+            .arg(encode(new))
+            .arg(self.px(new))
             .arg(if done {
                 self.config.channel.as_str()
             } else {
@@ -296,7 +302,7 @@ impl ResultStore for RedisStore {
             .arg(encode(&record))
             .arg("NX")
             .arg("PX")
-            .arg(ttl_ms(self.config.ttl))
+            .arg(self.px(&record))
             .query_async::<()>(&mut conn)
             .await
             .map_err(redis_error)
@@ -321,11 +327,7 @@ impl ResultStore for RedisStore {
             let Transition::Applied(record) = &outcome else {
                 return Ok(outcome);
             };
-            let done = record.status.is_terminal();
-            if self
-                .compare_and_set(id, raw.as_deref(), &encode(record), done)
-                .await?
-            {
+            if self.compare_and_set(id, raw.as_deref(), record).await? {
                 return Ok(outcome);
             }
         }

@@ -124,3 +124,49 @@ pub async fn create_does_not_overwrite(store: &dyn ResultStore) {
     let record = store.get(id).await.expect("get").expect("record");
     assert_eq!(record.status, RequestStatus::Processing);
 }
+
+/// A record outlives `ttl` while its request is unfinished (PENDING, then
+/// PROCESSING), and expires `ttl` after it finishes. `store` must have been
+/// opened with `ttl`, short (well under a second).
+///
+/// # Panics
+/// When an unfinished request's record expires, or a finished one never does.
+pub async fn unfinished_requests_outlive_the_ttl(store: &dyn ResultStore, ttl: Duration) {
+    let id = CorrelationId::new();
+    let now = openhqm_core::time::now_ms();
+    store
+        .create(RequestRecord::pending(id, now))
+        .await
+        .expect("create");
+    tokio::time::sleep(ttl * 3).await;
+    let record = store.get(id).await.expect("get");
+    assert_eq!(
+        record.map(|r| r.status),
+        Some(RequestStatus::Pending),
+        "a request still queued after the TTL must keep its status"
+    );
+    store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    tokio::time::sleep(ttl * 3).await;
+    let record = store.get(id).await.expect("get");
+    assert_eq!(
+        record.map(|r| r.status),
+        Some(RequestStatus::Processing),
+        "a request still running after the TTL must keep its status"
+    );
+    store
+        .transition(id, Update::to(RequestStatus::Completed))
+        .await
+        .expect("completed");
+    assert!(store.get(id).await.expect("get").is_some(), "fresh result");
+    let deadline = tokio::time::Instant::now() + ttl * 20;
+    while store.get(id).await.expect("get").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a finished request's record never expired"
+        );
+        tokio::time::sleep(ttl / 4).await;
+    }
+}

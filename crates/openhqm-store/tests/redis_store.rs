@@ -98,7 +98,7 @@ async fn transitions_follow_the_table_and_keep_result_with_status() {
 }
 
 #[tokio::test]
-async fn every_write_sets_the_ttl_and_expired_records_are_gone() {
+async fn every_write_sets_the_lifetime_and_expired_records_are_gone() {
     let server = RedisServer::start();
     let store = open(&server, Duration::from_secs(30)).await;
     let id = CorrelationId::new();
@@ -106,14 +106,31 @@ async fn every_write_sets_the_ttl_and_expired_records_are_gone() {
         .create(RequestRecord::pending(id, 1))
         .await
         .expect("create");
+    let week = u64::try_from(openhqm_store::UNFINISHED_LIFETIME.as_millis()).expect("ms");
+    let unfinished = (week - 1_000)..=week;
     let ttl = pttl(&server, id).await;
-    assert!((29_000..=30_000).contains(&ttl), "PTTL after create: {ttl}");
+    assert!(
+        unfinished.contains(&ttl.cast_unsigned()),
+        "PTTL after create: {ttl}"
+    );
     store
         .transition(id, Update::to(RequestStatus::Processing))
         .await
         .expect("processing");
     let ttl = pttl(&server, id).await;
-    assert!((29_000..=30_000).contains(&ttl), "PTTL after update: {ttl}");
+    assert!(
+        unfinished.contains(&ttl.cast_unsigned()),
+        "PTTL while processing: {ttl}"
+    );
+    store
+        .transition(id, Update::to(RequestStatus::Completed))
+        .await
+        .expect("completed");
+    let ttl = pttl(&server, id).await;
+    assert!(
+        (29_000..=30_000).contains(&ttl),
+        "PTTL once finished: {ttl}"
+    );
 
     let short = open(&server, Duration::from_millis(100)).await;
     let gone = CorrelationId::new();
@@ -121,11 +138,23 @@ async fn every_write_sets_the_ttl_and_expired_records_are_gone() {
         .create(RequestRecord::pending(gone, 1))
         .await
         .expect("create");
+    short
+        .transition(gone, Update::to(RequestStatus::Cancelled))
+        .await
+        .expect("cancel");
     let deadline = Instant::now() + Duration::from_secs(5);
     while short.get(gone).await.expect("get").is_some() {
         assert!(Instant::now() < deadline, "record never expired");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn unfinished_requests_outlive_the_ttl() {
+    let server = RedisServer::start();
+    let ttl = Duration::from_millis(200);
+    let store = open(&server, ttl).await;
+    openhqm_store::scenarios::unfinished_requests_outlive_the_ttl(&store, ttl).await;
 }
 
 #[tokio::test]

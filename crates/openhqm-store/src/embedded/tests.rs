@@ -93,6 +93,19 @@ async fn an_unreadable_record_is_replaced_by_the_next_transition() {
     db.close().await;
 }
 
+/// Stores a finished (cancelled) request: only those expire after the TTL.
+async fn store_finished(store: &EmbeddedStore, id: CorrelationId) {
+    let now = openhqm_core::time::now_ms();
+    store
+        .create(RequestRecord::pending(id, now))
+        .await
+        .expect("create");
+    store
+        .transition(id, Update::to(RequestStatus::Cancelled))
+        .await
+        .expect("cancel");
+}
+
 #[tokio::test]
 async fn records_expire_after_ttl_and_are_deleted() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -101,11 +114,7 @@ async fn records_expire_after_ttl_and_are_deleted() {
     let results = db.keyspace("results").expect("ks");
     let ids: Vec<CorrelationId> = (0..20).map(|_| CorrelationId::new()).collect();
     for id in &ids {
-        let now = openhqm_core::time::now_ms();
-        store
-            .create(RequestRecord::pending(*id, now))
-            .await
-            .expect("create");
+        store_finished(&store, *id).await;
     }
     assert!(store.get(ids[0]).await.expect("get").is_some());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -132,11 +141,7 @@ async fn records_expire_after_ttl_and_are_deleted() {
 async fn expiry_scan_stops_at_records_too_young_to_expire() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (db, store) = open(dir.path(), Duration::from_secs(3600));
-    let id = CorrelationId::new();
-    store
-        .create(RequestRecord::pending(id, openhqm_core::time::now_ms()))
-        .await
-        .expect("create");
+    store_finished(&store, CorrelationId::new()).await;
     let results = db.keyspace("results").expect("ks");
     let now = openhqm_core::time::now_ms();
     assert!(expired_keys(&results, 3_600_000, now).is_empty());
@@ -202,6 +207,14 @@ async fn idempotency_keys() {
 }
 
 #[tokio::test]
+async fn unfinished_requests_outlive_the_ttl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ttl = Duration::from_millis(200);
+    let (_db, store) = open(dir.path(), ttl);
+    crate::scenarios::unfinished_requests_outlive_the_ttl(&store, ttl).await;
+}
+
+#[tokio::test]
 async fn create_does_not_overwrite_a_later_status() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_db, store) = open(dir.path(), Duration::from_secs(60));
@@ -241,15 +254,13 @@ async fn records_of_ids_that_are_not_time_ordered_expire_too() {
         })
         .collect();
     for id in &v4 {
-        let record = RequestRecord::pending(*id, openhqm_core::time::now_ms());
-        store.create(record).await.expect("create");
+        store_finished(&store, *id).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // A record still young when those expire: the scan of time-ordered ids
     // stops at it.
     let young = CorrelationId::new();
-    let record = RequestRecord::pending(young, openhqm_core::time::now_ms());
-    store.create(record).await.expect("create");
+    store_finished(&store, young).await;
     // The sweeper (every 50 ms here) deletes the others while it lives.
     let results = db.keyspace("results").expect("ks");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
