@@ -46,22 +46,26 @@ fn unavailable(state: &ApiState, e: &openhqm_queue::QueueError) -> Problem {
 /// One dead letter as the API shows it. The correlation id is read from the
 /// body when it is an OpenHQM envelope; a foreign message has none here.
 fn describe(dead: &DeadLetter) -> Value {
-    let correlation_id = serde_json::from_slice::<Value>(&dead.message.body)
-        .ok()
-        .and_then(|body| {
-            body.get("correlation_id")?
-                .as_str()?
-                .parse::<CorrelationId>()
-                .ok()
-        })
-        .map_or(Value::Null, |id| json!(id));
     json!({
         "message_id": dead.message.id,
-        "correlation_id": correlation_id,
+        "correlation_id": correlation_id_of(&dead.message.body),
         "reason": dead.reason,
         "attempt": dead.message.attempt,
         "dead_lettered_at": rfc3339_ms(dead.dead_lettered_at_ms),
     })
+}
+
+/// The envelope's `correlation_id`, read without building the rest: a
+/// payload that no `Value` can hold (a number out of `f64` range, a lone
+/// surrogate) is often why the message died, and its id must still show.
+fn correlation_id_of(body: &[u8]) -> Option<CorrelationId> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        correlation_id: Option<CorrelationId>,
+    }
+    serde_json::from_slice::<IdOnly>(body)
+        .ok()
+        .and_then(|envelope| envelope.correlation_id)
 }
 
 /// `GET /api/v1/dead-letters`.
@@ -105,6 +109,18 @@ pub(crate) async fn redrive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_id_of_a_payload_no_value_can_hold_is_still_read() {
+        let id = CorrelationId::new();
+        for payload in [r#"1e400"#, r#""\ud800""#, &format!("{}1{}", "[".repeat(200), "]".repeat(200))] {
+            let body = format!(r#"{{"payload":{payload},"correlation_id":"{id}","metadata":{{}}}}"#);
+            assert!(serde_json::from_str::<Value>(&body).is_err(), "{payload}");
+            assert_eq!(correlation_id_of(body.as_bytes()), Some(id), "{payload}");
+        }
+        assert_eq!(correlation_id_of(br#"{"data": 1}"#), None);
+        assert_eq!(correlation_id_of(b"not json"), None);
+    }
 
     #[test]
     fn limit_defaults_and_is_bounded() {
