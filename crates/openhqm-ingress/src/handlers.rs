@@ -58,13 +58,25 @@ fn parse_submit(
     known_endpoints: Option<&HashSet<String>>,
     callbacks: &CallbackPolicy,
 ) -> Result<SubmitRequest, Problem> {
+    // serde also reads a struct from an array (fields by position): only an
+    // object is a submit.
+    let not_an_object = || {
+        (bytes.trim_ascii_start().first() != Some(&b'{')).then(|| {
+            Problem::invalid_request(
+                r#"the body must be a JSON object, e.g. {"payload": ...}"#.to_owned(),
+            )
+        })
+    };
     let req: SubmitRequest = serde_json::from_slice(bytes).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             Problem::malformed_json(e.to_string())
         } else {
-            Problem::invalid_request(e.to_string())
+            not_an_object().unwrap_or_else(|| Problem::invalid_request(e.to_string()))
         }
     })?;
+    if let Some(problem) = not_an_object() {
+        return Err(problem);
+    }
     if let Some(metadata) = &req.metadata {
         metadata.validate().map_err(Problem::invalid_request)?;
         if let Some(method) = &metadata.method

@@ -228,6 +228,10 @@ async fn invalid_requests_are_422_problems_naming_the_field() {
             "metadata.timeout",
         ),
         (r#"{"payload": 1, "headers": {"x": 1}}"#, "invalid type"),
+        // serde would read a struct from an array by position.
+        (r#"[{"operation": "echo"}]"#, "must be a JSON object"),
+        (r#"[1, 2]"#, "must be a JSON object"),
+        (r#"  "text""#, "must be a JSON object"),
     ] {
         let problem = expect_problem(
             api.post_raw("/api/v1/submit", body).await,
