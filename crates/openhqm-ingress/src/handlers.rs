@@ -222,12 +222,21 @@ pub(crate) async fn response(
         .map_or(Duration::ZERO, |w| w.min(state.config.max_wait));
     let (record, _) = crate::wait::wait_for_answer(&state, record, wait).await;
     if !record.status.is_terminal() {
-        let mut response = json_response(StatusCode::ACCEPTED, &status_body(&record));
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(state.config.retry_after_secs),
-        );
-        return Ok(response);
+        return Ok(accepted_response(&record, state.config.retry_after_secs));
     }
     Ok(json_response(StatusCode::OK, &record.response_body()))
+}
+
+/// `202 Accepted` with the status, pointing at the status resource
+/// (`Location`) and saying when to ask again (`Retry-After`).
+pub(crate) fn accepted_response(record: &RequestRecord, retry_after: u32) -> Response {
+    let mut response = json_response(StatusCode::ACCEPTED, &status_body(record));
+    let h = response.headers_mut();
+    if let Ok(location) =
+        HeaderValue::from_str(&format!("/api/v1/status/{}", record.correlation_id))
+    {
+        h.insert(header::LOCATION, location);
+    }
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use openhqm_core::envelope::ENVELOPE_VERSION;
@@ -29,7 +29,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::accept::{Accepted, accept, stamp};
-use crate::handlers::{IDEMPOTENT_REPLAYED, read_limited, status_body};
+use crate::handlers::{IDEMPOTENT_REPLAYED, accepted_response, read_limited};
 use crate::prefer::{self, PREFER, Preferences};
 use crate::wait::wait_for_answer;
 use crate::{ApiState, Problem, idempotency};
@@ -175,24 +175,6 @@ impl Call<'_> {
             derived_headers: BTreeMap::new(),
         }
     }
-}
-
-/// `202 Accepted` pointing at the status resource.
-fn accepted_response(record: &RequestRecord, retry_after: u32) -> Response {
-    let body = status_body(record).to_string();
-    let mut response = (StatusCode::ACCEPTED, body).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(location) =
-        HeaderValue::from_str(&format!("/api/v1/status/{}", record.correlation_id))
-    {
-        h.insert(header::LOCATION, location);
-    }
-    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    response
 }
 
 /// The backend's answer as stored, or a problem saying why there is none.
