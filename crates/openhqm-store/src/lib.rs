@@ -225,8 +225,12 @@ pub fn apply_update(
     if let Some(attempts) = update.attempts {
         record.attempts = attempts;
     }
-    if update.outcome.is_some() {
-        record.outcome = update.outcome;
+    match update.outcome {
+        Some(outcome) => record.outcome = Some(outcome),
+        // A cancelled request has no answer: an earlier attempt's outcome
+        // (kept while it waited for a retry) is not its result.
+        None if update.to == RequestStatus::Cancelled => record.outcome = None,
+        None => {}
     }
     if update.redrive.is_some() {
         record.redriven_at_ms = update.redrive;
@@ -247,6 +251,26 @@ fn reopens(current: &RequestRecord, update: &Update) -> bool {
 mod tests {
     use super::*;
     use RequestStatus::*;
+
+    #[test]
+    fn a_cancelled_request_keeps_no_earlier_attempts_outcome() {
+        let id = CorrelationId::new();
+        let waiting_for_retry = RequestRecord {
+            outcome: Some(ResultData {
+                status_code: Some(429),
+                error: Some("backend answered 429".into()),
+                ..ResultData::default()
+            }),
+            ..RequestRecord::pending(id, 1)
+        };
+        let Transition::Applied(cancelled) =
+            apply_update(id, Some(waiting_for_retry), Update::to(Cancelled), 10)
+        else {
+            panic!("PENDING -> CANCELLED is legal");
+        };
+        assert_eq!(cancelled.outcome, None);
+        assert!(cancelled.response_body()["status_code"].is_null());
+    }
 
     fn check(current: Option<RequestStatus>, to: RequestStatus, applied: bool) {
         let id = CorrelationId::new();
