@@ -113,8 +113,13 @@ mod tests {
     #[test]
     fn the_id_of_a_payload_no_value_can_hold_is_still_read() {
         let id = CorrelationId::new();
-        for payload in [r#"1e400"#, r#""\ud800""#, &format!("{}1{}", "[".repeat(200), "]".repeat(200))] {
-            let body = format!(r#"{{"payload":{payload},"correlation_id":"{id}","metadata":{{}}}}"#);
+        for payload in [
+            r#"1e400"#,
+            r#""\ud800""#,
+            &format!("{}1{}", "[".repeat(200), "]".repeat(200)),
+        ] {
+            let body =
+                format!(r#"{{"payload":{payload},"correlation_id":"{id}","metadata":{{}}}}"#);
             assert!(serde_json::from_str::<Value>(&body).is_err(), "{payload}");
             assert_eq!(correlation_id_of(body.as_bytes()), Some(id), "{payload}");
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use openhqm_core::envelope::ENVELOPE_VERSION;
@@ -106,8 +106,9 @@ pub(crate) async fn passthrough(
         (_, asked) => asked.unwrap_or(sidecar.wait).min(state.config.max_wait),
     };
     let (record, waited) = wait_for_answer(&state, record, wait).await;
+    // A problem (no answer from the backend) carries the headers below too.
     let mut response = if record.status.is_terminal() {
-        answer(&record)?
+        answer(&record, method == Method::HEAD).unwrap_or_else(IntoResponse::into_response)
     } else {
         accepted_response(&record, state.config.retry_after_secs)
     };
@@ -178,7 +179,9 @@ impl Call<'_> {
 }
 
 /// The backend's answer as stored, or a problem saying why there is none.
-fn answer(record: &RequestRecord) -> Result<Response, Problem> {
+/// The answer to a `HEAD` keeps the backend's `Content-Length`: it tells the
+/// size of the body a `GET` would get, and this one has none to measure.
+fn answer(record: &RequestRecord, head: bool) -> Result<Response, Problem> {
     let outcome = record.outcome.clone().unwrap_or_default();
     let Some(status) = outcome
         .status_code
@@ -206,7 +209,7 @@ fn answer(record: &RequestRecord) -> Result<Response, Problem> {
             continue;
         };
         // Framing is redone for the new connection.
-        if is_hop_by_hop(name.as_str()) || name == header::CONTENT_LENGTH {
+        if is_hop_by_hop(name.as_str()) || (name == header::CONTENT_LENGTH && !head) {
             continue;
         }
         let values: Vec<&Value> = match values {

@@ -437,7 +437,10 @@ async fn long_poll_answers_the_moment_the_result_is_stored() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert!(started.elapsed() >= Duration::from_millis(900));
     let location = r.headers().get("location").and_then(|v| v.to_str().ok());
-    assert_eq!(location, Some(format!("/api/v1/status/{other_id}").as_str()));
+    assert_eq!(
+        location,
+        Some(format!("/api/v1/status/{other_id}").as_str())
+    );
     assert_eq!(json_of(r).await["status"], "PENDING");
 }
 

@@ -225,6 +225,18 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
     assert_eq!(seen[1].method, Method::GET);
     assert!(seen[1].body.is_empty());
 
+    // A HEAD is told the size of the body a GET would get.
+    let r = http
+        .head(format!("{side}/orders/7"))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        header(&r, "content-length"),
+        Some(ANSWER.len().to_string().as_str())
+    );
+
     // A backend that keeps failing: its last answer comes back once the
     // retries are spent (one retry here, to keep the test short).
     drop(server);
@@ -236,6 +248,7 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
             "worker.max_retries=1",
             "worker.retry_delay_base=0.05",
             "worker.retry_delay_max=0.1",
+            "worker.timeout_seconds=1",
         ],
     )
     .await;
@@ -246,6 +259,20 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
         .expect("call");
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.text().await.expect("text"), "down for maintenance");
+
+    // No answer at all (every attempt timed out): a problem, still with the
+    // correlation id and the preferences applied.
+    let r = http
+        .get(format!("{side}/slow"))
+        .header("x-delay-ms", "3000")
+        .header("prefer", "wait=20")
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(header(&r, "x-correlation-id").is_some());
+    assert_eq!(header(&r, "preference-applied"), Some("wait=20"));
+    assert_eq!(header(&r, "vary"), Some("prefer"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
