@@ -103,6 +103,22 @@ fn parse_submit(
     Ok(req)
 }
 
+/// W3C Trace Context: the caller's span, continued by the forward.
+const TRACEPARENT: &str = "traceparent";
+
+/// Puts the caller's `traceparent` (the HTTP header tracing clients send)
+/// among the headers the forward carries, unless the body's `headers` name
+/// one: the forward continues the caller's trace (the forwarder checks it).
+fn continue_trace(envelope: &mut Envelope, headers: &HeaderMap) {
+    let Some(parent) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let carried = envelope.headers.get_or_insert_default();
+    if !carried.keys().any(|k| k.eq_ignore_ascii_case(TRACEPARENT)) {
+        carried.insert(TRACEPARENT.to_owned(), parent.to_owned());
+    }
+}
+
 /// Marks the answer to a repeated idempotency key.
 pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
@@ -126,6 +142,7 @@ pub(crate) async fn submit(
     let priority = req.metadata.as_ref().map_or(0, |m| m.priority);
     let mut envelope = Envelope::from_submit(id, req, &rfc3339_ms(now));
     envelope.idempotency_key = idempotency::passed_on(&headers);
+    continue_trace(&mut envelope, &headers);
     let accepted = accept(&state, envelope, priority, keyed, now).await?;
     let record = accepted.record();
     let mut response = json_response(

@@ -197,6 +197,40 @@ async fn submit_accepts_any_json_payload_and_stores_it_verbatim() {
 }
 
 #[tokio::test]
+async fn the_callers_traceparent_header_travels_with_the_message() {
+    let api = serve().await;
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let submit = |body: &'static str| {
+        api.http
+            .post(format!("{}/api/v1/submit", api.base))
+            .header("content-type", "application/json")
+            .header("traceparent", parent)
+            .body(body)
+            .send()
+    };
+    let r = submit(r#"{"payload": 1, "headers": {"x-a": "1"}}"#)
+        .await
+        .expect("submit");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let delivery = api.take_one("with the header").await;
+    let envelope = Envelope::from_json(&delivery.message().body).expect("envelope");
+    let carried = envelope.headers.clone().unwrap_or_default();
+    assert_eq!(carried.get("traceparent").map(String::as_str), Some(parent));
+    assert_eq!(carried.get("x-a").map(String::as_str), Some("1"));
+    delivery.ack().await.expect("ack");
+
+    // One named in the body wins.
+    let own = r#"{"payload": 1, "headers": {"TraceParent": "00-11111111111111111111111111111111-2222222222222222-01"}}"#;
+    submit(own).await.expect("submit");
+    let delivery = api.take_one("with its own").await;
+    let envelope = Envelope::from_json(&delivery.message().body).expect("envelope");
+    let carried = envelope.headers.clone().unwrap_or_default();
+    assert_eq!(carried.len(), 1, "{carried:?}");
+    assert!(carried["TraceParent"].starts_with("00-1111"));
+    delivery.ack().await.expect("ack");
+}
+
+#[tokio::test]
 async fn malformed_json_is_a_400_problem_and_stores_nothing() {
     let api = serve().await;
     let body = expect_problem(
