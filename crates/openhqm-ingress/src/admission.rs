@@ -22,7 +22,7 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Admission bounded at `limit` waiting requests (0: unbounded).
+    /// Admission bounded at `limit` unfinished (queued or in-flight) requests (0: unbounded).
     #[must_use]
     pub fn new(limit: u64) -> Self {
         Self {

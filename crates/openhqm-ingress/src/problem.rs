@@ -137,7 +137,7 @@ impl Problem {
                 "overloaded",
                 "Too much pending work",
                 format!(
-                    "about {pending} requests are waiting, at the limit of server.max_pending ({limit}); nothing was stored, retry later"
+                    "about {pending} requests are queued or in flight, at the limit of server.max_pending ({limit}); nothing was stored, retry later"
                 ),
             )
         }
