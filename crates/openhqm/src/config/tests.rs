@@ -721,3 +721,101 @@ fn digits_stay_text_where_an_endpoint_option_is_text() {
     assert_eq!(app.auth_username.as_deref(), Some("12345"));
     assert_eq!(app.max_retries, Some(2));
 }
+
+#[test]
+fn a_null_key_or_section_is_not_set_and_the_layer_below_applies() {
+    let file = yaml(concat!(
+        "proxy:\n  # enabled: true\n",
+        "server:\n  port: null\n  host: 127.0.0.1\n",
+        "worker:\n  count: null\n  max_retries: 5\n  foreign: null\n",
+        "queue:\n  type: null\n  redis_url: null\n  kafka_topics: null\n",
+        "cache: null\nmonitoring:\n  log_format: null\n",
+        "sidecar:\n  forward_headers: null\n",
+    ));
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("a null is not set");
+    let d = Config::default();
+    assert_eq!(c.server.port, d.server.port);
+    assert_eq!(c.server.host, "127.0.0.1", "the section's other keys apply");
+    assert_eq!(c.worker.count, d.worker.count);
+    assert_eq!(c.worker.max_retries, 5);
+    assert_eq!(c.queue.kind, d.queue.kind);
+    assert_eq!(c.queue.redis_url.expose(), d.queue.redis_url.expose());
+    assert_eq!(c.queue.kafka_topics, d.queue.kafka_topics);
+    assert_eq!(c.monitoring.log_format, d.monitoring.log_format);
+    assert_eq!(c.sidecar.forward_headers, d.sidecar.forward_headers);
+    assert!(!c.proxy.enabled);
+
+    let endpoint = yaml(concat!(
+        "proxy:\n  enabled: true\n  endpoints:\n    api:\n",
+        "      url: http://127.0.0.1:8080\n      method: null\n      timeout: null\n",
+        "      retry_on: null\n      health_check:\n        path: null\n",
+        "      targets:\n        - url: http://127.0.0.1:8081\n          weight: null\n",
+        "      headers:\n        X-Team: null\n",
+    ));
+    let sources = Sources {
+        file: Some(endpoint.path().to_path_buf()),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("a null endpoint key is not set");
+    let api = &c.proxy.endpoints["api"];
+    let d = EndpointConfig::with_url("");
+    assert_eq!((&api.method, api.timeout), (&d.method, d.timeout));
+    assert_eq!(api.retry_on, d.retry_on);
+    assert_eq!(
+        api.health_check.as_ref().map(|h| h.path.as_str()),
+        Some("/health")
+    );
+    assert_eq!(api.targets[0].weight, 1);
+    assert!(api.headers.is_empty());
+}
+
+#[test]
+fn a_null_from_a_higher_layer_keeps_the_value_below() {
+    let file = yaml("server:\n  port: 9000\nproxy:\n  default_endpoint: http://127.0.0.1:1\n");
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[
+            ("OPENHQM_SERVER", r#"{"port": null, "host": "127.0.0.1"}"#),
+            ("OPENHQM_WORKER", "null"),
+        ]),
+        overrides: vec![
+            r#"proxy={"default_endpoint": null}"#.into(),
+            "worker.count=3".into(),
+        ],
+    };
+    let c = load(&sources).expect("valid");
+    assert_eq!(c.server.port, 9000, "the file's value stays");
+    assert_eq!(c.server.host, "127.0.0.1");
+    assert_eq!(
+        c.proxy.default_endpoint.as_deref(),
+        Some("http://127.0.0.1:1")
+    );
+    assert_eq!(c.worker.count, 3);
+}
+
+#[test]
+fn a_null_unknown_key_is_still_reported() {
+    let file = yaml(concat!(
+        "servr:\n  # port: 1\n",
+        "server:\n  prot: null\n",
+        "proxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1\n      tiemout: null\n",
+    ));
+    let errors = errors_of(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    });
+    for needle in [
+        "`servr`: unknown key",
+        "`server.prot`: unknown key",
+        "`proxy.endpoints.api.tiemout`: unknown field",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(needle)),
+            "missing `{needle}` in {errors:#?}"
+        );
+    }
+}
