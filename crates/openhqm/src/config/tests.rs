@@ -819,3 +819,35 @@ fn a_null_unknown_key_is_still_reported() {
         );
     }
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn an_unusable_redis_url_is_refused_by_its_key_when_redis_is_selected() {
+    let sources = Sources {
+        overrides: vec![
+            "queue.type=redis".into(),
+            "queue.redis_url=http://u:hunter2@h".into(),
+            "cache.redis_url=garbage".into(),
+        ],
+        ..Sources::default()
+    };
+    let errors = errors_of(&sources);
+    assert_eq!(errors.len(), 1, "the store is embedded: {errors:#?}");
+    assert!(
+        errors[0].starts_with("`queue.redis_url`: `http://u:***@h/`: the scheme `http`"),
+        "{errors:#?}"
+    );
+    let sources = Sources {
+        overrides: vec![
+            "cache.type=redis".into(),
+            "cache.redis_url=redis://h:notaport".into(),
+        ],
+        ..Sources::default()
+    };
+    let errors = errors_of(&sources);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("`cache.redis_url`: is not a URL"),
+        "{errors:#?}"
+    );
+}

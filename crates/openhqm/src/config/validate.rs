@@ -1,6 +1,9 @@
 //! Checks across keys that types alone cannot express. Every problem is
 //! reported, not just the first.
 
+#[cfg(feature = "redis")]
+mod redis_url;
+
 use openhqm_callbacks::{CallbackPolicy, SigningKey};
 
 use super::{BackendType, Config, ConfigError, MessageFormat};
@@ -254,6 +257,8 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         "idempotency.identity_header",
         format!("`{}` is not a header name", c.idempotency.identity_header),
     );
+    #[cfg(feature = "redis")]
+    redis_url::validate(c, &mut errors);
     validate_foreign(c, &mut errors);
     validate_callbacks(c, &mut errors);
     // Endpoints are checked even while proxy mode is off, so a file that is
