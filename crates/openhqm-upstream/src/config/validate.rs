@@ -238,6 +238,15 @@ pub fn masked_url(text: &str) -> Option<String> {
     Some(url.into())
 }
 
+/// `path`, if it carries a query (a health check's `/health?key=KEY`), with
+/// the query masked as [`masked_url`] masks a URL's, for printing a
+/// configuration.
+#[must_use]
+pub fn masked_path(path: &str) -> Option<String> {
+    let (before, _query) = path.split_once('?')?;
+    Some(format!("{before}?***"))
+}
+
 /// `text` for printing if it is a URL: as given, with any password and
 /// query masked; `None` if it is not a URL (then print none of it).
 #[must_use]
@@ -329,5 +338,15 @@ mod tests {
         );
         assert_eq!(masked_url("http://h:1/p"), None);
         assert_eq!(masked_url("not a url"), None);
+    }
+
+    #[test]
+    fn a_query_in_a_path_is_masked_for_printing() {
+        assert_eq!(
+            masked_path("/health?key=HCKEY&x=1").as_deref(),
+            Some("/health?***")
+        );
+        assert_eq!(masked_path("/health?").as_deref(), Some("/health?***"));
+        assert_eq!(masked_path("/health"), None);
     }
 }
