@@ -603,7 +603,8 @@ fn section<T: DeserializeOwned>(
                 } else {
                     join(name, &inner)
                 };
-                errors.push(ConfigError::new(key, e.into_inner().to_string()));
+                let message = without_credentials(&e.into_inner().to_string());
+                errors.push(ConfigError::new(key, message));
                 reported += 1;
                 if !dropped {
                     return;
@@ -611,6 +612,43 @@ fn section<T: DeserializeOwned>(
             }
         }
     }
+}
+
+/// serde quotes a string given where something else was expected
+/// (`invalid type: string "https://user:pw@host/", expected struct
+/// EndpointConfig`): each such quote is shown with any password, user
+/// info and query masked.
+fn without_credentials(message: &str) -> String {
+    const QUOTE: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(QUOTE) {
+        let (before, after) = rest.split_at(at + QUOTE.len());
+        out.push_str(before);
+        // serde writes the string as Rust's `Debug` does: `\"` inside.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else {
+            // Unterminated: show none of it.
+            out.push_str("***\"");
+            return out;
+        };
+        out.push_str(&openhqm_upstream::config::quotable(&after[..end]));
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether `path` ends at a mapping key whose value is `null`.

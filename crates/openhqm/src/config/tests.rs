@@ -851,3 +851,40 @@ fn an_unusable_redis_url_is_refused_by_its_key_when_redis_is_selected() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn config_errors_never_quote_a_secret() {
+    let file = yaml(concat!(
+        "proxy:\n  default_endpoint: \"htps://user:hunter2@api.example.com/x?api_key=abc123\"\n",
+        "  endpoints:\n",
+        "    wrapped: \"https://user:hunter2@h/x?api_key=abc123\"\n",
+        "    basic:\n      url: http://127.0.0.1:8080\n      auth_type: basic\n",
+        "      auth_username: svc\n      auth_password: 98765432\n",
+    ));
+    let (config, errors) = load_all(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    });
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    for needle in [
+        "`proxy.default_endpoint`: `htps://user:***@api.example.com/x?***` is neither",
+        "`proxy.endpoints.wrapped`: invalid type: string \"https://user:***@h/x?***\"",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(needle)),
+            "missing `{needle}` in {errors:#?}"
+        );
+    }
+    for secret in ["hunter2", "abc123", "98765432"] {
+        assert!(
+            errors.iter().all(|e| !e.contains(secret)),
+            "{secret} in {errors:#?}"
+        );
+    }
+    let basic = &config.proxy.endpoints["basic"];
+    assert_eq!(
+        basic.auth_password.expose(),
+        "98765432",
+        "a number is its text"
+    );
+}
