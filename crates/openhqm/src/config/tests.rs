@@ -28,7 +28,7 @@ fn errors_of(sources: &Sources) -> Vec<String> {
 fn defaults_are_the_embedded_single_process_setup() {
     let c = load(&Sources::default()).expect("defaults are valid");
     assert_eq!(c.queue.kind, BackendType::Embedded);
-    assert_eq!(c.cache.kind, BackendType::Embedded);
+    assert_eq!(c.cache.kind, StoreType::Embedded);
     assert_eq!(c.server.port, 8000);
     assert_eq!(c.worker.count, 64);
     assert_eq!(c.queue.request_queue_name, "openhqm-requests");
@@ -886,5 +886,35 @@ fn config_errors_never_quote_a_secret() {
         basic.auth_password.expose(),
         "98765432",
         "a number is its text"
+    );
+}
+
+#[test]
+fn cache_type_names_the_result_stores_not_the_queue_backends() {
+    for kind in ["kafka", "sqs", "bogus"] {
+        let errors = errors_of(&Sources {
+            overrides: vec![format!("cache.type={kind}")],
+            ..Sources::default()
+        });
+        assert_eq!(
+            errors,
+            [format!(
+                "`cache.type`: unknown variant `{kind}`, expected `embedded` or `redis`"
+            )]
+        );
+    }
+    let redis = Sources {
+        overrides: vec!["cache.type=redis".into()],
+        ..Sources::default()
+    };
+    #[cfg(feature = "redis")]
+    assert!(load(&redis).is_ok());
+    #[cfg(not(feature = "redis"))]
+    assert_eq!(
+        errors_of(&redis),
+        [
+            "`cache.type`: `redis` is not available in this build of OpenHQM: it was built \
+             without the `redis` feature (available: embedded)"
+        ]
     );
 }

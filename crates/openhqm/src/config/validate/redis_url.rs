@@ -4,7 +4,7 @@
 
 use redis::IntoConnectionInfo;
 
-use super::super::{BackendType, Config, ConfigError};
+use super::super::{BackendType, Config, ConfigError, StoreType};
 
 const SHAPE: &str = "expected redis://[[user]:password@]host[:port][/db]";
 
@@ -12,13 +12,19 @@ const SHAPE: &str = "expected redis://[[user]:password@]host[:port][/db]";
 /// Redis is its `type`.
 pub(super) fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     let urls = [
-        ("queue.redis_url", c.queue.kind, &c.queue.redis_url),
-        ("cache.redis_url", c.cache.kind, &c.cache.redis_url),
+        (
+            "queue.redis_url",
+            c.queue.kind == BackendType::Redis,
+            &c.queue.redis_url,
+        ),
+        (
+            "cache.redis_url",
+            c.cache.kind == StoreType::Redis,
+            &c.cache.redis_url,
+        ),
     ];
-    for (key, kind, url) in urls {
-        if kind == BackendType::Redis
-            && let Err(message) = check(url.expose())
-        {
+    for (key, selected, url) in urls {
+        if selected && let Err(message) = check(url.expose()) {
             errors.push(ConfigError::new(key, message));
         }
     }
