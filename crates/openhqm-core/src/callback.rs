@@ -57,21 +57,45 @@ pub struct CallbackPolicy {
 fn normalize_host(host: &str) -> Option<String> {
     let url = Url::parse(&format!("http://{host}/")).ok()?;
     let normal = url.host_str()?.to_owned();
-    (url.port().is_none() && url.username().is_empty() && url.path() == "/").then_some(normal)
+    let plain = url.port().is_none()
+        && url.username().is_empty()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    plain.then_some(normal)
+}
+
+/// An entry as an error may quote it: what may be user info (up to the last
+/// `@`) and a query masked, for a URL pasted with its credentials.
+fn shown(text: &str) -> String {
+    let text = match text.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => text.to_owned(),
+    };
+    match text.split_once('?') {
+        Some((before, _)) => format!("{before}?***"),
+        None => text,
+    }
 }
 
 fn parse_entry(entry: &str) -> Result<Allowed, String> {
     let entry = entry.trim();
+    if entry.contains("://") {
+        return Err(format!(
+            "`{}`: give a host or host:port, not a URL",
+            shown(entry)
+        ));
+    }
     let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
         // [v6] or [v6]:port
         let (inside, after) = rest
             .split_once(']')
-            .ok_or_else(|| format!("`{entry}`: unclosed `[`"))?;
+            .ok_or_else(|| format!("`{}`: unclosed `[`", shown(entry)))?;
         let port = match after {
             "" => None,
             p => Some(
                 p.strip_prefix(':')
-                    .ok_or_else(|| format!("`{entry}`: expected `:port` after `]`"))?,
+                    .ok_or_else(|| format!("`{}`: expected `:port` after `]`", shown(entry)))?,
             ),
         };
         (format!("[{inside}]"), port)
@@ -86,12 +110,12 @@ fn parse_entry(entry: &str) -> Result<Allowed, String> {
             p.parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("`{entry}`: `{p}` is not a port"))
+                .ok_or_else(|| format!("`{}`: `{}` is not a port", shown(entry), shown(p)))
         })
         .transpose()?;
     let host = normalize_host(&host)
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| format!("`{entry}` is not a host or host:port"))?;
+        .ok_or_else(|| format!("`{}` is not a host or host:port", shown(entry)))?;
     Ok(Allowed { host, port })
 }
 
@@ -278,6 +302,24 @@ mod tests {
         assert_eq!(
             policy(&[" a.example.com:81 ", "[::1]"]).entries(),
             ["a.example.com:81", "[::1]"]
+        );
+    }
+
+    #[test]
+    fn a_bad_entry_is_reported_without_its_credentials() {
+        let errors = CallbackPolicy::new(&[
+            "https://user:hunter2@hooks.example.com/x?key=abc123",
+            "user:hunter2@hooks.example.com",
+            "hooks.example.com?key=abc123",
+        ])
+        .expect_err("bad entries");
+        assert_eq!(
+            errors,
+            [
+                "`***@hooks.example.com/x?***`: give a host or host:port, not a URL",
+                "`***@hooks.example.com`: `***@hooks.example.com` is not a port",
+                "`hooks.example.com?***` is not a host or host:port",
+            ]
         );
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A string that prints as `***` (Debug, Display, Serialize) once set.
@@ -50,9 +51,105 @@ impl Serialize for Secret {
     }
 }
 
-/// `null` is an unset secret, as the earlier implementation's `None` was.
+/// A secret is text. YAML reads an unquoted `98765432` or `1.5` as a number,
+/// so a number is taken as its text: the alternative, serde's "invalid type:
+/// integer `98765432`, expected a string", would print the secret. (A number
+/// is read back as YAML parsed it: `0123` becomes `123`, so such secrets
+/// should be quoted.) Booleans are taken as text for the same reason.
+///
+/// `null` is refused without naming a value; the config loader treats a
+/// `null` key as not set, so the key's default applies (empty for
+/// credentials, `redis://localhost:6379` for a Redis URL).
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Option::<String>::deserialize(d).map(|s| Self(s.unwrap_or_default()))
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+struct SecretVisitor;
+
+impl Visitor<'_> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or a number")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Secret, E> {
+        Ok(Secret(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Secret, E> {
+        Ok(Secret(v))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    // The rest (bytes, a sequence, a mapping) keeps serde's errors, which
+    // name the kind of value, never its content.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: serde_json::Value, expected: Result<&str, &str>) {
+        let got = serde_json::from_value::<Secret>(input.clone());
+        match (got, expected) {
+            (Ok(s), Ok(want)) => assert_eq!(s.expose(), want, "{input}"),
+            (Err(e), Err(want)) => assert_eq!(e.to_string(), want, "{input}"),
+            (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn a_secret_is_read_from_text_or_a_number_and_errors_never_quote_it() {
+        check(serde_json::json!("hunter2"), Ok("hunter2"));
+        check(serde_json::json!(98_765_432), Ok("98765432"));
+        check(serde_json::json!(-12), Ok("-12"));
+        check(serde_json::json!(1.5), Ok("1.5"));
+        check(serde_json::json!(true), Ok("true"));
+        check(
+            serde_json::json!(null),
+            Err("invalid type: null, expected a string or a number"),
+        );
+        check(
+            serde_json::json!([98_765_432]),
+            Err("invalid type: sequence, expected a string or a number"),
+        );
+        check(
+            serde_json::json!({"k": "hunter2"}),
+            Err("invalid type: map, expected a string or a number"),
+        );
+    }
+
+    #[test]
+    fn a_secret_never_prints() {
+        let s = Secret::from("hunter2");
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+        assert_eq!(serde_json::to_string(&s).expect("json"), "\"***\"");
+        assert_eq!(Secret::default().to_string(), "");
     }
 }

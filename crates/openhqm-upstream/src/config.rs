@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 mod validate;
 
 pub(crate) use validate::{check_url, label};
-pub use validate::{is_sensitive_header, masked_url, printable_url};
+pub use validate::{is_sensitive_header, masked_path, masked_url, printable_url, quotable};
 
 /// `proxy.*` minus `enabled`, which belongs to the binary.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -95,18 +95,18 @@ pub fn check_config(config: &Config, errors: &[ConfigError]) -> ExitCode {
 
 /// `config` as YAML on stdout, secrets masked.
 fn print_effective(config: &Config) {
-    let printed = serde_json::to_value(config).map(|mut tree| {
-        mask_for_printing(&mut tree);
-        show_redis_urls(&mut tree, config);
-        tree
-    });
-    match printed
-        .map_err(|e| e.to_string())
-        .and_then(|tree| serde_norway::to_string(&tree).map_err(|e| e.to_string()))
-    {
+    match effective_yaml(config) {
         Ok(yaml) => print!("{yaml}"),
         Err(e) => eprintln!("error: cannot print the configuration: {e}"),
     }
+}
+
+/// `config` as YAML, secrets masked.
+fn effective_yaml(config: &Config) -> Result<String, String> {
+    let mut tree = serde_json::to_value(config).map_err(|e| e.to_string())?;
+    mask_for_printing(&mut tree);
+    show_redis_urls(&mut tree, config);
+    serde_norway::to_string(&tree).map_err(|e| e.to_string())
 }
 
 /// Redis URLs are `Secret`s (a password may be in them) and serialize as
@@ -127,8 +127,9 @@ fn show_redis_urls(tree: &mut serde_json::Value, config: &Config) {
 }
 
 /// Masks what a printed configuration must not show beyond its `Secret`s
-/// (printed `***` already): credentials inside URLs, and static header
-/// values whose names say they are credentials.
+/// (printed `***` already): credentials inside URLs and in a health check
+/// path's query, and static header values whose names say they are
+/// credentials.
 fn mask_for_printing(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {
@@ -148,10 +149,42 @@ fn mask_for_printing(value: &mut serde_json::Value) {
                             }
                         }
                     }
+                    // A path, not a URL: `masked_url` does not see its query.
+                    Value::Object(check) if key == "health_check" => {
+                        if let Some(Value::String(path)) = check.get_mut("path")
+                            && let Some(masked) = openhqm_upstream::config::masked_path(path)
+                        {
+                            *path = masked;
+                        }
+                    }
                     other => mask_for_printing(other),
                 }
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::effective_yaml;
+    use crate::config::{Config, EndpointConfig, Secret};
+
+    #[test]
+    fn check_config_prints_no_credential_of_an_endpoint() {
+        let mut config = Config::default();
+        let mut api = EndpointConfig::with_url("https://user:URLPW@api.example/x?code=URLKEY");
+        api.auth_token = Secret::from("TOKEN");
+        api.headers.insert("X-Api-Key".into(), "HEADERKEY".into());
+        api.health_check = Some(openhqm_upstream::config::HealthCheckConfig {
+            path: "/health?key=HCKEY".into(),
+            ..Default::default()
+        });
+        config.proxy.endpoints.insert("api".into(), api);
+        let yaml = effective_yaml(&config).expect("printable");
+        for secret in ["URLPW", "URLKEY", "TOKEN", "HEADERKEY", "HCKEY"] {
+            assert!(!yaml.contains(secret), "{secret} printed in:\n{yaml}");
+        }
+        assert!(yaml.contains("path: /health?***"), "{yaml}");
     }
 }

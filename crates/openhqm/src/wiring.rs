@@ -29,7 +29,7 @@ use openhqm_upstream::{HealthChecks, ProxyProcessor};
 use openhqm_worker::{CompletionSink, Processor, ReplyQueueSink, WorkerConfig, WorkerPool};
 use tokio::sync::{Semaphore, watch};
 
-use crate::config::{BackendType, Config};
+use crate::config::{BackendType, Config, StoreType};
 
 /// Which parts run in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +63,10 @@ fn secs(n: u64) -> Duration {
 /// Opens the configured backends; validation has refused any this build lacks.
 async fn open(config: &Config) -> anyhow::Result<Backends> {
     #[cfg(feature = "redis")]
-    if config.queue.kind == BackendType::Redis || config.cache.kind == BackendType::Redis {
+    if config.queue.kind == BackendType::Redis || config.cache.kind == StoreType::Redis {
         return redis::open_redis(config).await;
     }
-    if config.queue.kind != BackendType::Embedded || config.cache.kind != BackendType::Embedded {
+    if config.queue.kind != BackendType::Embedded || config.cache.kind != StoreType::Embedded {
         bail!("only the embedded queue and store are available in this build");
     }
     open_backends(config)
@@ -308,7 +308,7 @@ pub(crate) async fn run(
             mode.name()
         );
     }
-    if mode != Mode::Serve && config.cache.kind == BackendType::Embedded {
+    if mode != Mode::Serve && config.cache.kind == StoreType::Embedded {
         bail!(
             "`openhqm {}` needs a result store shared between processes (the API reads what workers write); \
              with cache.type embedded results stay in one process: set cache.type redis, or run `openhqm serve`",

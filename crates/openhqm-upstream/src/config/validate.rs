@@ -27,9 +27,18 @@ impl UpstreamConfig {
             && !self.endpoints.contains_key(default)
             && check_url(default).is_err()
         {
+            let known: Vec<&str> = self.endpoints.keys().map(String::as_str).collect();
             out.push((
                 "proxy.default_endpoint".into(),
-                format!("`{default}` is neither a configured endpoint nor an http(s) URL"),
+                format!(
+                    "`{}` is neither a configured endpoint (known: {}) nor an http(s) URL",
+                    quotable(default),
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
             ));
         }
         if self.max_response_size == 0 {
@@ -238,6 +247,33 @@ pub fn masked_url(text: &str) -> Option<String> {
     Some(url.into())
 }
 
+/// `path`, if it carries a query (a health check's `/health?key=KEY`), with
+/// the query masked as [`masked_url`] masks a URL's, for printing a
+/// configuration.
+#[must_use]
+pub fn masked_path(path: &str) -> Option<String> {
+    let (before, _query) = path.split_once('?')?;
+    Some(format!("{before}?***"))
+}
+
+/// `text` as an error message may quote it: a URL with its password and
+/// query masked, as [`masked_url`] does; anything else (a misspelt name, a
+/// URL without a scheme such as `user:pw@host/x?key=K`) with what may be
+/// user info (up to the last `@`) and a query masked.
+#[must_use]
+pub fn quotable(text: &str) -> String {
+    if let Ok(url) = Url::parse(text)
+        && url.host_str().is_some_and(|h| !h.is_empty())
+    {
+        return masked_url(text).unwrap_or_else(|| text.to_owned());
+    }
+    let text = match text.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => text.to_owned(),
+    };
+    masked_path(&text).unwrap_or(text)
+}
+
 /// `text` for printing if it is a URL: as given, with any password and
 /// query masked; `None` if it is not a URL (then print none of it).
 #[must_use]
@@ -329,5 +365,48 @@ mod tests {
         );
         assert_eq!(masked_url("http://h:1/p"), None);
         assert_eq!(masked_url("not a url"), None);
+    }
+
+    #[test]
+    fn quoted_references_keep_no_credentials() {
+        for (text, expected) in [
+            (
+                "htps://user:hunter2@api.example.com/x?api_key=abc123",
+                "htps://user:***@api.example.com/x?***",
+            ),
+            ("user:hunter2@api.example.com/x", "***@api.example.com/x"),
+            ("api.example.com/x?api_key=abc123", "api.example.com/x?***"),
+            ("billing", "billing"),
+            ("http://h:1/p", "http://h:1/p"),
+        ] {
+            assert_eq!(quotable(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_default_endpoint_in_error_is_quoted_without_its_credentials() {
+        let config = UpstreamConfig {
+            default_endpoint: Some("htps://user:hunter2@api.example.com/x?api_key=abc123".into()),
+            ..UpstreamConfig::default()
+        };
+        let problems = config.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let (key, message) = &problems[0];
+        assert_eq!(key, "proxy.default_endpoint");
+        assert_eq!(
+            message,
+            "`htps://user:***@api.example.com/x?***` is neither a configured endpoint \
+             (known: none) nor an http(s) URL"
+        );
+    }
+
+    #[test]
+    fn a_query_in_a_path_is_masked_for_printing() {
+        assert_eq!(
+            masked_path("/health?key=HCKEY&x=1").as_deref(),
+            Some("/health?***")
+        );
+        assert_eq!(masked_path("/health?").as_deref(), Some("/health?***"));
+        assert_eq!(masked_path("/health"), None);
     }
 }

@@ -6,6 +6,11 @@
 //! strings; the type of the default at the same key decides how they parse
 //! (so `OPENHQM_PROXY__FORWARD_HEADERS=a,b` is a list and `OPENHQM_SERVER__PORT`
 //! a number). Every problem is collected and named by its key path.
+//!
+//! `null` is "not set" at every key, as in the earlier implementation: a
+//! section whose keys are all commented out, `port: null`, or a `null` in
+//! JSON from the environment leaves the key to the layers below, and in the
+//! end to its default.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -506,12 +511,7 @@ fn set(tree: &mut Value, path: &[String], value: Value) {
     if let (Value::Object(map), Some(last)) = (node, path.last()) {
         // An object (a section or a map given as JSON) merges with what the
         // earlier layers set there, as the file does with the defaults.
-        match map.get_mut(last) {
-            Some(existing) if existing.is_object() && value.is_object() => merge(existing, value),
-            _ => {
-                map.insert(last.clone(), value);
-            }
-        }
+        merge_key(map, last.clone(), value);
     }
 }
 
@@ -519,15 +519,26 @@ fn merge(base: &mut Value, layer: Value) {
     match (base, layer) {
         (Value::Object(base), Value::Object(layer)) => {
             for (k, v) in layer {
-                match base.get_mut(&k) {
-                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
-                    _ => {
-                        base.insert(k, v);
-                    }
-                }
+                merge_key(base, k, v);
             }
         }
+        // `null` means "not set": what the layers below set stays.
+        (_, Value::Null) => {}
         (base, layer) => *base = layer,
+    }
+}
+
+/// Sets `key` in `map` from a higher layer. A `null` is "not set": it never
+/// replaces a value from below, and where there is none it stays in the tree
+/// only so that an unknown key is still reported; `section` then drops it
+/// and the key keeps its default.
+fn merge_key(map: &mut Map<String, Value>, key: String, value: Value) {
+    match map.get_mut(&key) {
+        Some(existing) if existing.is_object() && value.is_object() => merge(existing, value),
+        Some(existing) if value.is_null() && !existing.is_null() => {}
+        _ => {
+            map.insert(key, value);
+        }
     }
 }
 
@@ -561,32 +572,101 @@ fn section<T: DeserializeOwned>(
     slot: &mut T,
     errors: &mut Vec<ConfigError>,
 ) {
-    let Some(value) = tree.get(name) else { return };
+    // A section whose keys are all commented out is `null`: not set.
+    let Some(value) = tree.get(name).filter(|v| !v.is_null()) else {
+        return;
+    };
     // serde stops at a section's first error: the key in error is dropped
     // (it keeps its default) and the section read again, so every error in
-    // it is reported and the rest of it still applies.
+    // it is reported and the rest of it still applies. A key whose value is
+    // `null` is "not set" and dropped without an error; every drop removes a
+    // key, so this ends.
     let mut value = value.clone();
-    for _ in 0..MAX_ERRORS_PER_SECTION {
+    let mut reported = 0;
+    while reported < MAX_ERRORS_PER_SECTION {
         match serde_path_to_error::deserialize::<_, T>(value.clone()) {
             Ok(v) => {
                 *slot = v;
                 return;
             }
             Err(e) => {
+                // Not for an unknown key that happens to be `null`.
+                let unset = e.inner().to_string().starts_with("invalid type: null")
+                    && is_null_key(&value, e.path());
+                let dropped = drop_key(&mut value, e.path());
+                if unset && dropped {
+                    continue;
+                }
                 let inner = e.path().to_string();
                 let key = if inner == "." {
                     name.to_owned()
                 } else {
                     join(name, &inner)
                 };
-                let dropped = drop_key(&mut value, e.path());
-                errors.push(ConfigError::new(key, e.into_inner().to_string()));
+                let message = without_credentials(&e.into_inner().to_string());
+                errors.push(ConfigError::new(key, message));
+                reported += 1;
                 if !dropped {
                     return;
                 }
             }
         }
     }
+}
+
+/// serde quotes a string given where something else was expected
+/// (`invalid type: string "https://user:pw@host/", expected struct
+/// EndpointConfig`): each such quote is shown with any password, user
+/// info and query masked.
+fn without_credentials(message: &str) -> String {
+    const QUOTE: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(QUOTE) {
+        let (before, after) = rest.split_at(at + QUOTE.len());
+        out.push_str(before);
+        // serde writes the string as Rust's `Debug` does: `\"` inside.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else {
+            // Unterminated: show none of it.
+            out.push_str("***\"");
+            return out;
+        };
+        out.push_str(&openhqm_upstream::config::quotable(&after[..end]));
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `path` ends at a mapping key whose value is `null`.
+fn is_null_key(value: &Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let mut node = value;
+    let mut last_is_key = false;
+    for segment in path.iter() {
+        let next = match segment {
+            Segment::Map { key } => node.get(key.as_str()),
+            Segment::Seq { index } => node.get(*index),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        last_is_key = matches!(segment, Segment::Map { .. });
+        node = next;
+    }
+    last_is_key && node.is_null()
 }
 
 /// More errors than anyone reads in one section.

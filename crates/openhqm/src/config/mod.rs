@@ -137,13 +137,13 @@ impl Default for IdempotencySection {
     }
 }
 
-/// Queue backends named by `queue.type` and `cache.type`.
+/// Queue backends named by `queue.type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendType {
     /// In-process durable storage; the default.
     Embedded,
-    /// Redis Streams (queue) or Redis keys (store).
+    /// Redis Streams.
     Redis,
     /// Apache Kafka.
     Kafka,
@@ -172,6 +172,28 @@ impl BackendType {
             Self::GcpPubsub => "gcp_pubsub",
             Self::Mqtt => "mqtt",
             Self::Custom => "custom",
+        }
+    }
+}
+
+/// Result stores named by `cache.type`: only these two exist (the queue
+/// backends are not stores), so a wrong value is refused naming them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreType {
+    /// In-process durable storage, beside the embedded queue; the default.
+    Embedded,
+    /// Redis keys, shared by every process.
+    Redis,
+}
+
+impl StoreType {
+    /// The config spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded",
+            Self::Redis => "redis",
         }
     }
 }
@@ -404,7 +426,7 @@ impl ProxyConfig {
 #[allow(missing_docs)]
 pub struct CacheConfig {
     #[serde(rename = "type")]
-    pub kind: BackendType,
+    pub kind: StoreType,
     pub redis_url: Secret,
     /// How long a result is kept after its last change, in seconds.
     pub ttl_seconds: u64,
@@ -416,7 +438,7 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
-            kind: BackendType::Embedded,
+            kind: StoreType::Embedded,
             redis_url: Secret::from("redis://localhost:6379"),
             ttl_seconds: 3600,
             max_connections: 10,

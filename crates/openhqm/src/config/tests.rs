@@ -28,7 +28,7 @@ fn errors_of(sources: &Sources) -> Vec<String> {
 fn defaults_are_the_embedded_single_process_setup() {
     let c = load(&Sources::default()).expect("defaults are valid");
     assert_eq!(c.queue.kind, BackendType::Embedded);
-    assert_eq!(c.cache.kind, BackendType::Embedded);
+    assert_eq!(c.cache.kind, StoreType::Embedded);
     assert_eq!(c.server.port, 8000);
     assert_eq!(c.worker.count, 64);
     assert_eq!(c.queue.request_queue_name, "openhqm-requests");
@@ -720,4 +720,201 @@ fn digits_stay_text_where_an_endpoint_option_is_text() {
     let app = &c.proxy.endpoints["app"];
     assert_eq!(app.auth_username.as_deref(), Some("12345"));
     assert_eq!(app.max_retries, Some(2));
+}
+
+#[test]
+fn a_null_key_or_section_is_not_set_and_the_layer_below_applies() {
+    let file = yaml(concat!(
+        "proxy:\n  # enabled: true\n",
+        "server:\n  port: null\n  host: 127.0.0.1\n",
+        "worker:\n  count: null\n  max_retries: 5\n  foreign: null\n",
+        "queue:\n  type: null\n  redis_url: null\n  kafka_topics: null\n",
+        "cache: null\nmonitoring:\n  log_format: null\n",
+        "sidecar:\n  forward_headers: null\n",
+    ));
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("a null is not set");
+    let d = Config::default();
+    assert_eq!(c.server.port, d.server.port);
+    assert_eq!(c.server.host, "127.0.0.1", "the section's other keys apply");
+    assert_eq!(c.worker.count, d.worker.count);
+    assert_eq!(c.worker.max_retries, 5);
+    assert_eq!(c.queue.kind, d.queue.kind);
+    assert_eq!(c.queue.redis_url.expose(), d.queue.redis_url.expose());
+    assert_eq!(c.queue.kafka_topics, d.queue.kafka_topics);
+    assert_eq!(c.monitoring.log_format, d.monitoring.log_format);
+    assert_eq!(c.sidecar.forward_headers, d.sidecar.forward_headers);
+    assert!(!c.proxy.enabled);
+
+    let endpoint = yaml(concat!(
+        "proxy:\n  enabled: true\n  endpoints:\n    api:\n",
+        "      url: http://127.0.0.1:8080\n      method: null\n      timeout: null\n",
+        "      retry_on: null\n      health_check:\n        path: null\n",
+        "      targets:\n        - url: http://127.0.0.1:8081\n          weight: null\n",
+        "      headers:\n        X-Team: null\n",
+    ));
+    let sources = Sources {
+        file: Some(endpoint.path().to_path_buf()),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("a null endpoint key is not set");
+    let api = &c.proxy.endpoints["api"];
+    let d = EndpointConfig::with_url("");
+    assert_eq!((&api.method, api.timeout), (&d.method, d.timeout));
+    assert_eq!(api.retry_on, d.retry_on);
+    assert_eq!(
+        api.health_check.as_ref().map(|h| h.path.as_str()),
+        Some("/health")
+    );
+    assert_eq!(api.targets[0].weight, 1);
+    assert!(api.headers.is_empty());
+}
+
+#[test]
+fn a_null_from_a_higher_layer_keeps_the_value_below() {
+    let file = yaml("server:\n  port: 9000\nproxy:\n  default_endpoint: http://127.0.0.1:1\n");
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[
+            ("OPENHQM_SERVER", r#"{"port": null, "host": "127.0.0.1"}"#),
+            ("OPENHQM_WORKER", "null"),
+        ]),
+        overrides: vec![
+            r#"proxy={"default_endpoint": null}"#.into(),
+            "worker.count=3".into(),
+        ],
+    };
+    let c = load(&sources).expect("valid");
+    assert_eq!(c.server.port, 9000, "the file's value stays");
+    assert_eq!(c.server.host, "127.0.0.1");
+    assert_eq!(
+        c.proxy.default_endpoint.as_deref(),
+        Some("http://127.0.0.1:1")
+    );
+    assert_eq!(c.worker.count, 3);
+}
+
+#[test]
+fn a_null_unknown_key_is_still_reported() {
+    let file = yaml(concat!(
+        "servr:\n  # port: 1\n",
+        "server:\n  prot: null\n",
+        "proxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1\n      tiemout: null\n",
+    ));
+    let errors = errors_of(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    });
+    for needle in [
+        "`servr`: unknown key",
+        "`server.prot`: unknown key",
+        "`proxy.endpoints.api.tiemout`: unknown field",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(needle)),
+            "missing `{needle}` in {errors:#?}"
+        );
+    }
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn an_unusable_redis_url_is_refused_by_its_key_when_redis_is_selected() {
+    let sources = Sources {
+        overrides: vec![
+            "queue.type=redis".into(),
+            "queue.redis_url=http://u:hunter2@h".into(),
+            "cache.redis_url=garbage".into(),
+        ],
+        ..Sources::default()
+    };
+    let errors = errors_of(&sources);
+    assert_eq!(errors.len(), 1, "the store is embedded: {errors:#?}");
+    assert!(
+        errors[0].starts_with("`queue.redis_url`: `http://u:***@h/`: the scheme `http`"),
+        "{errors:#?}"
+    );
+    let sources = Sources {
+        overrides: vec![
+            "cache.type=redis".into(),
+            "cache.redis_url=redis://h:notaport".into(),
+        ],
+        ..Sources::default()
+    };
+    let errors = errors_of(&sources);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("`cache.redis_url`: is not a URL"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn config_errors_never_quote_a_secret() {
+    let file = yaml(concat!(
+        "proxy:\n  default_endpoint: \"htps://user:hunter2@api.example.com/x?api_key=abc123\"\n",
+        "  endpoints:\n",
+        "    wrapped: \"https://user:hunter2@h/x?api_key=abc123\"\n",
+        "    basic:\n      url: http://127.0.0.1:8080\n      auth_type: basic\n",
+        "      auth_username: svc\n      auth_password: 98765432\n",
+    ));
+    let (config, errors) = load_all(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    });
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    for needle in [
+        "`proxy.default_endpoint`: `htps://user:***@api.example.com/x?***` is neither",
+        "`proxy.endpoints.wrapped`: invalid type: string \"https://user:***@h/x?***\"",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(needle)),
+            "missing `{needle}` in {errors:#?}"
+        );
+    }
+    for secret in ["hunter2", "abc123", "98765432"] {
+        assert!(
+            errors.iter().all(|e| !e.contains(secret)),
+            "{secret} in {errors:#?}"
+        );
+    }
+    let basic = &config.proxy.endpoints["basic"];
+    assert_eq!(
+        basic.auth_password.expose(),
+        "98765432",
+        "a number is its text"
+    );
+}
+
+#[test]
+fn cache_type_names_the_result_stores_not_the_queue_backends() {
+    for kind in ["kafka", "sqs", "bogus"] {
+        let errors = errors_of(&Sources {
+            overrides: vec![format!("cache.type={kind}")],
+            ..Sources::default()
+        });
+        assert_eq!(
+            errors,
+            [format!(
+                "`cache.type`: unknown variant `{kind}`, expected `embedded` or `redis`"
+            )]
+        );
+    }
+    let redis = Sources {
+        overrides: vec!["cache.type=redis".into()],
+        ..Sources::default()
+    };
+    #[cfg(feature = "redis")]
+    assert!(load(&redis).is_ok());
+    #[cfg(not(feature = "redis"))]
+    assert_eq!(
+        errors_of(&redis),
+        [
+            "`cache.type`: `redis` is not available in this build of OpenHQM: it was built \
+             without the `redis` feature (available: embedded)"
+        ]
+    );
 }

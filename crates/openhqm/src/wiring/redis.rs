@@ -11,7 +11,7 @@ use openhqm_store::ResultStore;
 use openhqm_store::redis::{DEFAULT_CHANNEL, DEFAULT_KEY_PREFIX, RedisStore, RedisStoreConfig};
 
 use super::{Backends, open_backends, secs};
-use crate::config::{BackendType, Config};
+use crate::config::{BackendType, Config, StoreType};
 
 /// `<hostname>-<pid>`: unique among live processes, and the same name for
 /// the same process across reconnects.
@@ -66,7 +66,7 @@ pub(super) async fn open_side_queue(
 /// Opens the backends when at least one of them is Redis.
 pub(super) async fn open_redis(config: &Config) -> anyhow::Result<Backends> {
     let uses_embedded =
-        config.queue.kind == BackendType::Embedded || config.cache.kind == BackendType::Embedded;
+        config.queue.kind == BackendType::Embedded || config.cache.kind == StoreType::Embedded;
     // The embedded half opens the database (and both embedded parts; the one
     // replaced by Redis below stays idle).
     let embedded = if uses_embedded {
@@ -88,7 +88,7 @@ pub(super) async fn open_redis(config: &Config) -> anyhow::Result<Backends> {
         (kind, None) => bail!("queue.type `{}` is not available", kind.as_str()),
     };
     let store: Arc<dyn ResultStore> = match (config.cache.kind, &embedded) {
-        (BackendType::Redis, _) => Arc::new(
+        (StoreType::Redis, _) => Arc::new(
             RedisStore::open(RedisStoreConfig {
                 url: config.cache.redis_url.expose().to_owned(),
                 ttl: secs(config.cache.ttl_seconds),
