@@ -539,7 +539,12 @@ fn callback_settings_are_checked_by_key() {
             "missing `{needle}` in {errors:#?}"
         );
     }
+}
 
+/// The reply queue needs a queue other processes can read: Redis here.
+#[cfg(feature = "redis")]
+#[test]
+fn valid_callback_settings_load() {
     let good = yaml(
         "callbacks:\n  allowed_hosts: [\"hooks.example.com\", \"127.0.0.1:9000\"]\n  secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\nqueue:\n  type: redis\n  reply_enabled: true\nproxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:9\n      callback_url: http://127.0.0.1:9000/done\n",
     );
