@@ -96,14 +96,16 @@ impl Endpoint {
         let budget = Duration::from_secs(self.cfg.timeout).min(timeout);
         let now = Instant::now();
         let deadline = now + budget;
-        if attempt > 1 {
-            self.retries.inc();
-        }
         // Waiting for a concurrency or rate slot may take half the attempt's
         // time, no more: the backend always gets the other half, so a slow
         // queue for slots is never blamed on it as a timeout.
         let _permit = self.admit(now + budget / 2).await?;
         let lease = self.pool.pick(env)?;
+        // Counted once a target is chosen: waiting for a slot or a target
+        // is no retry.
+        if attempt > 1 {
+            self.retries.inc();
+        }
         let request = self.prepare(shared, env, &lease.target().url)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let started = Instant::now();
