@@ -50,6 +50,13 @@ pub enum UpstreamError {
     /// The target URL could not be built from the request's path.
     #[error("cannot build the backend URL: {0}")]
     InvalidUrl(String),
+    /// The request's path climbs out of the endpoint's base path: the
+    /// caller's fault, refused before any forward (the endpoint's
+    /// credentials would go with it). The path is not quoted.
+    #[error(
+        "refused: the request's path climbs out of the endpoint's base path (a `..` segment); nothing was sent to the backend"
+    )]
+    PathOutsideBase,
     /// The forward took longer than its deadline.
     #[error("backend did not answer within {0:?}")]
     Timeout(Duration),
@@ -105,6 +112,7 @@ impl UpstreamError {
             | Self::InvalidHeader(_)
             | Self::InvalidMethod(_)
             | Self::InvalidUrl(_)
+            | Self::PathOutsideBase
             | Self::InvalidBody(_)
             | Self::ResponseTooLarge { .. } => FailureKind::Permanent,
             Self::Timeout(_) => FailureKind::Timeout,

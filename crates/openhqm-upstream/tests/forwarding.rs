@@ -380,3 +380,24 @@ async fn request_path_and_query_are_rewritten_onto_the_target() {
     assert_eq!(out.result["path"], "/svc/orders/7");
     assert_eq!(out.result["query"], "x=1");
 }
+
+#[tokio::test]
+async fn encoded_slashes_pass_as_sent_and_only_a_climb_out_is_refused() {
+    let p = processor(&config(echo_endpoint().await));
+    let mut env = envelope("{}", &[]);
+    env.passthrough = true;
+    env.metadata.method = Some("GET".into());
+    let path = "/api/v4/projects/group%2Fsub%2Fproject/files/a%5Cb";
+    env.metadata.extra.insert("path".into(), json!(path));
+    let out = call(&p, &env).await.unwrap();
+    assert_eq!(out.result["path"], path, "the bytes as sent");
+    // A path that would climb out once the backend decodes `%2F`: the
+    // caller's fault, refused for good and without a forward.
+    env.metadata
+        .extra
+        .insert("path".into(), json!("/files/..%2F..%2Fadmin"));
+    let err = call(&p, &env).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Permanent);
+    assert!(err.message.contains("climbs out"), "{}", err.message);
+    assert!(err.response.is_none(), "no backend answer to report");
+}
