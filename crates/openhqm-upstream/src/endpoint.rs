@@ -20,7 +20,9 @@ use openhqm_core::{Envelope, LastResponse};
 use openhqm_metrics::Metrics;
 use openhqm_worker::Output;
 use prometheus_client::metrics::counter::Counter;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+};
 use reqwest::{Client, Method, RequestBuilder};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -229,11 +231,12 @@ impl Endpoint {
             // Exactly what the caller sent: no body means none, and its own
             // content type (or none) stands.
             let body = outgoing_body(env, None)?;
-            let mut request = self.client.request(method, url).headers(headers);
-            if !body.is_empty() {
-                request = request.body(body);
-            }
-            return Ok(request);
+            return Ok(with_body(
+                self.client.request(method.clone(), url),
+                &method,
+                headers,
+                body,
+            ));
         }
         if !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -242,12 +245,30 @@ impl Endpoint {
         let body = carries_body
             .then(|| outgoing_body(env, content_type(&headers)))
             .transpose()?;
-        let mut request = self.client.request(method, url).headers(headers);
-        if let Some(body) = body {
-            request = request.body(body);
-        }
-        Ok(request)
+        let request = self.client.request(method.clone(), url);
+        Ok(match body {
+            Some(body) => with_body(request, &method, headers, body),
+            None => request.headers(headers),
+        })
     }
+}
+
+/// Adds the body. An empty one is sent as `Content-Length: 0` for the
+/// methods whose semantics define a body (RFC 9110 §8.6: some servers answer
+/// `411` without it), and as nothing at all for the others.
+fn with_body(
+    request: RequestBuilder,
+    method: &Method,
+    mut headers: HeaderMap,
+    body: Vec<u8>,
+) -> RequestBuilder {
+    if !body.is_empty() {
+        return request.headers(headers).body(body);
+    }
+    if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    request.headers(headers)
 }
 
 /// The bytes sent to the backend. The payload goes as it came: JSON stays

@@ -401,3 +401,36 @@ async fn encoded_slashes_pass_as_sent_and_only_a_climb_out_is_refused() {
     assert!(err.message.contains("climbs out"), "{}", err.message);
     assert!(err.response.is_none(), "no backend answer to report");
 }
+
+#[tokio::test]
+async fn an_empty_body_goes_with_content_length_zero_where_a_body_is_expected() {
+    let p = processor(&config(echo_endpoint().await));
+    for (method, length) in [
+        ("POST", Some("0")),
+        ("PUT", Some("0")),
+        ("PATCH", Some("0")),
+        ("GET", None),
+        ("DELETE", None),
+        ("OPTIONS", None),
+    ] {
+        let mut env = envelope("null", &[]);
+        env.passthrough = true;
+        env.raw_body = Some(String::new());
+        env.metadata.method = Some(method.into());
+        let out = call(&p, &env).await.unwrap();
+        let seen = seen_headers(&out);
+        assert_eq!(
+            seen.get("content-length").map(String::as_str),
+            length,
+            "{method}: {seen:?}"
+        );
+        assert!(
+            !seen.contains_key("transfer-encoding"),
+            "{method}: {seen:?}"
+        );
+    }
+    // Outside passthrough: a JSON string sent as text can be empty too.
+    let env = envelope(r#""""#, &[("Content-Type", "text/plain")]);
+    let seen = seen_headers(&call(&p, &env).await.unwrap());
+    assert_eq!(seen.get("content-length").map(String::as_str), Some("0"));
+}
