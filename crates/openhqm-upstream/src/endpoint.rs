@@ -28,12 +28,13 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::classify::{Attempted, Verdict, classify, is_target_failure, status_class};
 use crate::config::EndpointConfig;
-use crate::error::{UpstreamError, excerpt};
+use crate::error::UpstreamError;
 use crate::gcra::RateLimiter;
 use crate::headers::{
     AuthHeader, HeaderPolicy, HeaderSources, OutHeader, auth_header, is_hop_by_hop, outgoing,
 };
 use crate::pool::Pool;
+use crate::redact::Redactor;
 use crate::response::{body_to_result, content_type, headers_to_json, read_limited};
 use crate::rewrite::{Rewrite, target_url};
 
@@ -59,6 +60,7 @@ pub(crate) struct Endpoint {
     pub client: Client,
     pub pool: Arc<Pool>,
     auth: Option<AuthHeader>,
+    redactor: Redactor,
     rewrite: Rewrite,
     permits: Option<Semaphore>,
     limiter: Option<RateLimiter>,
@@ -73,12 +75,16 @@ impl Endpoint {
         };
         let method = Method::from_bytes(cfg.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| bad(format!("`{}` is not an HTTP method", cfg.method)))?;
+        let pool = Arc::new(Pool::new(name, cfg, metrics)?);
+        let auth = auth_header(cfg);
+        let targets = pool.targets().iter().map(|t| &t.url);
         Ok(Self {
             name: name.to_owned(),
             method,
             client: crate::client::build(cfg).map_err(bad)?,
-            pool: Arc::new(Pool::new(name, cfg, metrics)?),
-            auth: auth_header(cfg),
+            redactor: Redactor::new(cfg, auth.as_ref(), targets),
+            pool,
+            auth,
             rewrite: Rewrite::new(cfg.path_rewrite.as_ref()).map_err(bad)?,
             permits: cfg.max_concurrency.map(|n| Semaphore::new(n.max(1))),
             limiter: cfg.rate_limit.as_ref().map(RateLimiter::new),
@@ -115,10 +121,13 @@ impl Endpoint {
         let seconds = started.elapsed().as_secs_f64();
         let target = lease.target().label.clone();
         let (class, failed, result) = match exchanged {
-            Ok((status, headers, body)) => {
-                let retry_after = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok());
+            Ok(answer) => {
+                let retry_after = answer
+                    .headers
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok());
                 let attempted = Attempted::Answered {
-                    status,
+                    status: answer.status,
                     retry_after,
                 };
                 let verdict = classify(attempted, &self.cfg.retry_on, SystemTime::now());
@@ -127,7 +136,7 @@ impl Endpoint {
                 (
                     class,
                     failed,
-                    settle(verdict, status, &headers, body, keep_raw),
+                    settle(verdict, answer, keep_raw, &self.redactor),
                 )
             }
             Err(Exchange::Failed(e)) => {
@@ -303,29 +312,42 @@ enum Exchange {
     TooLarge(u16, UpstreamError),
 }
 
-async fn exchange(
-    request: RequestBuilder,
-    limit: usize,
-) -> Result<(u16, HeaderMap, Vec<u8>), Exchange> {
+/// A backend's whole answer.
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+async fn exchange(request: RequestBuilder, limit: usize) -> Result<Answer, Exchange> {
     let resp = request.send().await.map_err(Exchange::Failed)?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     match read_limited(resp, limit).await {
-        Ok(body) => Ok((status, headers, body)),
+        Ok(body) => Ok(Answer {
+            status,
+            headers,
+            body,
+        }),
         Err(UpstreamError::Network(e)) => Err(Exchange::Failed(e)),
         Err(e) => Err(Exchange::TooLarge(status, e)),
     }
 }
 
 /// `keep_raw`: also keep the body's exact bytes, for a passthrough caller
-/// who gets the backend's answer back verbatim.
+/// who gets the backend's answer back verbatim. An error quotes the body
+/// with the endpoint's secrets masked.
 fn settle(
     verdict: Verdict,
-    status: u16,
-    headers: &HeaderMap,
-    body: Vec<u8>,
+    answer: Answer,
     keep_raw: bool,
+    redactor: &Redactor,
 ) -> Result<Output, UpstreamError> {
+    let Answer {
+        status,
+        ref headers,
+        body,
+    } = answer;
     let mut kept = headers_to_json(headers);
     // Hop-by-hop: the standard ones, and any the `Connection` header names.
     let connection_named = named_by_connection(
@@ -346,7 +368,7 @@ fn settle(
         }),
         Verdict::Retry { retry_after, .. } => Err(UpstreamError::RetryableStatus {
             status,
-            body: excerpt(&body),
+            body: redactor.excerpt(&body),
             retry_after,
             response: Box::new(LastResponse {
                 status_code: status,

@@ -2,7 +2,8 @@
 //!
 //! Messages never carry secrets: URLs are stripped from `reqwest` errors
 //! (they may hold credentials or keys in the query) and auth values never
-//! reach an error at all. Bodies quoted from a backend are cut short.
+//! reach an error at all. Bodies quoted from a backend are cut short, with
+//! the endpoint's secrets masked ([`crate::redact`]): a backend may echo them.
 
 use std::time::Duration;
 

@@ -434,3 +434,31 @@ async fn an_empty_body_goes_with_content_length_zero_where_a_body_is_expected() 
     let seen = seen_headers(&call(&p, &env).await.unwrap());
     assert_eq!(seen.get("content-length").map(String::as_str), Some("0"));
 }
+
+#[tokio::test]
+async fn a_secret_echoed_in_an_error_page_is_masked_in_the_error() {
+    // An error page that prints the request it got, auth header included.
+    let addr = serve(
+        Router::new().fallback(|req: axum::extract::Request| async move {
+            let auth = req.headers()["authorization"].to_str().unwrap().to_owned();
+            answer(
+                500,
+                &[("content-type", "text/plain")],
+                format!("oops; authorization: {auth}"),
+            )
+        }),
+    )
+    .await;
+    let mut e = EndpointConfig::with_url(url(addr));
+    e.auth_type = Some(AuthType::Bearer);
+    e.auth_token = Secret::from("supersecret123");
+    let p = processor(&config(e));
+    let err = call(&p, &envelope("{}", &[])).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Transient);
+    assert!(!err.message.contains("supersecret123"), "{}", err.message);
+    assert!(
+        err.message.ends_with("authorization: ***"),
+        "{}",
+        err.message
+    );
+}
