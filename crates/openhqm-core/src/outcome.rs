@@ -20,8 +20,10 @@ pub enum FailureKind {
     /// Trying again cannot help (bad input, unknown operation).
     Permanent,
     /// The attempt could not start: a limit of this process was full (a
-    /// backend's concurrency cap or rate limit). Not an attempt: the message
-    /// waits in the queue and comes back as the same attempt.
+    /// backend's concurrency cap or rate limit), or no target of the backend
+    /// may be tried now (open breakers, ejections, failed health checks).
+    /// Not an attempt: the message waits in the queue and comes back as the
+    /// same attempt, when the limit or a target frees up if that is known.
     Busy,
 }
 
@@ -94,6 +96,14 @@ impl Backoff {
     }
 }
 
+/// The shortest wait of a [`Decision::Release`]: a limit or target that
+/// frees up "now" is not asked again in a tight loop.
+pub const RELEASE_FLOOR: Duration = Duration::from_millis(50);
+
+/// The longest wait of a [`Decision::Release`]: a message waiting on a long
+/// open breaker or a down backend is looked at again at least this often.
+pub const RELEASE_CEILING: Duration = Duration::from_secs(60);
+
 /// What to do with a failed attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -122,11 +132,15 @@ pub enum Decision {
 pub fn decide(failure: &Failure, attempt: u32, policy: &Backoff, jitter: f64) -> Decision {
     let exhausted = attempt > policy.max_retries;
     match failure.kind {
-        // When the limit frees up, if known; else a short, jittered wait.
+        // When the limit or a target frees up, if known; else a short,
+        // jittered wait. Not capped by `policy.max`: that bounds the wait
+        // between attempts, and coming back before the limit or breaker lets
+        // the message through would only put it back again.
         FailureKind::Busy => Decision::Release {
             delay: failure
                 .retry_after
-                .map_or_else(|| policy.delay(1, jitter), |asked| asked.min(policy.max)),
+                .unwrap_or_else(|| policy.delay(1, jitter))
+                .clamp(RELEASE_FLOOR, RELEASE_CEILING),
         },
         FailureKind::Permanent => Decision::GiveUp {
             status: RequestStatus::Failed,
@@ -229,6 +243,28 @@ mod tests {
         check(Busy, None, 9, 1.0, release(2000));
         check(Busy, Some(3), 9, 0.0, release(3000));
         check(Busy, Some(3600), 1, 0.0, release(60_000));
+        check(Busy, Some(0), 1, 0.0, release(50));
+    }
+
+    #[test]
+    fn a_release_waits_past_the_retry_maximum_up_to_its_ceiling() {
+        // An open breaker's 4 s is waited out even when retries wait at most
+        // half a second: coming back sooner would only be put back again.
+        let quick = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+            max_retries: 4,
+        };
+        let busy = |secs| Failure {
+            retry_after: Some(Duration::from_secs(secs)),
+            ..Failure::new(FailureKind::Busy, "no healthy target")
+        };
+        let release = |delay| Decision::Release { delay };
+        assert_eq!(
+            decide(&busy(4), 1, &quick, 0.5),
+            release(Duration::from_secs(4))
+        );
+        assert_eq!(decide(&busy(600), 9, &quick, 0.5), release(RELEASE_CEILING));
     }
 
     #[test]

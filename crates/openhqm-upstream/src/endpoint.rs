@@ -20,18 +20,21 @@ use openhqm_core::{Envelope, LastResponse};
 use openhqm_metrics::Metrics;
 use openhqm_worker::Output;
 use prometheus_client::metrics::counter::Counter;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+};
 use reqwest::{Client, Method, RequestBuilder};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::classify::{Attempted, Verdict, classify, is_target_failure, status_class};
 use crate::config::EndpointConfig;
-use crate::error::{UpstreamError, excerpt};
+use crate::error::UpstreamError;
 use crate::gcra::RateLimiter;
 use crate::headers::{
     AuthHeader, HeaderPolicy, HeaderSources, OutHeader, auth_header, is_hop_by_hop, outgoing,
 };
 use crate::pool::Pool;
+use crate::redact::Redactor;
 use crate::response::{body_to_result, content_type, headers_to_json, read_limited};
 use crate::rewrite::{Rewrite, target_url};
 
@@ -57,6 +60,7 @@ pub(crate) struct Endpoint {
     pub client: Client,
     pub pool: Arc<Pool>,
     auth: Option<AuthHeader>,
+    redactor: Redactor,
     rewrite: Rewrite,
     permits: Option<Semaphore>,
     limiter: Option<RateLimiter>,
@@ -71,12 +75,16 @@ impl Endpoint {
         };
         let method = Method::from_bytes(cfg.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| bad(format!("`{}` is not an HTTP method", cfg.method)))?;
+        let pool = Arc::new(Pool::new(name, cfg, metrics)?);
+        let auth = auth_header(cfg);
+        let targets = pool.targets().iter().map(|t| &t.url);
         Ok(Self {
             name: name.to_owned(),
             method,
             client: crate::client::build(cfg).map_err(bad)?,
-            pool: Arc::new(Pool::new(name, cfg, metrics)?),
-            auth: auth_header(cfg),
+            redactor: Redactor::new(cfg, auth.as_ref(), targets),
+            pool,
+            auth,
             rewrite: Rewrite::new(cfg.path_rewrite.as_ref()).map_err(bad)?,
             permits: cfg.max_concurrency.map(|n| Semaphore::new(n.max(1))),
             limiter: cfg.rate_limit.as_ref().map(RateLimiter::new),
@@ -96,14 +104,16 @@ impl Endpoint {
         let budget = Duration::from_secs(self.cfg.timeout).min(timeout);
         let now = Instant::now();
         let deadline = now + budget;
-        if attempt > 1 {
-            self.retries.inc();
-        }
         // Waiting for a concurrency or rate slot may take half the attempt's
         // time, no more: the backend always gets the other half, so a slow
         // queue for slots is never blamed on it as a timeout.
         let _permit = self.admit(now + budget / 2).await?;
         let lease = self.pool.pick(env)?;
+        // Counted once a target is chosen: waiting for a slot or a target
+        // is no retry.
+        if attempt > 1 {
+            self.retries.inc();
+        }
         let request = self.prepare(shared, env, &lease.target().url)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let started = Instant::now();
@@ -111,10 +121,13 @@ impl Endpoint {
         let seconds = started.elapsed().as_secs_f64();
         let target = lease.target().label.clone();
         let (class, failed, result) = match exchanged {
-            Ok((status, headers, body)) => {
-                let retry_after = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok());
+            Ok(answer) => {
+                let retry_after = answer
+                    .headers
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok());
                 let attempted = Attempted::Answered {
-                    status,
+                    status: answer.status,
                     retry_after,
                 };
                 let verdict = classify(attempted, &self.cfg.retry_on, SystemTime::now());
@@ -123,7 +136,7 @@ impl Endpoint {
                 (
                     class,
                     failed,
-                    settle(verdict, status, &headers, body, keep_raw),
+                    settle(verdict, answer, keep_raw, &self.redactor),
                 )
             }
             Err(Exchange::Failed(e)) => {
@@ -227,11 +240,12 @@ impl Endpoint {
             // Exactly what the caller sent: no body means none, and its own
             // content type (or none) stands.
             let body = outgoing_body(env, None)?;
-            let mut request = self.client.request(method, url).headers(headers);
-            if !body.is_empty() {
-                request = request.body(body);
-            }
-            return Ok(request);
+            return Ok(with_body(
+                self.client.request(method.clone(), url),
+                &method,
+                headers,
+                body,
+            ));
         }
         if !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -240,12 +254,30 @@ impl Endpoint {
         let body = carries_body
             .then(|| outgoing_body(env, content_type(&headers)))
             .transpose()?;
-        let mut request = self.client.request(method, url).headers(headers);
-        if let Some(body) = body {
-            request = request.body(body);
-        }
-        Ok(request)
+        let request = self.client.request(method.clone(), url);
+        Ok(match body {
+            Some(body) => with_body(request, &method, headers, body),
+            None => request.headers(headers),
+        })
     }
+}
+
+/// Adds the body. An empty one is sent as `Content-Length: 0` for the
+/// methods whose semantics define a body (RFC 9110 §8.6: some servers answer
+/// `411` without it), and as nothing at all for the others.
+fn with_body(
+    request: RequestBuilder,
+    method: &Method,
+    mut headers: HeaderMap,
+    body: Vec<u8>,
+) -> RequestBuilder {
+    if !body.is_empty() {
+        return request.headers(headers).body(body);
+    }
+    if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    request.headers(headers)
 }
 
 /// The bytes sent to the backend. The payload goes as it came: JSON stays
@@ -280,29 +312,42 @@ enum Exchange {
     TooLarge(u16, UpstreamError),
 }
 
-async fn exchange(
-    request: RequestBuilder,
-    limit: usize,
-) -> Result<(u16, HeaderMap, Vec<u8>), Exchange> {
+/// A backend's whole answer.
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+async fn exchange(request: RequestBuilder, limit: usize) -> Result<Answer, Exchange> {
     let resp = request.send().await.map_err(Exchange::Failed)?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     match read_limited(resp, limit).await {
-        Ok(body) => Ok((status, headers, body)),
+        Ok(body) => Ok(Answer {
+            status,
+            headers,
+            body,
+        }),
         Err(UpstreamError::Network(e)) => Err(Exchange::Failed(e)),
         Err(e) => Err(Exchange::TooLarge(status, e)),
     }
 }
 
 /// `keep_raw`: also keep the body's exact bytes, for a passthrough caller
-/// who gets the backend's answer back verbatim.
+/// who gets the backend's answer back verbatim. An error quotes the body
+/// with the endpoint's secrets masked.
 fn settle(
     verdict: Verdict,
-    status: u16,
-    headers: &HeaderMap,
-    body: Vec<u8>,
+    answer: Answer,
     keep_raw: bool,
+    redactor: &Redactor,
 ) -> Result<Output, UpstreamError> {
+    let Answer {
+        status,
+        ref headers,
+        body,
+    } = answer;
     let mut kept = headers_to_json(headers);
     // Hop-by-hop: the standard ones, and any the `Connection` header names.
     let connection_named = named_by_connection(
@@ -323,7 +368,7 @@ fn settle(
         }),
         Verdict::Retry { retry_after, .. } => Err(UpstreamError::RetryableStatus {
             status,
-            body: excerpt(&body),
+            body: redactor.excerpt(&body),
             retry_after,
             response: Box::new(LastResponse {
                 status_code: status,

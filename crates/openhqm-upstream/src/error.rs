@@ -2,7 +2,8 @@
 //!
 //! Messages never carry secrets: URLs are stripped from `reqwest` errors
 //! (they may hold credentials or keys in the query) and auth values never
-//! reach an error at all. Bodies quoted from a backend are cut short.
+//! reach an error at all. Bodies quoted from a backend are cut short, with
+//! the endpoint's secrets masked ([`crate::redact`]): a backend may echo them.
 
 use std::time::Duration;
 
@@ -20,15 +21,15 @@ pub enum UpstreamError {
     /// The request names no endpoint and there is no default.
     #[error("the request names no endpoint and proxy.default_endpoint is not set")]
     NoEndpoint,
-    /// Every target is unhealthy, ejected or behind an open breaker.
+    /// Every target is unhealthy, ejected or behind an open breaker. Nothing
+    /// was sent, so it is no attempt: the message waits for a target.
     #[error("no healthy target for endpoint `{endpoint}`")]
     NoHealthyTarget {
         /// Endpoint name.
         endpoint: String,
-        /// When the first target may take traffic again (an ejection or an
-        /// open breaker ending), if known: the retry waits for it rather than
-        /// spend an attempt sooner.
-        retry_after: Option<Duration>,
+        /// When a target may next be tried: the first ejection or open
+        /// breaker ending, else the next health check or half-open trial.
+        retry_after: Duration,
     },
     /// The endpoint's configuration cannot be used (checked at start-up).
     #[error("endpoint `{endpoint}`: {message}")]
@@ -50,6 +51,13 @@ pub enum UpstreamError {
     /// The target URL could not be built from the request's path.
     #[error("cannot build the backend URL: {0}")]
     InvalidUrl(String),
+    /// The request's path climbs out of the endpoint's base path: the
+    /// caller's fault, refused before any forward (the endpoint's
+    /// credentials would go with it). The path is not quoted.
+    #[error(
+        "refused: the request's path climbs out of the endpoint's base path (a `..` segment); nothing was sent to the backend"
+    )]
+    PathOutsideBase,
     /// The forward took longer than its deadline.
     #[error("backend did not answer within {0:?}")]
     Timeout(Duration),
@@ -105,15 +113,15 @@ impl UpstreamError {
             | Self::InvalidHeader(_)
             | Self::InvalidMethod(_)
             | Self::InvalidUrl(_)
+            | Self::PathOutsideBase
             | Self::InvalidBody(_)
             | Self::ResponseTooLarge { .. } => FailureKind::Permanent,
             Self::Timeout(_) => FailureKind::Timeout,
             Self::Network(e) if e.is_timeout() => FailureKind::Timeout,
-            // The attempt never started: it waits for a slot, uncounted.
-            Self::Saturated { .. } => FailureKind::Busy,
-            Self::NoHealthyTarget { .. } | Self::Network(_) | Self::RetryableStatus { .. } => {
-                FailureKind::Transient
-            }
+            // The attempt never started: it waits for a slot or a target,
+            // uncounted, so an open breaker cannot use up the retries.
+            Self::Saturated { .. } | Self::NoHealthyTarget { .. } => FailureKind::Busy,
+            Self::Network(_) | Self::RetryableStatus { .. } => FailureKind::Transient,
         }
     }
 
@@ -121,9 +129,10 @@ impl UpstreamError {
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RetryableStatus { retry_after, .. }
-            | Self::Saturated { retry_after, .. }
-            | Self::NoHealthyTarget { retry_after, .. } => *retry_after,
+            Self::RetryableStatus { retry_after, .. } | Self::Saturated { retry_after, .. } => {
+                *retry_after
+            }
+            Self::NoHealthyTarget { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -26,6 +26,7 @@ pub mod headers;
 pub mod health;
 pub mod pool;
 mod processor;
+pub mod redact;
 pub mod response;
 pub mod rewrite;
 

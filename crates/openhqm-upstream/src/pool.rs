@@ -99,17 +99,21 @@ impl Target {
             && s.breaker.as_ref().is_none_or(|b| b.available(now))
     }
 
-    /// When a target that is ejected or behind an open breaker may take
-    /// traffic again; `None` if it is not waiting on either (an unhealthy
-    /// target waits on its health checks, a half-open one on its trials).
-    fn back_at(&self) -> Option<Instant> {
+    /// How long until this unavailable target may be tried again: an
+    /// ejection or open breaker ends when it says; an unhealthy target waits
+    /// for its next health check (`probe_every`), a half-open one for its
+    /// trials to finish.
+    fn next_try(&self, now: Instant, probe_every: Duration) -> Duration {
         let s = self.lock();
-        let breaker = s.breaker.as_ref().and_then(Breaker::open_until);
-        match (s.ejected_until, breaker) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
+        if !s.healthy {
+            return probe_every;
         }
-        .filter(|_| s.healthy)
+        let open = s.breaker.as_ref().and_then(Breaker::open_until);
+        match s.ejected_until.max(open) {
+            Some(at) if at > now => at - now,
+            // Half-open with every trial slot taken (or it freed up just now).
+            _ => TRIAL_WAIT,
+        }
     }
 
     /// Whether active checks currently consider the target healthy.
@@ -193,6 +197,9 @@ impl Target {
     }
 }
 
+/// How soon a target whose half-open trials are all in flight is asked again.
+const TRIAL_WAIT: Duration = Duration::from_secs(1);
+
 /// What is known about one target, for health reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetStatus {
@@ -222,6 +229,8 @@ pub struct Pool {
     selector: Selector,
     hash_key: Option<HashKey>,
     ejection: Option<PassiveEjectionConfig>,
+    /// The health-check interval; when an unhealthy target is next looked at.
+    probe_every: Duration,
 }
 
 impl std::fmt::Debug for Pool {
@@ -282,6 +291,9 @@ impl Pool {
             selector,
             hash_key,
             ejection: cfg.passive_ejection.clone(),
+            probe_every: cfg.health_check.as_ref().map_or(TRIAL_WAIT, |h| {
+                Duration::from_secs(h.interval_seconds.max(1))
+            }),
         })
     }
 
@@ -331,9 +343,9 @@ impl Pool {
         let retry_after = self
             .targets
             .iter()
-            .filter_map(Target::back_at)
+            .map(|t| t.next_try(now, self.probe_every))
             .min()
-            .map(|at| at.saturating_duration_since(now));
+            .unwrap_or(TRIAL_WAIT);
         Err(UpstreamError::NoHealthyTarget {
             endpoint: self.endpoint.clone(),
             retry_after,

@@ -67,10 +67,10 @@ impl Rewrite {
 /// The URL to send `env` to on the target at `base`.
 ///
 /// # Errors
-/// [`UpstreamError::InvalidUrl`] when the joined path leaves the target's
-/// base path (`..`, `%2e%2e` or `\` segments): a caller may choose a path
-/// below the endpoint, never another resource of the backend, which would get
-/// the endpoint's credentials.
+/// [`UpstreamError::PathOutsideBase`] when the joined path leaves the
+/// target's base path (`..`, `%2e%2e` or `\` segments): a caller may choose
+/// a path below the endpoint, never another resource of the backend, which
+/// would get the endpoint's credentials.
 pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, UpstreamError> {
     let extra = &env.metadata.extra;
     let path = extra.get("path").and_then(|v| v.as_str());
@@ -98,27 +98,79 @@ pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, 
         url.set_query(Some(&merged));
     }
     if url.host_str() != base.host_str() || !within(base.path(), url.path()) {
-        return Err(UpstreamError::InvalidUrl(
-            "the request's path leaves the endpoint's base path".into(),
-        ));
+        return Err(UpstreamError::PathOutsideBase);
     }
     Ok(url)
 }
 
-/// Whether `path` is `base` or below it, segment by segment. A segment
-/// with an encoded `/` or `\` is refused too: a server that decodes it
-/// before resolving `..` would climb out (`..%2F..%2Fadmin`).
+/// Whether `path` is `base` or below it. The URL parser has already
+/// resolved plain and `%2e` dot segments and turned `\` into `/`; what is
+/// left to fear is a server that decodes an encoded separator (`%2F`, `%5C`)
+/// before it resolves dot segments (`..%2F..%2Fadmin`). So each segment is
+/// split at those too and the dot segments walked: the path is refused only
+/// if that walk climbs above `base`. An encoded slash inside a name
+/// (`group%2Fproject`) passes as sent.
 fn within(base: &str, path: &str) -> bool {
     let base = base.trim_end_matches('/');
-    let encoded_separator = |segment: &str| {
-        segment.as_bytes().windows(3).any(|w| {
-            w[0] == b'%'
-                && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
-        })
+    let Some(rest) = path.strip_prefix(base) else {
+        return false;
     };
-    path.strip_prefix(base).is_some_and(|rest| {
-        (rest.is_empty() || rest.starts_with('/')) && !rest.split('/').any(encoded_separator)
-    })
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return false;
+    }
+    let mut depth = 0usize;
+    for piece in rest.split('/').flat_map(split_encoded_separators) {
+        match dot_segment(piece) {
+            Some(2) => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            // Empty pieces add no depth: a server may merge `//`.
+            Some(_) => {}
+            None if piece.is_empty() => {}
+            None => depth += 1,
+        }
+    }
+    true
+}
+
+/// A segment's pieces between encoded separators (`%2F`, `%5C`, any case)
+/// and backslashes.
+fn split_encoded_separators(segment: &str) -> Vec<&str> {
+    let bytes = segment.as_bytes();
+    let mut pieces = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        let sep = match bytes[i] {
+            b'\\' => 1,
+            b'%' if bytes.len() >= i + 3
+                && (bytes[i + 1..i + 3].eq_ignore_ascii_case(b"2f")
+                    || bytes[i + 1..i + 3].eq_ignore_ascii_case(b"5c")) =>
+            {
+                3
+            }
+            _ => 0,
+        };
+        if sep == 0 {
+            i += 1;
+        } else {
+            pieces.push(&segment[start..i]);
+            i += sep;
+            start = i;
+        }
+    }
+    pieces.push(&segment[start..]);
+    pieces
+}
+
+/// `Some(1)` for `.`, `Some(2)` for `..`, with dots as `.` or `%2e`.
+fn dot_segment(piece: &str) -> Option<usize> {
+    let decoded = piece.to_ascii_lowercase().replace("%2e", ".");
+    match decoded.as_str() {
+        "." => Some(1),
+        ".." => Some(2),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -182,7 +234,7 @@ mod tests {
             env.metadata.extra.insert("path".into(), path.into());
             let got = target_url(&base, &env, &Rewrite::Keep);
             assert!(
-                matches!(got, Err(UpstreamError::InvalidUrl(_))),
+                matches!(got, Err(UpstreamError::PathOutsideBase)),
                 "{path}: {got:?}"
             );
         }
@@ -193,6 +245,33 @@ mod tests {
             None,
             None,
             "http://b:1/hooks/public/b",
+        );
+    }
+
+    #[test]
+    fn an_encoded_slash_inside_a_segment_passes_as_sent() {
+        // GitLab-style ids: the bytes go as they came, under any base path.
+        check(
+            "http://b:1/",
+            Some("/api/v4/projects/group%2Fproject/files/a%2Fb%5Cc.txt"),
+            None,
+            None,
+            "http://b:1/api/v4/projects/group%2Fproject/files/a%2Fb%5Cc.txt",
+        );
+        check(
+            "http://b:1/hooks",
+            Some("/x/a%2f..%2Fb"),
+            None,
+            None,
+            "http://b:1/hooks/x/a%2f..%2Fb",
+        );
+        // Climbing a level inside the base, even through an encoded slash, is fine.
+        check(
+            "http://b:1/hooks",
+            Some("/x/..%2Fy"),
+            None,
+            None,
+            "http://b:1/hooks/x/..%2Fy",
         );
     }
 

@@ -380,3 +380,85 @@ async fn request_path_and_query_are_rewritten_onto_the_target() {
     assert_eq!(out.result["path"], "/svc/orders/7");
     assert_eq!(out.result["query"], "x=1");
 }
+
+#[tokio::test]
+async fn encoded_slashes_pass_as_sent_and_only_a_climb_out_is_refused() {
+    let p = processor(&config(echo_endpoint().await));
+    let mut env = envelope("{}", &[]);
+    env.passthrough = true;
+    env.metadata.method = Some("GET".into());
+    let path = "/api/v4/projects/group%2Fsub%2Fproject/files/a%5Cb";
+    env.metadata.extra.insert("path".into(), json!(path));
+    let out = call(&p, &env).await.unwrap();
+    assert_eq!(out.result["path"], path, "the bytes as sent");
+    // A path that would climb out once the backend decodes `%2F`: the
+    // caller's fault, refused for good and without a forward.
+    env.metadata
+        .extra
+        .insert("path".into(), json!("/files/..%2F..%2Fadmin"));
+    let err = call(&p, &env).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Permanent);
+    assert!(err.message.contains("climbs out"), "{}", err.message);
+    assert!(err.response.is_none(), "no backend answer to report");
+}
+
+#[tokio::test]
+async fn an_empty_body_goes_with_content_length_zero_where_a_body_is_expected() {
+    let p = processor(&config(echo_endpoint().await));
+    for (method, length) in [
+        ("POST", Some("0")),
+        ("PUT", Some("0")),
+        ("PATCH", Some("0")),
+        ("GET", None),
+        ("DELETE", None),
+        ("OPTIONS", None),
+    ] {
+        let mut env = envelope("null", &[]);
+        env.passthrough = true;
+        env.raw_body = Some(String::new());
+        env.metadata.method = Some(method.into());
+        let out = call(&p, &env).await.unwrap();
+        let seen = seen_headers(&out);
+        assert_eq!(
+            seen.get("content-length").map(String::as_str),
+            length,
+            "{method}: {seen:?}"
+        );
+        assert!(
+            !seen.contains_key("transfer-encoding"),
+            "{method}: {seen:?}"
+        );
+    }
+    // Outside passthrough: a JSON string sent as text can be empty too.
+    let env = envelope(r#""""#, &[("Content-Type", "text/plain")]);
+    let seen = seen_headers(&call(&p, &env).await.unwrap());
+    assert_eq!(seen.get("content-length").map(String::as_str), Some("0"));
+}
+
+#[tokio::test]
+async fn a_secret_echoed_in_an_error_page_is_masked_in_the_error() {
+    // An error page that prints the request it got, auth header included.
+    let addr = serve(
+        Router::new().fallback(|req: axum::extract::Request| async move {
+            let auth = req.headers()["authorization"].to_str().unwrap().to_owned();
+            answer(
+                500,
+                &[("content-type", "text/plain")],
+                format!("oops; authorization: {auth}"),
+            )
+        }),
+    )
+    .await;
+    let mut e = EndpointConfig::with_url(url(addr));
+    e.auth_type = Some(AuthType::Bearer);
+    e.auth_token = Secret::from("supersecret123");
+    let p = processor(&config(e));
+    let err = call(&p, &envelope("{}", &[])).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Transient);
+    assert!(!err.message.contains("supersecret123"), "{}", err.message);
+    assert!(
+        err.message.ends_with("authorization: ***"),
+        "{}",
+        err.message
+    );
+}

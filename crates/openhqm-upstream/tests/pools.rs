@@ -205,18 +205,20 @@ async fn health_checks_eject_and_bring_back_a_target() {
         "openhqm_upstream_healthy{{endpoint=\"api\",target=\"{}\"}} 0",
         a.url
     )));
-    // With every target unhealthy the attempt waits for a retry.
+    // With every target unhealthy the attempt never starts: the message
+    // waits, uncounted, until the next health check may bring one back.
     b.sick.store(true, Ordering::SeqCst);
     eventually("b unhealthy", Duration::from_secs(5), || {
         !p.target_status("api").unwrap()[1].healthy
     })
     .await;
     let err = who(&p).await.unwrap_err();
-    assert_eq!(err.kind, FailureKind::Transient);
+    assert_eq!(err.kind, FailureKind::Busy);
     assert!(err.message.contains("no healthy target"), "{}", err.message);
     assert_eq!(
-        err.retry_after, None,
-        "health checks decide; the backoff holds"
+        err.retry_after,
+        Some(Duration::from_secs(1)),
+        "one health-check interval"
     );
     a.sick.store(false, Ordering::SeqCst);
     b.sick.store(false, Ordering::SeqCst);
@@ -270,10 +272,11 @@ async fn breaker_opens_rejects_then_recovers_through_a_trial() {
             .render()
             .contains("openhqm_upstream_breaker_state{endpoint=\"api\"")
     );
-    // Open: refused without touching the backend, and the retry waits until
-    // the breaker lets a trial through.
+    // Open: refused without touching the backend, as no attempt, and the
+    // message waits until the breaker lets a trial through.
     let err = who(&p).await.unwrap_err();
     assert!(err.message.contains("no healthy target"), "{}", err.message);
+    assert_eq!(err.kind, FailureKind::Busy);
     let wait = err.retry_after.expect("a retry after the open breaker");
     assert!(
         !wait.is_zero() && wait <= Duration::from_secs(1),

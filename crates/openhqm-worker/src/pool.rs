@@ -183,6 +183,9 @@ enum Begin {
         // Boxed: an envelope is large and the other outcomes are tiny.
         envelope: Box<Envelope>,
         attempt: u32,
+        /// How many of the attempts were made before it was queued
+        /// (`metadata.retry_count`; none after a redrive).
+        before: u32,
     },
     /// Already finished: a duplicate delivery.
     Ack,
@@ -200,7 +203,11 @@ impl Handler {
         let active = self.shared.metrics.active.clone();
         active.inc();
         match self.begin(&delivery).await {
-            Begin::Process { envelope, attempt } => {
+            Begin::Process {
+                envelope,
+                attempt,
+                before,
+            } => {
                 let span = tracing::info_span!("request", correlation_id = %envelope.correlation_id, attempt);
                 async {
                     let started = Instant::now();
@@ -209,7 +216,7 @@ impl Handler {
                         // Every attempt the budget allows was started and
                         // none finished: a message that kills its worker
                         // must not do so forever.
-                        let before = envelope.metadata.retry_count.min(attempt - 1);
+                        let before = before.min(attempt - 1);
                         let here = attempt - 1 - before;
                         let why = if before == 0 {
                             format!("{here} were started without an outcome (a worker died or lost its lease)")
@@ -299,14 +306,20 @@ impl Handler {
         if shape != Shape::Envelope {
             tracing::debug!(message_id = %message.id, correlation_id = %envelope.correlation_id, ?shape, "foreign message decoded");
         }
-        let attempt = message
-            .attempt
-            .saturating_add(envelope.metadata.retry_count);
         // A redrive's mark: its time, which reopens a failed request once.
         let redrive = message
             .attributes
             .get(REDRIVEN)
             .and_then(|at| at.parse::<u64>().ok());
+        // A redrive runs the request again with its whole budget: attempts
+        // the producer made before queueing it were spent before it died.
+        // The mark stays on the message through its retries.
+        let before = if redrive.is_some() {
+            0
+        } else {
+            envelope.metadata.retry_count
+        };
+        let attempt = message.attempt.saturating_add(before);
         let mut update = Update {
             to: RequestStatus::Processing,
             attempts: Some(attempt),
@@ -323,6 +336,7 @@ impl Handler {
                     return Begin::Process {
                         envelope: Box::new(envelope),
                         attempt,
+                        before,
                     };
                 }
                 // A redrive of its dead letter: the one way a failed request reopens.

@@ -671,3 +671,44 @@ async fn an_attempt_that_could_not_start_is_put_back_not_counted() {
     );
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_redrive_counts_attempts_from_zero_whatever_retry_count_said() {
+    // Fails the first attempt after the redrive, then succeeds: the retry
+    // in between must count from the redrive too.
+    let flaky = Arc::new(Flaky {
+        fail_times: 1,
+        kind: FailureKind::Transient,
+        calls: AtomicU32::new(0),
+    });
+    let rig = rig(Arc::clone(&flaky) as Arc<dyn Processor>, config(4, 1)).await;
+    // Five attempts made before it was queued, two allowed: dead-lettered unrun.
+    let id = rig
+        .submit(json!({"payload": 1, "metadata": {"retry_count": 5}}))
+        .await;
+    assert_eq!(rig.wait_terminal(id).await.status, RequestStatus::Failed);
+    assert_eq!(rig.dead_letters(1).await.len(), 1);
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 0);
+
+    assert_eq!(rig.queue.redrive(10).await.expect("redrive"), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let rec = loop {
+        let rec = rig.store.get(id).await.expect("get").expect("record");
+        if rec.status == RequestStatus::Completed {
+            break rec;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redrive never ran: {rec:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(rec.attempts, 2);
+    assert_eq!(
+        rec.outcome.and_then(|o| o.result),
+        Some(json!({"attempt": 2}))
+    );
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(rig.queue.dead_letter_depth().await.expect("dlq"), 0);
+    rig.stop().await;
+}

@@ -1,0 +1,175 @@
+//! The endpoint's own secrets, masked out of text quoted from a backend.
+//!
+//! A backend's error page may echo the request it got, auth header
+//! included. OpenHQM knows what it sent: the auth value (and the token or
+//! password inside it) and any credentials in the target URLs. Every excerpt
+//! of a backend body that goes into an error (and so into logs, the stored
+//! `error` and a dead letter's reason) has them replaced by `***`. The
+//! backend's answer itself, kept as the request's result, is left as sent.
+
+use base64::Engine as _;
+use openhqm_core::Secret;
+use reqwest::Url;
+
+use crate::config::EndpointConfig;
+use crate::error::{BODY_EXCERPT, excerpt};
+use crate::headers::AuthHeader;
+
+/// Query values shorter than this are not taken for secrets (`?v=1`).
+const SHORTEST_QUERY_SECRET: usize = 4;
+
+/// What to mask; longest first, so a value containing another goes whole.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    secrets: Vec<Secret>,
+}
+
+impl Redactor {
+    /// The secrets of one endpoint: its auth value, the token or password in
+    /// it, and the password and query values of its target URLs.
+    #[must_use]
+    pub fn new<'a>(
+        cfg: &EndpointConfig,
+        auth: Option<&AuthHeader>,
+        targets: impl IntoIterator<Item = &'a Url>,
+    ) -> Self {
+        let mut found: Vec<String> = Vec::new();
+        if let Some(auth) = auth {
+            found.push(auth.value.expose().to_owned());
+            // The bare credentials, as a backend may print them decoded.
+            if let Some(encoded) = auth.value.expose().strip_prefix("Basic ") {
+                let pair = base64::engine::general_purpose::STANDARD.decode(encoded);
+                if let Ok(pair) = String::from_utf8(pair.unwrap_or_default()) {
+                    found.push(pair);
+                }
+            }
+        }
+        found.push(cfg.auth_token.expose().to_owned());
+        found.push(cfg.auth_password.expose().to_owned());
+        for url in targets {
+            if let Some(password) = url.password() {
+                found.push(password.to_owned());
+                found.extend(decoded(password));
+            }
+            for (_, value) in url.query_pairs() {
+                if value.len() >= SHORTEST_QUERY_SECRET {
+                    found.push(value.into_owned());
+                }
+            }
+        }
+        found.retain(|s| !s.is_empty());
+        found.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        found.dedup();
+        Self {
+            secrets: found.iter().map(|s| Secret::from(s.as_str())).collect(),
+        }
+    }
+
+    /// `text` with every secret replaced by `***`.
+    #[must_use]
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.secrets {
+            if out.contains(s.expose()) {
+                out = out.replace(s.expose(), "***");
+            }
+        }
+        out
+    }
+
+    /// The start of a backend body for an error message, secrets masked. A
+    /// secret that straddles the cut is masked too: the text is masked
+    /// before it is cut.
+    #[must_use]
+    pub fn excerpt(&self, body: &[u8]) -> String {
+        let longest = self.secrets.first().map_or(0, |s| s.expose().len());
+        let window = &body[..body.len().min(BODY_EXCERPT + longest)];
+        let masked = self.redact(&String::from_utf8_lossy(window));
+        let mut text = excerpt(masked.as_bytes());
+        if body.len() > window.len() && !text.ends_with('…') {
+            text.push('…');
+        }
+        text
+    }
+}
+
+/// A percent-encoded URL part, decoded, if that changes it.
+fn decoded(part: &str) -> Option<String> {
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = match bytes.get(i..i + 3) {
+            Some([b'%', h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            }
+            _ => None,
+        };
+        match hex {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().filter(|d| d != part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthType;
+    use crate::headers::auth_header;
+
+    fn check(cfg: &EndpointConfig, body: &str, expected: &str) {
+        let url = Url::parse(cfg.url.as_deref().unwrap_or("http://b/")).expect("url");
+        let r = Redactor::new(cfg, auth_header(cfg).as_ref(), [&url]);
+        assert_eq!(r.redact(body), expected, "{body}");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let mut bearer = EndpointConfig::with_url("http://b/");
+        bearer.auth_type = Some(AuthType::Bearer);
+        bearer.auth_token = Secret::from("supersecret123");
+        check(
+            &bearer,
+            "authorization: Bearer supersecret123",
+            "authorization: ***",
+        );
+        check(
+            &bearer,
+            r#"{"token":"supersecret123"}"#,
+            r#"{"token":"***"}"#,
+        );
+        let mut basic = EndpointConfig::with_url("http://u:p%40ss-word@b/?code=KEY-9876&v=1");
+        basic.auth_type = Some(AuthType::Basic);
+        basic.auth_username = Some("user".into());
+        basic.auth_password = Secret::from("hunter22");
+        check(
+            &basic,
+            "Basic dXNlcjpodW50ZXIyMg== user:hunter22 hunter22",
+            "*** *** ***",
+        );
+        check(&basic, "code=KEY-9876 v=1 p@ss-word", "code=*** v=1 ***");
+        check(&EndpointConfig::with_url("http://b/"), "nothing", "nothing");
+    }
+
+    #[test]
+    fn a_secret_across_the_cut_is_masked_too() {
+        let mut e = EndpointConfig::with_url("http://b/");
+        e.auth_type = Some(AuthType::ApiKey);
+        e.auth_token = Secret::from("k3y-k3y-k3y");
+        let r = Redactor::new(&e, auth_header(&e).as_ref(), []);
+        let body = format!("{}k3y-k3y-k3y and more", "x".repeat(BODY_EXCERPT - 4));
+        let text = r.excerpt(body.as_bytes());
+        assert!(!text.contains("k3y"), "{text}");
+        assert!(text.ends_with('…'), "{text}");
+    }
+}
