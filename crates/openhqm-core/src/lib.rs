@@ -12,6 +12,7 @@ pub mod foreign;
 pub mod hop_by_hop;
 pub mod id;
 pub mod outcome;
+pub mod path;
 pub mod record;
 pub mod secret;
 pub mod status;

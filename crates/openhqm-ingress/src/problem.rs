@@ -52,6 +52,16 @@ impl Problem {
         )
     }
 
+    /// 400: a passthrough path that climbs out of its root (`..`).
+    pub fn invalid_path(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            "Request path is not valid",
+            detail,
+        )
+    }
+
     /// 422: JSON, but not a valid request.
     pub fn invalid_request(detail: impl Into<String>) -> Self {
         Self::new(

@@ -70,8 +70,15 @@ pub(crate) async fn passthrough(
     let Some(sidecar) = state.config.sidecar.as_ref() else {
         return Err(crate::problem::not_found(uri).await);
     };
-    let bytes = read_limited(&headers, body, state.config.max_body_size).await?;
     let path = replay_path(uri.path(), sidecar.path_prefix.as_deref());
+    // Climbing above the root climbs out of any base path the endpoint has:
+    // the forwarder would refuse it for good, so the caller is told now.
+    if !openhqm_core::path::within("/", path) {
+        return Err(Problem::invalid_path(
+            "the path climbs above its root (a `..` segment); nothing was queued",
+        ));
+    }
+    let bytes = read_limited(&headers, body, state.config.max_body_size).await?;
     let query = uri.query().unwrap_or_default();
     // Only the header: a `wait` query parameter belongs to the app.
     let prefs = Preferences::from_request(&headers, None);

@@ -8,6 +8,7 @@
 //! connection.
 
 use openhqm_core::Envelope;
+use openhqm_core::path::within;
 use regex::Regex;
 use reqwest::Url;
 
@@ -101,76 +102,6 @@ pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, 
         return Err(UpstreamError::PathOutsideBase);
     }
     Ok(url)
-}
-
-/// Whether `path` is `base` or below it. The URL parser has already
-/// resolved plain and `%2e` dot segments and turned `\` into `/`; what is
-/// left to fear is a server that decodes an encoded separator (`%2F`, `%5C`)
-/// before it resolves dot segments (`..%2F..%2Fadmin`). So each segment is
-/// split at those too and the dot segments walked: the path is refused only
-/// if that walk climbs above `base`. An encoded slash inside a name
-/// (`group%2Fproject`) passes as sent.
-fn within(base: &str, path: &str) -> bool {
-    let base = base.trim_end_matches('/');
-    let Some(rest) = path.strip_prefix(base) else {
-        return false;
-    };
-    if !(rest.is_empty() || rest.starts_with('/')) {
-        return false;
-    }
-    let mut depth = 0usize;
-    for piece in rest.split('/').flat_map(split_encoded_separators) {
-        match dot_segment(piece) {
-            Some(2) => match depth.checked_sub(1) {
-                Some(d) => depth = d,
-                None => return false,
-            },
-            // Empty pieces add no depth: a server may merge `//`.
-            Some(_) => {}
-            None if piece.is_empty() => {}
-            None => depth += 1,
-        }
-    }
-    true
-}
-
-/// A segment's pieces between encoded separators (`%2F`, `%5C`, any case)
-/// and backslashes.
-fn split_encoded_separators(segment: &str) -> Vec<&str> {
-    let bytes = segment.as_bytes();
-    let mut pieces = Vec::new();
-    let (mut start, mut i) = (0, 0);
-    while i < bytes.len() {
-        let sep = match bytes[i] {
-            b'\\' => 1,
-            b'%' if bytes.len() >= i + 3
-                && (bytes[i + 1..i + 3].eq_ignore_ascii_case(b"2f")
-                    || bytes[i + 1..i + 3].eq_ignore_ascii_case(b"5c")) =>
-            {
-                3
-            }
-            _ => 0,
-        };
-        if sep == 0 {
-            i += 1;
-        } else {
-            pieces.push(&segment[start..i]);
-            i += sep;
-            start = i;
-        }
-    }
-    pieces.push(&segment[start..]);
-    pieces
-}
-
-/// `Some(1)` for `.`, `Some(2)` for `..`, with dots as `.` or `%2e`.
-fn dot_segment(piece: &str) -> Option<usize> {
-    let decoded = piece.to_ascii_lowercase().replace("%2e", ".");
-    match decoded.as_str() {
-        "." => Some(1),
-        ".." => Some(2),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -225,6 +225,26 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
     assert_eq!(seen[1].method, Method::GET);
     assert!(seen[1].body.is_empty());
 
+    // A path that climbs above its root is the caller's mistake: 400, and
+    // nothing queued. An encoded slash inside a name passes as sent.
+    let r = http
+        .get(format!("{side}/..%2F..%2Fadmin"))
+        .send()
+        .await
+        .expect("climb");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = r.json().await.expect("problem");
+    assert_eq!(problem["code"], "invalid-path");
+    let r = http
+        .get(format!("{side}/groups/a%2Fb"))
+        .send()
+        .await
+        .expect("encoded slash");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let seen = backend.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 3, "the climb was never forwarded");
+    assert_eq!(seen[2].uri.path(), "/groups/a%2Fb");
+
     // A HEAD is told the size of the body a GET would get.
     let r = http
         .head(format!("{side}/orders/7"))
