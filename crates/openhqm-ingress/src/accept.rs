@@ -110,22 +110,22 @@ pub(crate) async fn accept(
     if let Err(e) = published {
         state.queue_metrics.publish_error.inc();
         state.admission.unreserve();
-        if created.is_ok() {
-            // The record has no message and the client no id: finish it, so
-            // it expires with the TTL instead of reading PENDING for days.
-            let finish = Update::to(RequestStatus::Failed);
-            if let Err(e) = state.store.transition(id, finish).await {
-                tracing::warn!(correlation_id = %id, error = %e, "could not finish the record of a request that was not queued");
-            }
+        // Unkeyed, the status record was written beside the message: undone.
+        // (Keyed, it is written only after a publish.)
+        if keyed.is_none() && created.is_ok() {
+            withdraw(state, id).await;
         }
-        let problem = match e {
-            QueueError::PayloadTooLarge { .. } => Problem::too_large(state.config.max_body_size),
-            other => {
-                tracing::warn!(correlation_id = %id, error = %other, "publish failed; answered 503");
-                Problem::unavailable("queue", retry_after)
-            }
-        };
-        return refuse(problem).await;
+        if let QueueError::PayloadTooLarge { .. } = e {
+            // Refused before anything was stored: the key is free again.
+            return refuse(Problem::too_large(state.config.max_body_size)).await;
+        }
+        // Any other failure may have come after the broker stored the message
+        // (a timeout, a dropped connection), so the client is not told that
+        // nothing was stored. A key keeps standing for this id: a retry with
+        // it finds the request once a worker runs it, or takes the key over
+        // when the claim is stale; releasing it now could run it twice.
+        tracing::warn!(correlation_id = %id, error = %e, "publish not confirmed; answered 503");
+        return Err(Problem::unconfirmed("queue", retry_after));
     }
     state.queue_metrics.publish_ok.inc();
     if let Err(e) = created {
@@ -136,6 +136,18 @@ pub(crate) async fn accept(
     }
     tracing::debug!(correlation_id = %id, "request accepted");
     Ok(Accepted::New(record))
+}
+
+/// Cancels the status record written beside a message whose publish failed
+/// or was not confirmed: the client got no id, and if the message was stored
+/// after all, a worker drops it as cancelled instead of running a request
+/// the client was told to send again. Cancelling only moves PENDING, so a
+/// worker that already took the message keeps it.
+async fn withdraw(state: &ApiState, id: CorrelationId) {
+    let cancel = Update::to(RequestStatus::Cancelled);
+    if let Err(e) = state.store.transition(id, cancel).await {
+        tracing::warn!(correlation_id = %id, error = %e, "could not withdraw the record of a request whose publish failed");
+    }
 }
 
 /// How long a claim may stand for a request that is not stored before it is

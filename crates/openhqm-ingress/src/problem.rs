@@ -123,16 +123,35 @@ impl Problem {
         )
     }
 
-    /// 503: a dependency is down; nothing was stored. The detail stays generic:
-    /// the cause goes to the logs, not to clients.
+    /// 503: a dependency is down. The detail stays generic: the cause goes
+    /// to the logs, not to clients.
     pub fn unavailable(what: &'static str, retry_after: u32) -> Self {
+        Self::service_unavailable(
+            format!("the {what} is unavailable; retry later"),
+            retry_after,
+        )
+    }
+
+    /// 503: a write the request needs was not confirmed. It may have landed
+    /// (a timeout): the client is told how to retry without running the
+    /// request twice.
+    pub fn unconfirmed(what: &'static str, retry_after: u32) -> Self {
+        Self::service_unavailable(
+            format!(
+                "the {what} did not confirm storing the request; retry later, with an Idempotency-Key so that a retry can never run it twice"
+            ),
+            retry_after,
+        )
+    }
+
+    fn service_unavailable(detail: String, retry_after: u32) -> Self {
         Self {
             retry_after: Some(retry_after),
             ..Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service-unavailable",
                 "Service temporarily unavailable",
-                format!("the {what} is unavailable; nothing was stored, retry later"),
+                detail,
             )
         }
     }

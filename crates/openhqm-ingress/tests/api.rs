@@ -29,6 +29,7 @@ const MAX_BODY: usize = 64 * 1024;
 struct Api {
     _dir: tempfile::TempDir,
     db: EmbeddedDb,
+    queue_db: EmbeddedDb,
     queue: Arc<dyn QueueBackend>,
     store: Arc<dyn ResultStore>,
     base: String,
@@ -43,16 +44,26 @@ async fn serve_with(
     known_endpoints: Option<std::collections::HashSet<String>>,
     max_pending: u64,
 ) -> Api {
-    serve_with_queue_limit(known_endpoints, max_pending, MAX_BODY * 2).await
+    serve_full(known_endpoints, max_pending, MAX_BODY * 2, false).await
 }
 
-async fn serve_with_queue_limit(
+/// `own_queue_db`: the queue gets a database of its own (`Api::queue_db`),
+/// so it can fail while the store works.
+async fn serve_full(
     known_endpoints: Option<std::collections::HashSet<String>>,
     max_pending: u64,
     max_payload: usize,
+    own_queue_db: bool,
 ) -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
+    let (db, queue_db) = if own_queue_db {
+        let open =
+            |name: &str| EmbeddedDb::open(&dir.path().join(name), &Options::default()).expect("db");
+        (open("store"), open("queue"))
+    } else {
+        let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
+        (db.clone(), db)
+    };
     let qc = EmbeddedQueueConfig {
         name: "requests".into(),
         dead_letter_name: "requests-dlq".into(),
@@ -60,7 +71,7 @@ async fn serve_with_queue_limit(
         max_payload,
     };
     let queue: Arc<dyn QueueBackend> =
-        Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"));
+        Arc::new(EmbeddedQueue::open(queue_db.clone(), qc).expect("queue"));
     let sc = EmbeddedStoreConfig {
         ttl: Duration::from_secs(60),
         sweep_interval: Duration::from_secs(60),
@@ -99,6 +110,7 @@ async fn serve_with_queue_limit(
     Api {
         _dir: dir,
         db,
+        queue_db,
         queue,
         store,
         base: format!("http://{addr}"),
@@ -521,7 +533,7 @@ async fn storage_down_means_503_with_retry_after_never_202() {
 async fn a_request_the_queue_refuses_leaves_no_pending_record() {
     // The queue takes less than the API does, so the publish fails after
     // the status record was written beside it.
-    let api = serve_with_queue_limit(None, 0, 1024).await;
+    let api = serve_full(None, 0, 1024, false).await;
     let big = format!(r#"{{"payload": "{}"}}"#, "x".repeat(4096));
     let refused = api.post_raw("/api/v1/submit", big).await;
     expect_problem(refused, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large").await;
@@ -534,8 +546,51 @@ async fn a_request_the_queue_refuses_leaves_no_pending_record() {
             record["status"].clone()
         })
         .collect();
-    // Finished, so it expires with the TTL instead of reading PENDING for days.
-    assert_eq!(statuses, [json!("FAILED")]);
+    // Withdrawn, so it expires with the TTL instead of reading PENDING for days.
+    assert_eq!(statuses, [json!("CANCELLED")]);
+}
+
+#[tokio::test]
+async fn an_unconfirmed_publish_withdraws_the_record_and_keeps_the_key() {
+    let api = serve_full(None, 0, MAX_BODY * 2, true).await;
+    api.queue_db.close().await; // the queue stops taking writes; the store works
+    let refused = api.post_raw("/api/v1/submit", r#"{"payload": 1}"#).await;
+    let problem = expect_problem(
+        refused,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service-unavailable",
+    )
+    .await;
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("did not confirm") && detail.contains("Idempotency-Key"),
+        "{detail}"
+    );
+    let results = api.db.keyspace("results").expect("keyspace");
+    let statuses: Vec<Value> = results
+        .iter()
+        .map(|item| {
+            let value = item.value().expect("value");
+            serde_json::from_slice::<Value>(&value[8..]).expect("record")["status"].clone()
+        })
+        .collect();
+    assert_eq!(statuses, [json!("CANCELLED")], "a worker would drop it");
+
+    // With a key, a retry must not start a second request while the first
+    // may yet be stored: the key still stands for it.
+    let keyed = || {
+        api.http
+            .post(format!("{}/api/v1/submit", api.base))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "k-unconfirmed")
+            .header("authorization", "Bearer caller")
+            .body(r#"{"payload": 2}"#)
+            .send()
+    };
+    let first = keyed().await.expect("submit");
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry = keyed().await.expect("retry");
+    expect_problem(retry, StatusCode::CONFLICT, "idempotency-key-in-use").await;
 }
 
 #[tokio::test]
