@@ -178,13 +178,26 @@ impl RedisStore {
         format!("{}{id}", self.config.key_prefix)
     }
 
-    async fn get_raw(&self, id: CorrelationId) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Runs `cmd`, which must be idempotent, sending it once more if the
+    /// connection had dropped while idle (a Redis restart): the manager only
+    /// reconnects after a command fails on it, and a client should not see
+    /// an outage that is already over. (Other writes are not resent: one may
+    /// have landed before the connection dropped.)
+    async fn query_idempotent<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
-        redis::cmd("GET")
-            .arg(self.key(id))
-            .query_async(&mut conn)
+        match cmd.query_async(&mut conn).await {
+            Err(e) if e.is_connection_dropped() => cmd.query_async(&mut conn).await,
+            other => other,
+        }
+        .map_err(redis_error)
+    }
+
+    async fn get_raw(&self, id: CorrelationId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query_idempotent(redis::cmd("GET").arg(self.key(id)))
             .await
-            .map_err(redis_error)
     }
 
     /// Writes `new` if the record still reads `expected`; publishes if it is finished.
@@ -386,15 +399,13 @@ impl ResultStore for RedisStore {
     }
 
     async fn health(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("SET")
+        let probe = redis::cmd("SET")
             .arg(format!("{}health", self.config.key_prefix))
             .arg(now_ms())
             .arg("PX")
             .arg(10_000)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(redis_error)
+            .clone();
+        self.query_idempotent(&probe).await
     }
 
     async fn close(&self) {

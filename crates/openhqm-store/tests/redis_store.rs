@@ -278,6 +278,24 @@ async fn wait_terminal_survives_a_redis_restart() {
 }
 
 #[tokio::test]
+async fn a_read_after_redis_restarted_is_answered() {
+    let mut server = RedisServer::start();
+    let store = open(&server, Duration::from_secs(60)).await;
+    let id = CorrelationId::new();
+    store
+        .create(RequestRecord::pending(id, 1))
+        .await
+        .expect("create");
+    // The store's connection sits idle while Redis restarts (empty).
+    server.start_again();
+    let read = store.get(id).await;
+    assert!(
+        matches!(read, Ok(None)),
+        "the first read after the restart: {read:?}"
+    );
+}
+
+#[tokio::test]
 async fn idempotency_keys() {
     let server = RedisServer::start();
     let store = open(&server, Duration::from_secs(60)).await;
