@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openhqm_core::{Backoff, CallbackPolicy, Decision, Failure, FailureKind, decide};
-use openhqm_metrics::CallbackMetrics;
+use openhqm_metrics::{CallbackMetrics, QueueMetrics};
 use openhqm_queue::{ConsumeConfig, Delivery, Nack, QueueBackend, consume};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
 use reqwest::{Client, StatusCode, redirect};
@@ -48,6 +48,8 @@ struct Inner {
     client: Client,
     config: DispatchConfig,
     metrics: CallbackMetrics,
+    /// The callback queue's `openhqm_queue_*` counters.
+    queue_metrics: QueueMetrics,
 }
 
 /// How one POST went.
@@ -73,6 +75,7 @@ impl Dispatcher {
         key: SigningKey,
         config: DispatchConfig,
         metrics: CallbackMetrics,
+        queue_metrics: QueueMetrics,
     ) -> Result<Self, String> {
         // Fails only when a provider is installed already, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -91,6 +94,7 @@ impl Dispatcher {
                 client,
                 config,
                 metrics,
+                queue_metrics,
             }),
         })
     }
@@ -111,7 +115,9 @@ impl Dispatcher {
             Arc::clone(&inner.queue),
             &consume_config,
             shutdown,
-            |_| {},
+            |n| {
+                inner.queue_metrics.consume.inc_by(n as u64);
+            },
             |delivery| {
                 let inner = Arc::clone(&inner);
                 async move { inner.handle(delivery).await }
@@ -180,6 +186,8 @@ impl Inner {
 
     async fn give_up(&self, delivery: Delivery, reason: String) {
         self.metrics.dead_lettered.inc();
+        // The callback failed for good (its request keeps its own status).
+        self.queue_metrics.dead_lettered_failed.inc();
         settled(delivery.nack(Nack::DeadLetter { reason }).await);
     }
 

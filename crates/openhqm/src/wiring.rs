@@ -245,7 +245,7 @@ async fn completion(
         };
         tokio::spawn(sample_depth(
             Arc::clone(&queue),
-            queue_metrics,
+            queue_metrics.clone(),
             None,
             stop.clone(),
         ));
@@ -257,6 +257,7 @@ async fn completion(
                 key,
                 dispatch,
                 metrics.callbacks(),
+                queue_metrics,
             )
             .map_err(|e| anyhow!(e))?,
         );

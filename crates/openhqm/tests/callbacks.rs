@@ -389,6 +389,14 @@ async fn a_failing_receiver_gets_the_callback_once_it_recovers_or_it_is_dead_let
         .then_some(())
     })
     .await;
+    // The callback queue's own counters move too: 3 + 4 jobs consumed (one
+    // per delivery), one dead-lettered.
+    for line in [
+        "openhqm_queue_consume_total{queue=\"openhqm-callbacks\"} 7",
+        "openhqm_queue_dlq_total{queue=\"openhqm-callbacks\",status=\"FAILED\"} 1",
+    ] {
+        assert!(metric(&http, &p, line).await, "{line}");
+    }
 }
 
 /// On Redis: the callback is delivered and the reply lands on the
