@@ -161,11 +161,56 @@ impl Envelope {
     pub fn from_json(bytes: &[u8]) -> serde_json::Result<Self> {
         serde_json::from_slice(bytes)
     }
+
+    /// The `correlation_id` of an envelope that may not decode as a whole:
+    /// read without building the rest, so a payload no `Value` can hold (a
+    /// number out of `f64` range, a lone surrogate) or a bad field elsewhere
+    /// still leaves the request findable by its id.
+    #[must_use]
+    pub fn correlation_id_in(bytes: &[u8]) -> Option<CorrelationId> {
+        #[derive(Deserialize)]
+        struct IdOnly {
+            correlation_id: Option<CorrelationId>,
+        }
+        serde_json::from_slice::<IdOnly>(bytes)
+            .ok()
+            .and_then(|envelope| envelope.correlation_id)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_id_is_read_whatever_else_the_envelope_holds() {
+        let id = CorrelationId::new();
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        // Payloads a `Value` cannot hold, and a field that fails decoding.
+        for (payload, metadata) in [
+            ("1e400", "{}"),
+            (r#""\ud800""#, "{}"),
+            (deep.as_str(), "{}"),
+            ("1", r#"{"priority": "high"}"#),
+        ] {
+            let body =
+                format!(r#"{{"payload":{payload},"correlation_id":"{id}","metadata":{metadata}}}"#);
+            assert_eq!(
+                Envelope::correlation_id_in(body.as_bytes()),
+                Some(id),
+                "{body}"
+            );
+        }
+        let bad_field =
+            format!(r#"{{"payload":1,"correlation_id":"{id}","metadata":{{"priority":"high"}}}}"#);
+        assert!(Envelope::from_json(bad_field.as_bytes()).is_err());
+        assert_eq!(Envelope::correlation_id_in(br#"{"data": 1}"#), None);
+        assert_eq!(
+            Envelope::correlation_id_in(br#"{"correlation_id": "x"}"#),
+            None
+        );
+        assert_eq!(Envelope::correlation_id_in(b"not json"), None);
+    }
 
     fn submit(json: &str) -> Result<SubmitRequest, String> {
         let req: SubmitRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;

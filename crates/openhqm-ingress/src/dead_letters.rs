@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use openhqm_core::CorrelationId;
+use openhqm_core::Envelope;
 use openhqm_core::time::rfc3339_ms;
 use openhqm_queue::DeadLetter;
 use serde_json::{Value, json};
@@ -48,24 +48,11 @@ fn unavailable(state: &ApiState, e: &openhqm_queue::QueueError) -> Problem {
 fn describe(dead: &DeadLetter) -> Value {
     json!({
         "message_id": dead.message.id,
-        "correlation_id": correlation_id_of(&dead.message.body),
+        "correlation_id": Envelope::correlation_id_in(&dead.message.body),
         "reason": dead.reason,
         "attempt": dead.message.attempt,
         "dead_lettered_at": rfc3339_ms(dead.dead_lettered_at_ms),
     })
-}
-
-/// The envelope's `correlation_id`, read without building the rest: a
-/// payload that no `Value` can hold (a number out of `f64` range, a lone
-/// surrogate) is often why the message died, and its id must still show.
-fn correlation_id_of(body: &[u8]) -> Option<CorrelationId> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        correlation_id: Option<CorrelationId>,
-    }
-    serde_json::from_slice::<IdOnly>(body)
-        .ok()
-        .and_then(|envelope| envelope.correlation_id)
 }
 
 /// `GET /api/v1/dead-letters`.
@@ -109,23 +96,6 @@ pub(crate) async fn redrive(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_id_of_a_payload_no_value_can_hold_is_still_read() {
-        let id = CorrelationId::new();
-        for payload in [
-            r#"1e400"#,
-            r#""\ud800""#,
-            &format!("{}1{}", "[".repeat(200), "]".repeat(200)),
-        ] {
-            let body =
-                format!(r#"{{"payload":{payload},"correlation_id":"{id}","metadata":{{}}}}"#);
-            assert!(serde_json::from_str::<Value>(&body).is_err(), "{payload}");
-            assert_eq!(correlation_id_of(body.as_bytes()), Some(id), "{payload}");
-        }
-        assert_eq!(correlation_id_of(br#"{"data": 1}"#), None);
-        assert_eq!(correlation_id_of(b"not json"), None);
-    }
 
     #[test]
     fn limit_defaults_and_is_bounded() {

@@ -192,8 +192,12 @@ enum Begin {
     /// Already finished, and the sinks want to hear about it: they may have
     /// missed it (a sink failed, or the process died before settling).
     Finished(Box<Envelope>),
-    /// Undecodable: no processor can help.
-    DeadLetter(String),
+    /// Undecodable: no processor can help. If the message names its
+    /// request, the request is FAILED with the reason.
+    Undecodable {
+        id: Option<CorrelationId>,
+        reason: String,
+    },
     /// The store cannot be written; try the message again later.
     RetryLater,
 }
@@ -277,9 +281,24 @@ impl Handler {
                 .instrument(span)
                 .await;
             }
-            Begin::DeadLetter(reason) => {
-                self.dead_letter(delivery, RequestStatus::Failed, reason)
-                    .await;
+            Begin::Undecodable { id, reason } => {
+                let failed = Update {
+                    outcome: Some(ResultData {
+                        error: Some(reason.clone()),
+                        ..ResultData::default()
+                    }),
+                    ..Update::to(RequestStatus::Failed)
+                };
+                // Recorded first, so a status lookup says why, not 404.
+                match id {
+                    Some(id) if self.record(id, failed).await.is_none() => {
+                        self.retry_later(delivery).await;
+                    }
+                    _ => {
+                        self.dead_letter(delivery, RequestStatus::Failed, reason)
+                            .await;
+                    }
+                }
             }
             Begin::RetryLater => self.retry_later(delivery).await,
         }
@@ -299,8 +318,12 @@ impl Handler {
             Ok(d) => d,
             Err(e) => {
                 self.shared.metrics.errors_malformed.inc();
-                tracing::warn!(message_id = %message.id, error = %e, "undecodable message dead-lettered");
-                return Begin::DeadLetter(e.to_string());
+                let id = Envelope::correlation_id_in(&message.body);
+                tracing::warn!(message_id = %message.id, correlation_id = ?id, error = %e, "undecodable message dead-lettered");
+                return Begin::Undecodable {
+                    id,
+                    reason: e.to_string(),
+                };
             }
         };
         if shape != Shape::Envelope {

@@ -337,6 +337,32 @@ async fn undecodable_message_is_dead_lettered_not_redelivered_forever() {
 }
 
 #[tokio::test]
+async fn an_undecodable_message_that_names_its_request_fails_it_with_the_reason() {
+    let rig = rig(Arc::new(DemoProcessor), config(4, 3)).await;
+    let id = CorrelationId::new();
+    // A producer's envelope with a field that does not decode.
+    let body =
+        format!(r#"{{"correlation_id":"{id}","payload":1,"metadata":{{"priority":"high"}}}}"#);
+    rig.queue
+        .publish(OutgoingMessage::new(body.into_bytes()))
+        .await
+        .expect("publish");
+    let rec = rig.wait_terminal(id).await;
+    assert_eq!(rec.status, RequestStatus::Failed);
+    let error = rec.outcome.and_then(|o| o.error).unwrap_or_default();
+    assert!(error.starts_with("malformed envelope"), "{error}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while rig.queue.dead_letter_depth().await.expect("dlq") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn duplicate_delivery_of_a_finished_request_is_not_processed_again() {
     let flaky = Arc::new(Flaky {
         fail_times: 0,
