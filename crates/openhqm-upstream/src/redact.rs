@@ -11,8 +11,8 @@ use base64::Engine as _;
 use openhqm_core::Secret;
 use reqwest::Url;
 
-use crate::config::EndpointConfig;
-use crate::error::{BODY_EXCERPT, excerpt};
+use crate::config::{EndpointConfig, is_sensitive_header};
+use crate::error::excerpt;
 use crate::headers::AuthHeader;
 
 /// Query values shorter than this are not taken for secrets (`?v=1`).
@@ -46,6 +46,14 @@ impl Redactor {
         }
         found.push(cfg.auth_token.expose().to_owned());
         found.push(cfg.auth_password.expose().to_owned());
+        // Static headers named like credentials (`X-Api-Key`), as
+        // `check-config` masks them.
+        found.extend(
+            cfg.headers
+                .iter()
+                .filter(|(name, _)| is_sensitive_header(name))
+                .map(|(_, value)| value.clone()),
+        );
         for url in targets {
             if let Some(password) = url.password() {
                 found.push(password.to_owned());
@@ -77,54 +85,31 @@ impl Redactor {
         out
     }
 
-    /// The start of a backend body for an error message, secrets masked. A
-    /// secret that straddles the cut is masked too: the text is masked
-    /// before it is cut.
+    /// The start of a backend body for an error message, secrets masked.
+    /// The whole body is masked before it is cut: masking shortens the text,
+    /// so a window cut first could pull an unmasked part of a later copy
+    /// into view. (Bodies are bounded by `max_response_size`, and this runs
+    /// on the error path only.)
     #[must_use]
     pub fn excerpt(&self, body: &[u8]) -> String {
-        let longest = self.secrets.first().map_or(0, |s| s.expose().len());
-        let window = &body[..body.len().min(BODY_EXCERPT + longest)];
-        let masked = self.redact(&String::from_utf8_lossy(window));
-        let mut text = excerpt(masked.as_bytes());
-        if body.len() > window.len() && !text.ends_with('…') {
-            text.push('…');
-        }
-        text
+        excerpt(self.redact(&String::from_utf8_lossy(body)).as_bytes())
     }
 }
 
 /// A percent-encoded URL part, decoded, if that changes it.
 fn decoded(part: &str) -> Option<String> {
-    let bytes = part.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = match bytes.get(i..i + 3) {
-            Some([b'%', h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
-                std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            }
-            _ => None,
-        };
-        match hex {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok().filter(|d| d != part)
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8()
+        .ok()
+        .filter(|d| d != part)
+        .map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::AuthType;
+    use crate::error::BODY_EXCERPT;
     use crate::headers::auth_header;
 
     fn check(cfg: &EndpointConfig, body: &str, expected: &str) {
@@ -171,5 +156,34 @@ mod tests {
         let text = r.excerpt(body.as_bytes());
         assert!(!text.contains("k3y"), "{text}");
         assert!(text.ends_with('…'), "{text}");
+    }
+
+    #[test]
+    fn a_second_copy_pulled_into_view_by_masking_the_first_is_masked_too() {
+        let mut e = EndpointConfig::with_url("http://b/");
+        e.auth_type = Some(AuthType::Bearer);
+        let token = "t0ken-".repeat(7); // 42 bytes
+        e.auth_token = Secret::from(token.as_str());
+        let r = Redactor::new(&e, auth_header(&e).as_ref(), []);
+        // The second copy starts just before the cut; masking the first
+        // shortens the text by 39 bytes.
+        let body = format!(
+            "{token}{}{token} tail",
+            "x".repeat(BODY_EXCERPT - token.len() - 10)
+        );
+        let text = r.excerpt(body.as_bytes());
+        assert!(!text.contains("t0ken"), "{text}");
+    }
+
+    #[test]
+    fn static_credential_headers_are_secrets_too() {
+        let mut e = EndpointConfig::with_url("http://b/");
+        e.headers.insert("X-Api-Key".into(), "static-key-42".into());
+        e.headers.insert("X-Team".into(), "payments".into());
+        let r = Redactor::new(&e, None, []);
+        assert_eq!(
+            r.redact("x-api-key: static-key-42, x-team: payments"),
+            "x-api-key: ***, x-team: payments"
+        );
     }
 }
