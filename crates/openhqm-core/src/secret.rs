@@ -72,7 +72,7 @@ impl Visitor<'_> for SecretVisitor {
     type Value = Secret;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string or a number")
+        f.write_str("a string")
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Secret, E> {
@@ -83,32 +83,42 @@ impl Visitor<'_> for SecretVisitor {
         Ok(Secret(v))
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
+    // A number or boolean is refused without being quoted (serde's own
+    // error would print it), and not taken as its text either: YAML may
+    // have changed it (`0123` reads as 123, `1.10` as 1.1), and a password
+    // that is silently different fails far from the config.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Secret, E> {
+        Err(unquoted())
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Secret, E> {
+        Err(unquoted())
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Secret, E> {
+        Err(unquoted())
     }
 
-    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<Secret, E> {
+        Err(unquoted())
     }
 
-    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<Secret, E> {
+        Err(unquoted())
     }
 
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Secret, E> {
+        Err(unquoted())
     }
 
     // The rest (bytes, a sequence, a mapping) keeps serde's errors, which
     // name the kind of value, never its content.
+}
+
+fn unquoted<E: de::Error>() -> E {
+    E::custom(
+        "a secret must be text: quote it (YAML read this value as a number or a boolean, which may have changed it)",
+    )
 }
 
 #[cfg(test)]
@@ -125,23 +135,29 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_is_read_from_text_or_a_number_and_errors_never_quote_it() {
+    fn a_secret_is_text_and_errors_never_quote_it() {
         check(serde_json::json!("hunter2"), Ok("hunter2"));
-        check(serde_json::json!(98_765_432), Ok("98765432"));
-        check(serde_json::json!(-12), Ok("-12"));
-        check(serde_json::json!(1.5), Ok("1.5"));
-        check(serde_json::json!(true), Ok("true"));
+        check(serde_json::json!("0123"), Ok("0123"));
+        let unquoted = "a secret must be text: quote it (YAML read this value as a number or a boolean, which may have changed it)";
+        for number in [
+            serde_json::json!(98_765_432),
+            serde_json::json!(-12),
+            serde_json::json!(1.5),
+            serde_json::json!(true),
+        ] {
+            check(number, Err(unquoted));
+        }
         check(
             serde_json::json!(null),
-            Err("invalid type: null, expected a string or a number"),
+            Err("invalid type: null, expected a string"),
         );
         check(
             serde_json::json!([98_765_432]),
-            Err("invalid type: sequence, expected a string or a number"),
+            Err("invalid type: sequence, expected a string"),
         );
         check(
             serde_json::json!({"k": "hunter2"}),
-            Err("invalid type: map, expected a string or a number"),
+            Err("invalid type: map, expected a string"),
         );
     }
 

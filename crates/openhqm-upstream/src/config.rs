@@ -64,7 +64,7 @@ pub struct EndpointConfig {
     #[serde(default = "default_timeout")]
     pub timeout: u64,
     /// Static headers; they override forwarded client headers.
-    #[serde(default, deserialize_with = "openhqm_core::null_as_default")]
+    #[serde(default, deserialize_with = "header_values")]
     pub headers: BTreeMap<String, String>,
     /// How the backend authenticates us.
     #[serde(default)]
@@ -328,4 +328,38 @@ pub struct TlsConfig {
     pub ca_file: Option<String>,
     /// Accept any certificate. For tests against self-signed backends only.
     pub insecure_skip_verify: bool,
+}
+
+/// Static header values: text, or a number or boolean as YAML read it
+/// (`X-Version: 2`); `null` for no header. (A number is never quoted back in an
+/// error either: the value may be a key.)
+fn header_values<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Uint(u64),
+        Float(f64),
+        Bool(bool),
+    }
+    // A `null` value is no header, as `null` is "not set" everywhere.
+    let values: Option<BTreeMap<String, Option<Scalar>>> = Option::deserialize(d)?;
+    Ok(values
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let text = match value? {
+                Scalar::Text(t) => t,
+                Scalar::Int(n) => n.to_string(),
+                Scalar::Uint(n) => n.to_string(),
+                Scalar::Float(n) => n.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            };
+            Some((name, text))
+        })
+        .collect())
 }

@@ -865,6 +865,7 @@ fn config_errors_never_quote_a_secret() {
         "    wrapped: \"https://user:hunter2@h/x?api_key=abc123\"\n",
         "    basic:\n      url: http://127.0.0.1:8080\n      auth_type: basic\n",
         "      auth_username: svc\n      auth_password: 98765432\n",
+        "      headers: {X-Api-Key: 55554444, X-Version: 2}\n",
     ));
     let (config, errors) = load_all(&Sources {
         file: Some(file.path().to_path_buf()),
@@ -874,24 +875,34 @@ fn config_errors_never_quote_a_secret() {
     for needle in [
         "`proxy.default_endpoint`: `htps://user:***@api.example.com/x?***` is neither",
         "`proxy.endpoints.wrapped`: invalid type: string \"https://user:***@h/x?***\"",
+        "`proxy.endpoints.basic.auth_password`: a secret must be text: quote it",
     ] {
         assert!(
             errors.iter().any(|e| e.starts_with(needle)),
             "missing `{needle}` in {errors:#?}"
         );
     }
-    for secret in ["hunter2", "abc123", "98765432"] {
+    for secret in ["hunter2", "abc123", "98765432", "55554444"] {
         assert!(
             errors.iter().all(|e| !e.contains(secret)),
             "{secret} in {errors:#?}"
         );
     }
-    let basic = &config.proxy.endpoints["basic"];
-    assert_eq!(
-        basic.auth_password.expose(),
-        "98765432",
-        "a number is its text"
-    );
+    drop(config);
+    // A header value may be a number: it is its text (`X-Version: 2`).
+    let file = yaml(concat!(
+        "proxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:8080\n",
+        "      headers: {X-Api-Key: 55554444, X-Version: 2, X-Beta: true}\n",
+    ));
+    let config = load(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    })
+    .expect("numbers are header values");
+    let headers = &config.proxy.endpoints["api"].headers;
+    assert_eq!(headers["X-Version"], "2");
+    assert_eq!(headers["X-Api-Key"], "55554444");
+    assert_eq!(headers["X-Beta"], "true");
 }
 
 #[test]
