@@ -136,10 +136,16 @@ pub fn decide(failure: &Failure, attempt: u32, policy: &Backoff, jitter: f64) ->
         // jittered wait. Not capped by `policy.max`: that bounds the wait
         // between attempts, and coming back before the limit or breaker lets
         // the message through would only put it back again.
+        // A known wait is spread over the tenth after it (never before: that
+        // would only bounce), so the messages held on one breaker do not all
+        // come back at the same instant.
         FailureKind::Busy => Decision::Release {
             delay: failure
                 .retry_after
-                .unwrap_or_else(|| policy.delay(1, jitter))
+                .map_or_else(
+                    || policy.delay(1, jitter),
+                    |known| known + known.mul_f64(0.1 * jitter),
+                )
                 .clamp(RELEASE_FLOOR, RELEASE_CEILING),
         },
         FailureKind::Permanent => Decision::GiveUp {
@@ -242,6 +248,7 @@ mod tests {
         check(Busy, None, 9, 0.0, release(1000));
         check(Busy, None, 9, 1.0, release(2000));
         check(Busy, Some(3), 9, 0.0, release(3000));
+        check(Busy, Some(3), 9, 1.0, release(3300));
         check(Busy, Some(3600), 1, 0.0, release(60_000));
         check(Busy, Some(0), 1, 0.0, release(50));
     }
@@ -262,7 +269,7 @@ mod tests {
         let release = |delay| Decision::Release { delay };
         assert_eq!(
             decide(&busy(4), 1, &quick, 0.5),
-            release(Duration::from_secs(4))
+            release(Duration::from_millis(4200))
         );
         assert_eq!(decide(&busy(600), 9, &quick, 0.5), release(RELEASE_CEILING));
     }

@@ -101,8 +101,8 @@ impl Target {
 
     /// How long until this unavailable target may be tried again: an
     /// ejection or open breaker ends when it says; an unhealthy target waits
-    /// for its next health check (`probe_every`), a half-open one for its
-    /// trials to finish.
+    /// for the health checks that could bring it back (`probe_every`), a
+    /// half-open one for its trials to finish.
     fn next_try(&self, now: Instant, probe_every: Duration) -> Duration {
         let s = self.lock();
         if !s.healthy {
@@ -229,7 +229,8 @@ pub struct Pool {
     selector: Selector,
     hash_key: Option<HashKey>,
     ejection: Option<PassiveEjectionConfig>,
-    /// The health-check interval; when an unhealthy target is next looked at.
+    /// How long an unhealthy target takes to come back at the soonest: the
+    /// health-check interval times `healthy_threshold`.
     probe_every: Duration,
 }
 
@@ -291,8 +292,10 @@ impl Pool {
             selector,
             hash_key,
             ejection: cfg.passive_ejection.clone(),
+            // An unhealthy target needs `healthy_threshold` good probes in a
+            // row to come back.
             probe_every: cfg.health_check.as_ref().map_or(TRIAL_WAIT, |h| {
-                Duration::from_secs(h.interval_seconds.max(1))
+                Duration::from_secs(h.interval_seconds.max(1)) * h.healthy_threshold.max(1)
             }),
         })
     }

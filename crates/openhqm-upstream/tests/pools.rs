@@ -188,7 +188,7 @@ async fn health_checks_eject_and_bring_back_a_target() {
     e.health_check = Some(HealthCheckConfig {
         interval_seconds: 1,
         timeout_seconds: 1,
-        healthy_threshold: 1,
+        healthy_threshold: 2,
         unhealthy_threshold: 1,
         ..HealthCheckConfig::default()
     });
@@ -206,7 +206,8 @@ async fn health_checks_eject_and_bring_back_a_target() {
         a.url
     )));
     // With every target unhealthy the attempt never starts: the message
-    // waits, uncounted, until the next health check may bring one back.
+    // waits, uncounted, until the health checks may bring one back (two
+    // good probes, a second apart).
     b.sick.store(true, Ordering::SeqCst);
     eventually("b unhealthy", Duration::from_secs(5), || {
         !p.target_status("api").unwrap()[1].healthy
@@ -217,8 +218,8 @@ async fn health_checks_eject_and_bring_back_a_target() {
     assert!(err.message.contains("no healthy target"), "{}", err.message);
     assert_eq!(
         err.retry_after,
-        Some(Duration::from_secs(1)),
-        "one health-check interval"
+        Some(Duration::from_secs(2)),
+        "healthy_threshold health-check intervals"
     );
     a.sick.store(false, Ordering::SeqCst);
     b.sick.store(false, Ordering::SeqCst);
