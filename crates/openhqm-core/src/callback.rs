@@ -16,6 +16,8 @@ use std::fmt;
 
 use url::Url;
 
+use crate::secret::without_credentials;
+
 /// Why a callback URL is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallbackUrlError {
@@ -65,38 +67,27 @@ fn normalize_host(host: &str) -> Option<String> {
     plain.then_some(normal)
 }
 
-/// An entry as an error may quote it: what may be user info (up to the last
-/// `@`) and a query masked, for a URL pasted with its credentials.
-fn shown(text: &str) -> String {
-    let text = match text.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => text.to_owned(),
-    };
-    match text.split_once('?') {
-        Some((before, _)) => format!("{before}?***"),
-        None => text,
-    }
-}
-
 fn parse_entry(entry: &str) -> Result<Allowed, String> {
     let entry = entry.trim();
     if entry.contains("://") {
         return Err(format!(
             "`{}`: give a host or host:port, not a URL",
-            shown(entry)
+            without_credentials(entry)
         ));
     }
     let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
         // [v6] or [v6]:port
         let (inside, after) = rest
             .split_once(']')
-            .ok_or_else(|| format!("`{}`: unclosed `[`", shown(entry)))?;
+            .ok_or_else(|| format!("`{}`: unclosed `[`", without_credentials(entry)))?;
         let port = match after {
             "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or_else(|| format!("`{}`: expected `:port` after `]`", shown(entry)))?,
-            ),
+            p => Some(p.strip_prefix(':').ok_or_else(|| {
+                format!(
+                    "`{}`: expected `:port` after `]`",
+                    without_credentials(entry)
+                )
+            })?),
         };
         (format!("[{inside}]"), port)
     } else {
@@ -107,15 +98,23 @@ fn parse_entry(entry: &str) -> Result<Allowed, String> {
     };
     let port = port
         .map(|p| {
-            p.parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("`{}`: `{}` is not a port", shown(entry), shown(p)))
+            p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                format!(
+                    "`{}`: `{}` is not a port",
+                    without_credentials(entry),
+                    without_credentials(p)
+                )
+            })
         })
         .transpose()?;
     let host = normalize_host(&host)
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| format!("`{}` is not a host or host:port", shown(entry)))?;
+        .ok_or_else(|| {
+            format!(
+                "`{}` is not a host or host:port",
+                without_credentials(entry)
+            )
+        })?;
     Ok(Allowed { host, port })
 }
 

@@ -9,6 +9,21 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
+/// `text` as an error may quote it when it is not a well-formed URL (a
+/// misspelt scheme, a pasted `user:pw@host/x?key=K`): what may be user info
+/// (up to the last `@`) and a query masked.
+#[must_use]
+pub fn without_credentials(text: &str) -> String {
+    let text = match text.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => text.to_owned(),
+    };
+    match text.split_once('?') {
+        Some((before, _)) => format!("{before}?***"),
+        None => text,
+    }
+}
+
 impl Secret {
     /// The secret value, for the one place that must use it.
     #[must_use]

@@ -267,11 +267,7 @@ pub fn quotable(text: &str) -> String {
     {
         return masked_url(text).unwrap_or_else(|| text.to_owned());
     }
-    let text = match text.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => text.to_owned(),
-    };
-    masked_path(&text).unwrap_or(text)
+    openhqm_core::secret::without_credentials(text)
 }
 
 /// `text` for printing if it is a URL: as given, with any password and
