@@ -65,8 +65,11 @@ fn split_encoded_separators(segment: &str) -> Vec<&str> {
     pieces
 }
 
-/// `Some(1)` for `.`, `Some(2)` for `..`, with dots as `.` or `%2e`.
+/// `Some(1)` for `.`, `Some(2)` for `..`, with dots as `.` or `%2e`, and
+/// with any path parameter after `;` ignored (`..;x`), as servlet
+/// containers read it.
 fn dot_segment(piece: &str) -> Option<usize> {
+    let piece = piece.split(';').next().unwrap_or(piece);
     let decoded = piece.to_ascii_lowercase().replace("%2e", ".");
     match decoded.as_str() {
         "." => Some(1),
@@ -94,6 +97,9 @@ mod tests {
             ("/", "/a\\..\\..\\b", false),
             ("/", "/group%2Fproject/issues", true),
             ("/", "/a%2F..%2Fb", true),
+            ("/", "/..;/admin", false),
+            ("/", "/a/..;jsessionid=1/..;/b", false),
+            ("/", "/a;v=1/b", true),
             ("/", "//x/./y", true),
             ("", "/x", true),
         ] {
