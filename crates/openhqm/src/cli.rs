@@ -133,10 +133,10 @@ fn show_redis_urls(tree: &mut serde_json::Value, config: &Config) {
 fn mask_for_printing(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {
-        Value::String(s) => {
-            if let Some(masked) = openhqm_upstream::config::masked_url(s) {
-                *s = masked;
-            }
+        // Anything written as a URL, parseable or not (a typo in the port
+        // must not print the password next to it).
+        Value::String(s) if s.contains("://") => {
+            *s = openhqm_upstream::config::quotable(s);
         }
         Value::Array(items) => items.iter_mut().for_each(mask_for_printing),
         Value::Object(map) => {
@@ -181,8 +181,10 @@ mod tests {
             ..Default::default()
         });
         config.proxy.endpoints.insert("api".into(), api);
+        // Not parseable (a port typo): printed with its credentials masked all the same.
+        config.proxy.default_endpoint = Some("http://u:BADPW@h:x/?k=BADKEY".into());
         let yaml = effective_yaml(&config).expect("printable");
-        for secret in ["URLPW", "URLKEY", "TOKEN", "HEADERKEY", "HCKEY"] {
+        for secret in ["URLPW", "URLKEY", "TOKEN", "HEADERKEY", "HCKEY", "BADPW", "BADKEY"] {
             assert!(!yaml.contains(secret), "{secret} printed in:\n{yaml}");
         }
         assert!(yaml.contains("path: /health?***"), "{yaml}");
