@@ -54,10 +54,12 @@ impl StoreError {
 pub const UNFINISHED_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long a record in `status` lives after its last change: `ttl` once the
-/// request is finished, at least [`UNFINISHED_LIFETIME`] before.
+/// request is finished, at least [`UNFINISHED_LIFETIME`] before. A CANCELLED
+/// record lives as long: its message may still be queued, and the record
+/// is what tells the worker that takes it to drop it.
 #[must_use]
 pub fn lifetime(status: RequestStatus, ttl: Duration) -> Duration {
-    if status.is_terminal() {
+    if status.is_terminal() && status != RequestStatus::Cancelled {
         ttl
     } else {
         ttl.max(UNFINISHED_LIFETIME)

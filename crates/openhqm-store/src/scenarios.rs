@@ -156,6 +156,17 @@ pub async fn unfinished_requests_outlive_the_ttl(store: &dyn ResultStore, ttl: D
         Some(RequestStatus::Processing),
         "a request still running after the TTL must keep its status"
     );
+    // Cancelled while queued: the record outlives the TTL too, since the
+    // message is still there and a worker must find it cancelled.
+    let cancelled = CorrelationId::new();
+    store
+        .create(RequestRecord::pending(cancelled, now))
+        .await
+        .expect("create");
+    store
+        .transition(cancelled, Update::to(RequestStatus::Cancelled))
+        .await
+        .expect("cancel");
     store
         .transition(id, Update::to(RequestStatus::Completed))
         .await
@@ -169,4 +180,10 @@ pub async fn unfinished_requests_outlive_the_ttl(store: &dyn ResultStore, ttl: D
         );
         tokio::time::sleep(ttl / 4).await;
     }
+    let record = store.get(cancelled).await.expect("get");
+    assert_eq!(
+        record.map(|r| r.status),
+        Some(RequestStatus::Cancelled),
+        "a cancelled request's record must outlive the TTL"
+    );
 }

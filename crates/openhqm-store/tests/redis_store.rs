@@ -139,9 +139,9 @@ async fn every_write_sets_the_lifetime_and_expired_records_are_gone() {
         .await
         .expect("create");
     short
-        .transition(gone, Update::to(RequestStatus::Cancelled))
+        .transition(gone, Update::to(RequestStatus::Failed))
         .await
-        .expect("cancel");
+        .expect("fail");
     let deadline = Instant::now() + Duration::from_secs(5);
     while short.get(gone).await.expect("get").is_some() {
         assert!(Instant::now() < deadline, "record never expired");

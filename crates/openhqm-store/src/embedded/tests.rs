@@ -93,7 +93,7 @@ async fn an_unreadable_record_is_replaced_by_the_next_transition() {
     db.close().await;
 }
 
-/// Stores a finished (cancelled) request: only those expire after the TTL.
+/// Stores a finished (failed) request: only those expire after the TTL.
 async fn store_finished(store: &EmbeddedStore, id: CorrelationId) {
     let now = openhqm_core::time::now_ms();
     store
@@ -101,9 +101,9 @@ async fn store_finished(store: &EmbeddedStore, id: CorrelationId) {
         .await
         .expect("create");
     store
-        .transition(id, Update::to(RequestStatus::Cancelled))
+        .transition(id, Update::to(RequestStatus::Failed))
         .await
-        .expect("cancel");
+        .expect("fail");
 }
 
 #[tokio::test]
