@@ -282,22 +282,11 @@ impl Handler {
                 .await;
             }
             Begin::Undecodable { id, reason } => {
-                let failed = Update {
-                    outcome: Some(ResultData {
-                        error: Some(reason.clone()),
-                        ..ResultData::default()
-                    }),
-                    ..Update::to(RequestStatus::Failed)
-                };
-                // Recorded first, so a status lookup says why, not 404.
-                match id {
-                    Some(id) if self.record(id, failed).await.is_none() => {
-                        self.retry_later(delivery).await;
-                    }
-                    _ => {
-                        self.dead_letter(delivery, RequestStatus::Failed, reason)
-                            .await;
-                    }
+                if self.record_undecodable(id, &reason).await {
+                    self.dead_letter(delivery, RequestStatus::Failed, reason)
+                        .await;
+                } else {
+                    self.retry_later(delivery).await;
                 }
             }
             Begin::RetryLater => self.retry_later(delivery).await,
@@ -551,6 +540,34 @@ impl Handler {
             policy.max_retries = max_retries;
         }
         policy
+    }
+
+    /// Records the request an undecodable message names as FAILED with the
+    /// reason, so a status lookup says why instead of 404; only if it has no
+    /// record, so a stray message cannot fail a request that exists. `false`
+    /// if the store could not take it.
+    async fn record_undecodable(&self, id: Option<CorrelationId>, reason: &str) -> bool {
+        let Some(id) = id else {
+            return true;
+        };
+        let now = now_ms();
+        let submitted = id.timestamp_ms().unwrap_or(now).min(now);
+        let failed = RequestRecord {
+            status: RequestStatus::Failed,
+            outcome: Some(ResultData {
+                error: Some(reason.to_owned()),
+                completed_at_ms: Some(now),
+                ..ResultData::default()
+            }),
+            ..RequestRecord::pending(id, submitted)
+        };
+        match self.shared.store.create(failed).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "result store unavailable; message will be retried");
+                false
+            }
+        }
     }
 
     /// Writes a transition; `None` if the store could not take it.

@@ -349,16 +349,41 @@ async fn an_undecodable_message_that_names_its_request_fails_it_with_the_reason(
         .expect("publish");
     let rec = rig.wait_terminal(id).await;
     assert_eq!(rec.status, RequestStatus::Failed);
-    let error = rec.outcome.and_then(|o| o.error).unwrap_or_default();
+    let outcome = rec.outcome.expect("outcome");
+    let error = outcome.error.unwrap_or_default();
     assert!(error.starts_with("malformed envelope"), "{error}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while rig.queue.dead_letter_depth().await.expect("dlq") == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(outcome.completed_at_ms.is_some());
+    let dead_letters = async |n: u64| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while rig.queue.dead_letter_depth().await.expect("dlq") < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never dead-lettered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    dead_letters(1).await;
+
+    // One naming a request that exists does not touch it.
+    let live = CorrelationId::new();
+    rig.store
+        .create(RequestRecord::pending(live, openhqm_core::time::now_ms()))
+        .await
+        .expect("create");
+    let stray =
+        format!(r#"{{"correlation_id":"{live}","payload":1,"metadata":{{"priority":"high"}}}}"#);
+    rig.queue
+        .publish(OutgoingMessage::new(stray.into_bytes()))
+        .await
+        .expect("publish");
+    dead_letters(2).await;
+    let rec = rig.store.get(live).await.expect("get").expect("record");
+    assert_eq!(
+        rec.status,
+        RequestStatus::Pending,
+        "the live request is untouched"
+    );
     rig.stop().await;
 }
 

@@ -184,7 +184,15 @@ mod tests {
         // Not parseable (a port typo): printed with its credentials masked all the same.
         config.proxy.default_endpoint = Some("http://u:BADPW@h:x/?k=BADKEY".into());
         let yaml = effective_yaml(&config).expect("printable");
-        for secret in ["URLPW", "URLKEY", "TOKEN", "HEADERKEY", "HCKEY", "BADPW", "BADKEY"] {
+        for secret in [
+            "URLPW",
+            "URLKEY",
+            "TOKEN",
+            "HEADERKEY",
+            "HCKEY",
+            "BADPW",
+            "BADKEY",
+        ] {
             assert!(!yaml.contains(secret), "{secret} printed in:\n{yaml}");
         }
         assert!(yaml.contains("path: /health?***"), "{yaml}");
