@@ -132,7 +132,7 @@ impl Visitor<'_> for SecretVisitor {
 
 fn unquoted<E: de::Error>() -> E {
     E::custom(
-        "a secret must be text: quote it (YAML read this value as a number or a boolean, which may have changed it)",
+        "a secret must be text: quote it (it was read as a number or a boolean, which may have changed it)",
     )
 }
 
@@ -153,7 +153,7 @@ mod tests {
     fn a_secret_is_text_and_errors_never_quote_it() {
         check(serde_json::json!("hunter2"), Ok("hunter2"));
         check(serde_json::json!("0123"), Ok("0123"));
-        let unquoted = "a secret must be text: quote it (YAML read this value as a number or a boolean, which may have changed it)";
+        let unquoted = "a secret must be text: quote it (it was read as a number or a boolean, which may have changed it)";
         for number in [
             serde_json::json!(98_765_432),
             serde_json::json!(-12),

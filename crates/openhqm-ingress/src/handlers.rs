@@ -58,25 +58,22 @@ fn parse_submit(
     known_endpoints: Option<&HashSet<String>>,
     callbacks: &CallbackPolicy,
 ) -> Result<SubmitRequest, Problem> {
-    // serde also reads a struct from an array (fields by position): only an
-    // object is a submit.
-    let not_an_object = || {
-        (bytes.trim_ascii_start().first() != Some(&b'{')).then(|| {
-            Problem::invalid_request(
-                r#"the body must be a JSON object, e.g. {"payload": ...}"#.to_owned(),
-            )
-        })
-    };
-    let req: SubmitRequest = serde_json::from_slice(bytes).map_err(|e| {
+    let malformed = |e: serde_json::Error| {
         if e.is_syntax() || e.is_eof() {
             Problem::malformed_json(e.to_string())
         } else {
-            not_an_object().unwrap_or_else(|| Problem::invalid_request(e.to_string()))
+            Problem::invalid_request(e.to_string())
         }
-    })?;
-    if let Some(problem) = not_an_object() {
-        return Err(problem);
+    };
+    // serde also reads a struct from an array (fields by position): only an
+    // object is a submit. Anything else that is JSON at all is 422.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(malformed)?;
+        return Err(Problem::invalid_request(
+            r#"the body must be a JSON object, e.g. {"payload": ...}"#,
+        ));
     }
+    let req: SubmitRequest = serde_json::from_slice(bytes).map_err(malformed)?;
     if let Some(metadata) = &req.metadata {
         metadata.validate().map_err(Problem::invalid_request)?;
         if let Some(method) = &metadata.method

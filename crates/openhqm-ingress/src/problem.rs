@@ -243,7 +243,7 @@ impl Problem {
             StatusCode::CONFLICT,
             "request-cancelled",
             "Request cancelled",
-            format!("request {id} was cancelled before it was processed"),
+            format!("request {id} was cancelled; the app will not be called for it"),
         )
     }
 

@@ -245,6 +245,15 @@ async fn the_callers_traceparent_header_travels_with_the_message() {
 #[tokio::test]
 async fn malformed_json_is_a_400_problem_and_stores_nothing() {
     let api = serve().await;
+    // Not an object, and not JSON either: malformed first.
+    for body in ["[1,2] x", "42 x", r#""a" "b""#] {
+        expect_problem(
+            api.post_raw("/api/v1/submit", body).await,
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+        )
+        .await;
+    }
     let body = expect_problem(
         api.post_raw("/api/v1/submit", "{\"payload\": [1,").await,
         StatusCode::BAD_REQUEST,
