@@ -311,6 +311,32 @@ async fn waiting_callers_on_any_listener_are_woken_by_a_worker_elsewhere() {
     drop(worker);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_and_worker_started_before_redis_wait_for_it() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.kill(); // as a pod whose Redis container is still starting
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = http_client();
+    let mut listener = start("listener", "listener-0", &url, dir.path());
+    let mut worker = start("worker", "worker-0", &url, dir.path());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for p in [&mut listener, &mut worker] {
+        assert!(
+            p.child.try_wait().expect("status").is_none(),
+            "exited while Redis was down"
+        );
+    }
+    redis.start_again();
+    wait_ready(&http, &listener).await;
+    wait_ready(&http, &worker).await;
+    let body = json!({"payload": {"operation": "echo", "data": 1}});
+    let id = common::submit(&http, &listener.base, &body)
+        .await
+        .expect("accepted");
+    all_complete(&http, std::slice::from_ref(&listener), &[id]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_clients_then_redis_down_and_restarted_empty_under_load() {
     let mut redis = RedisServer::start();

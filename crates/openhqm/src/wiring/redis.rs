@@ -63,6 +63,33 @@ pub(super) async fn open_side_queue(
     Ok(Arc::new(queue))
 }
 
+/// How long a process started before its Redis waits for it.
+const STARTUP_WAIT: Duration = Duration::from_secs(60);
+
+/// Runs `open` until it succeeds or [`STARTUP_WAIT`] has passed, backing off
+/// from half a second to five: a listener or worker started with (or just
+/// before) its Redis, as a pod or a compose file starts them, waits for it
+/// instead of exiting at once.
+async fn until_reachable<T, E, F>(what: &str, mut open: impl FnMut() -> F) -> Result<T, E>
+where
+    F: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match open().await {
+            Ok(opened) => return Ok(opened),
+            Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(error = %e, retry_in = ?pause, "{what}: Redis is not reachable yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Opens the backends when at least one of them is Redis.
 pub(super) async fn open_redis(config: &Config) -> anyhow::Result<Backends> {
     let uses_embedded =
@@ -79,7 +106,7 @@ pub(super) async fn open_redis(config: &Config) -> anyhow::Result<Backends> {
             let q = queue_config(config);
             tracing::info!(stream = %q.stream, group = %q.group, consumer = %q.consumer, "opening the Redis queue");
             Arc::new(
-                RedisQueue::open(q)
+                until_reachable("the queue", || RedisQueue::open(q.clone()))
                     .await
                     .context("cannot open the Redis queue (queue.redis_url; is Redis running?)")?,
             )
@@ -88,16 +115,21 @@ pub(super) async fn open_redis(config: &Config) -> anyhow::Result<Backends> {
         (kind, None) => bail!("queue.type `{}` is not available", kind.as_str()),
     };
     let store: Arc<dyn ResultStore> = match (config.cache.kind, &embedded) {
-        (StoreType::Redis, _) => Arc::new(
-            RedisStore::open(RedisStoreConfig {
+        (StoreType::Redis, _) => {
+            let c = RedisStoreConfig {
                 url: config.cache.redis_url.expose().to_owned(),
                 ttl: secs(config.cache.ttl_seconds),
                 key_prefix: DEFAULT_KEY_PREFIX.into(),
                 channel: DEFAULT_CHANNEL.into(),
-            })
-            .await
-            .context("cannot open the Redis result store (cache.redis_url; is Redis running?)")?,
-        ),
+            };
+            Arc::new(
+                until_reachable("the result store", || RedisStore::open(c.clone()))
+                    .await
+                    .context(
+                        "cannot open the Redis result store (cache.redis_url; is Redis running?)",
+                    )?,
+            )
+        }
         (_, Some(e)) => Arc::clone(&e.store),
         (kind, None) => bail!("cache.type `{}` is not available", kind.as_str()),
     };
