@@ -100,19 +100,29 @@ fn parse_submit(
     Ok(req)
 }
 
-/// W3C Trace Context: the caller's span, continued by the forward.
-const TRACEPARENT: &str = "traceparent";
+/// W3C Trace Context: the caller's span, and its vendor state, continued by
+/// the forward.
+const TRACE_CONTEXT: [&str; 2] = ["traceparent", "tracestate"];
 
-/// Puts the caller's `traceparent` (the HTTP header tracing clients send)
+/// Puts the caller's trace context (the HTTP headers tracing clients send)
 /// among the headers the forward carries, unless the body's `headers` name
-/// one: the forward continues the caller's trace (the forwarder checks it).
+/// a `traceparent`: the forward continues the caller's trace (the forwarder
+/// checks it).
 fn continue_trace(envelope: &mut Envelope, headers: &HeaderMap) {
-    let Some(parent) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()) else {
+    if headers.get(TRACE_CONTEXT[0]).is_none() {
         return;
-    };
+    }
     let carried = envelope.headers.get_or_insert_default();
-    if !carried.keys().any(|k| k.eq_ignore_ascii_case(TRACEPARENT)) {
-        carried.insert(TRACEPARENT.to_owned(), parent.to_owned());
+    if carried
+        .keys()
+        .any(|k| k.eq_ignore_ascii_case(TRACE_CONTEXT[0]))
+    {
+        return;
+    }
+    for name in TRACE_CONTEXT {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            carried.insert(name.to_owned(), value.to_owned());
+        }
     }
 }
 

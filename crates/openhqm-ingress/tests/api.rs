@@ -217,6 +217,7 @@ async fn the_callers_traceparent_header_travels_with_the_message() {
             .post(format!("{}/api/v1/submit", api.base))
             .header("content-type", "application/json")
             .header("traceparent", parent)
+            .header("tracestate", "vendor=abc")
             .body(body)
             .send()
     };
@@ -228,6 +229,10 @@ async fn the_callers_traceparent_header_travels_with_the_message() {
     let envelope = Envelope::from_json(&delivery.message().body).expect("envelope");
     let carried = envelope.headers.clone().unwrap_or_default();
     assert_eq!(carried.get("traceparent").map(String::as_str), Some(parent));
+    assert_eq!(
+        carried.get("tracestate").map(String::as_str),
+        Some("vendor=abc")
+    );
     assert_eq!(carried.get("x-a").map(String::as_str), Some("1"));
     delivery.ack().await.expect("ack");
 

@@ -26,6 +26,7 @@ const MANAGED: &[&str] = &["host", "content-length"];
 /// Set by the forwarder itself; a client or static value is replaced.
 pub const CORRELATION_HEADER: &str = "X-Correlation-ID";
 const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
 /// The forward and strip lists, ready to apply.
 #[derive(Debug, Clone)]
@@ -176,7 +177,9 @@ pub fn outgoing(policy: &HeaderPolicy, src: &HeaderSources<'_>) -> Vec<OutHeader
         src.correlation_id.to_string(),
     ));
     // The client's trace is continued whatever the forward list says, unless
-    // the operator strips `traceparent`: then a new trace starts here.
+    // the operator strips `traceparent`: then a new trace starts here. Its
+    // `tracestate` goes with it, and never with a trace of our own (W3C
+    // Trace Context: vendor state belongs to its trace).
     let parent = client
         .iter()
         .find(|(k, v)| {
@@ -185,8 +188,23 @@ pub fn outgoing(policy: &HeaderPolicy, src: &HeaderSources<'_>) -> Vec<OutHeader
                 && valid_traceparent(v)
         })
         .map(|(_, v)| v.clone());
-    let parent = parent.unwrap_or_else(|| new_traceparent(src.correlation_id, fastrand::u64(1..)));
-    set(OutHeader::Plain(TRACEPARENT.into(), parent));
+    let state = client
+        .iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case(TRACESTATE) && !v.is_empty())
+        .map(|(_, v)| v.clone());
+    match (parent, state) {
+        (Some(parent), state) => {
+            set(OutHeader::Plain(TRACEPARENT.into(), parent));
+            if let Some(state) = state {
+                set(OutHeader::Plain(TRACESTATE.into(), state));
+            }
+        }
+        (None, _) => {
+            out.retain(|h| !h.name().eq_ignore_ascii_case(TRACESTATE));
+            let parent = new_traceparent(src.correlation_id, fastrand::u64(1..));
+            out.push(OutHeader::Plain(TRACEPARENT.into(), parent));
+        }
+    }
     out
 }
 

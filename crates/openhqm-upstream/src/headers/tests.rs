@@ -209,6 +209,21 @@ fn traceparent_is_kept_when_valid_and_generated_otherwise() {
     let sent: Vec<_> = out.iter().filter(|h| h.name() == TRACEPARENT).collect();
     assert_eq!(sent.len(), 1);
     assert_ne!(sent[0].value(), given);
+    // A continued trace takes its tracestate along, even off the forward
+    // list; a new trace drops one that came with the client's headers.
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let with_state = map(&[("traceparent", valid), ("TraceState", "vendor=abc")]);
+    let out = sent_for(&HeaderPolicy::new(&[], &[]), &with_state);
+    let state: Vec<_> = out.iter().filter(|h| h.name() == "tracestate").collect();
+    assert_eq!(state.len(), 1, "{out:?}");
+    assert_eq!(state[0].value(), "vendor=abc");
+    let broken = map(&[("traceparent", "00-bad"), ("tracestate", "vendor=abc")]);
+    let out = sent_for(&HeaderPolicy::new(&["*".into()], &[]), &broken);
+    assert!(
+        out.iter()
+            .all(|h| !h.name().eq_ignore_ascii_case("tracestate")),
+        "{out:?}"
+    );
     let id: CorrelationId = serde_json::from_value(serde_json::json!(ID)).expect("id");
     assert_eq!(
         new_traceparent(id, 0xab),
