@@ -100,29 +100,26 @@ fn parse_submit(
     Ok(req)
 }
 
-/// W3C Trace Context: the caller's span, and its vendor state, continued by
-/// the forward.
-const TRACE_CONTEXT: [&str; 2] = ["traceparent", "tracestate"];
+/// W3C Trace Context: the caller's span, continued by the forward, and the
+/// vendor state that goes with it.
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
 /// Puts the caller's trace context (the HTTP headers tracing clients send)
 /// among the headers the forward carries, unless the body's `headers` name
 /// a `traceparent`: the forward continues the caller's trace (the forwarder
 /// checks it).
 fn continue_trace(envelope: &mut Envelope, headers: &HeaderMap) {
-    if headers.get(TRACE_CONTEXT[0]).is_none() {
+    let Some(parent) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()) else {
         return;
-    }
+    };
     let carried = envelope.headers.get_or_insert_default();
-    if carried
-        .keys()
-        .any(|k| k.eq_ignore_ascii_case(TRACE_CONTEXT[0]))
-    {
+    if carried.keys().any(|k| k.eq_ignore_ascii_case(TRACEPARENT)) {
         return;
     }
-    for name in TRACE_CONTEXT {
-        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            carried.insert(name.to_owned(), value.to_owned());
-        }
+    carried.insert(TRACEPARENT.to_owned(), parent.to_owned());
+    if let Some(state) = headers.get(TRACESTATE).and_then(|v| v.to_str().ok()) {
+        carried.insert(TRACESTATE.to_owned(), state.to_owned());
     }
 }
 
