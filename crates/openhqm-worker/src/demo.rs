@@ -50,8 +50,11 @@ fn reverse(data: &Value) -> Result<Value, Failure> {
 #[async_trait]
 impl Processor for DemoProcessor {
     async fn process(&self, request: &Request<'_>) -> Result<Output, Failure> {
+        // The payload was valid JSON at submit; what can still fail here is
+        // serde_json's nesting limit (128 levels), which proxy mode, sending
+        // the text as it came, does not have.
         let payload: Value = serde_json::from_str(request.envelope.payload.get())
-            .map_err(|e| permanent(format!("payload is not JSON: {e}")))?;
+            .map_err(|e| permanent(format!("the demo processor cannot read the payload: {e}")))?;
         let Some(operation) = payload.get("operation").and_then(Value::as_str) else {
             return Ok(Output::json(json!({ "output": payload })));
         };

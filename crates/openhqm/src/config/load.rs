@@ -132,6 +132,7 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
         layer_string(&mut tree, &defaults, &path, raw, "from --set", &mut errors);
     }
     prune_unknown(&mut tree, &defaults, "", &mut errors);
+    report_empty_endpoints(&tree, &mut errors);
     let config = deserialize_sections(&tree, &mut errors);
     errors.extend(super::validate::validate(&config));
     (config, errors)
@@ -695,6 +696,23 @@ fn drop_key(value: &mut Value, path: &serde_path_to_error::Path) -> bool {
     match (node, segments[last_key]) {
         (Value::Object(map), Segment::Map { key }) => map.remove(key.as_str()).is_some(),
         _ => false,
+    }
+}
+
+/// An endpoint named with nothing under it (`api:` and no keys, or
+/// `api: null`) is an error, not "not set": a submit naming it would
+/// otherwise be refused as unknown, far from the cause.
+fn report_empty_endpoints(tree: &Value, errors: &mut Vec<ConfigError>) {
+    let Some(Value::Object(endpoints)) = tree.pointer("/proxy/endpoints") else {
+        return;
+    };
+    for (name, value) in endpoints {
+        if value.is_null() {
+            errors.push(ConfigError::new(
+                format!("proxy.endpoints.{name}"),
+                "the endpoint has no settings: give it a `url` or `targets`, or remove it",
+            ));
+        }
     }
 }
 

@@ -825,6 +825,22 @@ fn a_null_unknown_key_is_still_reported() {
     }
 }
 
+#[test]
+fn an_endpoint_with_nothing_under_it_is_an_error_naming_it() {
+    let file = yaml("proxy:\n  enabled: true\n  endpoints:\n    api:\n    billing: null\n");
+    let errors = errors_of(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    });
+    for name in ["api", "billing"] {
+        let needle = format!("`proxy.endpoints.{name}`: the endpoint has no settings");
+        assert!(
+            errors.iter().any(|e| e.starts_with(&needle)),
+            "missing `{needle}` in {errors:#?}"
+        );
+    }
+}
+
 #[cfg(feature = "redis")]
 #[test]
 fn an_unusable_redis_url_is_refused_by_its_key_when_redis_is_selected() {
