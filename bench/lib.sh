@@ -49,6 +49,34 @@ if errs: print(errs.group(0), file=sys.stderr)
 PY
 }
 
+# Starts nginx with proxy_pass on port $1 to a keep-alive upstream at
+# 127.0.0.1:$2; with a third argument `static`, nginx also serves $2 itself,
+# answering every request with a small JSON body. Stop it with stop_nginx.
+start_nginx() {
+  local proxy=$1 upstream=$2 static=""
+  if [ "${3:-}" = static ]; then
+    static="server { listen 127.0.0.1:$upstream; location / { default_type application/json; return 200 '{\"ok\":true}'; } }"
+  fi
+  cat > "$WORK/nginx.conf" <<NGX
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream backend { server 127.0.0.1:$upstream; keepalive 128; }
+  $static
+  server {
+    listen 127.0.0.1:$proxy;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGX
+  "$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
+  wait_http "http://127.0.0.1:$proxy/"
+}
+stop_nginx() { kill "$(cat "$WORK/nginx.pid")"; rm -f "$WORK/nginx.pid"; }
+
 # The value of one Prometheus sample from openhqm at $1 (a base URL).
 metric() { curl -fs "$1/metrics" | awk -v m="$2" 'index($0, m) == 1 {v = $NF} END {print v + 0}'; }
 

@@ -16,26 +16,10 @@ cargo build --release -q -p openhqm
 
 # --- baseline: nginx proxy_pass to a static nginx backend -------------------
 BACKEND_PORT=$(port); PROXY_PORT=$(port)
-cat > "$WORK/nginx.conf" <<NGX
-worker_processes auto;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
-  server { listen 127.0.0.1:$BACKEND_PORT; location / { default_type application/json; return 200 '{"ok":true}'; } }
-  server {
-    listen 127.0.0.1:$PROXY_PORT;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGX
-"$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
-wait_http "http://127.0.0.1:$PROXY_PORT/"
+start_nginx "$PROXY_PORT" "$BACKEND_PORT" static
 echo "measuring nginx proxy_pass..." >&2
 read -r NGX_RPS NGX_P50 NGX_P99 NGX_BAD < <(wrk_run "http://127.0.0.1:$PROXY_PORT/" -s bench/submit.lua)
-kill "$(cat "$WORK/nginx.pid")"; sleep 0.5
+stop_nginx; sleep 0.5
 
 # --- openhqm serve on the embedded queue (fsync on every group commit) --------
 OHQ_PORT=$(port)

@@ -36,24 +36,9 @@ measure() {
 measure direct "http://127.0.0.1:$APP_PORT/orders"
 
 PROXY_PORT=$(port)
-cat > "$WORK/nginx.conf" <<NGX
-worker_processes auto;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream app { server 127.0.0.1:$APP_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$PROXY_PORT;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGX
-"$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
-wait_http "http://127.0.0.1:$PROXY_PORT/"
+start_nginx "$PROXY_PORT" "$APP_PORT"
 measure nginx "http://127.0.0.1:$PROXY_PORT/orders"
-kill "$(cat "$WORK/nginx.pid")"
+stop_nginx
 
 API_PORT=$(port); SIDE_PORT=$(port)
 "$BIN" serve --host 127.0.0.1 --port "$API_PORT" --data-dir "$WORK/data" \
