@@ -15,18 +15,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use hyper::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
+    RETRY_AFTER,
+};
+use hyper::{Method, Request, Uri};
 use openhqm_core::hop_by_hop::named_by_connection;
 use openhqm_core::{Envelope, LastResponse};
 use openhqm_metrics::Metrics;
 use openhqm_worker::Output;
 use prometheus_client::metrics::counter::Counter;
-use reqwest::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
-};
-use reqwest::{Client, Method, RequestBuilder};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::classify::{Attempted, Verdict, classify, is_target_failure, status_class};
+use crate::client::{Body, HttpClient};
 use crate::config::EndpointConfig;
 use crate::error::UpstreamError;
 use crate::gcra::RateLimiter;
@@ -36,7 +39,7 @@ use crate::headers::{
 use crate::pool::Pool;
 use crate::redact::Redactor;
 use crate::response::{body_to_result, content_type, headers_to_json, read_limited};
-use crate::rewrite::{Rewrite, target_url};
+use crate::rewrite::{Rewrite, request_target, target_url};
 
 /// The header a caller's idempotency key is passed on in (IETF
 /// draft-ietf-httpapi-idempotency-key-header).
@@ -57,7 +60,7 @@ pub(crate) struct Endpoint {
     pub name: String,
     pub cfg: EndpointConfig,
     method: Method,
-    pub client: Client,
+    pub client: HttpClient,
     pub pool: Arc<Pool>,
     auth: Option<AuthHeader>,
     redactor: Redactor,
@@ -117,7 +120,7 @@ impl Endpoint {
         let request = self.prepare(shared, env, &lease.target().url)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let started = Instant::now();
-        let exchanged = exchange(request.timeout(remaining), shared.max_response_size).await;
+        let exchanged = exchange(&self.client, request, remaining, shared.max_response_size).await;
         let seconds = started.elapsed().as_secs_f64();
         let target = lease.target().label.clone();
         let (class, failed, result) = match exchanged {
@@ -139,14 +142,12 @@ impl Endpoint {
                     settle(verdict, answer, keep_raw, &self.redactor),
                 )
             }
-            Err(Exchange::Failed(e)) => {
-                let (attempted, err) = if e.is_timeout() {
-                    (Attempted::TimedOut, UpstreamError::Timeout(remaining))
-                } else {
-                    (Attempted::NetworkError, UpstreamError::from(e))
-                };
-                (status_class(attempted), true, Err(err))
-            }
+            Err(Exchange::TimedOut) => (
+                status_class(Attempted::TimedOut),
+                true,
+                Err(UpstreamError::Timeout(remaining)),
+            ),
+            Err(Exchange::Failed(e)) => (status_class(Attempted::NetworkError), true, Err(e)),
             Err(Exchange::TooLarge(status, e)) => {
                 let attempted = Attempted::Answered {
                     status,
@@ -199,8 +200,8 @@ impl Endpoint {
         &self,
         shared: &Shared,
         env: &Envelope,
-        base: &reqwest::Url,
-    ) -> Result<RequestBuilder, UpstreamError> {
+        base: &url::Url,
+    ) -> Result<Request<Body>, UpstreamError> {
         let method = match env.metadata.method.as_deref() {
             Some(m) => Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
                 .map_err(|_| UpstreamError::InvalidMethod(m.to_owned()))?,
@@ -236,48 +237,44 @@ impl Endpoint {
                 .map_err(|_| UpstreamError::InvalidHeader(IDEMPOTENCY_KEY.to_owned()))?;
             headers.insert(IDEMPOTENCY_KEY, value);
         }
+        let (uri, url_auth) = request_target(url)?;
+        // Credentials in the target URL, unless the request carries its own.
+        if let Some(basic) = url_auth
+            && !headers.contains_key(AUTHORIZATION)
+        {
+            headers.insert(AUTHORIZATION, basic);
+        }
         if env.passthrough {
             // Exactly what the caller sent: no body means none, and its own
             // content type (or none) stands.
             let body = outgoing_body(env, None)?;
-            return Ok(with_body(
-                self.client.request(method.clone(), url),
-                &method,
-                headers,
-                body,
-            ));
+            return Ok(request(method, uri, headers, body));
         }
         if !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        let carries_body = !matches!(method, Method::GET | Method::HEAD);
-        let body = carries_body
-            .then(|| outgoing_body(env, content_type(&headers)))
-            .transpose()?;
-        let request = self.client.request(method.clone(), url);
-        Ok(match body {
-            Some(body) => with_body(request, &method, headers, body),
-            None => request.headers(headers),
-        })
+        let body = if matches!(method, Method::GET | Method::HEAD) {
+            Vec::new()
+        } else {
+            outgoing_body(env, content_type(&headers))?
+        };
+        Ok(request(method, uri, headers, body))
     }
 }
 
-/// Adds the body. An empty one is sent as `Content-Length: 0` for the
-/// methods whose semantics define a body (RFC 9110 §8.6: some servers answer
-/// `411` without it), and as nothing at all for the others.
-fn with_body(
-    request: RequestBuilder,
-    method: &Method,
-    mut headers: HeaderMap,
-    body: Vec<u8>,
-) -> RequestBuilder {
-    if !body.is_empty() {
-        return request.headers(headers).body(body);
-    }
-    if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+/// The request to send. An empty body is sent as `Content-Length: 0` for
+/// the methods whose semantics define a body (RFC 9110 §8.6: some servers
+/// answer `411` without it), and as nothing at all for the others; hyper
+/// sets the length of any other body, and `Host` from the URI.
+fn request(method: Method, uri: Uri, mut headers: HeaderMap, body: Vec<u8>) -> Request<Body> {
+    if body.is_empty() && matches!(method, Method::POST | Method::PUT | Method::PATCH) {
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
-    request.headers(headers)
+    let mut request = Request::new(Body::new(Bytes::from(body)));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    request
 }
 
 /// The bytes sent to the backend. The payload goes as it came: JSON stays
@@ -308,7 +305,11 @@ fn is_json_content_type(ct: &str) -> bool {
 }
 
 enum Exchange {
-    Failed(reqwest::Error),
+    /// No whole answer within the attempt's time.
+    TimedOut,
+    /// Connecting, sending or reading failed.
+    Failed(UpstreamError),
+    /// The answer's body passed `max_response_size`.
     TooLarge(u16, UpstreamError),
 }
 
@@ -319,19 +320,33 @@ struct Answer {
     body: Vec<u8>,
 }
 
-async fn exchange(request: RequestBuilder, limit: usize) -> Result<Answer, Exchange> {
-    let resp = request.send().await.map_err(Exchange::Failed)?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    match read_limited(resp, limit).await {
-        Ok(body) => Ok(Answer {
-            status,
-            headers,
-            body,
-        }),
-        Err(UpstreamError::Network(e)) => Err(Exchange::Failed(e)),
-        Err(e) => Err(Exchange::TooLarge(status, e)),
-    }
+/// Sends `request` and reads the whole answer, all within `timeout`.
+async fn exchange(
+    client: &HttpClient,
+    request: Request<Body>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Answer, Exchange> {
+    let whole = async {
+        let resp = client
+            .request(request)
+            .await
+            .map_err(|e| Exchange::Failed(UpstreamError::network(&e)))?;
+        let (parts, incoming) = resp.into_parts();
+        let (status, headers) = (parts.status.as_u16(), parts.headers);
+        match read_limited(&headers, incoming, limit).await {
+            Ok(body) => Ok(Answer {
+                status,
+                headers,
+                body,
+            }),
+            Err(e @ UpstreamError::Network(_)) => Err(Exchange::Failed(e)),
+            Err(e) => Err(Exchange::TooLarge(status, e)),
+        }
+    };
+    tokio::time::timeout(timeout, whole)
+        .await
+        .unwrap_or(Err(Exchange::TimedOut))
 }
 
 /// `keep_raw`: also keep the body's exact bytes, for a passthrough caller
@@ -352,7 +367,7 @@ fn settle(
     // Hop-by-hop: the standard ones, and any the `Connection` header names.
     let connection_named = named_by_connection(
         headers
-            .get_all(reqwest::header::CONNECTION)
+            .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );

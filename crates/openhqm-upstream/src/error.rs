@@ -1,8 +1,8 @@
 //! Errors of the forwarder, and how each one fails an attempt.
 //!
-//! Messages never carry secrets: URLs are stripped from `reqwest` errors
-//! (they may hold credentials or keys in the query) and auth values never
-//! reach an error at all. Bodies quoted from a backend are cut short, with
+//! Messages never carry secrets: network errors are told by their causes,
+//! which name no URL (it may hold credentials or keys in the query), and
+//! auth values never reach an error at all. Bodies quoted from a backend are cut short, with
 //! the endpoint's secrets masked ([`crate::redact`]): a backend may echo them.
 
 use std::time::Duration;
@@ -73,9 +73,9 @@ pub enum UpstreamError {
         /// When a slot frees up, if known.
         retry_after: Option<Duration>,
     },
-    /// Connecting, sending or reading failed.
-    #[error("backend request failed: {}", causes(.0))]
-    Network(#[source] reqwest::Error),
+    /// Connecting, sending or reading failed: the error and its causes.
+    #[error("backend request failed: {0}")]
+    Network(String),
     /// The body was larger than `proxy.max_response_size`.
     #[error("backend response exceeds proxy.max_response_size ({limit} bytes)")]
     ResponseTooLarge {
@@ -117,7 +117,6 @@ impl UpstreamError {
             | Self::InvalidBody(_)
             | Self::ResponseTooLarge { .. } => FailureKind::Permanent,
             Self::Timeout(_) => FailureKind::Timeout,
-            Self::Network(e) if e.is_timeout() => FailureKind::Timeout,
             // The attempt never started: it waits for a slot or a target,
             // uncounted, so an open breaker cannot use up the retries.
             Self::Saturated { .. } | Self::NoHealthyTarget { .. } => FailureKind::Busy,
@@ -154,27 +153,24 @@ impl UpstreamError {
     }
 }
 
-impl From<reqwest::Error> for UpstreamError {
-    fn from(e: reqwest::Error) -> Self {
-        Self::Network(e.without_url())
-    }
-}
-
-/// An error and its causes, `outer: inner: root`, so the stored error says
-/// why ("invalid peer certificate: UnknownIssuer"), not just "error sending
-/// request". URLs were stripped before this point.
-fn causes(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
+impl UpstreamError {
+    /// A network error (connecting, sending, reading the answer), told with
+    /// its causes, `outer: inner: root`, so the stored error says why
+    /// ("invalid peer certificate: UnknownIssuer"), not just "client error
+    /// (Connect)". hyper's errors name no URL.
+    pub(crate) fn network(e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.ends_with(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
         }
-        source = cause.source();
+        Self::Network(text)
     }
-    text
 }
 
 /// The start of a body, for an error message.

@@ -10,11 +10,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::Client;
+use hyper::Request;
+use hyper::header::AUTHORIZATION;
 use tokio::task::JoinHandle;
+use url::Url;
 
+use crate::client::{Body, HttpClient};
 use crate::config::HealthCheckConfig;
 use crate::pool::{Pool, Target};
+use crate::rewrite::request_target;
 
 /// Running health-check tasks; dropping the handle stops them.
 #[derive(Debug, Default)]
@@ -47,7 +51,7 @@ impl HealthChecks {
         }
     }
 
-    pub(crate) fn spawn(&mut self, client: Client, pool: Arc<Pool>, cfg: HealthCheckConfig) {
+    pub(crate) fn spawn(&mut self, client: HttpClient, pool: Arc<Pool>, cfg: HealthCheckConfig) {
         self.tasks.push(tokio::spawn(run(client, pool, cfg)));
     }
 }
@@ -60,7 +64,7 @@ impl Drop for HealthChecks {
     }
 }
 
-async fn run(client: Client, pool: Arc<Pool>, cfg: HealthCheckConfig) {
+async fn run(client: HttpClient, pool: Arc<Pool>, cfg: HealthCheckConfig) {
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_seconds.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -71,14 +75,9 @@ async fn run(client: Client, pool: Arc<Pool>, cfg: HealthCheckConfig) {
     }
 }
 
-async fn probe(client: &Client, target: &Target, cfg: &HealthCheckConfig) {
+async fn probe(client: &HttpClient, target: &Target, cfg: &HealthCheckConfig) {
     let ok = match target.url.join(&cfg.path) {
-        Ok(url) => client
-            .get(url)
-            .timeout(Duration::from_secs(cfg.timeout_seconds.max(1)))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().as_u16() == cfg.expected_status),
+        Ok(url) => answers_as_expected(client, url, cfg).await,
         Err(_) => false,
     };
     let was = target.is_healthy();
@@ -90,4 +89,22 @@ async fn probe(client: &Client, target: &Target, cfg: &HealthCheckConfig) {
             "health check changed target state"
         );
     }
+}
+
+/// `GET url` answers `expected_status` within the check's timeout. Only the
+/// status counts: the body is not read.
+async fn answers_as_expected(client: &HttpClient, url: Url, cfg: &HealthCheckConfig) -> bool {
+    let Ok((uri, basic)) = request_target(url) else {
+        return false;
+    };
+    let mut request = Request::new(Body::default());
+    *request.uri_mut() = uri;
+    if let Some(basic) = basic {
+        request.headers_mut().insert(AUTHORIZATION, basic);
+    }
+    let timeout = Duration::from_secs(cfg.timeout_seconds.max(1));
+    matches!(
+        tokio::time::timeout(timeout, client.request(request)).await,
+        Ok(Ok(answer)) if answer.status().as_u16() == cfg.expected_status
+    )
 }

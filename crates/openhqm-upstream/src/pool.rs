@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use openhqm_core::Envelope;
 use openhqm_metrics::{Metrics, UpstreamTargetMetrics};
-use reqwest::Url;
+use url::Url;
 
 use crate::balance::{HashKey, Ring, least_loaded_of_two, smooth_weighted};
 use crate::breaker::{Admission, Breaker};

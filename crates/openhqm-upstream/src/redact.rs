@@ -9,7 +9,7 @@
 
 use base64::Engine as _;
 use openhqm_core::Secret;
-use reqwest::Url;
+use url::Url;
 
 use crate::config::{EndpointConfig, is_sensitive_header};
 use crate::error::excerpt;

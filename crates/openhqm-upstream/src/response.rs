@@ -8,8 +8,9 @@
 //! a repeated header (`Set-Cookie`) becomes a JSON array.
 
 use base64::Engine as _;
-use reqwest::Response;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
 use serde_json::{Map, Value, json};
 
 use crate::error::UpstreamError;
@@ -18,9 +19,12 @@ use crate::error::UpstreamError;
 ///
 /// # Errors
 /// [`UpstreamError::ResponseTooLarge`], or a network error while reading.
-pub async fn read_limited(mut resp: Response, limit: usize) -> Result<Vec<u8>, UpstreamError> {
-    let declared = resp
-        .headers()
+pub async fn read_limited(
+    headers: &HeaderMap,
+    mut incoming: Incoming,
+    limit: usize,
+) -> Result<Vec<u8>, UpstreamError> {
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
@@ -28,7 +32,12 @@ pub async fn read_limited(mut resp: Response, limit: usize) -> Result<Vec<u8>, U
         return Err(UpstreamError::ResponseTooLarge { limit });
     }
     let mut body = Vec::with_capacity(declared.map_or(8 * 1024, |l| l as usize).min(limit));
-    while let Some(chunk) = resp.chunk().await? {
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(|e| UpstreamError::network(&e))?;
+        // Trailers carry no body bytes.
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
         if body.len() + chunk.len() > limit {
             return Err(UpstreamError::ResponseTooLarge { limit });
         }
@@ -131,7 +140,7 @@ fn kind_of(essence: &str) -> Kind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
+    use hyper::header::HeaderValue;
 
     fn check(ct: Option<&str>, body: &[u8], expected: Value) {
         assert_eq!(body_to_result(ct, body), expected, "{ct:?} {body:?}");

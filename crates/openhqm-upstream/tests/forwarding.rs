@@ -60,6 +60,30 @@ async fn every_auth_type_injects_its_header() {
 }
 
 #[tokio::test]
+async fn user_info_in_a_target_url_is_sent_as_basic_auth_unless_auth_is_configured() {
+    let addr = serve(echo()).await;
+    let e = EndpointConfig::with_url(format!("http://svc%40corp:p%3Ass@{addr}/"));
+    let out = call(&processor(&config(e.clone())), &envelope("{}", &[]))
+        .await
+        .unwrap();
+    // base64("svc@corp:p:ss"): decoded from the URL, as curl sends it.
+    assert_eq!(
+        seen_headers(&out).get("authorization").map(String::as_str),
+        Some("Basic c3ZjQGNvcnA6cDpzcw==")
+    );
+    let mut configured = e;
+    configured.auth_type = Some(AuthType::Bearer);
+    configured.auth_token = Secret::from("endpoint-token");
+    let out = call(&processor(&config(configured)), &envelope("{}", &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        seen_headers(&out).get("authorization").map(String::as_str),
+        Some("Bearer endpoint-token")
+    );
+}
+
+#[tokio::test]
 async fn headers_follow_precedence_case_insensitively_and_drop_hop_by_hop() {
     let mut e = echo_endpoint().await;
     e.headers.insert("x-service".into(), "static".into());

@@ -119,7 +119,7 @@ fn https_server(dir: &Path) -> (Server, String) {
 }
 
 #[tokio::test]
-async fn certificates_are_verified_and_ca_file_adds_a_root() {
+async fn certificates_are_verified_ca_file_adds_a_root_and_verification_can_be_skipped() {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
     let (_server, url) = https_server(dir.path());
@@ -136,4 +136,11 @@ async fn certificates_are_verified_and_ca_file_adds_a_root() {
     let out = call(&p, &envelope("{}", &[])).await.unwrap();
     assert_eq!(out.status_code, Some(200));
     assert_eq!(out.result, json!({"tls": true}));
+
+    // For test backends only: any certificate is accepted.
+    let mut unchecked = EndpointConfig::with_url(&url);
+    unchecked.tls.insecure_skip_verify = true;
+    let p = processor(&config(unchecked));
+    let out = call(&p, &envelope("{}", &[])).await.unwrap();
+    assert_eq!(out.status_code, Some(200));
 }

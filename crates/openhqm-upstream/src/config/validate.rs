@@ -4,7 +4,8 @@
 //! the root of the configuration (`proxy.endpoints.<name>.<key>`), so the
 //! binary can merge them with its own errors unchanged.
 
-use reqwest::{Method, Url};
+use hyper::Method;
+use url::Url;
 
 use super::{AuthType, EndpointConfig, PathRewrite, Strategy, UpstreamConfig};
 use crate::balance::HashKey;
@@ -320,13 +321,13 @@ pub(crate) fn label(configured: &str, url: &Url) -> String {
 }
 
 fn check_header(name: &str, value: &str) -> Result<(), String> {
-    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+    if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
         return Err(format!("`{name}` is not a valid header name"));
     }
     if is_hop_by_hop(name) {
         return Err(format!("`{name}` is hop-by-hop and is never forwarded"));
     }
-    if reqwest::header::HeaderValue::from_str(value).is_err() {
+    if hyper::header::HeaderValue::from_str(value).is_err() {
         return Err("the value is not a valid header value".into());
     }
     Ok(())
