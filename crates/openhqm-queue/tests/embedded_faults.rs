@@ -183,10 +183,12 @@ async fn a_damaged_dead_letter_hides_no_other_and_blocks_no_redrive() {
     let queue = EmbeddedQueue::open(db.clone(), config()).expect("queue");
     dead_lettered(&queue, b"m").await;
     assert_eq!(queue.dead_letter_depth().await.expect("depth"), 2);
-    let dead = queue.dead_letters(10).await.expect("listing still works");
+    // A limit of one counts readable letters only: the damaged one ahead
+    // of it takes no place.
+    let dead = queue.dead_letters(1).await.expect("listing still works");
     assert_eq!(dead.len(), 1, "the readable one is listed");
     assert_eq!(dead[0].message.body.as_ref(), b"m");
-    assert_eq!(queue.redrive(10).await.expect("redrive still works"), 1);
+    assert_eq!(queue.redrive(1).await.expect("redrive still works"), 1);
     let again = queue
         .receive(1, Duration::from_secs(1))
         .await

@@ -335,7 +335,16 @@ impl ResultStore for RedisStore {
     ) -> Result<Transition, StoreError> {
         for _ in 0..MAX_CAS_ROUNDS {
             let raw = self.get_raw(id).await?;
-            let current = raw.as_deref().map(|r| decode(id, r)).transpose()?;
+            // An unreadable record (an earlier implementation's, a newer
+            // version's) is replaced, as the embedded store does: refusing
+            // would leave its message to be redelivered, never settled.
+            let current = raw.as_deref().and_then(|r| {
+                decode(id, r)
+                    .inspect_err(|e| {
+                        tracing::warn!(correlation_id = %id, error = %e, "unreadable result record replaced");
+                    })
+                    .ok()
+            });
             let outcome = apply_update(id, current, update.clone(), now_ms());
             let Transition::Applied(record) = &outcome else {
                 return Ok(outcome);

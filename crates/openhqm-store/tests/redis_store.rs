@@ -49,6 +49,35 @@ fn completed() -> Update {
 }
 
 #[tokio::test]
+async fn an_unreadable_record_is_replaced_by_the_next_transition() {
+    let server = RedisServer::start();
+    let store = open(&server, Duration::from_secs(60)).await;
+    let id = CorrelationId::new();
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    redis::cmd("SET")
+        .arg(format!("{DEFAULT_KEY_PREFIX}{id}"))
+        .arg(r#"{"not":"a record"}"#)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SET");
+    assert!(
+        store.get(id).await.is_err(),
+        "reading it says it is corrupt"
+    );
+    let applied = store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("a transition replaces it, so its message can be settled");
+    assert!(matches!(applied, Transition::Applied(_)), "{applied:?}");
+    let rec = store.get(id).await.expect("readable now").expect("record");
+    assert_eq!(rec.status, RequestStatus::Processing);
+}
+
+#[tokio::test]
 async fn transitions_follow_the_table_and_keep_result_with_status() {
     let server = RedisServer::start();
     let store = open(&server, Duration::from_secs(60)).await;

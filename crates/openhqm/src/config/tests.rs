@@ -127,7 +127,7 @@ fn every_error_is_collected_and_names_its_key() {
         "`server.port`: invalid type",
         "`queue.type`: `kafka` is not available in this build",
         "`worker.count`: must be at least 1",
-        "`worker.retry_delay_max`: must be at least worker.retry_delay_base",
+        "`worker.retry_delay_max`: must be from worker.retry_delay_base",
         "`proxy.endpoints.api.url`: environment variable `MISSING` is not set",
         "`proxy.endpoints.api.auth_header_name`: is required",
         "`queue.nope`: unknown key (from environment variable OPENHQM_QUEUE__NOPE)",
@@ -514,6 +514,28 @@ fn sidecar_and_idempotency_settings_parse_and_broken_ones_are_named() {
         ..Sources::default()
     };
     assert!(errors_of(&port).join("\n").contains("sidecar.port"));
+}
+
+#[test]
+fn durations_past_a_week_are_refused_before_they_overflow() {
+    let file = yaml(
+        "queue:\n  lease_seconds: 18446744073709551615\nworker:\n  timeout_seconds: 604801\n  retry_delay_max: 1e300\ncallbacks:\n  allowed_hosts: [hooks.example.com]\n  retry_delay_max: 1e20\n",
+    );
+    let errors = errors_of(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    });
+    for needle in [
+        "`queue.lease_seconds`: must be from 1 to 604800",
+        "`worker.timeout_seconds`: must be from 1 to 604800",
+        "`worker.retry_delay_max`: must be from worker.retry_delay_base",
+        "`callbacks.retry_delay_max`: must be from callbacks.retry_delay_base",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(needle)),
+            "missing `{needle}` in {errors:#?}"
+        );
+    }
 }
 
 #[test]

@@ -40,6 +40,11 @@ fn unavailable(kind: &str, available: String) -> String {
 }
 
 /// Paths of the API that a passthrough prefix must not shadow.
+/// The longest lease, attempt timeout or retry delay: long enough for any
+/// real use, and far from the overflow of the millisecond and `Instant`
+/// arithmetic these go into.
+const MAX_SECONDS: u64 = 7 * 24 * 3600;
+
 const API_PATHS: &[&str] = &["/api", "/health", "/metrics", "/openapi.json", "/docs"];
 
 fn sidecar(c: &Config, check: &mut impl FnMut(bool, &str, String)) {
@@ -163,9 +168,9 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         "must be at least 1".into(),
     );
     check(
-        c.worker.timeout_seconds > 0,
+        (1..=MAX_SECONDS).contains(&c.worker.timeout_seconds),
         "worker.timeout_seconds",
-        "must be at least 1".into(),
+        format!("must be from 1 to {MAX_SECONDS} (a week)"),
     );
     let base = c.worker.retry_delay_base;
     check(
@@ -174,17 +179,19 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         format!("must be a positive number of seconds, got {base}"),
     );
     check(
-        c.worker.retry_delay_max.is_finite() && c.worker.retry_delay_max >= base,
+        c.worker.retry_delay_max.is_finite()
+            && c.worker.retry_delay_max >= base
+            && c.worker.retry_delay_max <= MAX_SECONDS as f64,
         "worker.retry_delay_max",
         format!(
-            "must be at least worker.retry_delay_base ({base}), got {}",
+            "must be from worker.retry_delay_base ({base}) to {MAX_SECONDS} (a week), got {:?}",
             c.worker.retry_delay_max
         ),
     );
     check(
-        c.queue.lease_seconds > 0,
+        (1..=MAX_SECONDS).contains(&c.queue.lease_seconds),
         "queue.lease_seconds",
-        "must be at least 1".into(),
+        format!("must be from 1 to {MAX_SECONDS} (a week)"),
     );
     check(
         c.cache.ttl_seconds > 0,
@@ -445,10 +452,12 @@ fn validate_callbacks(c: &Config, errors: &mut Vec<ConfigError>) {
         format!("must be a positive number of seconds, got {base}"),
     );
     check(
-        cb.retry_delay_max.is_finite() && cb.retry_delay_max >= base,
+        cb.retry_delay_max.is_finite()
+            && cb.retry_delay_max >= base
+            && cb.retry_delay_max <= MAX_SECONDS as f64,
         "callbacks.retry_delay_max",
         format!(
-            "must be at least callbacks.retry_delay_base ({base}), got {}",
+            "must be from callbacks.retry_delay_base ({base}) to {MAX_SECONDS} (a week), got {:?}",
             cb.retry_delay_max
         ),
     );

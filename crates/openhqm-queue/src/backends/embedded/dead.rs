@@ -97,7 +97,11 @@ impl Inner {
 
     fn read_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let mut out = Vec::new();
-        for item in self.dead.iter().take(limit) {
+        // Damaged records are skipped without counting against `limit`.
+        for item in self.dead.iter() {
+            if out.len() == limit {
+                break;
+            }
             let (key, value) = item.into_inner().map_err(unavailable)?;
             let decoded =
                 record::decode_key(&key).and_then(|seq| Ok((seq, DeadRecord::decode(&value)?)));
@@ -153,7 +157,12 @@ impl Inner {
         redriven_at: u64,
     ) -> Result<Vec<(Slice, u64, StoredRecord)>, QueueError> {
         let mut moves = Vec::new();
-        for item in self.dead.iter().take(limit) {
+        // Damaged records stay, and are not counted against `limit`: a head
+        // of them must not stop every later letter from being redriven.
+        for item in self.dead.iter() {
+            if moves.len() == limit {
+                break;
+            }
             let (key, value) = item.into_inner().map_err(unavailable)?;
             let mut rec = match DeadRecord::decode(&value) {
                 Ok(dead) => dead.record,
