@@ -144,7 +144,12 @@ pub fn decide(failure: &Failure, attempt: u32, policy: &Backoff, jitter: f64) ->
                 .retry_after
                 .map_or_else(
                     || policy.delay(1, jitter),
-                    |known| known + known.mul_f64(0.1 * jitter),
+                    |known| {
+                        // Capped first: a processor's `Duration::MAX` must
+                        // not overflow the spread.
+                        let known = known.min(RELEASE_CEILING);
+                        known + known.mul_f64(0.1 * jitter)
+                    },
                 )
                 .clamp(RELEASE_FLOOR, RELEASE_CEILING),
         },
@@ -251,6 +256,9 @@ mod tests {
         check(Busy, Some(3), 9, 1.0, release(3300));
         check(Busy, Some(3600), 1, 0.0, release(60_000));
         check(Busy, Some(0), 1, 0.0, release(50));
+        // A wait no clock can reach is capped, not overflowed.
+        check(Busy, Some(u64::MAX), 1, 1.0, release(60_000));
+        check(Transient, Some(u64::MAX), 1, 1.0, retry(60_000));
     }
 
     #[test]
