@@ -74,6 +74,18 @@ fn parse_submit(
         ));
     }
     let req: SubmitRequest = serde_json::from_slice(bytes).map_err(malformed)?;
+    // Refused now, not found out by a worker after the 202. The value is not
+    // quoted: it may be a credential.
+    for (name, value) in req.headers.iter().flatten() {
+        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || axum::http::HeaderValue::from_str(value).is_err()
+        {
+            return Err(Problem::invalid_request(format!(
+                "headers: `{}` is not a valid HTTP header name, or its value has control characters",
+                name.escape_debug()
+            )));
+        }
+    }
     if let Some(metadata) = &req.metadata {
         metadata.validate().map_err(Problem::invalid_request)?;
         if let Some(method) = &metadata.method

@@ -288,6 +288,14 @@ async fn invalid_requests_are_422_problems_naming_the_field() {
             "metadata.timeout",
         ),
         (r#"{"payload": 1, "headers": {"x": 1}}"#, "invalid type"),
+        (
+            r#"{"payload": 1, "headers": {"Bad Name": "v"}}"#,
+            "`Bad Name` is not a valid HTTP header name",
+        ),
+        (
+            r#"{"payload": 1, "headers": {"X-Ok": "a\r\nInjected: 1"}}"#,
+            "`X-Ok` is not a valid HTTP header name, or its value",
+        ),
         // serde would read a struct from an array by position.
         (r#"[{"operation": "echo"}]"#, "must be a JSON object"),
         (r#"[1, 2]"#, "must be a JSON object"),

@@ -327,14 +327,18 @@ async fn exchange(
     timeout: Duration,
     limit: usize,
 ) -> Result<Answer, Exchange> {
+    let head = request.method() == Method::HEAD;
     let whole = async {
         let resp = client
             .request(request)
             .await
             .map_err(|e| Exchange::Failed(UpstreamError::network(&e)))?;
         let (parts, incoming) = resp.into_parts();
+        // RFC 9110 §6.4.1: these answers never have content.
+        let bodiless =
+            head || parts.status.is_informational() || matches!(parts.status.as_u16(), 204 | 304);
         let (status, headers) = (parts.status.as_u16(), parts.headers);
-        match read_limited(&headers, incoming, limit).await {
+        match read_limited(&headers, bodiless, incoming, limit).await {
             Ok(body) => Ok(Answer {
                 status,
                 headers,

@@ -59,6 +59,14 @@ impl Redactor {
                 found.push(password.to_owned());
                 found.extend(decoded(password));
             }
+            // User info is sent as `Authorization: Basic` (`request_target`):
+            // a backend may echo that header.
+            if let Ok((_, Some(basic))) = crate::rewrite::request_target(url.clone())
+                && let Ok(value) = basic.to_str()
+            {
+                found.push(value.to_owned());
+                found.extend(value.strip_prefix("Basic ").map(str::to_owned));
+            }
             for (_, value) in url.query_pairs() {
                 if value.len() >= SHORTEST_QUERY_SECRET {
                     found.push(value.into_owned());
@@ -66,6 +74,20 @@ impl Redactor {
             }
         }
         found.retain(|s| !s.is_empty());
+        // As a JSON echo writes them: `"` and `\` escaped, and `/` as `\/`
+        // by PHP's json_encode and others.
+        let escaped: Vec<String> = found
+            .iter()
+            .filter_map(|s| {
+                let quoted = serde_json::to_string(s).ok()?;
+                let json = quoted.strip_prefix('"')?.strip_suffix('"')?.to_owned();
+                let slashed = json.replace('/', "\\/");
+                Some([json, slashed])
+            })
+            .flatten()
+            .filter(|e| !found.contains(e))
+            .collect();
+        found.extend(escaped);
         found.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         found.dedup();
         Self {
@@ -173,6 +195,28 @@ mod tests {
         );
         let text = r.excerpt(body.as_bytes());
         assert!(!text.contains("t0ken"), "{text}");
+    }
+
+    #[test]
+    fn url_user_info_is_masked_as_the_basic_header_it_becomes() {
+        // base64("carol:UrlPw-888")
+        check(
+            &EndpointConfig::with_url("http://carol:UrlPw-888@b/"),
+            "authorization: Basic Y2Fyb2w6VXJsUHctODg4",
+            "authorization: ***",
+        );
+    }
+
+    #[test]
+    fn secrets_are_masked_as_json_escapes_them() {
+        let mut e = EndpointConfig::with_url("http://b/");
+        e.auth_type = Some(AuthType::Bearer);
+        e.auth_token = Secret::from("AbC/dEf+Tok\"en\\Quote-555");
+        check(
+            &e,
+            r#"{"a":"Bearer AbC\/dEf+Tok\"en\\Quote-555","b":"AbC/dEf+Tok\"en\\Quote-555"}"#,
+            r#"{"a":"***","b":"***"}"#,
+        );
     }
 
     #[test]

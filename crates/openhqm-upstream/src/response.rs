@@ -15,17 +15,21 @@ use serde_json::{Map, Value, json};
 
 use crate::error::UpstreamError;
 
-/// Reads the whole body, failing once it passes `limit` bytes.
+/// Reads the whole body, failing once it passes `limit` bytes. `bodiless`:
+/// the answer has no body whatever its `Content-Length` says (the answer to
+/// a `HEAD`, a 304), so the length is not held against the limit.
 ///
 /// # Errors
 /// [`UpstreamError::ResponseTooLarge`], or a network error while reading.
 pub async fn read_limited(
     headers: &HeaderMap,
+    bodiless: bool,
     mut incoming: Incoming,
     limit: usize,
 ) -> Result<Vec<u8>, UpstreamError> {
     let declared = headers
         .get(CONTENT_LENGTH)
+        .filter(|_| !bodiless)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {

@@ -236,6 +236,16 @@ async fn response_bodies_are_kept_by_content_type() {
     let out = call(&p, &run("cookies")).await.unwrap();
     assert_eq!(out.status_code, Some(201));
     assert_eq!(out.headers.unwrap()["set-cookie"], json!(["a=1", "b=2"]));
+    // A HEAD's answer has no body, whatever length it announces.
+    let mut head = run("big");
+    head.metadata.method = Some("HEAD".into());
+    let out = call(&p, &head).await.unwrap();
+    assert_eq!(out.status_code, Some(200));
+    assert_eq!(
+        out.headers.unwrap()["content-length"],
+        json!((4 * 1024).to_string()),
+        "the announced length is kept"
+    );
     for name in ["big", "stream"] {
         let err = call(&p, &run(name)).await.unwrap_err();
         assert_eq!(err.kind, FailureKind::Permanent, "{name}");
