@@ -165,6 +165,7 @@ pub fn sidecar_router(state: Arc<ApiState>) -> Router {
         .route(ROUTES[1], get(handlers::status).delete(handlers::cancel))
         .route(ROUTES[2], get(handlers::response))
         .fallback(sidecar::passthrough)
+        .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             telemetry::track_sidecar,

@@ -51,7 +51,7 @@ impl Preferences {
                 self.respond_async = true;
             } else if token.eq_ignore_ascii_case("wait")
                 && self.wait.is_none()
-                && let Some(secs) = value.and_then(|v| v.parse::<u64>().ok())
+                && let Some(secs) = value.and_then(seconds)
             {
                 self.wait = Some(Duration::from_secs(secs));
             }
@@ -83,8 +83,14 @@ fn query_wait(query: &str) -> Option<Duration> {
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == "wait")
-        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .and_then(|(_, v)| seconds(v))
         .map(Duration::from_secs)
+}
+
+/// A `wait` value: digits only; one too large to count is as long as can
+/// be, and is then capped like any other.
+fn seconds(v: &str) -> Option<u64> {
+    (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse().unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -122,6 +128,8 @@ mod tests {
         );
         check(&["wait=soon"], None, None, false);
         check(&["wait=-1"], None, None, false);
+        check(&["wait=+1"], None, None, false);
+        check(&["wait=99999999999999999999"], None, Some(u64::MAX), false);
         check(&["wait=10"], Some("x=1&wait=2"), Some(2), false);
         check(&[], Some("wait=abc"), None, false);
         check(&[], Some("wait=30"), Some(30), false);

@@ -70,6 +70,11 @@ pub(crate) async fn passthrough(
     let Some(sidecar) = state.config.sidecar.as_ref() else {
         return Err(crate::problem::not_found(uri).await);
     };
+    // A CONNECT names a host to tunnel to, not a resource of the app: there
+    // is nothing to replay.
+    if method == Method::CONNECT {
+        return Err(crate::problem::method_not_allowed(method, uri).await);
+    }
     let path = replay_path(uri.path(), sidecar.path_prefix.as_deref());
     // Climbing above the root climbs out of any base path the endpoint has:
     // the forwarder would refuse it for good, so the caller is told now.

@@ -232,7 +232,12 @@ impl Endpoint {
             }
             headers.insert(name, value);
         }
-        if let Some(key) = &env.idempotency_key {
+        // Passed on so the backend can deduplicate too, unless stripped.
+        if let Some(key) = env
+            .idempotency_key
+            .as_ref()
+            .filter(|_| !policy.strips(IDEMPOTENCY_KEY))
+        {
             let value = HeaderValue::from_str(key)
                 .map_err(|_| UpstreamError::InvalidHeader(IDEMPOTENCY_KEY.to_owned()))?;
             headers.insert(IDEMPOTENCY_KEY, value);
@@ -250,12 +255,14 @@ impl Endpoint {
             let body = outgoing_body(env, None)?;
             return Ok(request(method, uri, headers, body));
         }
-        if !headers.contains_key(CONTENT_TYPE) {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
+        // The payload is the body of the methods that carry one; a GET or
+        // HEAD goes without (and without a content type for it).
         let body = if matches!(method, Method::GET | Method::HEAD) {
             Vec::new()
         } else {
+            if !headers.contains_key(CONTENT_TYPE) {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            }
             outgoing_body(env, content_type(&headers))?
         };
         Ok(request(method, uri, headers, body))

@@ -53,6 +53,12 @@ impl HeaderPolicy {
         }
     }
 
+    /// Whether `proxy.strip_headers` names `name` (lower case).
+    #[must_use]
+    pub fn strips(&self, name: &str) -> bool {
+        self.strip.iter().any(|s| s == name)
+    }
+
     fn passes(&self, name: &str, connection_named: &[String]) -> bool {
         let lower = name.to_ascii_lowercase();
         !is_hop_by_hop(&lower)

@@ -84,6 +84,30 @@ async fn user_info_in_a_target_url_is_sent_as_basic_auth_unless_auth_is_configur
 }
 
 #[tokio::test]
+async fn the_idempotency_key_is_passed_on_unless_stripped_and_a_get_has_no_content_type() {
+    let e = echo_endpoint().await;
+    let mut env = envelope("{}", &[]);
+    env.idempotency_key = Some("order-7".into());
+    let out = call(&processor(&config(e.clone())), &env).await.unwrap();
+    assert_eq!(
+        seen_headers(&out)
+            .get("idempotency-key")
+            .map(String::as_str),
+        Some("order-7")
+    );
+    let mut stripping = config(e);
+    stripping.strip_headers.push("Idempotency-Key".into());
+    env.metadata.method = Some("GET".into());
+    let out = call(&processor(&stripping), &env).await.unwrap();
+    let seen = seen_headers(&out);
+    assert!(!seen.contains_key("idempotency-key"), "{seen:?}");
+    assert!(
+        !seen.contains_key("content-type"),
+        "no body, no type: {seen:?}"
+    );
+}
+
+#[tokio::test]
 async fn headers_follow_precedence_case_insensitively_and_drop_hop_by_hop() {
     let mut e = echo_endpoint().await;
     e.headers.insert("x-service".into(), "static".into());

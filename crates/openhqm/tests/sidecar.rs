@@ -296,6 +296,40 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_wrong_methods_on_the_status_resources_are_405_problems() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (url, backend) = start_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, side) = start(dir.path(), &url, &[]).await;
+    let addr = side.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "CONNECT {url_host} HTTP/1.1\r\nHost: {url_host}\r\n\r\n",
+        url_host = url.trim_start_matches("http://").trim_end_matches('/')
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = vec![0u8; 1024];
+    let n = stream.read(&mut answer).await.expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+
+    let r = http_client()
+        .post(format!(
+            "{side}/api/v1/status/00000000-0000-0000-0000-000000000000"
+        ))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(header(&r, "content-type"), Some("application/problem+json"));
+    assert!(
+        backend.seen.lock().expect("seen").is_empty(),
+        "nothing replayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefer_respond_async_and_a_wait_that_runs_out_give_202_with_location() {
     let (url, _backend) = start_backend().await;
     let dir = tempfile::tempdir().expect("tempdir");
