@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use openhqm_core::time::now_ms;
-use openhqm_core::{CorrelationId, Envelope, RequestRecord, RequestStatus};
+use openhqm_core::{CorrelationId, Envelope, RequestRecord};
 use openhqm_queue::{OutgoingMessage, QueueError};
-use openhqm_store::{Claim, KeyClaim, Update};
+use openhqm_store::{Claim, KeyClaim};
 
 use crate::idempotency::Keyed;
 use crate::{ApiState, Problem};
@@ -110,10 +110,11 @@ pub(crate) async fn accept(
     if let Err(e) = published {
         state.queue_metrics.publish_error.inc();
         state.admission.unreserve();
-        // Unkeyed, the status record was written beside the message: undone.
-        // (Keyed, it is written only after a publish.)
-        if keyed.is_none() && created.is_ok() {
-            withdraw(state, id).await;
+        // Unkeyed, the status record was written beside the message: undone,
+        // even if its write was not confirmed either (a stalled server may
+        // still apply it). Keyed, it is written only after a publish.
+        if keyed.is_none() {
+            withdraw(state, &record).await;
         }
         if let QueueError::PayloadTooLarge { .. } = e {
             // Refused before anything was stored: the key is free again.
@@ -143,9 +144,9 @@ pub(crate) async fn accept(
 /// after all, a worker drops it as cancelled instead of running a request
 /// the client was told to send again. Cancelling only moves PENDING, so a
 /// worker that already took the message keeps it.
-async fn withdraw(state: &ApiState, id: CorrelationId) {
-    let cancel = Update::to(RequestStatus::Cancelled);
-    if let Err(e) = state.store.transition(id, cancel).await {
+async fn withdraw(state: &ApiState, pending: &RequestRecord) {
+    if let Err(e) = state.store.withdraw(pending).await {
+        let id = pending.correlation_id;
         tracing::warn!(correlation_id = %id, error = %e, "could not withdraw the record of a request whose publish failed");
     }
 }

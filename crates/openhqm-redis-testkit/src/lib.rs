@@ -109,6 +109,21 @@ impl RedisServer {
         self.port
     }
 
+    /// Stops (`-STOP`) or resumes (`-CONT`) the server: a stalled server
+    /// keeps its connections but answers nothing.
+    ///
+    /// # Panics
+    /// If `kill` cannot be run.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {signal} failed");
+        }
+    }
+
     /// Kills the server with SIGKILL (no save: its data is gone).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -152,6 +152,23 @@ pub trait ResultStore: Send + Sync + 'static {
     async fn transition(&self, id: CorrelationId, update: Update)
     -> Result<Transition, StoreError>;
 
+    /// Cancels `pending`, the record this process just created, if it still
+    /// reads exactly so: its publish was not confirmed, and if the message
+    /// landed after all a worker must drop it. A record a worker already
+    /// moved is left alone. Stores whose writes travel on a connection
+    /// (Redis) send it as one atomic command behind the `create`, so it
+    /// lands before a worker can read the record even when the server
+    /// stalled and answers none of them in time.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if it could not be sent or confirmed.
+    async fn withdraw(&self, pending: &RequestRecord) -> Result<(), StoreError> {
+        let cancel = Update::to(RequestStatus::Cancelled);
+        self.transition(pending.correlation_id, cancel)
+            .await
+            .map(drop)
+    }
+
     /// Waits until the request reaches a terminal status, without polling:
     /// stores wake waiters when a transition to a terminal status is written,
     /// in this process or (for shared stores) any other. Returns the record

@@ -31,7 +31,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use openhqm_core::time::now_ms;
-use openhqm_core::{CorrelationId, RequestRecord};
+use openhqm_core::{CorrelationId, RequestRecord, RequestStatus};
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::task::JoinHandle;
@@ -60,12 +60,15 @@ return 1
 /// How often a transition re-reads after losing a race before giving up.
 const MAX_CAS_ROUNDS: usize = 64;
 
-/// KEYS: record. ARGV: expected ("0" = absent, "1" = ARGV[2]), expected
-/// value, new value, ttl ms, channel ("" = do not publish), id.
+/// KEYS: record. ARGV: expected ("0" = absent, "1" = ARGV[2], "2" = absent
+/// or ARGV[2]), expected value, new value, ttl ms, channel ("" = do not
+/// publish), id.
 const CAS: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if ARGV[1] == '0' then
   if cur then return 0 end
+elseif ARGV[1] == '2' then
+  if cur and cur ~= ARGV[2] then return 0 end
 elseif cur ~= ARGV[2] then
   return 0
 end
@@ -356,6 +359,38 @@ impl ResultStore for RedisStore {
         Err(StoreError::Unavailable(format!(
             "record {id} kept changing during {MAX_CAS_ROUNDS} attempts to update it"
         )))
+    }
+
+    async fn withdraw(&self, pending: &RequestRecord) -> Result<(), StoreError> {
+        let id = pending.correlation_id;
+        // The cancelled record is computed here, and the swap is one CAS on
+        // the bytes `create` wrote: no read first, so it is sent at once,
+        // right behind the `SET NX` on this connection.
+        let Transition::Applied(cancelled) = apply_update(
+            id,
+            Some(pending.clone()),
+            Update::to(RequestStatus::Cancelled),
+            now_ms(),
+        ) else {
+            return Ok(());
+        };
+        // "Absent" counts too: after a stall the client may have reconnected,
+        // and this may then run before the `SET NX`, which it defeats.
+        let expected = encode(pending);
+        let mut invocation = self.cas.key(self.key(id));
+        invocation
+            .arg("2")
+            .arg(expected)
+            .arg(encode(&cancelled))
+            .arg(self.px(&cancelled))
+            .arg(self.config.channel.as_str())
+            .arg(id.to_string());
+        let mut conn = self.conn.clone();
+        invocation
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(redis_error)
     }
 
     async fn wait_terminal(

@@ -49,6 +49,52 @@ fn completed() -> Update {
 }
 
 #[tokio::test]
+async fn a_withdraw_cancels_only_the_record_as_created_even_when_redis_stalled() {
+    let server = RedisServer::start();
+    let store = open(&server, Duration::from_secs(60)).await;
+    let taken = RequestRecord::pending(CorrelationId::new(), 1);
+    store.create(taken.clone()).await.expect("create");
+    store
+        .transition(taken.correlation_id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("a worker took it");
+    store.withdraw(&taken).await.expect("withdraw");
+    let rec = store
+        .get(taken.correlation_id)
+        .await
+        .expect("get")
+        .expect("record");
+    assert_eq!(
+        rec.status,
+        RequestStatus::Processing,
+        "a taken request is left alone"
+    );
+
+    // The server stalls: neither write is confirmed, yet both land when it
+    // resumes, and the record ends cancelled, so a worker drops its message.
+    let pending = RequestRecord::pending(CorrelationId::new(), 1);
+    server.signal("-STOP");
+    let (created, withdrawn) = tokio::join!(store.create(pending.clone()), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.withdraw(&pending).await
+    });
+    server.signal("-CONT");
+    assert!(
+        created.is_err() && withdrawn.is_err(),
+        "nothing was confirmed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(rec)) = store.get(pending.correlation_id).await {
+            assert_eq!(rec.status, RequestStatus::Cancelled);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the record never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn an_unreadable_record_is_replaced_by_the_next_transition() {
     let server = RedisServer::start();
     let store = open(&server, Duration::from_secs(60)).await;
