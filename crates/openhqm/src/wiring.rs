@@ -8,6 +8,7 @@ mod tasks;
 
 use tasks::{expire_dead_letters, sample_depth, watch_for_stop};
 
+use std::future::IntoFuture as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -443,13 +444,31 @@ async fn serve_http(
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })
-        .await
-        .context("HTTP server failed")
+    let mut stopping = stop.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    });
+    // A graceful shutdown waits for every connection to finish its request;
+    // one client sending a request slowly, or never finishing it, must not
+    // hold the process past its grace (waiting callers were answered at
+    // once when the shutdown began).
+    let grace = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        tokio::time::sleep(CONNECTION_GRACE).await;
+    };
+    tokio::select! {
+        served = server.into_future() => served.context("HTTP server failed"),
+        () = grace => {
+            tracing::warn!(
+                "connections still open {CONNECTION_GRACE:?} after shutdown began are closed (a client sending a request slowly?)"
+            );
+            Ok(())
+        }
+    }
 }
+
+/// How long connections get to finish their requests once shutdown began.
+const CONNECTION_GRACE: Duration = Duration::from_secs(5);
 
 fn api_config(config: &Config) -> anyhow::Result<ApiConfig> {
     let sidecar = &config.sidecar;

@@ -232,6 +232,39 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     assert!(wait_exit(&mut server.child, Duration::from_secs(15)).success());
 }
 
+/// A client that never finishes sending its request does not hold the
+/// process at shutdown: its connection is closed after a short grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_request_does_not_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut server = start(
+        dir.path(),
+        port,
+        &["--set", "worker.drain_timeout_seconds=1"],
+    );
+    let http = http_client();
+    wait_ready(&http, &server.base).await;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    slow.write_all(b"POST /api/v1/submit HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pay")
+        .await
+        .expect("send part");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    signal(&server.child, "-TERM");
+    let status = wait_exit(&mut server.child, Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "took {:?} with the client still connected",
+        started.elapsed()
+    );
+    drop(slow);
+}
+
 /// fjall refuses every write once a write, sync, flush or compaction has
 /// failed; the process then stops with an error naming the cause, for its
 /// supervisor to restart it, instead of answering 503 for ever. The failure
