@@ -58,7 +58,12 @@ pub(crate) fn keyed(
         return Ok(None);
     };
     let key = parse_key(raw.as_bytes())?;
-    let Some(identity) = headers.get(&config.identity_header) else {
+    // An empty value identifies no one: every caller sending it would share
+    // one scope.
+    let Some(identity) = headers
+        .get(&config.identity_header)
+        .filter(|v| !v.as_bytes().trim_ascii().is_empty())
+    else {
         tracing::debug!("Idempotency-Key without an identity header: passed on, not deduplicated");
         return Ok(None);
     };
@@ -174,6 +179,11 @@ mod tests {
             "no identity, no shared scope"
         );
         assert_eq!(passed_on(&anonymous).as_deref(), Some("k"));
+        let empty = headers(&[(HEADER, "k"), ("authorization", " ")]);
+        assert!(
+            keyed(&c, &empty, &[]).expect("valid").is_none(),
+            "an empty identity is no identity"
+        );
     }
 
     #[test]

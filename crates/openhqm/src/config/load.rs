@@ -154,12 +154,25 @@ fn read_file(
             return None;
         }
     };
-    let mut value: Value = match serde_norway::from_str(&text) {
+    let yaml: serde_norway::Value = match serde_norway::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
             errors.push(ConfigError::new(
                 "",
                 format!("config file {} is not valid YAML: {e}", path.display()),
+            ));
+            return None;
+        }
+    };
+    // JSON has no infinity or NaN: converted, `.inf` would become `null`,
+    // "not set", and the key would silently keep its default.
+    non_finite_numbers(&yaml, "", errors);
+    let mut value: Value = match serde_json::to_value(&yaml) {
+        Ok(v) => v,
+        Err(e) => {
+            errors.push(ConfigError::new(
+                "",
+                format!("config file {}: {e}", path.display()),
             ));
             return None;
         }
@@ -185,6 +198,38 @@ fn read_file(
     };
     expansion.tree(&mut value, &mut Vec::new(), None);
     Some(value)
+}
+
+/// Reports every `.inf`, `-.inf` and `.nan` in a file's tree by its key.
+fn non_finite_numbers(yaml: &serde_norway::Value, path: &str, errors: &mut Vec<ConfigError>) {
+    use serde_norway::Value as Yaml;
+    match yaml {
+        Yaml::Number(n) if n.as_f64().is_some_and(|f| !f.is_finite()) => {
+            errors.push(ConfigError::new(
+                path,
+                format!("`{n}` is not a finite number"),
+            ));
+        }
+        Yaml::Mapping(map) => {
+            for (k, v) in map {
+                let key = match k {
+                    Yaml::String(s) => s.clone(),
+                    other => serde_norway::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned(),
+                };
+                non_finite_numbers(v, &join(path, &key), errors);
+            }
+        }
+        Yaml::Sequence(items) => {
+            for (i, v) in items.iter().enumerate() {
+                non_finite_numbers(v, &format!("{path}[{i}]"), errors);
+            }
+        }
+        Yaml::Tagged(t) => non_finite_numbers(&t.value, path, errors),
+        _ => {}
+    }
 }
 
 /// Expands `${VAR}` and `${VAR:-default}` in every string of a file's tree;

@@ -517,6 +517,30 @@ fn sidecar_and_idempotency_settings_parse_and_broken_ones_are_named() {
 }
 
 #[test]
+fn infinity_and_nan_in_yaml_are_errors_by_key_not_defaults() {
+    let file = yaml(
+        "queue:\n  dlq_retention_seconds: .inf\n  lease_seconds: -.inf\nserver:\n  port: .nan\n",
+    );
+    let errors = errors_of(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    });
+    for key in [
+        "queue.dlq_retention_seconds",
+        "queue.lease_seconds",
+        "server.port",
+    ] {
+        let needle = format!("`{key}`: ");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&needle) && e.contains("is not a finite number")),
+            "missing `{key}` in {errors:#?}"
+        );
+    }
+}
+
+#[test]
 fn durations_past_a_week_are_refused_before_they_overflow() {
     let file = yaml(
         "queue:\n  lease_seconds: 18446744073709551615\nworker:\n  timeout_seconds: 604801\n  retry_delay_max: 1e300\ncallbacks:\n  allowed_hosts: [hooks.example.com]\n  retry_delay_max: 1e20\n",
