@@ -22,12 +22,17 @@ async fn open(server: &RedisServer, ttl: Duration) -> RedisStore {
     .expect("open redis store")
 }
 
-async fn pttl(server: &RedisServer, id: CorrelationId) -> i64 {
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut conn = client
+/// A plain connection, for looking at (or damaging) what the store wrote.
+async fn raw_conn(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("client")
         .get_multiplexed_async_connection()
         .await
-        .expect("connect");
+        .expect("connect")
+}
+
+async fn pttl(server: &RedisServer, id: CorrelationId) -> i64 {
+    let mut conn = raw_conn(server).await;
     redis::cmd("PTTL")
         .arg(format!("{DEFAULT_KEY_PREFIX}{id}"))
         .query_async(&mut conn)
@@ -99,11 +104,7 @@ async fn an_unreadable_record_is_replaced_by_the_next_transition() {
     let server = RedisServer::start();
     let store = open(&server, Duration::from_secs(60)).await;
     let id = CorrelationId::new();
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = raw_conn(&server).await;
     redis::cmd("SET")
         .arg(format!("{DEFAULT_KEY_PREFIX}{id}"))
         .arg(r#"{"not":"a record"}"#)
