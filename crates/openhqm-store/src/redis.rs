@@ -203,18 +203,24 @@ impl RedisStore {
             .await
     }
 
-    /// Writes `new` if the record still reads `expected`; publishes if it is finished.
+    /// Writes `new` if the record still reads as `expected`; publishes if it
+    /// is finished.
     async fn compare_and_set(
         &self,
         id: CorrelationId,
-        expected: Option<&[u8]>,
+        expected: Expected<'_>,
         new: &RequestRecord,
     ) -> Result<bool, StoreError> {
+        let (mode, value) = match expected {
+            Expected::Absent => ("0", &[][..]),
+            Expected::Exactly(v) => ("1", v),
+            Expected::AbsentOr(v) => ("2", v),
+        };
         let done = new.status.is_terminal();
         let mut invocation = self.cas.key(self.key(id));
         invocation
-            .arg(if expected.is_some() { "1" } else { "0" })
-            .arg(expected.unwrap_or_default())
+            .arg(mode)
+            .arg(value)
             .arg(encode(new))
             .arg(self.px(new))
             .arg(if done {
@@ -230,6 +236,13 @@ impl RedisStore {
             .map_err(redis_error)?;
         Ok(written == 1)
     }
+}
+
+/// What a compare-and-set expects the record to read.
+enum Expected<'a> {
+    Absent,
+    Exactly(&'a [u8]),
+    AbsentOr(&'a [u8]),
 }
 
 /// How often the subscription checks that its connection is alive.
@@ -352,7 +365,8 @@ impl ResultStore for RedisStore {
             let Transition::Applied(record) = &outcome else {
                 return Ok(outcome);
             };
-            if self.compare_and_set(id, raw.as_deref(), record).await? {
+            let expected = raw.as_deref().map_or(Expected::Absent, Expected::Exactly);
+            if self.compare_and_set(id, expected, record).await? {
                 return Ok(outcome);
             }
         }
@@ -376,21 +390,10 @@ impl ResultStore for RedisStore {
         };
         // "Absent" counts too: after a stall the client may have reconnected,
         // and this may then run before the `SET NX`, which it defeats.
-        let expected = encode(pending);
-        let mut invocation = self.cas.key(self.key(id));
-        invocation
-            .arg("2")
-            .arg(expected)
-            .arg(encode(&cancelled))
-            .arg(self.px(&cancelled))
-            .arg(self.config.channel.as_str())
-            .arg(id.to_string());
-        let mut conn = self.conn.clone();
-        invocation
-            .invoke_async::<i64>(&mut conn)
+        let created = encode(pending);
+        self.compare_and_set(id, Expected::AbsentOr(&created), &cancelled)
             .await
             .map(drop)
-            .map_err(redis_error)
     }
 
     async fn wait_terminal(

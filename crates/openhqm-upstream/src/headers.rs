@@ -78,18 +78,26 @@ pub struct AuthHeader {
     pub value: Secret,
 }
 
+/// An `Authorization: Basic` value (RFC 7617).
+#[must_use]
+pub fn basic_credentials(user: &str, password: &str) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
 /// The auth header an endpoint's config asks for, if any.
 #[must_use]
 pub fn auth_header(e: &EndpointConfig) -> Option<AuthHeader> {
     let token = e.auth_token.expose();
     let (name, value) = match e.auth_type? {
         AuthType::Bearer => ("Authorization".to_owned(), format!("Bearer {token}")),
-        AuthType::Basic => {
-            let user = e.auth_username.as_deref().unwrap_or_default();
-            let pair = format!("{user}:{}", e.auth_password.expose());
-            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-            ("Authorization".to_owned(), format!("Basic {encoded}"))
-        }
+        AuthType::Basic => (
+            "Authorization".to_owned(),
+            basic_credentials(
+                e.auth_username.as_deref().unwrap_or_default(),
+                e.auth_password.expose(),
+            ),
+        ),
         AuthType::ApiKey => (
             e.auth_header_name
                 .clone()

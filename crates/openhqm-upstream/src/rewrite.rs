@@ -7,7 +7,6 @@
 //! keeps the envelope the only input: nothing here looks at the client
 //! connection.
 
-use base64::Engine as _;
 use hyper::Uri;
 use hyper::header::HeaderValue;
 use openhqm_core::Envelope;
@@ -17,6 +16,7 @@ use url::Url;
 
 use crate::config::PathRewrite;
 use crate::error::UpstreamError;
+use crate::headers::basic_credentials;
 
 /// A compiled `path_rewrite`.
 #[derive(Debug, Clone, Default)]
@@ -123,13 +123,11 @@ pub fn request_target(mut url: Url) -> Result<(Uri, Option<HeaderValue>), Upstre
                 .decode_utf8_lossy()
                 .into_owned()
         };
-        let pair = format!(
-            "{}:{}",
-            decode(url.username()),
-            decode(url.password().unwrap_or_default())
+        let credentials = basic_credentials(
+            &decode(url.username()),
+            &decode(url.password().unwrap_or_default()),
         );
-        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-        let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+        let mut value = HeaderValue::from_str(&credentials)
             .map_err(|_| UpstreamError::InvalidHeader("authorization".to_owned()))?;
         value.set_sensitive(true);
         basic = Some(value);
