@@ -29,11 +29,14 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
     response
 }
 
-/// Reads the body, refusing it as soon as it passes the limit.
+/// Reads the body, refusing it as soon as it passes the limit, or when it
+/// has not all arrived within `timeout` (a client trickling its body must
+/// not hold a task and its buffer for ever).
 pub(crate) async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    timeout: Duration,
 ) -> Result<bytes::Bytes, Problem> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -42,7 +45,9 @@ pub(crate) async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(Problem::too_large(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit));
+    let read = read.await.map_err(|_| Problem::body_timeout(timeout))?;
+    read.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
@@ -147,7 +152,7 @@ pub(crate) async fn submit(
     body: Body,
 ) -> Result<Response, Problem> {
     let limit = state.config.max_body_size;
-    let bytes = read_limited(&headers, body, limit).await?;
+    let bytes = read_limited(&headers, body, limit, state.config.read_timeout).await?;
     let req = parse_submit(
         &bytes,
         state.config.known_endpoints.as_ref(),

@@ -113,6 +113,19 @@ impl Problem {
         )
     }
 
+    /// 408: the body did not arrive within `server.read_timeout_seconds`.
+    pub fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request body too slow",
+            format!(
+                "the body did not arrive within server.read_timeout_seconds ({} s)",
+                timeout.as_secs()
+            ),
+        )
+    }
+
     /// 404: unknown or expired request.
     pub fn unknown_request(id: &str) -> Self {
         Self::new(

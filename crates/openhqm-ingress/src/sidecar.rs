@@ -83,7 +83,13 @@ pub(crate) async fn passthrough(
             "the path climbs above its root (a `..` segment); nothing was queued",
         ));
     }
-    let bytes = read_limited(&headers, body, state.config.max_body_size).await?;
+    let bytes = read_limited(
+        &headers,
+        body,
+        state.config.max_body_size,
+        state.config.read_timeout,
+    )
+    .await?;
     let query = uri.query().unwrap_or_default();
     // Only the header: a `wait` query parameter belongs to the app.
     let prefs = Preferences::from_request(&headers, None);

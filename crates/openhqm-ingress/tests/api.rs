@@ -86,6 +86,7 @@ async fn serve_full(
         metrics,
         config: ApiConfig {
             max_body_size: MAX_BODY,
+            read_timeout: Duration::from_secs(30),
             retry_after_secs: 2,
             probe_timeout: Duration::from_secs(2),
             metrics_enabled: true,

@@ -3,12 +3,12 @@
 //! every concrete type.
 
 #[cfg(feature = "redis")]
+mod http_server;
 mod redis;
 mod tasks;
 
 use tasks::{expire_dead_letters, sample_depth, watch_for_stop};
 
-use std::future::IntoFuture as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -347,9 +347,7 @@ pub(crate) async fn run(
     let sidecar = match (mode, config.sidecar.enabled, config.sidecar.port) {
         (Mode::Serve | Mode::Listener, true, Some(port)) => {
             let address = format!("{}:{port}", config.server.host);
-            let listener = tokio::net::TcpListener::bind(&address)
-                .await
-                .with_context(|| format!("cannot listen on {address} (sidecar.port)"))?;
+            let listener = http_server::bind(&address, "sidecar.port").await?;
             tracing::info!(%address, "passthrough ingress listening");
             Some((
                 listener,
@@ -363,9 +361,7 @@ pub(crate) async fn run(
         Mode::Serve | Mode::Listener => openhqm_ingress::router(state),
     };
     let address = format!("{}:{}", config.server.host, config.server.port);
-    let listener = tokio::net::TcpListener::bind(&address)
-        .await
-        .with_context(|| format!("cannot listen on {address} (server.host / server.port)"))?;
+    let listener = http_server::bind(&address, "server.host / server.port").await?;
     tracing::info!(%address, mode = mode.name(), queue = config.queue.kind.as_str(), "openhqm listening");
 
     let (processor, health_checks) = match mode {
@@ -394,10 +390,13 @@ pub(crate) async fn run(
         .with_sinks(c.sinks);
         tokio::spawn(pool.run(stop_rx.clone()))
     });
-    let api = serve_http(listener, router, stop_rx.clone());
+    let read_timeout = secs(config.server.read_timeout_seconds);
+    let api = http_server::serve_http(listener, router, read_timeout, stop_rx.clone());
     let passthrough = async {
         match sidecar {
-            Some((listener, router)) => serve_http(listener, router, stop_rx.clone()).await,
+            Some((listener, router)) => {
+                http_server::serve_http(listener, router, read_timeout, stop_rx.clone()).await
+            }
             None => Ok(()),
         }
     };
@@ -433,48 +432,12 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Serves `router` until the stop signal, then lets in-flight requests
-/// finish: waiting callers are answered at once when the signal comes.
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    // Small responses must not wait for Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let mut stopping = stop.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    });
-    // A graceful shutdown waits for every connection to finish its request;
-    // one client sending a request slowly, or never finishing it, must not
-    // hold the process past its grace (waiting callers were answered at
-    // once when the shutdown began).
-    let grace = async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
-        tokio::time::sleep(CONNECTION_GRACE).await;
-    };
-    tokio::select! {
-        served = server.into_future() => served.context("HTTP server failed"),
-        () = grace => {
-            tracing::warn!(
-                "connections still open {CONNECTION_GRACE:?} after shutdown began are closed (a client sending a request slowly?)"
-            );
-            Ok(())
-        }
-    }
-}
-
-/// How long connections get to finish their requests once shutdown began.
-const CONNECTION_GRACE: Duration = Duration::from_secs(5);
-
 fn api_config(config: &Config) -> anyhow::Result<ApiConfig> {
     let sidecar = &config.sidecar;
     let forward_all = sidecar.forward_headers.iter().any(|h| h.trim() == "*");
     Ok(ApiConfig {
         max_body_size: config.server.max_body_size,
+        read_timeout: secs(config.server.read_timeout_seconds),
         retry_after_secs: config.server.retry_after_seconds,
         probe_timeout: secs(2),
         metrics_enabled: config.monitoring.metrics_enabled,

@@ -265,6 +265,62 @@ async fn a_half_sent_request_does_not_hold_up_shutdown() {
     drop(slow);
 }
 
+/// A client must send each request head, and then its body, within
+/// `server.read_timeout_seconds`: one that connects and sends nothing, or
+/// trickles its request, is cut off instead of holding a socket for ever,
+/// and a late body is answered 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_after_the_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut server = start(
+        dir.path(),
+        port,
+        &["--set", "server.read_timeout_seconds=1"],
+    );
+    let http = http_client();
+    wait_ready(&http, &server.base).await;
+
+    let sent = [
+        &b""[..],
+        b"POST /api/v1/submit HTTP/1.1\r\nHost: x\r\nContent-Le",
+        b"POST /api/v1/submit HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pay",
+    ];
+    let mut answers = Vec::new();
+    for bytes in sent {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        tcp.write_all(bytes).await.expect("send part");
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+            .await
+            .expect("the connection is closed by the server")
+            .expect("read");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "closed after {:?}, before the timeout",
+            started.elapsed()
+        );
+        answers.push(String::from_utf8_lossy(&answer).into_owned());
+    }
+    assert_eq!(answers[0], "", "nothing sent, nothing answered");
+    assert!(answers[2].starts_with("HTTP/1.1 408"), "{}", answers[2]);
+    assert!(answers[2].contains("request-timeout"), "{}", answers[2]);
+    // The server goes on serving.
+    let id = submit(
+        &http,
+        &server.base,
+        &json!({"payload": {"operation": "echo"}}),
+    )
+    .await;
+    assert!(id.is_some(), "a submit after the slow clients is accepted");
+    signal(&server.child, "-TERM");
+    assert!(wait_exit(&mut server.child, Duration::from_secs(20)).success());
+}
+
 /// fjall refuses every write once a write, sync, flush or compaction has
 /// failed; the process then stops with an error naming the cause, for its
 /// supervisor to restart it, instead of answering 503 for ever. The failure

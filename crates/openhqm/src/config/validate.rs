@@ -158,6 +158,11 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         "must be at least 1 byte".into(),
     );
     check(
+        (1..=MAX_SECONDS).contains(&c.server.read_timeout_seconds),
+        "server.read_timeout_seconds",
+        format!("must be from 1 to {MAX_SECONDS} (a week)"),
+    );
+    check(
         c.worker.count > 0,
         "worker.count",
         "must be at least 1".into(),
