@@ -10,7 +10,10 @@
 //! An entry is `host` or `host:port` (`[v6]:port` for IPv6). Without a port
 //! it allows the host on the scheme's default port only (80 for `http`, 443
 //! for `https`); with one, that port only. Hosts compare case-insensitively,
-//! after the same normalization URLs get (IDNA, IPv4 forms).
+//! after the same normalization URLs get (IDNA, IPv4 forms). A host written
+//! `*.example.com` allows every subdomain of `example.com`, at any depth, but
+//! not `example.com` itself (list both for both); `*` anywhere else is an
+//! error, as it would otherwise be a host that never matches.
 
 use std::fmt;
 
@@ -34,17 +37,40 @@ pub enum CallbackUrlError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Allowed {
-    /// As `Url::host_str` spells it (IPv6 in brackets).
-    host: String,
+    host: HostPattern,
     /// `None`: the scheme's default port only.
     port: Option<u16>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    /// As `Url::host_str` spells it (IPv6 in brackets).
+    Exact(String),
+    /// `*.example.com`: held as `.example.com`, the suffix every subdomain
+    /// of that domain ends with.
+    Subdomains(String),
+}
+
+impl HostPattern {
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(exact) => exact == host,
+            Self::Subdomains(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+        }
+    }
+}
+
 impl fmt::Display for Allowed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            HostPattern::Exact(host) => f.write_str(host)?,
+            HostPattern::Subdomains(suffix) => write!(f, "*{suffix}")?,
+        }
         match self.port {
-            Some(p) => write!(f, "{}:{p}", self.host),
-            None => f.write_str(&self.host),
+            Some(p) => write!(f, ":{p}"),
+            None => Ok(()),
         }
     }
 }
@@ -107,14 +133,39 @@ fn parse_entry(entry: &str) -> Result<Allowed, String> {
             })
         })
         .transpose()?;
-    let host = normalize_host(&host)
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            format!(
-                "`{}` is not a host or host:port",
+    let not_a_host = || {
+        format!(
+            "`{}` is not a host or host:port",
+            without_credentials(entry)
+        )
+    };
+    let host = match host.strip_prefix("*.") {
+        Some(domain) => {
+            // A domain name, not an address: `*.0.0.1` would otherwise
+            // normalize to the IPv4 address 0.0.0.1.
+            let domain = normalize_host(domain)
+                .filter(|d| !d.contains('*') && d.parse::<std::net::IpAddr>().is_err())
+                .filter(|d| !d.is_empty() && !d.starts_with('['))
+                .ok_or_else(|| {
+                    format!(
+                        "`{}`: a wildcard is `*.` followed by a domain name",
+                        without_credentials(entry)
+                    )
+                })?;
+            HostPattern::Subdomains(format!(".{domain}"))
+        }
+        None if host.contains('*') => {
+            return Err(format!(
+                "`{}`: `*` may only stand for subdomains, as in `*.example.com`",
                 without_credentials(entry)
-            )
-        })?;
+            ));
+        }
+        None => HostPattern::Exact(
+            normalize_host(&host)
+                .filter(|h| !h.is_empty())
+                .ok_or_else(not_a_host)?,
+        ),
+    };
     Ok(Allowed { host, port })
 }
 
@@ -172,10 +223,9 @@ impl CallbackPolicy {
         // Ports compare as effective ports: `host:443` allows `https://host/`,
         // whose default port the URL does not spell out.
         let port = parsed.port_or_known_default();
-        let ok = self
-            .allowed
-            .iter()
-            .any(|a| a.host == host && a.port.or_else(|| default_port(parsed.scheme())) == port);
+        let ok = self.allowed.iter().any(|a| {
+            a.host.matches(host) && a.port.or_else(|| default_port(parsed.scheme())) == port
+        });
         if ok {
             Ok(parsed)
         } else {
@@ -262,6 +312,49 @@ mod tests {
         ] {
             assert_eq!(p.check(refused).expect_err(refused), expected, "{refused}");
         }
+    }
+
+    #[test]
+    fn a_wildcard_allows_every_subdomain_but_not_the_domain() {
+        let p = policy(&["*.Hooks.Example.com", "*.b\u{fc}cher.example:8443"]);
+        for ok in [
+            "https://a.hooks.example.com/x",
+            "http://A.B.hooks.example.com/",
+            "https://eu.xn--bcher-kva.example:8443/",
+        ] {
+            assert!(p.check(ok).is_ok(), "{ok} should be allowed");
+        }
+        for refused in [
+            "https://hooks.example.com/",
+            "https://ahooks.example.com/",
+            "https://a.hooks.example.com.evil.net/",
+            "https://a.hooks.example.com:8443/",
+            "https://eu.xn--bcher-kva.example/",
+        ] {
+            assert!(
+                matches!(p.check(refused), Err(CallbackUrlError::NotAllowed(_))),
+                "{refused}: {:?}",
+                p.check(refused)
+            );
+        }
+        assert_eq!(
+            p.entries(),
+            ["*.hooks.example.com", "*.xn--bcher-kva.example:8443"]
+        );
+    }
+
+    #[test]
+    fn a_wildcard_anywhere_else_is_an_error() {
+        let errors = CallbackPolicy::new(&[
+            "*",
+            "*.",
+            "a.*.example.com",
+            "*example.com",
+            "*.0.0.1",
+            "*.[::1]",
+        ])
+        .expect_err("bad wildcards");
+        assert_eq!(errors.len(), 6, "{errors:?}");
     }
 
     #[test]
