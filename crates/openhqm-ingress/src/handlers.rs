@@ -17,7 +17,7 @@ use openhqm_store::{Transition, Update};
 use serde_json::{Value, json};
 
 use crate::accept::{Accepted, accept, stamp};
-use crate::prefer::Preferences;
+use crate::prefer::{self, Preferences};
 use crate::{ApiState, Problem, idempotency};
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -255,14 +255,20 @@ pub(crate) async fn response(
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
     let record = lookup(&state, &id).await?;
-    let wait = Preferences::from_request(&headers, query.as_deref())
-        .wait
-        .map_or(Duration::ZERO, |w| w.min(state.config.max_wait));
-    let (record, _) = crate::wait::wait_for_answer(&state, record, wait).await;
-    if !record.status.is_terminal() {
-        return Ok(accepted_response(&record, state.config.retry_after_secs));
+    let asked = Preferences::from_request(&headers, query.as_deref()).wait;
+    let wait = asked.map_or(Duration::ZERO, |w| w.min(state.config.max_wait));
+    let (record, waited) = crate::wait::wait_for_answer(&state, record, wait).await;
+    let mut response = if record.status.is_terminal() {
+        json_response(StatusCode::OK, &record.response_body())
+    } else {
+        accepted_response(&record, state.config.retry_after_secs)
+    };
+    let h = response.headers_mut();
+    if let Some(v) = prefer::applied(false, waited.then_some(wait)) {
+        h.insert(prefer::PREFERENCE_APPLIED.clone(), v);
     }
-    Ok(json_response(StatusCode::OK, &record.response_body()))
+    h.insert(header::VARY, HeaderValue::from_static("prefer"));
+    Ok(response)
 }
 
 /// `202 Accepted` with the status, pointing at the status resource

@@ -7,11 +7,31 @@
 
 use std::time::Duration;
 
-use axum::http::HeaderMap;
 use axum::http::header::HeaderName;
+use axum::http::{HeaderMap, HeaderValue};
 
 /// `Prefer`.
 pub static PREFER: HeaderName = HeaderName::from_static("prefer");
+
+/// `Preference-Applied`.
+pub static PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+
+/// The `Preference-Applied` value for what was honoured (RFC 7240 §3):
+/// `respond-async` when the caller got the 202 it asked for, `wait=N` (N as
+/// capped) when it was held for up to N seconds. `None` when neither.
+#[must_use]
+pub fn applied(respond_async: bool, waited: Option<Duration>) -> Option<HeaderValue> {
+    let mut applied = Vec::new();
+    if respond_async {
+        applied.push("respond-async".to_owned());
+    }
+    if let Some(wait) = waited {
+        applied.push(format!("wait={}", wait.as_secs()));
+    }
+    HeaderValue::from_str(&applied.join(", "))
+        .ok()
+        .filter(|v| !v.is_empty())
+}
 
 /// The preferences we act on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

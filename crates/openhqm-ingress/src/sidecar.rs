@@ -30,7 +30,7 @@ use serde_json::value::RawValue;
 
 use crate::accept::{Accepted, accept, stamp};
 use crate::handlers::{IDEMPOTENT_REPLAYED, accepted_response, read_limited};
-use crate::prefer::{self, PREFER, Preferences};
+use crate::prefer::{self, PREFER, PREFERENCE_APPLIED, Preferences};
 use crate::wait::wait_for_answer;
 use crate::{ApiState, Problem, idempotency};
 
@@ -56,7 +56,6 @@ pub struct SidecarConfig {
 /// answered here. (`Prefer` travels without the preferences answered here.)
 const NOT_QUEUED: &[&str] = &["host", "content-length", "expect", idempotency::HEADER];
 
-static PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
 /// Any method on any path: queue it, then wait for the backend's answer.
@@ -137,16 +136,11 @@ pub(crate) async fn passthrough(
     // The preferences honoured: the wait the caller asked for (as capped),
     // if there was one, and `respond-async` if it got a 202 for it. Appended:
     // the application may have applied its own.
-    let mut applied = Vec::new();
-    if prefs.respond_async && !record.status.is_terminal() {
-        applied.push("respond-async".to_owned());
-    }
-    if prefs.wait.is_some() && waited {
-        applied.push(format!("wait={}", wait.as_secs()));
-    }
-    if !applied.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&applied.join(", "))
-    {
+    let applied = prefer::applied(
+        prefs.respond_async && !record.status.is_terminal(),
+        (prefs.wait.is_some() && waited).then_some(wait),
+    );
+    if let Some(v) = applied {
         h.append(PREFERENCE_APPLIED.clone(), v);
     }
     h.append(header::VARY, HeaderValue::from_static("prefer"));

@@ -462,9 +462,11 @@ async fn long_poll_answers_the_moment_the_result_is_stored() {
             .send()
             .await
             .expect("poll");
+        let applied = r.headers().get("preference-applied").cloned();
         (
             r.status(),
             started.elapsed(),
+            applied,
             r.json::<Value>().await.expect("json"),
         )
     });
@@ -487,8 +489,13 @@ async fn long_poll_answers_the_moment_the_result_is_stored() {
     };
     api.store.transition(id, done).await.expect("completed");
     // ...and answered as soon as the result is written, far inside its 30 s.
-    let (status, elapsed, body) = poll.await.expect("join");
+    let (status, elapsed, applied, body) = poll.await.expect("join");
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        applied.as_ref().and_then(|v| v.to_str().ok()),
+        Some("wait=5"),
+        "wait=30 as capped by max_wait"
+    );
     assert_eq!(body["result"], "done");
     assert!(elapsed >= finished_at, "{elapsed:?}");
     assert!(
@@ -510,7 +517,17 @@ async fn long_poll_answers_the_moment_the_result_is_stored() {
         location,
         Some(format!("/api/v1/status/{other_id}").as_str())
     );
+    assert_eq!(
+        r.headers()
+            .get("preference-applied")
+            .and_then(|v| v.to_str().ok()),
+        Some("wait=1")
+    );
     assert_eq!(json_of(r).await["status"], "PENDING");
+    // No wait asked, none applied.
+    let r = api.get(&format!("/api/v1/response/{other_id}")).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(r.headers().get("preference-applied").is_none());
 }
 
 #[tokio::test]
