@@ -77,7 +77,7 @@ impl Cli {
 pub fn check_config(config: &Config, errors: &[ConfigError]) -> ExitCode {
     let file_unusable = errors.iter().any(ConfigError::is_about_the_file);
     if !file_unusable {
-        print_effective(config);
+        print_effective(config, errors);
     }
     if errors.is_empty() {
         eprintln!("configuration is valid");
@@ -94,19 +94,61 @@ pub fn check_config(config: &Config, errors: &[ConfigError]) -> ExitCode {
 }
 
 /// `config` as YAML on stdout, secrets masked.
-fn print_effective(config: &Config) {
-    match effective_yaml(config) {
+fn print_effective(config: &Config, errors: &[ConfigError]) {
+    match effective_yaml(config, errors) {
         Ok(yaml) => print!("{yaml}"),
         Err(e) => eprintln!("error: cannot print the configuration: {e}"),
     }
 }
 
-/// `config` as YAML, secrets masked.
-fn effective_yaml(config: &Config) -> Result<String, String> {
+/// What a key with an error shows: a value that could not be read was left
+/// at its default, which printed as is would look like what would run.
+const INVALID: &str = "<invalid: see the errors>";
+
+/// `config` as YAML, secrets masked, every key with an error marked.
+fn effective_yaml(config: &Config, errors: &[ConfigError]) -> Result<String, String> {
     let mut tree = serde_json::to_value(config).map_err(|e| e.to_string())?;
     mask_for_printing(&mut tree);
     show_redis_urls(&mut tree, config);
+    for error in errors {
+        if let Some(slot) = lookup_mut(&mut tree, &error.key) {
+            *slot = serde_json::Value::String(INVALID.into());
+        }
+    }
     serde_norway::to_string(&tree).map_err(|e| e.to_string())
+}
+
+/// The value at an error's key path (`a.b[0].c`), if the tree has it. Map
+/// keys may hold dots themselves (an endpoint `my.api`), so a segment that
+/// is not found is retried joined with the next ones.
+fn lookup_mut<'a>(tree: &'a mut serde_json::Value, key: &str) -> Option<&'a mut serde_json::Value> {
+    let mut segments: Vec<&str> = key.split('.').collect();
+    let mut node = tree;
+    while !segments.is_empty() {
+        let taken = (1..=segments.len()).find(|&n| {
+            let joined = segments[..n].join(".");
+            node.get(split_index(&joined).0).is_some()
+        })?;
+        let joined = segments.drain(..taken).collect::<Vec<_>>().join(".");
+        let (name, indices) = split_index(&joined);
+        node = node.get_mut(name)?;
+        for i in indices {
+            node = node.get_mut(i)?;
+        }
+    }
+    Some(node)
+}
+
+/// `targets[0][1]` -> (`targets`, [0, 1]).
+fn split_index(segment: &str) -> (&str, Vec<usize>) {
+    let Some(open) = segment.find('[') else {
+        return (segment, Vec::new());
+    };
+    let indices = segment[open..]
+        .split(['[', ']'])
+        .filter_map(|i| i.parse().ok())
+        .collect();
+    (&segment[..open], indices)
 }
 
 /// Redis URLs are `Secret`s (a password may be in them) and serialize as
@@ -168,7 +210,56 @@ fn mask_for_printing(value: &mut serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::effective_yaml;
-    use crate::config::{Config, EndpointConfig, Secret};
+    use crate::config::{Config, EndpointConfig, Secret, Sources, load_all};
+
+    /// A value that could not be read is left at its default in the loaded
+    /// configuration; printed, it says it is invalid instead of showing
+    /// that default as if it would run.
+    #[test]
+    fn check_config_marks_every_key_with_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("openhqm.yaml");
+        let yaml = "server: {port: abc}\nworker: {count: 0}\n\
+                    proxy: {endpoints: {my.api: {url: 'http://backend', timeout: -3}}}\n";
+        std::fs::write(&file, yaml).expect("write config");
+        let sources = Sources {
+            file: Some(file),
+            ..Sources::default()
+        };
+        let (config, errors) = load_all(&sources);
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.port",
+                "proxy.endpoints.my.api.timeout",
+                "worker.count"
+            ]
+        );
+        let yaml = effective_yaml(&config, &errors).expect("printable");
+        let tree: serde_json::Value = serde_norway::from_str(&yaml).expect("yaml");
+        let invalid = serde_json::json!(super::INVALID);
+        assert_eq!(tree["server"]["port"], invalid, "{yaml}");
+        assert_eq!(tree["worker"]["count"], invalid);
+        assert_eq!(tree["proxy"]["endpoints"]["my.api"]["timeout"], invalid);
+        assert_eq!(
+            tree["proxy"]["endpoints"]["my.api"]["url"],
+            "http://backend"
+        );
+        assert_eq!(
+            tree["server"]["host"], "0.0.0.0",
+            "valid keys are untouched"
+        );
+    }
+
+    #[test]
+    fn error_keys_find_list_items_and_names_with_dots() {
+        let mut tree = serde_json::json!({"a": {"b.c": {"t": [{"w": 1}, {"w": 2}]}}});
+        *super::lookup_mut(&mut tree, "a.b.c.t[1].w").expect("found") = 9.into();
+        assert_eq!(tree["a"]["b.c"]["t"][1]["w"], 9);
+        assert!(super::lookup_mut(&mut tree, "a.x.t").is_none());
+        assert!(super::lookup_mut(&mut tree, "a.b.c.t[5]").is_none());
+    }
 
     #[test]
     fn check_config_prints_no_credential_of_an_endpoint() {
@@ -183,7 +274,7 @@ mod tests {
         config.proxy.endpoints.insert("api".into(), api);
         // Not parseable (a port typo): printed with its credentials masked all the same.
         config.proxy.default_endpoint = Some("http://u:BADPW@h:x/?k=BADKEY".into());
-        let yaml = effective_yaml(&config).expect("printable");
+        let yaml = effective_yaml(&config, &[]).expect("printable");
         for secret in [
             "URLPW",
             "URLKEY",
