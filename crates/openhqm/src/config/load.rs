@@ -101,7 +101,7 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     env.sort_by_key(|(name, _)| name.to_ascii_uppercase());
     for (name, raw) in env {
         let path = match env_key(name, raw, &defaults) {
-            EnvKey::Key(path) => path,
+            EnvKey::Key(path) => spelt_as_in(&tree, path),
             EnvKey::NotOurs => continue,
             EnvKey::Misspelt(hint) => {
                 errors.push(ConfigError::new(
@@ -463,6 +463,25 @@ fn layer_string(
         Ok(value) => set(tree, path, value),
         Err(message) => errors.push(ConfigError::new(key, format!("{message} ({origin})"))),
     }
+}
+
+/// An environment variable's key path is lowercased, but an endpoint the
+/// file names `MyApi` is still the one `OPENHQM_PROXY__ENDPOINTS__MYAPI__*`
+/// means: the name takes the file's spelling when exactly one endpoint
+/// matches it regardless of case.
+fn spelt_as_in(tree: &Value, mut path: Vec<String>) -> Vec<String> {
+    if let [section, map, name, ..] = path.as_mut_slice()
+        && section == "proxy"
+        && map == "endpoints"
+        && let Some(endpoints) = tree.pointer("/proxy/endpoints").and_then(Value::as_object)
+        && !endpoints.contains_key(name.as_str())
+    {
+        let mut same = endpoints.keys().filter(|k| k.eq_ignore_ascii_case(name));
+        if let (Some(spelt), None) = (same.next(), same.next()) {
+            *name = spelt.clone();
+        }
+    }
+    path
 }
 
 /// What `path` holds, to read a string by: the default at that key; inside a

@@ -735,6 +735,28 @@ fn an_endpoint_is_set_key_by_key_from_the_environment() {
     );
 }
 
+/// Environment variable names are upper case and read lowercased; an
+/// endpoint the file spells `OrdersApi` is still the one they set.
+#[test]
+fn the_environment_reaches_an_endpoint_named_in_mixed_case() {
+    let file = yaml(
+        "proxy:\n  enabled: true\n  endpoints:\n    OrdersApi:\n      url: http://127.0.0.1:8080\n",
+    );
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[
+            ("OPENHQM_PROXY__ENDPOINTS__ORDERSAPI__AUTH_TYPE", "bearer"),
+            ("OPENHQM_PROXY__ENDPOINTS__ORDERSAPI__AUTH_TOKEN", "s3cret"),
+        ]),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("valid");
+    assert_eq!(c.proxy.endpoints.len(), 1, "{:?}", c.proxy.endpoints.keys());
+    let api = &c.proxy.endpoints["OrdersApi"];
+    assert_eq!(api.auth_token.expose(), "s3cret");
+    assert_eq!(api.url.as_deref(), Some("http://127.0.0.1:8080"));
+}
+
 #[test]
 fn a_whole_section_can_be_given_as_json_and_merges_with_the_file() {
     let file = yaml("worker:\n  timeout_seconds: 45\n  max_retries: 5\n");
