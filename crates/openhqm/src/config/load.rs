@@ -251,13 +251,23 @@ impl Expansion<'_> {
             Value::String(s) => {
                 let shown = path.join(".");
                 match expand(s, self.env) {
-                    Ok(expanded) if expanded == *s && !s.contains("$${") => true,
                     Ok(expanded) => {
+                        let unchanged = expanded == *s && !s.contains("$${");
                         let hint = hint.or_else(|| hint_for(self.defaults, path));
                         let read = match hint {
-                            Some(Hint::Default(d)) if !d.is_string() && !d.is_null() => {
+                            // An expanded value is read by its key's type, as
+                            // an environment variable is; so is a quoted
+                            // number or boolean (`port: "8000"`, as Helm
+                            // templates write them), which the earlier
+                            // implementation accepted too.
+                            Some(Hint::Default(d))
+                                if !d.is_string()
+                                    && !d.is_null()
+                                    && (!unchanged || d.is_number() || d.is_boolean()) =>
+                            {
                                 typed(&d, &expanded)
                             }
+                            _ if unchanged => return true,
                             _ => Ok(Value::String(expanded)),
                         };
                         match read {

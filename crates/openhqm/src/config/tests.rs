@@ -124,7 +124,7 @@ fn every_error_is_collected_and_names_its_key() {
     let expect = [
         "`server.prot`: unknown key",
         "`bogus`: unknown key",
-        "`server.port`: invalid type",
+        "`server.port`: expected a number, got `eighty`",
         "`queue.type`: `kafka` is not available in this build",
         "`worker.count`: must be at least 1",
         "`worker.retry_delay_max`: must be from worker.retry_delay_base",
@@ -733,6 +733,39 @@ fn an_endpoint_is_set_key_by_key_from_the_environment() {
             .any(|e| e.starts_with("`proxy.endpoints.app.urll`: unknown key")),
         "{errors:#?}"
     );
+}
+
+/// A quoted number or boolean in the file is read by its key's type, as
+/// Helm templates (`port: "{{ .Values.port }}"`) and the earlier
+/// implementation's users write them; a quoted word where a number belongs
+/// is still an error naming the key.
+#[test]
+fn quoted_numbers_and_booleans_in_the_file_are_read_by_type() {
+    let file = yaml(concat!(
+        "server:\n  port: \"9000\"\n",
+        "worker:\n  count: ' 8 '\n  retry_delay_base: \"0.5\"\n",
+        "proxy:\n  enabled: \"true\"\n  default_endpoint: app\n",
+        "  endpoints:\n    app:\n      url: http://127.0.0.1:8080\n      timeout: \"7\"\n",
+        "      retry_on: [\"502\", 503]\n",
+    ));
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("valid");
+    assert_eq!(c.server.port, 9000);
+    assert_eq!(c.worker.count, 8);
+    assert!((c.worker.retry_delay_base - 0.5).abs() < f64::EPSILON);
+    assert!(c.proxy.enabled);
+    assert_eq!(c.proxy.endpoints["app"].timeout, 7);
+    assert_eq!(c.proxy.endpoints["app"].retry_on, [502, 503]);
+
+    let word = yaml("server:\n  port: \"eighty\"\n");
+    let errors = errors_of(&Sources {
+        file: Some(word.path().to_path_buf()),
+        ..Sources::default()
+    });
+    assert_eq!(errors, ["`server.port`: expected a number, got `eighty`"]);
 }
 
 /// Environment variable names are upper case and read lowercased; an
