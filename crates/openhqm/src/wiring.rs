@@ -2,8 +2,8 @@
 //! signal or a failure of the embedded storage: the one place that knows
 //! every concrete type.
 
-#[cfg(feature = "redis")]
 mod http_server;
+#[cfg(feature = "redis")]
 mod redis;
 mod tasks;
 
