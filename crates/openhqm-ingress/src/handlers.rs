@@ -29,15 +29,17 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
     response
 }
 
-/// Reads the body, refusing it as soon as it passes the limit, or when it
-/// has not all arrived within `timeout` (a client trickling its body must
-/// not hold a task and its buffer for ever).
+/// Reads the body, refusing it as soon as it passes the limit, or once the
+/// client has sent nothing for `idle` (a client trickling its body, or
+/// stalled in the middle of it, must not hold a task and its buffer for
+/// ever; a slow but steady upload still gets through).
 pub(crate) async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-    timeout: Duration,
+    idle: Duration,
 ) -> Result<bytes::Bytes, Problem> {
+    use http_body_util::BodyExt as _;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -45,17 +47,29 @@ pub(crate) async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(Problem::too_large(limit));
     }
-    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit));
-    let read = read.await.map_err(|_| Problem::body_timeout(timeout))?;
-    read.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            Problem::too_large(limit)
-        } else {
-            Problem::malformed_json(format!("could not read the body: {e}"))
+    let mut body = http_body_util::Limited::new(body, limit);
+    let mut bytes = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    loop {
+        let frame = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| Problem::body_timeout(idle))?;
+        match frame {
+            None => return Ok(bytes.freeze()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Problem::too_large(limit));
+            }
+            Some(Err(e)) => {
+                return Err(Problem::malformed_json(format!(
+                    "could not read the body: {e}"
+                )));
+            }
         }
-    })
+    }
 }
 
 fn parse_submit(

@@ -38,8 +38,8 @@ pub use sidecar::SidecarConfig;
 pub struct ApiConfig {
     /// Largest submit body, in bytes.
     pub max_body_size: usize,
-    /// How long a client may take to send a request body once its head
-    /// arrived; past it the request is refused with 408.
+    /// How long a client may send nothing in the middle of a request body;
+    /// past it the request is refused with 408.
     pub read_timeout: Duration,
     /// `Retry-After` seconds sent with 503 answers.
     pub retry_after_secs: u32,

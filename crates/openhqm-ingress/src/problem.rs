@@ -113,15 +113,16 @@ impl Problem {
         )
     }
 
-    /// 408: the body did not arrive within `server.read_timeout_seconds`.
-    pub fn body_timeout(timeout: std::time::Duration) -> Self {
+    /// 408: the client sent nothing of its body for
+    /// `server.read_timeout_seconds`.
+    pub fn body_timeout(idle: std::time::Duration) -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
             "request-timeout",
-            "Request body too slow",
+            "Request body stalled",
             format!(
-                "the body did not arrive within server.read_timeout_seconds ({} s)",
-                timeout.as_secs()
+                "no part of the body arrived for server.read_timeout_seconds ({} s)",
+                idle.as_secs()
             ),
         )
     }

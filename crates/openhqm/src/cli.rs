@@ -105,12 +105,13 @@ fn print_effective(config: &Config, errors: &[ConfigError]) {
 /// at its default, which printed as is would look like what would run.
 const INVALID: &str = "<invalid: see the errors>";
 
-/// `config` as YAML, secrets masked, every key with an error marked.
+/// `config` as YAML, secrets masked, every key whose value could not be
+/// read marked.
 fn effective_yaml(config: &Config, errors: &[ConfigError]) -> Result<String, String> {
     let mut tree = serde_json::to_value(config).map_err(|e| e.to_string())?;
     mask_for_printing(&mut tree);
     show_redis_urls(&mut tree, config);
-    for error in errors {
+    for error in errors.iter().filter(|e| e.fell_back) {
         if let Some(slot) = lookup_mut(&mut tree, &error.key) {
             *slot = serde_json::Value::String(INVALID.into());
         }
@@ -119,36 +120,49 @@ fn effective_yaml(config: &Config, errors: &[ConfigError]) -> Result<String, Str
 }
 
 /// The value at an error's key path (`a.b[0].c`), if the tree has it. Map
-/// keys may hold dots themselves (an endpoint `my.api`), so a segment that
-/// is not found is retried joined with the next ones.
+/// keys may hold dots themselves (endpoints `my` and `my.api`), so each way
+/// of reading the dots is tried until one leads to the end of the path.
 fn lookup_mut<'a>(tree: &'a mut serde_json::Value, key: &str) -> Option<&'a mut serde_json::Value> {
-    let mut segments: Vec<&str> = key.split('.').collect();
-    let mut node = tree;
-    while !segments.is_empty() {
-        let taken = (1..=segments.len()).find(|&n| {
-            let joined = segments[..n].join(".");
-            node.get(split_index(&joined).0).is_some()
-        })?;
-        let joined = segments.drain(..taken).collect::<Vec<_>>().join(".");
-        let (name, indices) = split_index(&joined);
-        node = node.get_mut(name)?;
-        for i in indices {
-            node = node.get_mut(i)?;
-        }
-    }
-    Some(node)
+    let segments: Vec<&str> = key.split('.').collect();
+    let pointer = pointer_to(tree, &segments)?;
+    tree.pointer_mut(&pointer)
 }
 
-/// `targets[0][1]` -> (`targets`, [0, 1]).
-fn split_index(segment: &str) -> (&str, Vec<usize>) {
+/// The JSON pointer of `segments` under `node`. A list item that is not
+/// there points at the list: the item fell back with it.
+fn pointer_to(node: &serde_json::Value, segments: &[&str]) -> Option<String> {
+    if segments.is_empty() {
+        return Some(String::new());
+    }
+    (1..=segments.len()).find_map(|n| {
+        let joined = segments[..n].join(".");
+        let (name, indices) = split_index(&joined)?;
+        let mut child = node.get(name)?;
+        let mut pointer = format!("/{}", name.replace('~', "~0").replace('/', "~1"));
+        for i in indices {
+            let Some(item) = child.get(i) else {
+                return Some(pointer);
+            };
+            child = item;
+            pointer.push_str(&format!("/{i}"));
+        }
+        pointer_to(child, &segments[n..]).map(|rest| pointer + &rest)
+    })
+}
+
+/// `targets[0][1]` -> (`targets`, [0, 1]); `None` for a segment that is
+/// not a name followed only by indices.
+fn split_index(segment: &str) -> Option<(&str, Vec<usize>)> {
     let Some(open) = segment.find('[') else {
-        return (segment, Vec::new());
+        return Some((segment, Vec::new()));
     };
     let indices = segment[open..]
-        .split(['[', ']'])
-        .filter_map(|i| i.parse().ok())
-        .collect();
-    (&segment[..open], indices)
+        .strip_prefix('[')?
+        .strip_suffix(']')?
+        .split("][")
+        .map(|i| i.parse().ok())
+        .collect::<Option<_>>()?;
+    Some((&segment[..open], indices))
 }
 
 /// Redis URLs are `Secret`s (a password may be in them) and serialize as
@@ -240,7 +254,10 @@ mod tests {
         let tree: serde_json::Value = serde_norway::from_str(&yaml).expect("yaml");
         let invalid = serde_json::json!(super::INVALID);
         assert_eq!(tree["server"]["port"], invalid, "{yaml}");
-        assert_eq!(tree["worker"]["count"], invalid);
+        assert_eq!(
+            tree["worker"]["count"], 0,
+            "read, then refused: shown as given"
+        );
         assert_eq!(tree["proxy"]["endpoints"]["my.api"]["timeout"], invalid);
         assert_eq!(
             tree["proxy"]["endpoints"]["my.api"]["url"],
@@ -254,11 +271,20 @@ mod tests {
 
     #[test]
     fn error_keys_find_list_items_and_names_with_dots() {
-        let mut tree = serde_json::json!({"a": {"b.c": {"t": [{"w": 1}, {"w": 2}]}}});
+        let mut tree = serde_json::json!({
+            "a": {"b": {"t": 0}, "b.c": {"t": [{"w": 1}, {"w": 2}]}},
+        });
         *super::lookup_mut(&mut tree, "a.b.c.t[1].w").expect("found") = 9.into();
-        assert_eq!(tree["a"]["b.c"]["t"][1]["w"], 9);
+        assert_eq!(
+            tree["a"]["b.c"]["t"][1]["w"], 9,
+            "`b.c`, after `b` led nowhere"
+        );
+        *super::lookup_mut(&mut tree, "a.b.t").expect("found") = 7.into();
+        assert_eq!(tree["a"]["b"]["t"], 7);
         assert!(super::lookup_mut(&mut tree, "a.x.t").is_none());
-        assert!(super::lookup_mut(&mut tree, "a.b.c.t[5]").is_none());
+        assert!(super::lookup_mut(&mut tree, "a.b.c.t[1].nope").is_none());
+        let list = super::lookup_mut(&mut tree, "a.b.c.t[5]").expect("the list");
+        assert!(list.is_array(), "a missing item points at its list");
     }
 
     #[test]

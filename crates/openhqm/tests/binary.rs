@@ -265,10 +265,11 @@ async fn a_half_sent_request_does_not_hold_up_shutdown() {
     drop(slow);
 }
 
-/// A client must send each request head, and then its body, within
-/// `server.read_timeout_seconds`: one that connects and sends nothing, or
-/// trickles its request, is cut off instead of holding a socket for ever,
-/// and a late body is answered 408.
+/// A client must send each request head within
+/// `server.read_timeout_seconds`, and may not pause longer than that in its
+/// body: one that connects and sends nothing, or stalls, is cut off instead
+/// of holding a socket for ever, and a stalled body is answered 408. A slow
+/// but steady body, and a long-poll held past the timeout, are not cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_after_the_read_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -307,16 +308,48 @@ async fn slow_clients_are_cut_off_after_the_read_timeout() {
         answers.push(String::from_utf8_lossy(&answer).into_owned());
     }
     assert_eq!(answers[0], "", "nothing sent, nothing answered");
+    assert_eq!(answers[1], "", "a head cut off is not answered");
     assert!(answers[2].starts_with("HTTP/1.1 408"), "{}", answers[2]);
     assert!(answers[2].contains("request-timeout"), "{}", answers[2]);
-    // The server goes on serving.
-    let id = submit(
-        &http,
-        &server.base,
-        &json!({"payload": {"operation": "echo"}}),
-    )
-    .await;
-    assert!(id.is_some(), "a submit after the slow clients is accepted");
+
+    // A body sent in pieces, each within the timeout, over twice as long.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let body = br#"{"payload": {"operation": "sleep", "ms": 2500}}"#;
+    let head = format!(
+        "POST /api/v1/submit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    for piece in body.chunks(body.len().div_ceil(5)) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tcp.write_all(piece).await.expect("piece");
+    }
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let id = answer
+        .split("\"correlation_id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("correlation id");
+
+    // That request takes 2.5 s; a long-poll on it is held past the timeout.
+    let started = Instant::now();
+    let r = http
+        .get(format!("{}/api/v1/response/{id}", server.base))
+        .header("prefer", "wait=10")
+        .send()
+        .await
+        .expect("long-poll");
+    assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() > Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
     signal(&server.child, "-TERM");
     assert!(wait_exit(&mut server.child, Duration::from_secs(20)).success());
 }

@@ -39,6 +39,9 @@ pub struct ConfigError {
     pub key: String,
     /// What is wrong.
     pub message: String,
+    /// The value given could not be read at all, so the key kept its
+    /// default (as opposed to a value read but refused by validation).
+    pub fell_back: bool,
 }
 
 impl ConfigError {
@@ -46,6 +49,7 @@ impl ConfigError {
         Self {
             key: key.into(),
             message: message.into(),
+            fell_back: false,
         }
     }
 
@@ -134,6 +138,10 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     prune_unknown(&mut tree, &defaults, "", &mut errors);
     report_empty_endpoints(&tree, &mut errors);
     let config = deserialize_sections(&tree, &mut errors);
+    // So far, every value in error was left out: its key has its default.
+    for error in &mut errors {
+        error.fell_back = true;
+    }
     errors.extend(super::validate::validate(&config));
     (config, errors)
 }

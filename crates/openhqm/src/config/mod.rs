@@ -55,8 +55,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Largest request body accepted, in bytes.
     pub max_body_size: usize,
-    /// Seconds a client gets to send a request's head, and again its body;
-    /// a keep-alive connection idle this long is closed.
+    /// Seconds a client gets to send a request's head (a keep-alive
+    /// connection idle this long is closed), and may then pause in the
+    /// middle of its body. Longer than load balancers keep idle connections
+    /// (60 s on AWS), so none reuses one just as it is closed here.
     pub read_timeout_seconds: u64,
     /// `Retry-After` sent with 503 answers, in seconds.
     pub retry_after_seconds: u32,
@@ -78,7 +80,7 @@ impl Default for ServerConfig {
             port: 8000,
             workers: 0,
             max_body_size: 10 * 1024 * 1024,
-            read_timeout_seconds: 30,
+            read_timeout_seconds: 75,
             retry_after_seconds: 1,
             max_wait_seconds: 60,
             max_pending: 100_000,

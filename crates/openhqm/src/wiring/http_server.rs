@@ -13,6 +13,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// How long connections get to finish their requests once shutdown began.
 const CONNECTION_GRACE: Duration = Duration::from_secs(5);
@@ -20,7 +21,8 @@ const CONNECTION_GRACE: Duration = Duration::from_secs(5);
 /// Serves `router` until the stop signal, then lets in-flight requests
 /// finish for up to [`CONNECTION_GRACE`]: waiting callers are answered at
 /// once when the signal comes, so only a client still sending its request
-/// is cut off.
+/// is cut off, and its connection is closed before this returns (the
+/// storage is closed after, and must see no more writes).
 ///
 /// A client gets `read_timeout` to send each request head; an idle
 /// keep-alive connection is closed after it too (the body's deadline is the
@@ -35,9 +37,12 @@ pub(crate) async fn serve_http(
     http.timer(TokioTimer::new())
         .header_read_timeout(read_timeout);
     let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
     loop {
         let tcp = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break,
+            // Reaps finished connections, so the set holds only open ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
                 Err(error) => {
@@ -51,7 +56,7 @@ pub(crate) async fn serve_http(
         let connection =
             http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()));
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             // A client that went away or timed out: nothing to act on.
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
@@ -66,9 +71,11 @@ pub(crate) async fn serve_http(
         .is_err()
     {
         tracing::warn!(
+            open = connections.len(),
             "connections still open {CONNECTION_GRACE:?} after shutdown began are closed (a client sending a request slowly?)"
         );
     }
+    connections.shutdown().await;
     Ok(())
 }
 
