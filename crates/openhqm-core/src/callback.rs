@@ -13,7 +13,9 @@
 //! after the same normalization URLs get (IDNA, IPv4 forms). A host written
 //! `*.example.com` allows every subdomain of `example.com`, at any depth, but
 //! not `example.com` itself (list both for both); `*` anywhere else is an
-//! error, as it would otherwise be a host that never matches.
+//! error, as it would otherwise be a host that never matches, and so is a
+//! wildcard over a single label (`*.com`). A wildcard trusts every name in
+//! the domain: whoever controls its DNS chooses the addresses called.
 
 use std::fmt;
 
@@ -143,12 +145,14 @@ fn parse_entry(entry: &str) -> Result<Allowed, String> {
         Some(domain) => {
             // A domain name, not an address: `*.0.0.1` would otherwise
             // normalize to the IPv4 address 0.0.0.1.
+            // At least two labels: `*.com` or `*.localhost` would trust
+            // names anyone (or anything local) can own.
             let domain = normalize_host(domain)
                 .filter(|d| !d.contains('*') && d.parse::<std::net::IpAddr>().is_err())
-                .filter(|d| !d.is_empty() && !d.starts_with('['))
+                .filter(|d| !d.starts_with('[') && d.trim_end_matches('.').contains('.'))
                 .ok_or_else(|| {
                     format!(
-                        "`{}`: a wildcard is `*.` followed by a domain name",
+                        "`{}`: a wildcard is `*.` followed by a domain of two labels or more, as in `*.example.com`",
                         without_credentials(entry)
                     )
                 })?;
@@ -352,9 +356,12 @@ mod tests {
             "*example.com",
             "*.0.0.1",
             "*.[::1]",
+            "*.com",
+            "*.localhost",
+            "*.com.",
         ])
         .expect_err("bad wildcards");
-        assert_eq!(errors.len(), 6, "{errors:?}");
+        assert_eq!(errors.len(), 9, "{errors:?}");
     }
 
     #[test]
