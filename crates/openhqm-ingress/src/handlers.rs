@@ -92,7 +92,22 @@ fn parse_submit(
             r#"the body must be a JSON object, e.g. {"payload": ...}"#,
         ));
     }
-    let req: SubmitRequest = serde_json::from_slice(bytes).map_err(malformed)?;
+    let req: SubmitRequest = match serde_json::from_slice(bytes) {
+        Ok(req) => req,
+        Err(e) if e.is_syntax() || e.is_eof() => return Err(malformed(e)),
+        // A value of the wrong type: read again, only now, to name its field
+        // (`metadata.timeout: invalid type: ...`).
+        Err(e) => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let detail = match serde_path_to_error::deserialize::<_, SubmitRequest>(&mut de) {
+                Err(at) if at.path().iter().next().is_some() => {
+                    format!("{}: {}", at.path(), at.inner())
+                }
+                _ => e.to_string(),
+            };
+            return Err(Problem::invalid_request(detail));
+        }
+    };
     // Refused now, not found out by a worker after the 202. The value is not
     // quoted: it may be a credential.
     for (name, value) in req.headers.iter().flatten() {

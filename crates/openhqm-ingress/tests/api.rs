@@ -288,7 +288,18 @@ async fn invalid_requests_are_422_problems_naming_the_field() {
             r#"{"payload": 1, "metadata": {"timeout": 0}}"#,
             "metadata.timeout",
         ),
-        (r#"{"payload": 1, "headers": {"x": 1}}"#, "invalid type"),
+        (
+            r#"{"payload": 1, "headers": {"x": 1}}"#,
+            "headers.x: invalid type",
+        ),
+        (
+            r#"{"payload": 1, "metadata": {"timeout": 0.5}}"#,
+            "metadata.timeout: invalid type: floating point `0.5`",
+        ),
+        (
+            r#"{"payload": 1, "metadata": {"priority": "5"}}"#,
+            "metadata.priority: invalid type: string",
+        ),
         (
             r#"{"payload": 1, "headers": {"Bad Name": "v"}}"#,
             "`Bad Name` is not a valid HTTP header name",

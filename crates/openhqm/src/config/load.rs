@@ -473,6 +473,10 @@ fn layer_string(
         errors.push(ConfigError::new(key, format!("unknown key ({origin})")));
         return;
     };
+    // `null` means "not set" here as in the file: the layers below decide.
+    if raw.trim() == "null" {
+        return;
+    }
     let value = match &hint {
         Hint::Default(default) => typed(default, raw),
         Hint::UnsetOption => Ok(loose(raw)),

@@ -735,6 +735,22 @@ fn an_endpoint_is_set_key_by_key_from_the_environment() {
     );
 }
 
+/// `null` from the environment or `--set` is "not set", as in the file: the
+/// layers below decide, not an error.
+#[test]
+fn null_from_the_environment_or_a_flag_leaves_the_key_to_the_layers_below() {
+    let file = yaml("server:\n  port: 9000\nsidecar:\n  port: 8081\n");
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[("OPENHQM_SERVER__PORT", "null")]),
+        overrides: vec!["sidecar.port=null".into(), "worker.count= null ".into()],
+    };
+    let c = load(&sources).expect("valid");
+    assert_eq!(c.server.port, 9000);
+    assert_eq!(c.sidecar.port, Some(8081));
+    assert_eq!(c.worker.count, Config::default().worker.count);
+}
+
 /// A quoted number or boolean in the file is read by its key's type, as
 /// Helm templates (`port: "{{ .Values.port }}"`) and the earlier
 /// implementation's users write them; a quoted word where a number belongs
