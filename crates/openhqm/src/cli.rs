@@ -109,6 +109,12 @@ const INVALID: &str = "<invalid: see the errors>";
 /// read marked.
 fn effective_yaml(config: &Config, errors: &[ConfigError]) -> Result<String, String> {
     let mut tree = serde_json::to_value(config).map_err(|e| e.to_string())?;
+    // Unset, it is the cache's: the value in effect is shown.
+    if let Some(ttl) = tree.pointer_mut("/idempotency/ttl_seconds")
+        && ttl.is_null()
+    {
+        *ttl = config.cache.ttl_seconds.into();
+    }
     mask_for_printing(&mut tree);
     show_redis_urls(&mut tree, config);
     for error in errors.iter().filter(|e| e.fell_back) {
@@ -266,6 +272,10 @@ mod tests {
         assert_eq!(
             tree["server"]["host"], "0.0.0.0",
             "valid keys are untouched"
+        );
+        assert_eq!(
+            tree["idempotency"]["ttl_seconds"], tree["cache"]["ttl_seconds"],
+            "unset, the value in effect"
         );
     }
 
