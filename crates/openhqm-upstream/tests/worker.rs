@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "../../openhqm-worker/tests/rig/mod.rs"]
+mod rig;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,109 +12,10 @@ use std::time::Duration;
 
 use axum::Router;
 use common::*;
-use openhqm_core::{Backoff, CorrelationId, Envelope, RequestRecord, RequestStatus};
-use openhqm_embedded::{EmbeddedDb, Options};
-use openhqm_metrics::Metrics;
-use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
-use openhqm_queue::{OutgoingMessage, QueueBackend};
-use openhqm_store::ResultStore;
-use openhqm_store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
+use openhqm_core::{Backoff, RequestStatus};
 use openhqm_upstream::{CircuitBreakerConfig, EndpointConfig};
-use openhqm_worker::{Processor, WorkerConfig, WorkerPool};
-use tokio::sync::watch;
-
-struct Rig {
-    _dir: tempfile::TempDir,
-    db: EmbeddedDb,
-    queue: Arc<dyn QueueBackend>,
-    store: Arc<dyn ResultStore>,
-    stop: watch::Sender<bool>,
-    pool: tokio::task::JoinHandle<usize>,
-}
-
-async fn rig(processor: Arc<dyn Processor>, backoff: Backoff) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let db = EmbeddedDb::open(dir.path(), &Options::default()).unwrap();
-    let lease = Duration::from_secs(5);
-    let qc = EmbeddedQueueConfig {
-        name: "requests".into(),
-        dead_letter_name: "requests-dlq".into(),
-        lease,
-        max_payload: 1 << 20,
-    };
-    let queue: Arc<dyn QueueBackend> = Arc::new(EmbeddedQueue::open(db.clone(), qc).unwrap());
-    let sc = EmbeddedStoreConfig {
-        ttl: Duration::from_secs(600),
-        sweep_interval: Duration::from_secs(60),
-    };
-    let store: Arc<dyn ResultStore> = Arc::new(EmbeddedStore::open(db.clone(), &sc).unwrap());
-    let config = WorkerConfig {
-        count: 2,
-        batch_size: 4,
-        timeout: Duration::from_secs(10),
-        backoff,
-        lease,
-        drain: Duration::from_secs(5),
-        unavailable_backoff: Duration::from_millis(50),
-    };
-    let metrics = Metrics::new();
-    let pool = WorkerPool::new(
-        Arc::clone(&queue),
-        Arc::clone(&store),
-        processor,
-        config,
-        (metrics.worker(), metrics.queue("requests")),
-    );
-    let (stop, stopped) = watch::channel(false);
-    let pool = tokio::spawn(pool.run(stopped));
-    Rig {
-        _dir: dir,
-        db,
-        queue,
-        store,
-        stop,
-        pool,
-    }
-}
-
-impl Rig {
-    async fn submit(&self, env: &Envelope) -> CorrelationId {
-        let id = env.correlation_id;
-        let now = openhqm_core::time::now_ms();
-        self.store
-            .create(RequestRecord::pending(id, now))
-            .await
-            .unwrap();
-        let body = env.to_json().unwrap();
-        self.queue
-            .publish(OutgoingMessage::new(body))
-            .await
-            .unwrap();
-        id
-    }
-
-    async fn wait_terminal(&self, id: CorrelationId, within: Duration) -> RequestRecord {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(rec) = self.store.get(id).await.unwrap()
-                && rec.status.is_terminal()
-            {
-                return rec;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} never finished"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        self.pool.await.unwrap();
-        self.db.close().await;
-    }
-}
+use openhqm_worker::WorkerConfig;
+use rig::rig;
 
 /// A backend answering 500 to its first `failures` requests, then 200.
 async fn recovering(failures: u32) -> (String, Arc<AtomicU32>) {
@@ -151,9 +54,18 @@ async fn an_open_breaker_holds_the_request_without_using_up_its_retries() {
         max: Duration::from_millis(200),
         max_retries: 2,
     };
-    let rig = rig(processor, backoff).await;
-    let id = rig.submit(&envelope("{}", &[])).await;
-    let rec = rig.wait_terminal(id, Duration::from_secs(10)).await;
+    let config = WorkerConfig {
+        count: 2,
+        batch_size: 4,
+        timeout: Duration::from_secs(10),
+        backoff,
+        lease: Duration::from_secs(5),
+        drain: Duration::from_secs(5),
+        unavailable_backoff: Duration::from_millis(50),
+    };
+    let rig = rig(processor, config).await;
+    let id = rig.submit_envelope(&envelope("{}", &[])).await;
+    let rec = rig.wait_terminal(id).await;
     let outcome = rec.outcome.clone().unwrap();
     assert_eq!(rec.status, RequestStatus::Completed, "{:?}", outcome.error);
     assert_eq!(outcome.status_code, Some(200));

@@ -1,5 +1,9 @@
 //! The worker pool against the real embedded queue and store.
 
+mod rig;
+
+use rig::{Rig, rig};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,24 +13,10 @@ use openhqm_core::{
     Backoff, CorrelationId, Envelope, Failure, FailureKind, LastResponse, RequestRecord,
     RequestStatus, SubmitRequest,
 };
-use openhqm_embedded::{EmbeddedDb, Options};
-use openhqm_metrics::Metrics;
-use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
-use openhqm_queue::{OutgoingMessage, QueueBackend};
+use openhqm_queue::OutgoingMessage;
 use openhqm_store::ResultStore;
-use openhqm_store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
-use openhqm_worker::{DemoProcessor, Output, Processor, Request, WorkerConfig, WorkerPool};
+use openhqm_worker::{DemoProcessor, Output, Processor, Request, WorkerConfig};
 use serde_json::{Value, json};
-use tokio::sync::watch;
-
-struct Rig {
-    _dir: tempfile::TempDir,
-    db: EmbeddedDb,
-    queue: Arc<dyn QueueBackend>,
-    store: Arc<dyn ResultStore>,
-    stop: watch::Sender<bool>,
-    pool: tokio::task::JoinHandle<usize>,
-}
 
 fn config(count: usize, max_retries: u32) -> WorkerConfig {
     WorkerConfig {
@@ -44,98 +34,12 @@ fn config(count: usize, max_retries: u32) -> WorkerConfig {
     }
 }
 
-async fn rig(processor: Arc<dyn Processor>, config: WorkerConfig) -> Rig {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = EmbeddedDb::open(dir.path(), &Options::default()).expect("db");
-    let qc = EmbeddedQueueConfig {
-        name: "requests".into(),
-        dead_letter_name: "requests-dlq".into(),
-        lease: config.lease,
-        max_payload: 1 << 20,
-    };
-    let queue: Arc<dyn QueueBackend> =
-        Arc::new(EmbeddedQueue::open(db.clone(), qc).expect("queue"));
-    let sc = EmbeddedStoreConfig {
-        ttl: Duration::from_secs(600),
-        sweep_interval: Duration::from_secs(60),
-    };
-    let store: Arc<dyn ResultStore> =
-        Arc::new(EmbeddedStore::open(db.clone(), &sc).expect("store"));
-    let metrics = Metrics::new();
-    let pool = WorkerPool::new(
-        Arc::clone(&queue),
-        Arc::clone(&store),
-        processor,
-        config,
-        (metrics.worker(), metrics.queue("requests")),
-    );
-    let (stop, stopped) = watch::channel(false);
-    let pool = tokio::spawn(pool.run(stopped));
-    Rig {
-        _dir: dir,
-        db,
-        queue,
-        store,
-        stop,
-        pool,
-    }
-}
-
 impl Rig {
+    /// Submits `body` as the API would take it.
     async fn submit(&self, body: Value) -> CorrelationId {
-        let id = CorrelationId::new();
         let req: SubmitRequest = serde_json::from_value(body).expect("submit body");
-        let env = Envelope::from_submit(id, req, "now");
-        self.store
-            .create(RequestRecord::pending(id, openhqm_core::time::now_ms()))
+        self.submit_envelope(&Envelope::from_submit(CorrelationId::new(), req, "now"))
             .await
-            .expect("create");
-        self.queue
-            .publish(OutgoingMessage::new(env.to_json().expect("json")))
-            .await
-            .expect("publish");
-        id
-    }
-
-    async fn wait_terminal(&self, id: CorrelationId) -> RequestRecord {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(rec) = self.store.get(id).await.expect("get")
-                && rec.status.is_terminal()
-            {
-                return rec;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} never finished"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// The dead letters, once there are `n`: a request is FAILED in the
-    /// store a moment before its message reaches the dead-letter queue.
-    async fn dead_letters(&self, n: usize) -> Vec<openhqm_queue::DeadLetter> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let dead = self.queue.dead_letters(n + 1).await.expect("dlq");
-            if dead.len() >= n {
-                return dead;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} dead letters, not {n}",
-                dead.len()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn stop(self) -> usize {
-        self.stop.send(true).expect("stop");
-        let abandoned = self.pool.await.expect("pool");
-        self.db.close().await;
-        abandoned
     }
 }
 
@@ -436,7 +340,7 @@ async fn pool_runs_count_messages_concurrently_and_never_more() {
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_work_within_the_drain() {
-    let rig = rig(Arc::new(DemoProcessor), config(4, 3)).await;
+    let mut rig = rig(Arc::new(DemoProcessor), config(4, 3)).await;
     let id = rig
         .submit(json!({"payload": {"operation": "sleep", "ms": 300}}))
         .await;
@@ -446,10 +350,8 @@ async fn shutdown_finishes_in_flight_work_within_the_drain() {
         assert!(tokio::time::Instant::now() < deadline, "never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let store = Arc::clone(&rig.store);
-    rig.stop.send(true).expect("stop");
-    assert_eq!(rig.pool.await.expect("pool"), 0, "nothing abandoned");
-    let rec = store.get(id).await.expect("get").expect("record");
+    assert_eq!(rig.stop_workers().await, 0, "nothing abandoned");
+    let rec = rig.store.get(id).await.expect("get").expect("record");
     assert_eq!(
         rec.status,
         RequestStatus::Completed,
@@ -462,7 +364,7 @@ async fn shutdown_finishes_in_flight_work_within_the_drain() {
 async fn work_past_the_drain_is_left_for_redelivery_not_failed() {
     let mut cfg = config(4, 3);
     cfg.drain = Duration::from_millis(100);
-    let rig = rig(Arc::new(DemoProcessor), cfg).await;
+    let mut rig = rig(Arc::new(DemoProcessor), cfg).await;
     let id = rig
         .submit(json!({"payload": {"operation": "sleep", "ms": 10000}}))
         .await;
@@ -472,9 +374,8 @@ async fn work_past_the_drain_is_left_for_redelivery_not_failed() {
         assert!(tokio::time::Instant::now() < deadline, "never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (queue, store) = (Arc::clone(&rig.queue), Arc::clone(&rig.store));
-    rig.stop.send(true).expect("stop");
-    let abandoned = rig.pool.await.expect("pool");
+    let abandoned = rig.stop_workers().await;
+    let (queue, store) = (&rig.queue, &rig.store);
     assert_eq!(abandoned, 1);
     assert_eq!(
         queue.depth().await.expect("depth"),
