@@ -50,6 +50,16 @@ struct Flaky {
     calls: AtomicU32,
 }
 
+impl Flaky {
+    fn new(fail_times: u32, kind: FailureKind) -> Arc<Self> {
+        Arc::new(Self {
+            fail_times,
+            kind,
+            calls: AtomicU32::new(0),
+        })
+    }
+}
+
 #[async_trait]
 impl Processor for Flaky {
     async fn process(&self, request: &Request<'_>) -> Result<Output, Failure> {
@@ -88,11 +98,7 @@ async fn demo_request_completes_with_its_result() {
 
 #[tokio::test]
 async fn transient_failures_are_retried_until_success() {
-    let flaky = Arc::new(Flaky {
-        fail_times: 2,
-        kind: FailureKind::Transient,
-        calls: AtomicU32::new(0),
-    });
+    let flaky = Flaky::new(2, FailureKind::Transient);
     let rig = rig(Arc::clone(&flaky) as Arc<dyn Processor>, config(4, 3)).await;
     let id = rig.submit(json!({"payload": 1})).await;
     let rec = rig.wait_terminal(id).await;
@@ -108,11 +114,7 @@ async fn transient_failures_are_retried_until_success() {
 
 #[tokio::test]
 async fn exhausted_retries_fail_the_request_and_dead_letter_it() {
-    let flaky = Arc::new(Flaky {
-        fail_times: u32::MAX,
-        kind: FailureKind::Transient,
-        calls: AtomicU32::new(0),
-    });
+    let flaky = Flaky::new(u32::MAX, FailureKind::Transient);
     let rig = rig(Arc::clone(&flaky) as Arc<dyn Processor>, config(4, 2)).await;
     let id = rig.submit(json!({"payload": 1})).await;
     let rec = rig.wait_terminal(id).await;
@@ -275,11 +277,7 @@ async fn an_undecodable_message_that_names_its_request_fails_it_with_the_reason(
 
 #[tokio::test]
 async fn duplicate_delivery_of_a_finished_request_is_not_processed_again() {
-    let flaky = Arc::new(Flaky {
-        fail_times: 0,
-        kind: FailureKind::Transient,
-        calls: AtomicU32::new(0),
-    });
+    let flaky = Flaky::new(0, FailureKind::Transient);
     let rig = rig(Arc::clone(&flaky) as Arc<dyn Processor>, config(4, 3)).await;
     let id = rig.submit(json!({"payload": 1})).await;
     rig.wait_terminal(id).await;
@@ -488,11 +486,7 @@ async fn an_outcome_refused_by_an_unfinished_request_is_retried_not_acked() {
 
 #[tokio::test]
 async fn a_message_delivered_past_its_attempts_is_dead_lettered_not_run_again() {
-    let flaky = Arc::new(Flaky {
-        fail_times: 0,
-        kind: FailureKind::Transient,
-        calls: AtomicU32::new(0),
-    });
+    let flaky = Flaky::new(0, FailureKind::Transient);
     let rig = rig(Arc::clone(&flaky) as Arc<dyn Processor>, config(4, 2)).await;
     // Delivered as attempt 4 with max_retries 2: what a queue hands out once
     // three attempts died with their worker (Redis counts every delivery; the
@@ -610,11 +604,7 @@ async fn an_attempt_that_could_not_start_is_put_back_not_counted() {
 async fn a_redrive_counts_attempts_from_zero_whatever_retry_count_said() {
     // Fails the first attempt after the redrive, then succeeds: the retry
     // in between must count from the redrive too.
-    let flaky = Arc::new(Flaky {
-        fail_times: 1,
-        kind: FailureKind::Transient,
-        calls: AtomicU32::new(0),
-    });
+    let flaky = Flaky::new(1, FailureKind::Transient);
     let rig = rig(Arc::clone(&flaky) as Arc<dyn Processor>, config(4, 1)).await;
     // Five attempts made before it was queued, two allowed: dead-lettered unrun.
     let id = rig
