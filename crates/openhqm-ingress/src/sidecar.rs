@@ -49,6 +49,9 @@ pub struct SidecarConfig {
     /// Client headers passed on (lower-case names); `None` passes all but
     /// hop-by-hop ones.
     pub forward_headers: Option<Vec<String>>,
+    /// Queue the caller's `Host`, for the replay to send instead of the
+    /// endpoint URL's.
+    pub preserve_host: bool,
 }
 
 /// Request headers that never travel with the message besides the
@@ -73,6 +76,12 @@ pub(crate) async fn passthrough(
     // is nothing to replay.
     if method == Method::CONNECT {
         return Err(crate::problem::method_not_allowed(method, uri).await);
+    }
+    // `OPTIONS *` asks about this server, not about a resource of the app.
+    if uri.path() == "*" {
+        return Err(Problem::invalid_path(
+            "the asterisk-form target (`OPTIONS *`) names no resource of the app to replay; nothing was queued",
+        ));
     }
     let path = replay_path(uri.path(), sidecar.path_prefix.as_deref());
     // Climbing above the root climbs out of any base path the endpoint has:
@@ -171,10 +180,7 @@ impl Call<'_> {
             v: ENVELOPE_VERSION,
             correlation_id: id,
             payload: RawValue::NULL.to_owned(),
-            headers: Some(queued_headers(
-                self.headers,
-                sidecar.forward_headers.as_deref(),
-            )),
+            headers: Some(queued_headers(self.headers, sidecar)),
             timestamp: Some(Value::String(rfc3339_ms(now))),
             metadata: Metadata {
                 endpoint: sidecar.endpoint.clone(),
@@ -266,9 +272,17 @@ fn replay_path<'a>(path: &'a str, prefix: Option<&str>) -> &'a str {
 }
 
 /// The caller's headers that travel with the message, one entry per name
-/// (repeated ones joined as RFC 9110 §5.3 allows; cookies with `; `).
-fn queued_headers(headers: &HeaderMap, forward: Option<&[String]>) -> BTreeMap<String, String> {
+/// (repeated ones joined as RFC 9110 §5.3 allows; cookies with `; `), and
+/// its `Host` if the sidecar preserves it (whatever the forward list says:
+/// the replay's `Host` is the sidecar's setting, not a forwarded header).
+fn queued_headers(headers: &HeaderMap, sidecar: &SidecarConfig) -> BTreeMap<String, String> {
+    let forward = sidecar.forward_headers.as_deref();
     let mut out: BTreeMap<String, String> = BTreeMap::new();
+    if sidecar.preserve_host
+        && let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok())
+    {
+        out.insert(header::HOST.as_str().to_owned(), host.to_owned());
+    }
     let connection_named = named_by_connection(
         headers
             .get_all(header::CONNECTION)
@@ -337,13 +351,25 @@ mod tests {
         h.append("cookie", HeaderValue::from_static("b=2"));
         h.append("accept", HeaderValue::from_static("text/html"));
         h.append("accept", HeaderValue::from_static("application/json"));
-        let q = queued_headers(&h, None);
+        let sidecar = |forward: Option<&[&str]>, preserve_host| SidecarConfig {
+            endpoint: None,
+            wait: Duration::ZERO,
+            path_prefix: None,
+            forward_headers: forward.map(|f| f.iter().map(|h| (*h).to_owned()).collect()),
+            preserve_host,
+        };
+        let q = queued_headers(&h, &sidecar(None, false));
         let names: Vec<&str> = q.keys().map(String::as_str).collect();
         assert_eq!(names, ["accept", "authorization", "cookie"]);
         assert_eq!(q["cookie"], "a=1; b=2");
         assert_eq!(q["accept"], "text/html, application/json");
-        let only = queued_headers(&h, Some(&["accept".to_owned()]));
+        let only = queued_headers(&h, &sidecar(Some(&["accept"]), false));
         assert_eq!(only.keys().collect::<Vec<_>>(), ["accept"]);
+        // The caller's Host goes with the message when it is to be
+        // preserved, whatever the forward list.
+        let with_host = queued_headers(&h, &sidecar(Some(&["accept"]), true));
+        assert_eq!(with_host.keys().collect::<Vec<_>>(), ["accept", "host"]);
+        assert_eq!(with_host["host"], "app:8080");
     }
 
     #[test]

@@ -17,8 +17,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use hyper::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
-    RETRY_AFTER,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName,
+    HeaderValue, RETRY_AFTER,
 };
 use hyper::{Method, Request, Uri};
 use openhqm_core::hop_by_hop::named_by_connection;
@@ -250,6 +250,13 @@ impl Endpoint {
             headers.insert(AUTHORIZATION, basic);
         }
         if env.passthrough {
+            // The caller's `Host`, if the sidecar kept it (`preserve_host`);
+            // otherwise the client sets the target's.
+            if let Some(host) = env.headers.as_ref().and_then(|h| h.get(HOST.as_str())) {
+                let value = HeaderValue::from_str(host)
+                    .map_err(|_| UpstreamError::InvalidHeader(HOST.as_str().to_owned()))?;
+                headers.insert(HOST, value);
+            }
             // Exactly what the caller sent: no body means none, and its own
             // content type (or none) stands.
             let body = outgoing_body(env, None)?;

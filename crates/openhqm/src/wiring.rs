@@ -469,6 +469,7 @@ fn api_config(config: &Config) -> anyhow::Result<ApiConfig> {
                     .map(|h| h.trim().to_ascii_lowercase())
                     .collect()
             }),
+            preserve_host: sidecar.preserve_host,
         }),
     })
 }

@@ -152,6 +152,7 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
         .header("content-type", "application/xml")
         .header("authorization", "Bearer caller")
         .header("x-request-tag", "t1")
+        .header("host", "orders.example.com")
         .header(
             "x-user",
             reqwest::header::HeaderValue::from_bytes("José".as_bytes()).expect("obs-text"),
@@ -213,6 +214,11 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
     );
     assert!(h("x-correlation-id").is_some());
     assert!(h("traceparent").is_some());
+    assert_eq!(
+        h("host"),
+        Some("orders.example.com"),
+        "the Host the caller sent, not the app's own address"
+    );
 
     // A bodiless GET stays bodiless.
     let r = http
@@ -269,16 +275,25 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
             "worker.retry_delay_base=0.05",
             "worker.retry_delay_max=0.1",
             "worker.timeout_seconds=1",
+            "sidecar.preserve_host=false",
         ],
     )
     .await;
     let r = http
         .post(format!("{side}/unavailable"))
+        .header("host", "orders.example.com")
         .send()
         .await
         .expect("call");
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.text().await.expect("text"), "down for maintenance");
+    let seen = backend.seen.lock().expect("lock").clone();
+    let last = seen.last().expect("forwarded");
+    assert_eq!(
+        last.headers.get("host").and_then(|v| v.to_str().ok()),
+        url.strip_prefix("http://"),
+        "without preserve_host the app gets its own address as Host"
+    );
 
     // No answer at all (every attempt timed out): a problem, still with the
     // correlation id and the preferences applied.
@@ -313,6 +328,16 @@ async fn connect_and_wrong_methods_on_the_status_resources_are_405_problems() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
     assert!(answer.contains("application/problem+json"), "{answer}");
+
+    // `OPTIONS *` names no resource of the app: a 400 that says so.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!("OPTIONS * HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("asterisk-form"), "{answer}");
 
     let r = http_client()
         .post(format!(

@@ -107,6 +107,10 @@ pub struct SidecarSection {
     pub wait_seconds: u64,
     /// Client headers passed on; `"*"` = all but hop-by-hop ones.
     pub forward_headers: Vec<String>,
+    /// Whether the app gets the caller's `Host` (as behind an Envoy
+    /// sidecar) rather than the endpoint URL's (as behind a bare nginx
+    /// `proxy_pass`).
+    pub preserve_host: bool,
 }
 
 impl Default for SidecarSection {
@@ -118,6 +122,7 @@ impl Default for SidecarSection {
             endpoint: None,
             wait_seconds: 30,
             forward_headers: vec!["*".into()],
+            preserve_host: true,
         }
     }
 }
