@@ -35,17 +35,23 @@ pub use status::RequestStatus;
 pub fn number_or_text<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de> + std::str::FromStr,
+    T: serde::de::DeserializeOwned + std::str::FromStr,
 {
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
     enum Given<T> {
         Number(T),
         Text(String),
+        // Anything else (`-1` for an unsigned key, `true`): read again as
+        // `T` below for serde's own words, not "did not match any variant".
+        Other(serde_json::Value),
     }
     match <Option<Given<T>> as serde::Deserialize>::deserialize(d)? {
         None => Ok(None),
         Some(Given::Number(n)) => Ok(Some(n)),
+        Some(Given::Other(v)) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
         Some(Given::Text(t)) => t
             .trim()
             .parse()

@@ -58,7 +58,7 @@ pub fn build(cfg: &EndpointConfig) -> Result<HttpClient, String> {
         Arc::new(AnyCertificate(provider.signature_verification_algorithms))
     } else {
         let extra = match &cfg.tls.ca_file {
-            Some(path) => ca_bundle(path)?,
+            Some(path) => ca_bundle(path).map_err(|e| format!("tls.ca_file {e}"))?,
             None => Vec::new(),
         };
         let verifier =
@@ -88,14 +88,15 @@ pub fn build(cfg: &EndpointConfig) -> Result<HttpClient, String> {
         .build(connector))
 }
 
-/// The certificates of a PEM bundle (`tls.ca_file`).
-fn ca_bundle(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("tls.ca_file `{path}`: {e}"))?;
+/// The certificates of a PEM bundle (`tls.ca_file`); read by validation
+/// too, so `check-config` refuses a bundle the forwarder could not load.
+pub(crate) fn ca_bundle(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("`{path}`: {e}"))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("tls.ca_file `{path}`: {e}"))?;
+        .map_err(|e| format!("`{path}`: {e}"))?;
     if certs.is_empty() {
-        return Err(format!("tls.ca_file `{path}` holds no certificate"));
+        return Err(format!("`{path}` holds no certificate"));
     }
     Ok(certs)
 }

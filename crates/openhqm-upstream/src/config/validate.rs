@@ -177,8 +177,14 @@ impl EndpointConfig {
         {
             add("path_rewrite", e);
         }
-        if self.tls.ca_file.as_deref() == Some("") {
-            add("tls.ca_file", "must name a PEM file".into());
+        match self.tls.ca_file.as_deref() {
+            Some("") => add("tls.ca_file", "must name a PEM file".into()),
+            Some(path) => {
+                if let Err(e) = crate::client::ca_bundle(path) {
+                    add("tls.ca_file", e);
+                }
+            }
+            None => {}
         }
         out
     }
@@ -392,6 +398,24 @@ mod tests {
         e.auth_token = openhqm_core::Secret::from("tok-from-file");
         let problems = format!("{:?}", e.validate("api"));
         assert!(!problems.contains("auth_token"), "{problems}");
+    }
+
+    #[test]
+    fn a_ca_bundle_the_forwarder_could_not_load_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let not_pem = dir.path().join("config.yaml");
+        std::fs::write(&not_pem, "proxy: {}\n").expect("write");
+        let missing = dir.path().join("missing.pem");
+        for (path, says) in [
+            (&missing, "No such file"),
+            (&not_pem, "holds no certificate"),
+        ] {
+            let mut e = EndpointConfig::with_url("https://b/");
+            e.tls.ca_file = Some(path.display().to_string());
+            let problems = format!("{:?}", e.validate("api"));
+            assert!(problems.contains("tls.ca_file"), "{problems}");
+            assert!(problems.contains(says), "{problems}");
+        }
     }
 
     #[test]

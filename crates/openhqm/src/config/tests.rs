@@ -191,6 +191,26 @@ fn unknown_keys_inside_endpoints_are_named() {
 }
 
 #[test]
+fn a_negative_count_is_refused_in_serdes_words() {
+    let file = yaml(
+        "server:\n  port: 70000\nproxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1\n      max_retries: -1\n",
+    );
+    let errors = errors_of(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    });
+    for expected in [
+        "`proxy.endpoints.api.max_retries`: invalid value: integer `-1`, expected u32",
+        "`server.port`: invalid value: integer `70000`, expected u16",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{errors:#?}"
+        );
+    }
+}
+
+#[test]
 fn every_contract_key_parses() {
     let file = yaml(
         r#"
