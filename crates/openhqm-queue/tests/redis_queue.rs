@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use openhqm_queue::backends::redis::{RedisQueue, RedisQueueConfig};
-use openhqm_queue::{ConsumeConfig, Delivery, OutgoingMessage, QueueBackend, QueueError, consume};
+use openhqm_queue::{
+    ConsumeConfig, Delivery, Nack, OutgoingMessage, QueueBackend, QueueError, consume,
+};
 use openhqm_redis_testkit::RedisServer;
 
 const LEASE: Duration = Duration::from_millis(500);
@@ -287,6 +289,54 @@ async fn redis_down_answers_unavailable_quickly() {
     assert!(published.err().is_some_and(|e| e.is_retryable()));
 }
 
+/// Whether some client is blocked in a read, as Redis reports it.
+async fn a_read_blocks(server: &RedisServer) -> bool {
+    let info: String =
+        redis::from_redis_value(raw(server, redis::cmd("INFO").arg("clients")).await)
+            .expect("info");
+    !info.contains("blocked_clients:0")
+}
+
+#[tokio::test]
+async fn a_short_retry_delay_is_kept_while_the_reader_blocks() {
+    let server = RedisServer::start();
+    // A long lease: each blocking read lasts the longest slice, 1 s.
+    let config = RedisQueueConfig {
+        lease: Duration::from_secs(30),
+        ..config(&server, "a")
+    };
+    let q = Arc::new(RedisQueue::open(config).await.expect("open"));
+    q.publish(OutgoingMessage::new("again"))
+        .await
+        .expect("publish");
+    let d = take_one(&q, Duration::from_secs(3), "the first delivery").await;
+    // The loop reads again while the handler still runs, as a worker
+    // pool's does; the handler then schedules a retry due before that read
+    // would end.
+    let reader = tokio::spawn({
+        let q = Arc::clone(&q);
+        async move { take_one(&q, Duration::from_secs(5), "the retry").await }
+    });
+    eventually(Duration::from_secs(5), "a blocked read", || {
+        a_read_blocks(&server)
+    })
+    .await;
+    let scheduled = Instant::now();
+    d.nack(Nack::Retry {
+        delay: Duration::from_millis(100),
+    })
+    .await
+    .expect("retry");
+    let again = reader.await.expect("reader");
+    let waited = scheduled.elapsed();
+    assert_eq!(again.message().attempt, 2);
+    assert!(waited >= Duration::from_millis(100), "{waited:?}");
+    assert!(
+        waited < Duration::from_millis(700),
+        "a 100 ms retry came back after {waited:?}: it waited for the read to end"
+    );
+}
+
 #[tokio::test]
 async fn a_shutdown_during_a_blocking_read_gives_back_what_the_read_took() {
     let server = RedisServer::start();
@@ -319,11 +369,8 @@ async fn a_shutdown_during_a_blocking_read_gives_back_what_the_read_took() {
         }
     });
     // Wait until the consumer is blocked in XREADGROUP, as Redis reports it.
-    eventually(Duration::from_secs(5), "a blocked read", || async {
-        let info: String =
-            redis::from_redis_value(raw(&server, redis::cmd("INFO").arg("clients")).await)
-                .expect("info");
-        !info.contains("blocked_clients:0")
+    eventually(Duration::from_secs(5), "a blocked read", || {
+        a_read_blocks(&server)
     })
     .await;
     stop.send(true).expect("stop");

@@ -257,9 +257,13 @@ async fn listen(
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut ready = Some(ready);
+    // Doubles while Redis stays away; the first failure of an outage is a
+    // warning, the rest are debug lines (the health probes report the outage).
+    let mut backoff = RESUBSCRIBE_MIN;
     loop {
         match subscribe(&client, &channel).await {
             Ok(pubsub) => {
+                backoff = RESUBSCRIBE_MIN;
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(());
                 }
@@ -293,12 +297,20 @@ async fn listen(
                 }
                 tracing::warn!(%channel, "result-store subscription lost; resubscribing");
             }
-            Err(e) => tracing::warn!(%channel, error = %e, "cannot subscribe to the result store"),
+            Err(e) if backoff == RESUBSCRIBE_MIN => {
+                tracing::warn!(%channel, error = %e, "cannot subscribe to the result store; retrying with backoff");
+            }
+            Err(e) => tracing::debug!(%channel, error = %e, "cannot subscribe to the result store"),
         }
         // Back off before reconnecting so a down Redis is not hammered.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RESUBSCRIBE_MAX);
     }
 }
+
+/// The first and the longest wait before subscribing again.
+const RESUBSCRIBE_MIN: Duration = Duration::from_millis(250);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(2);
 
 async fn subscribe(
     client: &redis::Client,

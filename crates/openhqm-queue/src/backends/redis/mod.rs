@@ -56,7 +56,7 @@ mod scripts;
 mod settle;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -130,6 +130,12 @@ pub(crate) struct Shared {
     conn: ConnectionManager,
     /// Blocking reads only, one at a time.
     blocking: tokio::sync::Mutex<ConnectionManager>,
+    /// The blocking connection's `CLIENT ID` (0: not known), and until when
+    /// (Unix ms) its current read blocks (0: not blocking). A retry due
+    /// sooner unblocks it ([`Shared::wake_reader_for`]), so a short delay
+    /// is not stretched to the end of a read that began before it.
+    reader_id: AtomicI64,
+    blocked_until_ms: AtomicU64,
     scripts: Scripts,
     delayed: String,
     /// Where the next `XAUTOCLAIM` scan of the pending list starts.
@@ -141,6 +147,28 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Ends this process's blocking read early (as if it timed out: nothing
+    /// it would have taken is lost) when something it should act on is due
+    /// at `due_ms`, before the read would end. Best effort: a read that is
+    /// not yet blocking on the server, or a stale id, leaves the read to end
+    /// on its own, at most a poll slice later.
+    async fn wake_reader_for(&self, due_ms: u64) {
+        let until = self.blocked_until_ms.load(Ordering::Acquire);
+        let id = self.reader_id.load(Ordering::Acquire);
+        if until == 0 || id == 0 || due_ms >= until {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let unblocked: Result<i64, _> = redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(id)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = unblocked {
+            tracing::debug!(error = %e, "could not end the blocking read early");
+        }
+    }
+
     fn lock_cursor(&self) -> std::sync::MutexGuard<'_, String> {
         self.claim_cursor
             .lock()
@@ -189,6 +217,8 @@ impl RedisQueue {
             shared: Arc::new(Shared {
                 conn,
                 blocking: tokio::sync::Mutex::new(blocking),
+                reader_id: AtomicI64::new(0),
+                blocked_until_ms: AtomicU64::new(0),
                 scripts: Scripts::new(),
                 delayed: format!("{}:delayed", config.stream),
                 claim_cursor: std::sync::Mutex::new("0-0".into()),

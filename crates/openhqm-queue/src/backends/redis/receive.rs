@@ -111,9 +111,28 @@ impl RedisQueue {
             cmd.arg("BLOCK").arg(block_ms);
         }
         cmd.arg("STREAMS").arg(&c.stream).arg(">");
+        let shared = &self.shared;
         let reply: Result<redis::Value, _> = {
-            let mut conn = self.shared.blocking.lock().await;
-            cmd.query_async(&mut *conn).await
+            let mut conn = shared.blocking.lock().await;
+            if block_ms > 0 {
+                // Learnt once per connection, for `wake_reader_for`.
+                if shared.reader_id.load(Ordering::Acquire) == 0 {
+                    let id: Result<i64, _> =
+                        redis::cmd("CLIENT").arg("ID").query_async(&mut *conn).await;
+                    if let Ok(id) = id {
+                        shared.reader_id.store(id, Ordering::Release);
+                    }
+                }
+                let until = crate::now_ms().saturating_add(block_ms);
+                shared.blocked_until_ms.store(until, Ordering::Release);
+            }
+            let reply = cmd.query_async(&mut *conn).await;
+            shared.blocked_until_ms.store(0, Ordering::Release);
+            if reply.is_err() {
+                // The connection may be replaced: its id is learnt again.
+                shared.reader_id.store(0, Ordering::Release);
+            }
+            reply
         };
         match reply {
             Ok(v) => Ok(entry::parse_read(&v)),

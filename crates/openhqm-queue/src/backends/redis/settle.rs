@@ -76,7 +76,12 @@ impl Settle for RedisSettle {
                     self.origin.clone(),
                 ];
                 self.run(&s.scripts.retry, &[&s.config.stream, &s.delayed], &extra)
-                    .await
+                    .await?;
+                // The reader may be blocked past the due time; nothing else
+                // would move the retry back before its read ends.
+                s.wake_reader_for(crate::now_ms().saturating_add(duration_ms(delay)))
+                    .await;
+                Ok(())
             }
             Nack::DeadLetter { reason } => {
                 let extra = [reason, self.attempt.to_string(), self.origin.clone()];
