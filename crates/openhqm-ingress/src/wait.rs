@@ -12,9 +12,9 @@ const LAST_LOOK: Duration = Duration::from_secs(1);
 
 /// Waits until the record is terminal, the wait runs out, or the process
 /// starts shutting down; returns the freshest record (read again when the
-/// wait ran out: it may have moved on from PENDING meanwhile), and whether it
-/// waited (not if already finished, no wait asked, or `server.max_waiting`
-/// callers already waiting).
+/// wait ran out: it may have moved on from PENDING meanwhile), and whether
+/// the wait held (not if already finished, no wait asked, `server.max_waiting`
+/// callers already waiting, the store failing, or a shutdown cutting it short).
 ///
 /// The request is stored whatever happens here, so a store that fails while
 /// we wait is not an error for the caller: it gets the status it has, with
@@ -46,17 +46,18 @@ pub(crate) async fn wait_for_answer(
             _ => None,
         }
     };
-    let found = tokio::select! {
+    let (found, held) = tokio::select! {
         r = state.store.wait_terminal(id, wait) => match r {
-            Ok(Some(done)) => Some(done),
-            Ok(None) => latest().await,
+            Ok(Some(done)) => (Some(done), true),
+            Ok(None) => (latest().await, true),
             Err(e) => {
                 tracing::warn!(correlation_id = %id, error = %e, "waiting for a result failed; answering with the status");
-                None
+                (None, false)
             }
         },
-        // Shutting down: one last look, then hand out the Location.
-        () = stopped => latest().await,
+        // Shutting down: one last look, then hand out the Location. The
+        // wait was cut short, so it is not reported as applied.
+        () = stopped => (latest().await, false),
     };
-    (found.unwrap_or(record), true)
+    (found.unwrap_or(record), held)
 }

@@ -597,6 +597,7 @@ async fn sigterm_answers_every_waiting_caller() {
             tokio::spawn(async move {
                 http.post(format!("{side}/slow"))
                     .header("x-delay-ms", "8000")
+                    .header("prefer", "wait=20")
                     .send()
                     .await
             })
@@ -612,6 +613,11 @@ async fn sigterm_answers_every_waiting_caller() {
         let r = caller.await.expect("join").expect("answered, not cut off");
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         assert!(header(&r, "location").is_some());
+        assert_eq!(
+            header(&r, "preference-applied"),
+            None,
+            "the wait was cut short: not applied"
+        );
     }
     assert!(
         stopped.elapsed() < Duration::from_secs(5),

@@ -261,6 +261,12 @@ impl Expansion<'_> {
                 match expand(s, self.env) {
                     Ok(expanded) => {
                         let unchanged = expanded == *s && !s.contains("$${");
+                        // A variable set to `null` leaves the key unset, as
+                        // `null` does in the file and from the environment.
+                        if !unchanged && expanded.trim() == "null" {
+                            *value = Value::Null;
+                            return true;
+                        }
                         let hint = hint.or_else(|| hint_for(self.defaults, path));
                         let read = match hint {
                             // An expanded value is read by its key's type, as

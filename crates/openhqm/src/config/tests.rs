@@ -769,6 +769,17 @@ fn null_from_the_environment_or_a_flag_leaves_the_key_to_the_layers_below() {
     assert_eq!(c.server.port, 9000);
     assert_eq!(c.sidecar.port, Some(8081));
     assert_eq!(c.worker.count, Config::default().worker.count);
+
+    // So is a variable in the file that expands to `null`.
+    let file = yaml("server:\n  port: ${QA_PORT}\nsidecar:\n  port: ${QA_SIDECAR}\n");
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[("QA_PORT", "null"), ("QA_SIDECAR", " null")]),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("valid");
+    assert_eq!(c.server.port, Config::default().server.port);
+    assert_eq!(c.sidecar.port, None);
 }
 
 /// A quoted number or boolean in the file is read by its key's type, as
