@@ -180,6 +180,16 @@ pub(crate) async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    // The sidecar passes a coded body on as it came; a submit body is read.
+    if let Some(coding) = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+    {
+        return Err(Problem::unsupported_encoding(coding));
+    }
     let limit = state.config.max_body_size;
     let bytes = read_limited(&headers, body, limit, state.config.read_timeout).await?;
     let req = parse_submit(

@@ -113,6 +113,19 @@ impl Problem {
         )
     }
 
+    /// 415: a body in a content coding we do not decode (RFC 9110 §8.4.1):
+    /// stored as sent, it would reach workers as bytes nobody can read.
+    pub fn unsupported_encoding(coding: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-encoding",
+            "Content encoding not supported",
+            format!(
+                "the body is sent with Content-Encoding `{coding}`; send it unencoded (identity)"
+            ),
+        )
+    }
+
     /// 408: the client sent nothing of its body for
     /// `server.read_timeout_seconds`.
     pub fn body_timeout(idle: std::time::Duration) -> Self {

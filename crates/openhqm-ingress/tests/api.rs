@@ -346,6 +346,34 @@ async fn oversized_bodies_are_413_with_or_without_content_length() {
     assert_eq!(api.queue.depth().await.expect("depth"), 0);
 }
 
+#[tokio::test]
+async fn a_content_coded_submit_body_is_415_and_identity_is_read() {
+    let api = serve().await;
+    let submit = |coding: &'static str| {
+        api.http
+            .post(format!("{}/api/v1/submit", api.base))
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .body(r#"{"payload": {"a": 1}}"#)
+            .send()
+    };
+    let refused = expect_problem(
+        submit("gzip").await.expect("send"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-encoding",
+    )
+    .await;
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("gzip")),
+        "{refused}"
+    );
+    assert_eq!(api.queue.depth().await.expect("depth"), 0, "nothing stored");
+    let taken = submit("identity").await.expect("send");
+    assert_eq!(taken.status(), StatusCode::ACCEPTED);
+}
+
 /// Sends a chunked POST over a plain socket and returns the response text.
 async fn chunked_post(base: &str, path: &str, body: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
