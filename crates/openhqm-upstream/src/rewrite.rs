@@ -48,14 +48,16 @@ impl Rewrite {
         }
     }
 
-    /// Rewrites one path.
+    /// Rewrites one path. Empty when a prefix was stripped and nothing
+    /// is left: the target's base path itself, with no slash added.
     #[must_use]
     pub fn apply(&self, path: &str) -> String {
         let out = match self {
             Self::Keep => path.to_owned(),
             // Whole segments only: `/api` strips `/api/users`, not `/apiv2`.
             Self::StripPrefix(prefix) => match path.strip_prefix(prefix.trim_end_matches('/')) {
-                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.to_owned(),
+                Some("") => return String::new(),
+                Some(rest) if rest.starts_with('/') => rest.to_owned(),
                 _ => path.to_owned(),
             },
             Self::Regex(re, replace) => re.replace(path, replace.as_str()).into_owned(),
@@ -87,12 +89,11 @@ pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, 
     }
     let mut url = base.clone();
     if let Some(path) = path {
-        let joined = format!(
-            "{}{}",
-            base.path().trim_end_matches('/'),
-            rewrite.apply(path)
-        );
-        url.set_path(&joined);
+        let rewritten = rewrite.apply(path);
+        if !rewritten.is_empty() {
+            let joined = format!("{}{rewritten}", base.path().trim_end_matches('/'));
+            url.set_path(&joined);
+        }
     }
     if let Some(q) = query {
         let merged = match base.query() {
@@ -297,6 +298,21 @@ mod tests {
             None,
             strip("/api"),
             "http://b:1/",
+        );
+        // Exactly the prefix: the base path as configured, no slash added.
+        check(
+            "http://b:1/base",
+            Some("/api"),
+            None,
+            strip("/api"),
+            "http://b:1/base",
+        );
+        check(
+            "http://b:1/base",
+            Some("/api/"),
+            None,
+            strip("/api"),
+            "http://b:1/base/",
         );
         check(
             "http://b:1/",
