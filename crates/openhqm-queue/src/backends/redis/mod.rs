@@ -28,6 +28,9 @@
 //!   a hash) with attempt + 1 and its message id kept in `origin`, and deletes
 //!   it from the stream. Every receive first runs a script moving due members
 //!   back with `XADD`; being one script, two workers never both move one.
+//!   A retry scheduled while this process's read blocks, due before the
+//!   read would end, ends it early with `CLIENT UNBLOCK` (the read returns
+//!   as if timed out, taking nothing), so short delays are not stretched.
 //! - **Dead letters** go, atomically with the ack, to the dead-letter stream
 //!   with `reason` and `dead_at`. Redrive moves them back with attempt 1;
 //!   past their retention they are trimmed (`XTRIM MINID`).
