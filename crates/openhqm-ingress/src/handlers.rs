@@ -188,7 +188,13 @@ pub(crate) async fn submit(
         .map(str::trim)
         .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
     {
-        return Err(Problem::unsupported_encoding(coding));
+        // RFC 9110 §15.5.16: say which codings are accepted.
+        let mut refused = Problem::unsupported_encoding(coding).into_response();
+        refused.headers_mut().insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        return Ok(refused);
     }
     let limit = state.config.max_body_size;
     let bytes = read_limited(&headers, body, limit, state.config.read_timeout).await?;

@@ -112,8 +112,14 @@ pub(crate) async fn passthrough(
         ],
     )?;
     let (id, now) = stamp();
+    // An absolute-form target's authority wins over `Host` (RFC 9112 §3.2.2).
+    let host = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
     let call = Call {
         method: &method,
+        host,
         path,
         query,
         headers: &headers,
@@ -162,6 +168,8 @@ pub(crate) async fn passthrough(
 /// One caller's request, as received.
 struct Call<'a> {
     method: &'a Method,
+    /// The host the caller asked for.
+    host: Option<&'a str>,
     path: &'a str,
     query: &'a str,
     headers: &'a HeaderMap,
@@ -180,7 +188,11 @@ impl Call<'_> {
             v: ENVELOPE_VERSION,
             correlation_id: id,
             payload: RawValue::NULL.to_owned(),
-            headers: Some(queued_headers(self.headers, sidecar)),
+            headers: Some(queued_headers(
+                self.headers,
+                self.host.filter(|_| sidecar.preserve_host),
+                sidecar.forward_headers.as_deref(),
+            )),
             timestamp: Some(Value::String(rfc3339_ms(now))),
             metadata: Metadata {
                 endpoint: sidecar.endpoint.clone(),
@@ -273,14 +285,15 @@ fn replay_path<'a>(path: &'a str, prefix: Option<&str>) -> &'a str {
 
 /// The caller's headers that travel with the message, one entry per name
 /// (repeated ones joined as RFC 9110 §5.3 allows; cookies with `; `), and
-/// its `Host` if the sidecar preserves it (whatever the forward list says:
-/// the replay's `Host` is the sidecar's setting, not a forwarded header).
-fn queued_headers(headers: &HeaderMap, sidecar: &SidecarConfig) -> BTreeMap<String, String> {
-    let forward = sidecar.forward_headers.as_deref();
+/// `host` if the sidecar preserves it (whatever the forward list says: the
+/// replay's `Host` is the sidecar's setting, not a forwarded header).
+fn queued_headers(
+    headers: &HeaderMap,
+    host: Option<&str>,
+    forward: Option<&[String]>,
+) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
-    if sidecar.preserve_host
-        && let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok())
-    {
+    if let Some(host) = host {
         out.insert(header::HOST.as_str().to_owned(), host.to_owned());
     }
     let connection_named = named_by_connection(
@@ -351,23 +364,17 @@ mod tests {
         h.append("cookie", HeaderValue::from_static("b=2"));
         h.append("accept", HeaderValue::from_static("text/html"));
         h.append("accept", HeaderValue::from_static("application/json"));
-        let sidecar = |forward: Option<&[&str]>, preserve_host| SidecarConfig {
-            endpoint: None,
-            wait: Duration::ZERO,
-            path_prefix: None,
-            forward_headers: forward.map(|f| f.iter().map(|h| (*h).to_owned()).collect()),
-            preserve_host,
-        };
-        let q = queued_headers(&h, &sidecar(None, false));
+        let q = queued_headers(&h, None, None);
         let names: Vec<&str> = q.keys().map(String::as_str).collect();
         assert_eq!(names, ["accept", "authorization", "cookie"]);
         assert_eq!(q["cookie"], "a=1; b=2");
         assert_eq!(q["accept"], "text/html, application/json");
-        let only = queued_headers(&h, &sidecar(Some(&["accept"]), false));
+        let accept = ["accept".to_owned()];
+        let only = queued_headers(&h, None, Some(&accept));
         assert_eq!(only.keys().collect::<Vec<_>>(), ["accept"]);
         // The caller's Host goes with the message when it is to be
         // preserved, whatever the forward list.
-        let with_host = queued_headers(&h, &sidecar(Some(&["accept"]), true));
+        let with_host = queued_headers(&h, Some("app:8080"), Some(&accept));
         assert_eq!(with_host.keys().collect::<Vec<_>>(), ["accept", "host"]);
         assert_eq!(with_host["host"], "app:8080");
     }

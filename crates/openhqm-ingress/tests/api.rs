@@ -357,8 +357,16 @@ async fn a_content_coded_submit_body_is_415_and_identity_is_read() {
             .body(r#"{"payload": {"a": 1}}"#)
             .send()
     };
+    let refused = submit("gzip").await.expect("send");
+    assert_eq!(
+        refused
+            .headers()
+            .get("accept-encoding")
+            .map(|v| v.as_bytes()),
+        Some(&b"identity"[..])
+    );
     let refused = expect_problem(
-        submit("gzip").await.expect("send"),
+        refused,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported-encoding",
     )

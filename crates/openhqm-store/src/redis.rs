@@ -263,7 +263,7 @@ async fn listen(
     loop {
         match subscribe(&client, &channel).await {
             Ok(pubsub) => {
-                backoff = RESUBSCRIBE_MIN;
+                let subscribed = std::time::Instant::now();
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(());
                 }
@@ -294,6 +294,11 @@ async fn listen(
                             }
                         }
                     }
+                }
+                // Only a subscription that held starts the backoff over: one
+                // dropped at once (a flapping proxy) keeps backing off.
+                if subscribed.elapsed() >= HEARTBEAT {
+                    backoff = RESUBSCRIBE_MIN;
                 }
                 tracing::warn!(%channel, "result-store subscription lost; resubscribing");
             }

@@ -18,8 +18,9 @@ pub use openhqm_worker::{Output, Processor, Request};
 pub fn main_with(processor: Arc<dyn Processor>) -> ExitCode {
     let cli = cli::Cli::parse();
     let sources = cli.sources();
-    let (config, errors) = config::load_all(&sources);
+    let (config, mut errors) = config::load_all(&sources);
     if let cli::Command::CheckConfig = cli.command {
+        errors.extend(config::file_problems(&config));
         return cli::check_config(&config, &errors);
     }
     if !errors.is_empty() {

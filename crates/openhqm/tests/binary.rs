@@ -546,6 +546,28 @@ fn check_config_lists_every_error_by_key_and_exits_non_zero() {
 }
 
 #[test]
+fn check_config_refuses_a_ca_file_the_forwarder_could_not_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tls.yaml");
+    let missing = dir.path().join("missing-ca.pem");
+    std::fs::write(
+        &file,
+        format!(
+            "proxy:\n  enabled: true\n  endpoints:\n    api:\n      url: https://127.0.0.1:9\n      tls:\n        ca_file: {}\n",
+            missing.display()
+        ),
+    )
+    .expect("write");
+    let out = check_config(&file).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`proxy.endpoints.api.tls.ca_file`") && stderr.contains("missing-ca.pem"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_config_shows_no_configuration_when_the_file_cannot_be_loaded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("broken.yaml");

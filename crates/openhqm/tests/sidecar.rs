@@ -143,7 +143,7 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
     let (url, backend) = start_backend().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server, side) = start(dir.path(), &url, &[]).await;
+    let (server, side) = start(dir.path(), &url, &["sidecar.preserve_host=true"]).await;
     let http = http_client();
 
     let body: &[u8] = b"<order id=\"7\">\x00\xffraw</order>";
@@ -275,7 +275,6 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
             "worker.retry_delay_base=0.05",
             "worker.retry_delay_max=0.1",
             "worker.timeout_seconds=1",
-            "sidecar.preserve_host=false",
         ],
     )
     .await;
@@ -292,7 +291,7 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
     assert_eq!(
         last.headers.get("host").and_then(|v| v.to_str().ok()),
         url.strip_prefix("http://"),
-        "without preserve_host the app gets its own address as Host"
+        "by default the app gets its own address as Host"
     );
 
     // No answer at all (every attempt timed out): a problem, still with the

@@ -17,6 +17,25 @@ const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
 type Problems = Vec<(String, String)>;
 
 impl UpstreamConfig {
+    /// The files the forwarder will read that it could not load now: a
+    /// `tls.ca_file` that is missing or holds no certificate (one ignored
+    /// by `insecure_skip_verify` is not read). Not part of [`Self::validate`]:
+    /// a process that builds no forwarder (a listener, proxy mode off) may
+    /// run without the file; `check-config` and the forwarder ask.
+    #[must_use]
+    pub fn file_problems(&self) -> Problems {
+        let mut out = Problems::new();
+        for (name, e) in &self.endpoints {
+            if let Some(path) = e.tls.ca_file.as_deref().filter(|p| !p.is_empty())
+                && !e.tls.insecure_skip_verify
+                && let Err(why) = crate::client::ca_bundle(path)
+            {
+                out.push((format!("proxy.endpoints.{name}.tls.ca_file"), why));
+            }
+        }
+        out
+    }
+
     /// Every problem of `proxy.*`, each naming its key path.
     #[must_use]
     pub fn validate(&self) -> Problems {
@@ -177,14 +196,8 @@ impl EndpointConfig {
         {
             add("path_rewrite", e);
         }
-        match self.tls.ca_file.as_deref() {
-            Some("") => add("tls.ca_file", "must name a PEM file".into()),
-            Some(path) => {
-                if let Err(e) = crate::client::ca_bundle(path) {
-                    add("tls.ca_file", e);
-                }
-            }
-            None => {}
+        if self.tls.ca_file.as_deref() == Some("") {
+            add("tls.ca_file", "must name a PEM file".into());
         }
         out
     }
@@ -407,14 +420,27 @@ mod tests {
         std::fs::write(&not_pem, "proxy: {}\n").expect("write");
         let missing = dir.path().join("missing.pem");
         for (path, says) in [
-            (&missing, "No such file"),
+            (&missing, "missing.pem"),
             (&not_pem, "holds no certificate"),
         ] {
             let mut e = EndpointConfig::with_url("https://b/");
             e.tls.ca_file = Some(path.display().to_string());
-            let problems = format!("{:?}", e.validate("api"));
-            assert!(problems.contains("tls.ca_file"), "{problems}");
+            let mut c = UpstreamConfig::default();
+            c.endpoints.insert("api".into(), e);
+            assert!(c.validate().is_empty(), "the shape is valid");
+            let problems = format!("{:?}", c.file_problems());
+            assert!(
+                problems.contains("proxy.endpoints.api.tls.ca_file"),
+                "{problems}"
+            );
             assert!(problems.contains(says), "{problems}");
+            // Not read when verification is off.
+            c.endpoints
+                .get_mut("api")
+                .expect("api")
+                .tls
+                .insecure_skip_verify = true;
+            assert!(c.file_problems().is_empty());
         }
     }
 

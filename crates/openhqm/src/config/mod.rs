@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use load::{CONFIG_FILE_VAR, ConfigError, Sources, load, load_all};
 pub use openhqm_core::{MessageFormat, Secret};
 pub use openhqm_upstream::{AuthType, EndpointConfig, UpstreamConfig};
+pub use validate::file_problems;
 
 /// Everything OpenHQM can be configured with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -107,9 +108,9 @@ pub struct SidecarSection {
     pub wait_seconds: u64,
     /// Client headers passed on; `"*"` = all but hop-by-hop ones.
     pub forward_headers: Vec<String>,
-    /// Whether the app gets the caller's `Host` (as behind an Envoy
-    /// sidecar) rather than the endpoint URL's (as behind a bare nginx
-    /// `proxy_pass`).
+    /// Whether the app gets the caller's `Host` rather than the endpoint
+    /// URL's. Off by default: with it, callers choose the virtual host the
+    /// endpoint's credentials go to.
     pub preserve_host: bool,
 }
 
@@ -122,7 +123,7 @@ impl Default for SidecarSection {
             endpoint: None,
             wait_seconds: 30,
             forward_headers: vec!["*".into()],
-            preserve_host: true,
+            preserve_host: false,
         }
     }
 }

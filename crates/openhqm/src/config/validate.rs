@@ -291,6 +291,18 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
     errors
 }
 
+/// What `check-config` checks beyond [`validate`]: files the forwarder will
+/// read (`tls.ca_file`), which a process building no forwarder need not have.
+#[must_use]
+pub fn file_problems(c: &Config) -> Vec<ConfigError> {
+    c.proxy
+        .upstream()
+        .file_problems()
+        .into_iter()
+        .map(|(key, message)| ConfigError::new(&key, message))
+        .collect()
+}
+
 /// `queue.message_format` and `worker.foreign.*`.
 fn validate_foreign(c: &Config, errors: &mut Vec<ConfigError>) {
     let format = c.queue.message_format;

@@ -28,9 +28,12 @@
 //!   a hash) with attempt + 1 and its message id kept in `origin`, and deletes
 //!   it from the stream. Every receive first runs a script moving due members
 //!   back with `XADD`; being one script, two workers never both move one.
-//!   A retry scheduled while this process's read blocks, due before the
-//!   read would end, ends it early with `CLIENT UNBLOCK` (the read returns
-//!   as if timed out, taking nothing), so short delays are not stretched.
+//!   Nothing wakes a blocked read when a retry falls due, so while this
+//!   process holds deliveries (whose handlers may schedule retries) its
+//!   reads block at most [`BUSY_BLOCK`]: a short delay is stretched by that
+//!   much at most, not by a whole read. (`CLIENT UNBLOCK` would end the read
+//!   at once, but a connection's id outlives a reconnect, and after a Redis
+//!   restart it may name another client.)
 //! - **Dead letters** go, atomically with the ack, to the dead-letter stream
 //!   with `reason` and `dead_at`. Redrive moves them back with attempt 1;
 //!   past their retention they are trimmed (`XTRIM MINID`).
@@ -59,7 +62,7 @@ mod scripts;
 mod settle;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -77,6 +80,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest single blocking read (see the module docs).
 const MAX_BLOCK: Duration = Duration::from_secs(1);
+/// The longest blocking read while this process holds deliveries.
+const BUSY_BLOCK: Duration = Duration::from_millis(50);
 
 /// Settings of the Redis queue.
 #[derive(Clone)]
@@ -133,12 +138,10 @@ pub(crate) struct Shared {
     conn: ConnectionManager,
     /// Blocking reads only, one at a time.
     blocking: tokio::sync::Mutex<ConnectionManager>,
-    /// The blocking connection's `CLIENT ID` (0: not known), and until when
-    /// (Unix ms) its current read blocks (0: not blocking). A retry due
-    /// sooner unblocks it ([`Shared::wake_reader_for`]), so a short delay
-    /// is not stretched to the end of a read that began before it.
-    reader_id: AtomicI64,
-    blocked_until_ms: AtomicU64,
+    /// Deliveries handed out and not yet settled or dropped ([`settle::Held`]).
+    /// While there are any, a handler may schedule a retry at any moment,
+    /// so blocking reads are kept short ([`BUSY_BLOCK`]).
+    held: AtomicUsize,
     scripts: Scripts,
     delayed: String,
     /// Where the next `XAUTOCLAIM` scan of the pending list starts.
@@ -150,28 +153,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Ends this process's blocking read early (as if it timed out: nothing
-    /// it would have taken is lost) when something it should act on is due
-    /// at `due_ms`, before the read would end. Best effort: a read that is
-    /// not yet blocking on the server, or a stale id, leaves the read to end
-    /// on its own, at most a poll slice later.
-    async fn wake_reader_for(&self, due_ms: u64) {
-        let until = self.blocked_until_ms.load(Ordering::Acquire);
-        let id = self.reader_id.load(Ordering::Acquire);
-        if until == 0 || id == 0 || due_ms >= until {
-            return;
-        }
-        let mut conn = self.conn.clone();
-        let unblocked: Result<i64, _> = redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(id)
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = unblocked {
-            tracing::debug!(error = %e, "could not end the blocking read early");
-        }
-    }
-
     fn lock_cursor(&self) -> std::sync::MutexGuard<'_, String> {
         self.claim_cursor
             .lock()
@@ -220,8 +201,7 @@ impl RedisQueue {
             shared: Arc::new(Shared {
                 conn,
                 blocking: tokio::sync::Mutex::new(blocking),
-                reader_id: AtomicI64::new(0),
-                blocked_until_ms: AtomicU64::new(0),
+                held: AtomicUsize::new(0),
                 scripts: Scripts::new(),
                 delayed: format!("{}:delayed", config.stream),
                 claim_cursor: std::sync::Mutex::new("0-0".into()),

@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::entry::{self, Entry};
+use super::settle::Held;
 use super::settle::RedisSettle;
-use super::{MAX_BLOCK, RedisQueue, duration_ms, is_nogroup, redis_error};
+use super::{BUSY_BLOCK, MAX_BLOCK, RedisQueue, duration_ms, is_nogroup, redis_error};
 use crate::{Delivery, QueueError};
 
 /// Why a malformed entry is dead-lettered.
@@ -37,6 +38,9 @@ impl RedisQueue {
             let mut block = remaining.min(self.poll_slice());
             if let Some(due) = next_due {
                 block = block.min(due);
+            }
+            if self.shared.held.load(Ordering::Acquire) > 0 {
+                block = block.min(BUSY_BLOCK);
             }
             let fresh = self.read_new(max - out.len(), block).await?;
             self.deliver(fresh.into_iter().map(|e| (e, 1)).collect(), &mut out)
@@ -111,28 +115,9 @@ impl RedisQueue {
             cmd.arg("BLOCK").arg(block_ms);
         }
         cmd.arg("STREAMS").arg(&c.stream).arg(">");
-        let shared = &self.shared;
         let reply: Result<redis::Value, _> = {
-            let mut conn = shared.blocking.lock().await;
-            if block_ms > 0 {
-                // Learnt once per connection, for `wake_reader_for`.
-                if shared.reader_id.load(Ordering::Acquire) == 0 {
-                    let id: Result<i64, _> =
-                        redis::cmd("CLIENT").arg("ID").query_async(&mut *conn).await;
-                    if let Ok(id) = id {
-                        shared.reader_id.store(id, Ordering::Release);
-                    }
-                }
-                let until = crate::now_ms().saturating_add(block_ms);
-                shared.blocked_until_ms.store(until, Ordering::Release);
-            }
-            let reply = cmd.query_async(&mut *conn).await;
-            shared.blocked_until_ms.store(0, Ordering::Release);
-            if reply.is_err() {
-                // The connection may be replaced: its id is learnt again.
-                shared.reader_id.store(0, Ordering::Release);
-            }
-            reply
+            let mut conn = self.shared.blocking.lock().await;
+            cmd.query_async(&mut *conn).await
         };
         match reply {
             Ok(v) => Ok(entry::parse_read(&v)),
@@ -148,6 +133,7 @@ impl RedisQueue {
     async fn deliver(&self, entries: Vec<(Entry, u64)>, out: &mut Vec<Delivery>) {
         for (entry, deliveries) in entries {
             let settle = RedisSettle {
+                _held: Held::new(&self.shared),
                 shared: Arc::clone(&self.shared),
                 entry_id: entry.id.clone(),
                 deliveries,

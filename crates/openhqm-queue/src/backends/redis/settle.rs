@@ -2,6 +2,7 @@
 //! lease is still ours and then acts, so a settle is all or nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,8 +11,26 @@ use redis::Script;
 use super::{Shared, duration_ms, redis_error};
 use crate::{Nack, QueueError, Settle};
 
+/// Counts a delivery in [`Shared::held`] until it is dropped, settled or not.
+pub(super) struct Held(Arc<Shared>);
+
+impl Held {
+    pub(super) fn new(shared: &Arc<Shared>) -> Self {
+        shared.held.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The backend half of one delivery.
 pub(super) struct RedisSettle {
+    /// Kept for its `Drop`: the delivery stops counting once dropped.
+    pub _held: Held,
     pub shared: Arc<Shared>,
     /// The stream entry id (changes on retry, unlike the message id).
     pub entry_id: String,
@@ -76,12 +95,7 @@ impl Settle for RedisSettle {
                     self.origin.clone(),
                 ];
                 self.run(&s.scripts.retry, &[&s.config.stream, &s.delayed], &extra)
-                    .await?;
-                // The reader may be blocked past the due time; nothing else
-                // would move the retry back before its read ends.
-                s.wake_reader_for(crate::now_ms().saturating_add(duration_ms(delay)))
-                    .await;
-                Ok(())
+                    .await
             }
             Nack::DeadLetter { reason } => {
                 let extra = [reason, self.attempt.to_string(), self.origin.clone()];
