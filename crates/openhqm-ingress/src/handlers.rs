@@ -175,26 +175,24 @@ pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 /// `POST /api/v1/submit`: store, publish, answer 202 only once both are done.
 /// With an `Idempotency-Key` that already stands for a request, the answer
 /// is that request's 202 (its current status), marked `Idempotent-Replayed`.
+/// The first content coding of the body other than `identity`, if any.
+fn content_coding(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+}
+
 pub(crate) async fn submit(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
     // The sidecar passes a coded body on as it came; a submit body is read.
-    if let Some(coding) = headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
-    {
-        // RFC 9110 §15.5.16: say which codings are accepted.
-        let mut refused = Problem::unsupported_encoding(coding).into_response();
-        refused.headers_mut().insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
-        return Ok(refused);
+    if let Some(coding) = content_coding(&headers) {
+        return Err(Problem::unsupported_encoding(coding));
     }
     let limit = state.config.max_body_size;
     let bytes = read_limited(&headers, body, limit, state.config.read_timeout).await?;

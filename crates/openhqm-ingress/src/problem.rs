@@ -299,6 +299,14 @@ impl IntoResponse for Problem {
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        // Our only 415 is about a content coding: say which one is accepted
+        // (RFC 9110 §15.5.16).
+        if self.status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         response
     }
 }

@@ -252,6 +252,8 @@ async fn a_half_sent_request_does_not_hold_up_shutdown() {
     slow.write_all(b"POST /api/v1/submit HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pay")
         .await
         .expect("send part");
+    // Not a synchronisation the assertions depend on: time for the server to
+    // take the connection, so the shutdown below meets a half-sent request.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     signal(&server.child, "-TERM");

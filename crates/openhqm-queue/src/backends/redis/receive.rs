@@ -1,7 +1,6 @@
 //! Receiving: move due retries back, take over expired leases, then block
 //! for new entries, in slices short enough to notice both in time.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -133,8 +132,7 @@ impl RedisQueue {
     async fn deliver(&self, entries: Vec<(Entry, u64)>, out: &mut Vec<Delivery>) {
         for (entry, deliveries) in entries {
             let settle = RedisSettle {
-                _held: Held::new(&self.shared),
-                shared: Arc::clone(&self.shared),
+                shared: Held::new(&self.shared),
                 entry_id: entry.id.clone(),
                 deliveries,
                 origin: entry.origin(),

@@ -11,7 +11,8 @@ use redis::Script;
 use super::{Shared, duration_ms, redis_error};
 use crate::{Nack, QueueError, Settle};
 
-/// Counts a delivery in [`Shared::held`] until it is dropped, settled or not.
+/// The queue's shared state, held by one delivery: counted in
+/// [`Shared::held`] until the delivery is dropped, settled or not.
 pub(super) struct Held(Arc<Shared>);
 
 impl Held {
@@ -27,11 +28,17 @@ impl Drop for Held {
     }
 }
 
+impl std::ops::Deref for Held {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 /// The backend half of one delivery.
 pub(super) struct RedisSettle {
-    /// Kept for its `Drop`: the delivery stops counting once dropped.
-    pub _held: Held,
-    pub shared: Arc<Shared>,
+    pub shared: Held,
     /// The stream entry id (changes on retry, unlike the message id).
     pub entry_id: String,
     /// The entry's delivery count when we got it: our lease token.
