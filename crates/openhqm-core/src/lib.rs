@@ -6,6 +6,7 @@
 //! attempt's outcome is settled). Everything here is deterministic given its
 //! inputs, so it is tested with plain tables.
 
+pub mod body;
 pub mod callback;
 pub mod envelope;
 pub mod foreign;

@@ -50,7 +50,8 @@ pub struct LastResponse {
     pub headers: Map<String, Value>,
     /// The body, as a result body is kept (JSON, or text with its type).
     pub body: Value,
-    /// The exact bytes (base64), for passthrough requests only.
+    /// The exact bytes (base64), for passthrough requests only; when set,
+    /// they are the body (`body` is not stored).
     pub raw_body: Option<String>,
 }
 

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::time::rfc3339_ms;
-use crate::{CorrelationId, RequestStatus};
+use crate::{CorrelationId, RequestStatus, body};
 
 /// The outcome of a finished request (the `/response` fields).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -29,9 +29,23 @@ pub struct ResultData {
     #[serde(default)]
     pub completed_at_ms: Option<u64>,
     /// The backend's body byte for byte (base64), kept only for passthrough
-    /// requests, whose caller gets the backend's exact answer back.
+    /// requests, whose caller gets the backend's exact answer back. When
+    /// set, it is the body, and `result` is shown from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_body: Option<String>,
+}
+
+impl ResultData {
+    /// The result as clients see it: kept exact bytes shown by the
+    /// `content-type` among `headers` (the body is stored once, however
+    /// large), else `result`.
+    #[must_use]
+    pub fn shown_result(&self) -> Option<Value> {
+        match &self.raw_body {
+            Some(raw) => body::shown_exact(raw, self.headers.as_ref()),
+            None => self.result.clone(),
+        }
+    }
 }
 
 /// Status and, once finished, result of one request.
@@ -81,7 +95,7 @@ impl RequestRecord {
         serde_json::json!({
             "correlation_id": self.correlation_id,
             "status": self.status,
-            "result": outcome.result,
+            "result": outcome.shown_result(),
             "headers": outcome.headers,
             "status_code": outcome.status_code,
             "error": outcome.error,

@@ -126,6 +126,9 @@ pub(crate) async fn passthrough(
         body: &bytes,
     };
     let envelope = call.envelope(sidecar, id, now);
+    // The envelope holds the body now; a large one is not kept twice while
+    // the caller waits.
+    drop(bytes);
     let accepted = accept(&state, envelope, 0, keyed, now).await?;
     let replayed = matches!(accepted, Accepted::Replayed(_));
     let record = match accepted {
@@ -138,21 +141,22 @@ pub(crate) async fn passthrough(
         (_, asked) => asked.unwrap_or(sidecar.wait).min(state.config.max_wait),
     };
     let (record, waited) = wait_for_answer(&state, record, wait).await;
+    let (id, finished) = (record.correlation_id, record.status.is_terminal());
     // A problem (no answer from the backend) carries the headers below too.
-    let mut response = if record.status.is_terminal() {
-        answer(&record, method == Method::HEAD).unwrap_or_else(IntoResponse::into_response)
+    let mut response = if finished {
+        answer(record, method == Method::HEAD).unwrap_or_else(IntoResponse::into_response)
     } else {
         accepted_response(&record, state.config.retry_after_secs)
     };
     let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&record.correlation_id.to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
         h.insert(CORRELATION_ID.clone(), v);
     }
     // The preferences honoured: the wait the caller asked for (as capped),
     // if there was one, and `respond-async` if it got a 202 for it. Appended:
     // the application may have applied its own.
     let applied = prefer::applied(
-        prefs.respond_async && !record.status.is_terminal(),
+        prefs.respond_async && !finished,
         (prefs.wait.is_some() && waited).then_some(wait),
     );
     if let Some(v) = applied {
@@ -211,8 +215,8 @@ impl Call<'_> {
 /// The backend's answer as stored, or a problem saying why there is none.
 /// The answer to a `HEAD` keeps the backend's `Content-Length`: it tells the
 /// size of the body a `GET` would get, and this one has none to measure.
-fn answer(record: &RequestRecord, head: bool) -> Result<Response, Problem> {
-    let outcome = record.outcome.clone().unwrap_or_default();
+fn answer(record: RequestRecord, head: bool) -> Result<Response, Problem> {
+    let outcome = record.outcome.unwrap_or_default();
     let Some(status) = outcome
         .status_code
         .and_then(|s| StatusCode::from_u16(s).ok())

@@ -38,7 +38,7 @@ use crate::headers::{
 };
 use crate::pool::Pool;
 use crate::redact::Redactor;
-use crate::response::{body_to_result, content_type, headers_to_json, read_limited};
+use crate::response::{content_type, headers_to_json, read_limited};
 use crate::rewrite::{Rewrite, request_target, target_url};
 
 /// The header a caller's idempotency key is passed on in (IETF
@@ -315,7 +315,7 @@ fn is_json_content_type(ct: &str) -> bool {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    crate::response::is_json(&essence)
+    openhqm_core::body::is_json(&essence)
 }
 
 enum Exchange {
@@ -390,8 +390,16 @@ fn settle(
             .filter_map(|v| v.to_str().ok()),
     );
     kept.retain(|name, _| !is_hop_by_hop(name) && !connection_named.contains(name));
-    let result = body_to_result(content_type(headers), &body);
-    let raw_body = keep_raw.then(|| BASE64.encode(&body));
+    // Kept exact bytes are the body: the result is shown from them
+    // (`ResultData::shown_result`), so a large body is not stored twice.
+    let (result, raw_body) = if keep_raw {
+        (serde_json::Value::Null, Some(BASE64.encode(&body)))
+    } else {
+        (
+            openhqm_core::body::to_result(content_type(headers), &body),
+            None,
+        )
+    };
     match verdict {
         Verdict::Deliver => Ok(Output {
             result,

@@ -424,7 +424,7 @@ impl Handler {
         let elapsed = started.elapsed();
         let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         let m = &self.shared.metrics;
-        let failure = match result {
+        let mut failure = match result {
             Ok(output) => {
                 m.completed.observe(elapsed.as_secs_f64());
                 let outcome = output.into_result_data(ms, now_ms());
@@ -444,23 +444,26 @@ impl Handler {
             }
             Err(failure) => failure,
         };
+        // The backend's last answer, if any, stays visible with the error.
+        let answer = failure.response.take().map(|r| *r);
         match failure.kind {
             FailureKind::Transient => m.errors_transient.inc(),
             FailureKind::Timeout => m.errors_timeout.inc(),
             FailureKind::Permanent => m.errors_permanent.inc(),
             FailureKind::Busy => m.errors_busy.inc(),
         };
-        // The backend's last answer, if any, stays visible with the error.
-        let answer = failure.response.as_deref();
-        let error = ResultData {
+        let mut error = ResultData {
             error: Some(failure.message.clone()),
             processing_time_ms: Some(ms),
-            result: answer.map(|r| r.body.clone()),
-            headers: answer.map(|r| r.headers.clone()),
-            status_code: answer.map(|r| r.status_code),
-            raw_body: answer.and_then(|r| r.raw_body.clone()),
             ..ResultData::default()
         };
+        if let Some(answer) = answer {
+            error.status_code = Some(answer.status_code);
+            error.headers = Some(answer.headers);
+            // Kept exact bytes are the body (see `Output::raw_body`).
+            error.result = answer.raw_body.is_none().then_some(answer.body);
+            error.raw_body = answer.raw_body;
+        }
         let policy = self.policy(envelope);
         match decide(&failure, attempt, &policy, fastrand::f64()) {
             Decision::Retry { delay } => {

@@ -32,7 +32,9 @@ pub struct Output {
     /// Response headers to report.
     pub headers: Option<Map<String, Value>>,
     /// The body's exact bytes (base64), when the caller needs them back
-    /// verbatim (passthrough requests).
+    /// verbatim (passthrough requests). When set, they are the body: the
+    /// result is shown from them by the `content-type` of `headers`, and
+    /// `result` is not stored.
     pub raw_body: Option<String>,
 }
 
@@ -46,13 +48,23 @@ impl Output {
         }
     }
 
+    /// The result as clients will see it: `raw_body`, if set, shown by its
+    /// content type, else `result`.
+    #[must_use]
+    pub fn shown_result(&self) -> Value {
+        self.raw_body
+            .as_deref()
+            .and_then(|raw| openhqm_core::body::shown_exact(raw, self.headers.as_ref()))
+            .unwrap_or_else(|| self.result.clone())
+    }
+
     pub(crate) fn into_result_data(
         self,
         processing_time_ms: u64,
         completed_at_ms: u64,
     ) -> ResultData {
         ResultData {
-            result: Some(self.result),
+            result: self.raw_body.is_none().then_some(self.result),
             headers: self.headers,
             status_code: self.status_code,
             error: None,
@@ -77,5 +89,30 @@ pub trait Processor: Send + Sync + 'static {
     fn max_retries(&self, envelope: &Envelope) -> Option<u32> {
         let _ = envelope;
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn exact_bytes_are_the_one_stored_body() {
+        let out = Output {
+            result: json!({"parsed": true}),
+            headers: json!({"content-type": "application/json"})
+                .as_object()
+                .cloned(),
+            raw_body: Some("eyJhIjoxfQ==".into()),
+            ..Output::default()
+        };
+        assert_eq!(out.shown_result(), json!({"a": 1}));
+        let stored = out.into_result_data(1, 2);
+        assert_eq!(stored.result, None, "not stored twice");
+        assert_eq!(stored.shown_result(), Some(json!({"a": 1})));
+        let plain = Output::json(json!([1])).into_result_data(1, 2);
+        assert_eq!(plain.shown_result(), Some(json!([1])));
     }
 }

@@ -387,6 +387,8 @@ async fn prefer_respond_async_and_a_wait_that_runs_out_give_202_with_location() 
     .await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(done["status_code"], 201);
+    // Kept once, as the exact bytes, and shown by the app's content type.
+    assert_eq!(done["result"], json!({"ok": true}), "{done}");
 
     // The backend takes 3 s; the caller waits 1 s, then gets a 202.
     let started = std::time::Instant::now();

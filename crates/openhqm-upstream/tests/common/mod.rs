@@ -124,7 +124,7 @@ pub async fn call_within(
 
 /// The echo backend's record of the request headers, one value per name.
 pub fn seen_headers(out: &Output) -> BTreeMap<String, String> {
-    out.result["headers"]
+    out.shown_result()["headers"]
         .as_object()
         .unwrap()
         .iter()
