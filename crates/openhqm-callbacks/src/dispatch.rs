@@ -216,7 +216,9 @@ impl Inner {
                 } else {
                     FailureKind::Transient
                 };
-                return Attempt::Failed(Failure::new(kind, format!("callback POST failed: {e}")));
+                // Told with its causes (refused, timed out), which name no URL.
+                let why = openhqm_core::cause::chain(&e);
+                return Attempt::Failed(Failure::new(kind, format!("callback POST failed: {why}")));
             }
         };
         let status = response.status();
@@ -234,8 +236,7 @@ impl Inner {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| openhqm_core::retry_after::parse(v, SystemTime::now()));
         Attempt::Failed(failure)
     }
 }

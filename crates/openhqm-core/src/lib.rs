@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod callback;
+pub mod cause;
 pub mod envelope;
 pub mod foreign;
 pub mod hop_by_hop;
@@ -15,6 +16,7 @@ pub mod id;
 pub mod outcome;
 pub mod path;
 pub mod record;
+pub mod retry_after;
 pub mod secret;
 pub mod status;
 pub mod time;
@@ -24,7 +26,7 @@ pub use envelope::{Envelope, Metadata, SubmitRequest};
 pub use foreign::{DecodeError, Decoded, Decoder, Incoming, MessageFormat, Shape};
 pub use id::CorrelationId;
 pub use outcome::{Backoff, Decision, Failure, FailureKind, LastResponse, decide};
-pub use record::{RequestRecord, ResultData};
+pub use record::{Hold, RequestRecord, ResultData};
 pub use secret::Secret;
 pub use status::RequestStatus;
 

@@ -69,6 +69,22 @@ pub struct RequestRecord {
     /// redrive reopens it once, however often its message is redelivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redriven_at_ms: Option<u64>,
+    /// While PROCESSING: whose delivery runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<Hold>,
+}
+
+/// The message whose delivery is processing a request, until its attempt's
+/// deadline at the latest. Another message naming the same request (a
+/// producer's duplicate, a foreign message sent twice) waits meanwhile
+/// instead of running it a second time; the same message, redelivered
+/// after its worker died, takes over at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// The queue's stable id of the message.
+    pub message_id: String,
+    /// Epoch ms after which the hold is void (its worker is gone).
+    pub until_ms: u64,
 }
 
 impl RequestRecord {
@@ -83,6 +99,7 @@ impl RequestRecord {
             attempts: 0,
             outcome: None,
             redriven_at_ms: None,
+            held_by: None,
         }
     }
 

@@ -174,14 +174,14 @@ async fn claim(
             }
             match claim_once(state, keyed, id).await? {
                 Claimed::Free => Ok(None),
-                Claimed::Replay(record) => Ok(Some(record)),
+                Claimed::Replay(record) => Ok(Some(*record)),
                 Claimed::Stale(_) => Err(Problem::idempotency_key_in_use(
                     state.config.retry_after_secs,
                 )),
             }
         }
         Claimed::Free => Ok(None),
-        Claimed::Replay(record) => Ok(Some(record)),
+        Claimed::Replay(record) => Ok(Some(*record)),
     }
 }
 
@@ -189,7 +189,7 @@ enum Claimed {
     /// The key is ours now.
     Free,
     /// The key stands for this stored request.
-    Replay(RequestRecord),
+    Replay(Box<RequestRecord>),
     /// The key stands for a request that was never stored.
     Stale(CorrelationId),
 }
@@ -228,7 +228,7 @@ async fn claim_once(
                 }
                 Some(record) => {
                     tracing::debug!(correlation_id = %record.correlation_id, "idempotent repeat");
-                    Ok(Claimed::Replay(record))
+                    Ok(Claimed::Replay(Box::new(record)))
                 }
                 None => {
                     let age = existing

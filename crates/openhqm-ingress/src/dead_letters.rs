@@ -22,12 +22,7 @@ const MAX_LIMIT: usize = 1000;
 
 /// `?limit=N`, checked.
 fn limit(query: Option<&str>) -> Result<usize, Problem> {
-    let Some(raw) = query
-        .unwrap_or_default()
-        .split('&')
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-        .find_map(|(k, v)| (k == "limit").then_some(v))
-    else {
+    let Some(raw) = crate::query_param(query.unwrap_or_default(), "limit") else {
         return Ok(DEFAULT_LIMIT);
     };
     match raw.parse::<usize>() {
@@ -103,6 +98,9 @@ mod tests {
         assert_eq!(limit(Some("x=1")).ok(), Some(DEFAULT_LIMIT));
         assert_eq!(limit(Some("limit=5")).ok(), Some(5));
         assert_eq!(limit(Some("a=b&limit=1000")).ok(), Some(1000));
+        // Percent-encoded, in the name or the value.
+        assert_eq!(limit(Some("limit=%31%30")).ok(), Some(10));
+        assert_eq!(limit(Some("lim%69t=7")).ok(), Some(7));
         for bad in [
             "limit=0",
             "limit=1001",

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use openhqm_core::time::rfc3339_ms;
@@ -19,6 +20,25 @@ use serde_json::{Value, json};
 use crate::accept::{Accepted, accept, stamp};
 use crate::prefer::{self, Preferences};
 use crate::{ApiState, Problem, idempotency};
+
+/// The `{id}` of a request's path. One that is not UTF-8 once decoded names
+/// no request: 404 as for any unknown id, where axum's own rejection would be
+/// a `text/plain` 400.
+pub(crate) struct IdParam(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdParam {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(Self(id)),
+            // Quoted as sent (percent-encoded), which is printable.
+            Err(_) => Err(Problem::unknown_request(
+                parts.uri.path().rsplit('/').next().unwrap_or_default(),
+            )),
+        }
+    }
+}
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
@@ -231,7 +251,7 @@ pub(crate) async fn submit(
 /// finished; 404 if unknown.
 pub(crate) async fn cancel(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    IdParam(id): IdParam,
 ) -> Result<Response, Problem> {
     let record = lookup(&state, &id).await?;
     let update = Update::to(RequestStatus::Cancelled);
@@ -280,7 +300,7 @@ pub(crate) fn status_body(record: &RequestRecord) -> Value {
 /// `GET /api/v1/status/{id}`.
 pub(crate) async fn status(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    IdParam(id): IdParam,
 ) -> Result<Response, Problem> {
     let record = lookup(&state, &id).await?;
     Ok(json_response(StatusCode::OK, &status_body(&record)))
@@ -293,7 +313,7 @@ pub(crate) async fn status(
 /// notification, which reaches every listener sharing the store.
 pub(crate) async fn response(
     State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    IdParam(id): IdParam,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {

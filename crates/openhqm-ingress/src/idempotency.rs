@@ -54,9 +54,17 @@ pub(crate) fn keyed(
     headers: &HeaderMap,
     parts: &[&[u8]],
 ) -> Result<Option<Keyed>, Problem> {
-    let Some(raw) = headers.get(HEADER) else {
+    let mut lines = headers.get_all(HEADER).iter();
+    let Some(raw) = lines.next() else {
         return Ok(None);
     };
+    // The field is one structured-field Item: several lines are no key, and
+    // taking one of them would deduplicate on a key the client did not mean.
+    if lines.next().is_some() {
+        return Err(Problem::invalid_idempotency_key(
+            "the header is sent more than once; send one key",
+        ));
+    }
     let key = parse_key(raw.as_bytes())?;
     // An empty value identifies no one: every caller sending it would share
     // one scope.
@@ -184,6 +192,14 @@ mod tests {
             keyed(&c, &empty, &[]).expect("valid").is_none(),
             "an empty identity is no identity"
         );
+    }
+
+    #[test]
+    fn a_key_sent_twice_is_no_key() {
+        let mut twice = headers(&[("authorization", "Bearer a")]);
+        twice.append(HEADER, HeaderValue::from_static("first"));
+        twice.append(HEADER, HeaderValue::from_static("second"));
+        assert!(keyed(&config(), &twice, &[b"{}"]).is_err());
     }
 
     #[test]

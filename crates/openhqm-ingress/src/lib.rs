@@ -175,3 +175,11 @@ pub fn sidecar_router(state: Arc<ApiState>) -> Router {
         ))
         .with_state(state)
 }
+
+/// The first value of query parameter `name`, percent-decoded as any
+/// client may encode it (`?limit=%31%30` is `?limit=10`).
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}

@@ -99,11 +99,8 @@ pub fn for_the_application(header: &str) -> Option<String> {
 }
 
 fn query_wait(query: &str) -> Option<Duration> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == "wait")
-        .and_then(|(_, v)| seconds(v))
+    crate::query_param(query, "wait")
+        .and_then(|v| seconds(&v))
         .map(Duration::from_secs)
 }
 
@@ -153,6 +150,7 @@ mod tests {
         check(&["wait=10"], Some("x=1&wait=2"), Some(2), false);
         check(&[], Some("wait=abc"), None, false);
         check(&[], Some("wait=30"), Some(30), false);
+        check(&[], Some("w%61it=%33"), Some(3), false);
         // Only the first `wait` counts.
         check(&["wait=5", "wait=60"], None, Some(5), false);
         check(&["wait=5, wait=60"], None, Some(5), false);

@@ -428,6 +428,9 @@ async fn unknown_ids_are_404_on_status_and_response() {
         format!("/api/v1/status/{id}"),
         format!("/api/v1/response/{id}"),
         "/api/v1/status/not-a-uuid".into(),
+        // Not UTF-8 once decoded: no request either, and still a problem.
+        "/api/v1/status/%ff".into(),
+        "/api/v1/response/%C3%28".into(),
     ] {
         expect_problem(
             api.get(&path).await,
@@ -467,6 +470,7 @@ async fn response_is_202_until_finished_then_200_with_every_field() {
         attempts: Some(1),
         outcome: Some(outcome),
         redrive: None,
+        hold: None,
     };
     api.store.transition(id, done).await.expect("completed");
     let finished = api.get(&format!("/api/v1/response/{id}")).await;
@@ -533,6 +537,7 @@ async fn long_poll_answers_the_moment_the_result_is_stored() {
             ..ResultData::default()
         }),
         redrive: None,
+        hold: None,
     };
     api.store.transition(id, done).await.expect("completed");
     // ...and answered as soon as the result is written, far inside its 30 s.

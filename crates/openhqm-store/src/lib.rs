@@ -17,7 +17,7 @@ mod waiters;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use openhqm_core::{CorrelationId, RequestRecord, RequestStatus, ResultData};
+use openhqm_core::{CorrelationId, Hold, RequestRecord, RequestStatus, ResultData};
 
 /// Errors from a result store.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,9 @@ pub struct Update {
     /// `REDRIVEN` attribute): it may also take a failed request back to
     /// PROCESSING ([`RequestStatus::can_be_redriven`]), once per redrive.
     pub redrive: Option<u64>,
+    /// For a move to PROCESSING: the delivery taking the request. Refused
+    /// while another message's hold lasts.
+    pub hold: Option<Hold>,
 }
 
 impl Update {
@@ -90,6 +93,7 @@ impl Update {
             attempts: None,
             outcome: None,
             redrive: None,
+            hold: None,
         }
     }
 }
@@ -225,7 +229,10 @@ pub fn apply_update(
     now_ms: u64,
 ) -> Transition {
     let mut record = match current {
-        Some(rec) if !(rec.status.can_become(update.to) || reopens(&rec, &update)) => {
+        Some(rec)
+            if !(rec.status.can_become(update.to) || reopens(&rec, &update))
+                || held_by_another(&rec, &update, now_ms) =>
+        {
             return Transition::Refused {
                 current: rec.status,
             };
@@ -254,7 +261,22 @@ pub fn apply_update(
     if update.redrive.is_some() {
         record.redriven_at_ms = update.redrive;
     }
+    record.held_by = update
+        .hold
+        .filter(|_| update.to == RequestStatus::Processing);
     Transition::Applied(record)
+}
+
+/// Whether `update` would take a request another message's delivery is
+/// still processing.
+fn held_by_another(current: &RequestRecord, update: &Update, now_ms: u64) -> bool {
+    let (Some(held), Some(taking)) = (&current.held_by, &update.hold) else {
+        return false;
+    };
+    current.status == RequestStatus::Processing
+        && update.to == RequestStatus::Processing
+        && held.message_id != taking.message_id
+        && held.until_ms > now_ms
 }
 
 /// Whether `update` is a redrive reopening `current`: a failed request, not
@@ -270,6 +292,45 @@ fn reopens(current: &RequestRecord, update: &Update) -> bool {
 mod tests {
     use super::*;
     use RequestStatus::*;
+
+    #[test]
+    fn another_message_waits_for_a_hold_the_same_one_takes_over() {
+        let id = CorrelationId::new();
+        let take = |message: &str| Update {
+            hold: Some(Hold {
+                message_id: message.into(),
+                until_ms: 100,
+            }),
+            ..Update::to(Processing)
+        };
+        let Transition::Applied(held) = apply_update(id, None, take("a"), 10) else {
+            panic!("a new request is taken");
+        };
+        assert_eq!(
+            held.held_by.as_ref().map(|h| h.message_id.as_str()),
+            Some("a")
+        );
+        assert_eq!(
+            apply_update(id, Some(held.clone()), take("b"), 50),
+            Transition::Refused {
+                current: Processing
+            }
+        );
+        // Its own redelivery (its worker died), or anyone once the hold lapsed.
+        assert!(matches!(
+            apply_update(id, Some(held.clone()), take("a"), 50),
+            Transition::Applied(_)
+        ));
+        assert!(matches!(
+            apply_update(id, Some(held.clone()), take("b"), 100),
+            Transition::Applied(_)
+        ));
+        let Transition::Applied(done) = apply_update(id, Some(held), Update::to(Completed), 60)
+        else {
+            panic!("the holder finishes");
+        };
+        assert_eq!(done.held_by, None);
+    }
 
     #[test]
     fn a_cancelled_request_keeps_no_earlier_attempts_outcome() {
@@ -363,6 +424,7 @@ mod tests {
         };
         let update = Update {
             redrive: Some(7),
+            hold: None,
             ..Update::to(Processing)
         };
         let reopened = apply_update(id, Some(failed), update, 10);

@@ -50,6 +50,7 @@ fn completed() -> Update {
             ..ResultData::default()
         }),
         redrive: None,
+        hold: None,
     }
 }
 

@@ -60,22 +60,10 @@ pub fn classify(attempted: Attempted<'_>, retry_on: &[u16], now: SystemTime) -> 
             retry_after,
         } if retry_on.contains(&status) => Verdict::Retry {
             kind: FailureKind::Transient,
-            retry_after: retry_after.and_then(|v| parse_retry_after(v, now)),
+            retry_after: retry_after.and_then(|v| openhqm_core::retry_after::parse(v, now)),
         },
         Attempted::Answered { .. } => Verdict::Deliver,
     }
-}
-
-/// Parses `Retry-After`: delay-seconds, or an HTTP-date (a date in the past
-/// means "now"). Anything else is ignored.
-#[must_use]
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// Bounded label for a status (`2xx` ...), or the failure kind.

@@ -267,7 +267,10 @@ impl Endpoint {
         let body = if matches!(method, Method::GET | Method::HEAD) {
             Vec::new()
         } else {
-            if !headers.contains_key(CONTENT_TYPE) {
+            // The payload is JSON text unless exact bytes came with the
+            // message (a foreign one): those have only the type they came
+            // with, if any.
+            if env.raw_body.is_none() && !headers.contains_key(CONTENT_TYPE) {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             }
             outgoing_body(env, content_type(&headers))?

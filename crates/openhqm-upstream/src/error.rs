@@ -159,17 +159,7 @@ impl UpstreamError {
     /// ("invalid peer certificate: UnknownIssuer"), not just "client error
     /// (Connect)". hyper's errors name no URL.
     pub(crate) fn network(e: &(dyn std::error::Error + 'static)) -> Self {
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(cause) = source {
-            let cause_text = cause.to_string();
-            if !text.ends_with(&cause_text) {
-                text.push_str(": ");
-                text.push_str(&cause_text);
-            }
-            source = cause.source();
-        }
-        Self::Network(text)
+        Self::Network(openhqm_core::cause::chain(e))
     }
 }
 

@@ -25,6 +25,14 @@ const MANAGED: &[&str] = &["host", "content-length"];
 
 /// Set by the forwarder itself; a client or static value is replaced.
 pub const CORRELATION_HEADER: &str = "X-Correlation-ID";
+
+/// Whether the forwarder sets `name` itself, whatever a message or the
+/// configuration says (`Host`, `Content-Length`, the correlation header).
+#[must_use]
+pub fn set_by_forwarder(name: &str) -> bool {
+    MANAGED.iter().any(|m| m.eq_ignore_ascii_case(name))
+        || name.eq_ignore_ascii_case(CORRELATION_HEADER)
+}
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 

@@ -355,6 +355,12 @@ async fn raw_bodies_keep_their_bytes_and_content_type() {
     env.raw_body = Some("aGVsbG8sIHJhdyB3b3JsZA==".into());
     let out = call(&p, &env).await.unwrap();
     assert_eq!(out.result["body"], "hello, raw world");
+    // Without a type of their own they get none: they need not be JSON.
+    let mut untyped = envelope("null", &[]);
+    untyped.raw_body = Some("PHhtbC8+".into());
+    let out = call(&p, &untyped).await.unwrap();
+    assert_eq!(out.result["body"], "<xml/>");
+    assert!(!seen_headers(&out).contains_key("content-type"), "{out:?}");
     env.raw_body = Some("not base64!".into());
     let err = call(&p, &env).await.unwrap_err();
     assert_eq!(err.kind, FailureKind::Permanent);

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use openhqm_core::envelope::DEFAULT_TIMEOUT_SECS;
 use openhqm_core::time::now_ms;
 use openhqm_core::{
-    Backoff, CorrelationId, Decision, Decoded, Decoder, Envelope, Failure, FailureKind, Incoming,
-    RequestRecord, RequestStatus, ResultData, Shape, decide,
+    Backoff, CorrelationId, Decision, Decoded, Decoder, Envelope, Failure, FailureKind, Hold,
+    Incoming, RequestRecord, RequestStatus, ResultData, Shape, decide,
 };
 use openhqm_metrics::{QueueMetrics, WorkerMetrics};
 use openhqm_queue::{ConsumeConfig, Delivery, Nack, QueueBackend, REDRIVEN, consume};
@@ -169,6 +169,10 @@ impl WorkerPool {
 /// (at most a tenth of the drain), so the release lands before the drain ends.
 const RELEASE_MARGIN: Duration = Duration::from_millis(500);
 
+/// How soon a message whose request another delivery is processing comes
+/// back to look again (not an attempt: it is released, not retried).
+const HELD_RECHECK: Duration = Duration::from_secs(1);
+
 struct Handler {
     shared: Arc<Shared>,
     /// Turns `true` when the drain is about to run out.
@@ -200,6 +204,9 @@ enum Begin {
     },
     /// The store cannot be written; try the message again later.
     RetryLater,
+    /// Another message's delivery is processing the same request: come back
+    /// once it is done (and then find it finished), or its hold has lapsed.
+    Held,
 }
 
 impl Handler {
@@ -290,6 +297,16 @@ impl Handler {
                 }
             }
             Begin::RetryLater => self.retry_later(delivery).await,
+            Begin::Held => {
+                tracing::debug!(message_id = %delivery.message().id, "the request is being processed under another message; put back");
+                self.finish(
+                    delivery
+                        .nack(Nack::Release {
+                            delay: HELD_RECHECK,
+                        })
+                        .await,
+                );
+            }
         }
         active.dec();
     }
@@ -332,11 +349,18 @@ impl Handler {
             envelope.metadata.retry_count
         };
         let attempt = message.attempt.saturating_add(before);
+        // Held until the attempt's deadline, and a lease more for recording
+        // its outcome: past that, its worker is gone.
+        let hold_ms = (self.attempt_timeout(&envelope) + self.shared.config.lease).as_millis();
         let mut update = Update {
             to: RequestStatus::Processing,
             attempts: Some(attempt),
             outcome: None,
             redrive: None,
+            hold: Some(Hold {
+                message_id: message.id.clone(),
+                until_ms: now_ms().saturating_add(u64::try_from(hold_ms).unwrap_or(u64::MAX)),
+            }),
         };
         loop {
             let id = envelope.correlation_id;
@@ -359,6 +383,9 @@ impl Handler {
                 {
                     update.redrive = redrive;
                 }
+                Ok(Transition::Refused {
+                    current: RequestStatus::Processing,
+                }) => return Begin::Held,
                 Ok(Transition::Refused { current }) => {
                     tracing::debug!(correlation_id = %id, %current, "redelivery of a finished request settled without processing");
                     let failed = matches!(current, RequestStatus::Failed | RequestStatus::Timeout);
@@ -376,6 +403,12 @@ impl Handler {
         }
     }
 
+    /// How long one attempt at `envelope` may run.
+    fn attempt_timeout(&self, envelope: &Envelope) -> Duration {
+        let asked = Duration::from_secs(envelope.metadata.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
+        asked.min(self.shared.config.timeout)
+    }
+
     /// Runs the processor under the attempt's deadline, extending the lease meanwhile.
     async fn attempt(
         &self,
@@ -383,8 +416,7 @@ impl Handler {
         envelope: &Envelope,
         attempt: u32,
     ) -> Result<Output, Failure> {
-        let asked = Duration::from_secs(envelope.metadata.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
-        let timeout = asked.min(self.shared.config.timeout);
+        let timeout = self.attempt_timeout(envelope);
         let request = Request {
             envelope,
             attempt,
@@ -433,6 +465,7 @@ impl Handler {
                     attempts: Some(attempt),
                     outcome: Some(outcome),
                     redrive: None,
+                    hold: None,
                 };
                 if self.record_terminal(envelope, update).await.is_some() {
                     tracing::debug!(processing_time_ms = ms, "request completed");
@@ -475,6 +508,7 @@ impl Handler {
                     attempts: Some(attempt),
                     outcome: Some(error),
                     redrive: None,
+                    hold: None,
                 };
                 if self.record(id, update).await.is_some() {
                     self.finish(delivery.nack(Nack::Retry { delay }).await);
@@ -490,6 +524,7 @@ impl Handler {
                     attempts: Some(attempt.saturating_sub(1)),
                     outcome: None,
                     redrive: None,
+                    hold: None,
                 };
                 if self.record(id, update).await.is_some() {
                     self.finish(delivery.nack(Nack::Release { delay }).await);
@@ -508,6 +543,7 @@ impl Handler {
                     attempts: Some(attempt),
                     outcome: Some(outcome),
                     redrive: None,
+                    hold: None,
                 };
                 match self.record_terminal(envelope, update).await {
                     None => self.retry_later(delivery).await,

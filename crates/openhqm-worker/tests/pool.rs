@@ -301,6 +301,50 @@ async fn duplicate_delivery_of_a_finished_request_is_not_processed_again() {
     rig.stop().await;
 }
 
+/// Takes a while, counting its calls.
+struct Slow {
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl Processor for Slow {
+    async fn process(&self, _: &Request<'_>) -> Result<Output, Failure> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Ok(Output::json(json!("done")))
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_arriving_while_the_request_runs_waits_and_is_not_run_again() {
+    let slow = Arc::new(Slow {
+        calls: AtomicU32::new(0),
+    });
+    let rig = rig(Arc::clone(&slow) as Arc<dyn Processor>, config(4, 3)).await;
+    let id = rig.submit(json!({"payload": 1})).await;
+    // A producer's second copy, a separate message, while the first runs.
+    let env = json!({"v": 1, "correlation_id": id.to_string(), "payload": 1});
+    rig.queue
+        .publish(OutgoingMessage::new(
+            serde_json::to_vec(&env).expect("json"),
+        ))
+        .await
+        .expect("publish");
+    assert_eq!(rig.wait_terminal(id).await.status, RequestStatus::Completed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while rig.queue.depth().await.expect("depth") > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the duplicate was never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 1, "run twice");
+    let record = rig.store.get(id).await.expect("store").expect("record");
+    assert_eq!(record.held_by, None, "a finished request is held by no one");
+    rig.stop().await;
+}
+
 /// Records the highest number of concurrent attempts.
 struct Gauge {
     now: AtomicUsize,

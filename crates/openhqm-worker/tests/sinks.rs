@@ -225,6 +225,7 @@ async fn a_redelivered_finished_request_is_reported_again_before_its_ack() {
             attempts: Some(1),
             outcome: None,
             redrive: None,
+            hold: None,
         },
         Update {
             to: RequestStatus::Completed,
@@ -235,6 +236,7 @@ async fn a_redelivered_finished_request_is_reported_again_before_its_ack() {
                 ..ResultData::default()
             }),
             redrive: None,
+            hold: None,
         },
     ] {
         rig.store.transition(id, update).await.expect("transition");
@@ -367,6 +369,7 @@ async fn a_redelivered_failed_request_is_dead_lettered_without_sinks_too() {
             ..ResultData::default()
         }),
         redrive: None,
+        hold: None,
     };
     rig.store
         .transition(id, Update::to(RequestStatus::Processing))

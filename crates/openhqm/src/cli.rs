@@ -12,8 +12,10 @@ use crate::config::{CONFIG_FILE_VAR, Config, ConfigError, Sources};
 #[derive(Debug, Parser)]
 #[command(name = "openhqm", version)]
 pub struct Cli {
-    /// YAML configuration file.
-    #[arg(long, global = true, env = CONFIG_FILE_VAR)]
+    /// YAML configuration file [default: $OPENHQM_CONFIG, if set and not empty].
+    // Read by `sources`, not by clap's `env`: clap takes a variable set
+    // empty (as templating leaves them) for a missing `--config` value.
+    #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// Override any key, e.g. `--set worker.count=128` (repeatable; applied last).
     #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
@@ -60,8 +62,9 @@ impl Cli {
             overrides.push(format!("queue.data_dir={dir}"));
         }
         overrides.extend(self.set.iter().cloned());
+        let from_env = std::env::var_os(CONFIG_FILE_VAR).filter(|v| !v.is_empty());
         Sources {
-            file: self.config.clone(),
+            file: self.config.clone().or_else(|| from_env.map(PathBuf::from)),
             env: std::env::vars().collect(),
             overrides,
         }

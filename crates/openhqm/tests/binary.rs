@@ -548,6 +548,27 @@ fn check_config_lists_every_error_by_key_and_exits_non_zero() {
 }
 
 #[test]
+fn the_config_file_comes_from_openhqm_config_unless_it_is_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("env.yaml");
+    std::fs::write(&file, "worker:\n  count: 7\n").expect("write");
+    let run = |value: &std::ffi::OsStr| {
+        Command::new(BIN)
+            .arg("check-config")
+            .env("OPENHQM_CONFIG", value)
+            .output()
+            .expect("run")
+    };
+    let named = run(file.as_os_str());
+    assert!(named.status.success(), "{named:?}");
+    assert!(String::from_utf8_lossy(&named.stdout).contains("count: 7"));
+    // Set empty, as templating leaves variables: no file, not an error.
+    let empty = run("".as_ref());
+    assert!(empty.status.success(), "{empty:?}");
+    assert!(String::from_utf8_lossy(&empty.stdout).contains("count: 64"));
+}
+
+#[test]
 fn check_config_refuses_a_ca_file_the_forwarder_could_not_load() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("tls.yaml");

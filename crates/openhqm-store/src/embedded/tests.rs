@@ -39,6 +39,7 @@ async fn status_and_result_are_written_together_and_survive_reopen() {
         attempts: Some(1),
         outcome: Some(outcome.clone()),
         redrive: None,
+        hold: None,
     };
     let applied = store.transition(id, done).await.expect("complete");
     assert!(matches!(applied, Transition::Applied(ref r) if r.outcome.as_ref() == Some(&outcome)));

@@ -455,7 +455,7 @@ fn foreign_message_settings_parse_and_are_checked() {
             ("OPENHQM_WORKER__FOREIGN__ENDPOINT", "nowhere"),
             (
                 "OPENHQM_WORKER__FOREIGN__ATTRIBUTE_HEADERS",
-                r#"{"a": "Bad Header", "b": "Connection"}"#,
+                r#"{"a": "Bad Header", "b": "Connection", "c": "x-correlation-id", "d": "Host"}"#,
             ),
             ("OPENHQM_WORKER__FOREIGN__COLOR", "red"),
         ]),
@@ -469,6 +469,8 @@ fn foreign_message_settings_parse_and_are_checked() {
         "`worker.foreign.endpoint`: forwarding to an endpoint needs proxy.enabled: true",
         "`worker.foreign.attribute_headers.a`: `Bad Header` is not a valid HTTP header name",
         "`worker.foreign.attribute_headers.b`: `Connection` is a hop-by-hop header",
+        "`worker.foreign.attribute_headers.c`: `x-correlation-id` is set by the forwarder",
+        "`worker.foreign.attribute_headers.d`: `Host` is set by the forwarder",
     ] {
         assert!(
             errors.iter().any(|e| e.starts_with(expected)),
@@ -580,6 +582,19 @@ fn durations_past_a_week_are_refused_before_they_overflow() {
             "missing `{needle}` in {errors:#?}"
         );
     }
+}
+
+#[test]
+fn a_missing_callback_secret_is_said_to_be_required() {
+    let errors = errors_of(&Sources {
+        env: env(&[("OPENHQM_CALLBACKS__ALLOWED_HOSTS", "hooks.example.com")]),
+        ..Sources::default()
+    });
+    assert!(
+        errors.iter().any(|e| e
+            .starts_with("`callbacks.secret`: is required once callbacks.allowed_hosts is set")),
+        "{errors:#?}"
+    );
 }
 
 #[test]

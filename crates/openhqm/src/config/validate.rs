@@ -358,6 +358,11 @@ fn validate_foreign(c: &Config, errors: &mut Vec<ConfigError>) {
                 &key,
                 format!("`{header}` is a hop-by-hop header and is never forwarded"),
             ));
+        } else if openhqm_upstream::headers::set_by_forwarder(header) {
+            errors.push(ConfigError::new(
+                &key,
+                format!("`{header}` is set by the forwarder itself; another value is never sent"),
+            ));
         }
     }
 }
@@ -426,7 +431,13 @@ fn validate_callbacks(c: &Config, errors: &mut Vec<ConfigError>) {
     if cb.allowed_hosts.is_empty() {
         return;
     }
-    if let Err(e) = SigningKey::from_secret(cb.secret.expose()) {
+    if cb.secret.expose().is_empty() {
+        check(
+            false,
+            "callbacks.secret",
+            "is required once callbacks.allowed_hosts is set: `whsec_` followed by the base64-encoded signing key".into(),
+        );
+    } else if let Err(e) = SigningKey::from_secret(cb.secret.expose()) {
         check(false, "callbacks.secret", e.to_string());
     }
     for (key, name) in [

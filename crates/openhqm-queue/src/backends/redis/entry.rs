@@ -120,7 +120,12 @@ impl Entry {
                 attempt: self.base_attempt(),
             },
             reason,
-            dead_lettered_at_ms: self.number(DEAD_AT).unwrap_or(0),
+            // One written by others (the earlier implementation) carries no
+            // time of its own: its entry id's is when it was added.
+            dead_lettered_at_ms: self
+                .number(DEAD_AT)
+                .or_else(|| self.id.split('-').next()?.parse().ok())
+                .unwrap_or(0),
         }
     }
 }
@@ -222,5 +227,31 @@ pub(crate) fn parse_prepare(v: &Value) -> Prepared {
             .and_then(int)
             .and_then(|n| u64::try_from(n).ok()),
         cursor: parts.get(2).and_then(text).unwrap_or_else(|| "0-0".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> Entry {
+        Entry {
+            id: id.into(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_without_its_time_is_dated_by_its_entry_id() {
+        let ours = entry(
+            "1700000000000-0",
+            &[(PAYLOAD, "{}"), (DEAD_AT, "1700000005000")],
+        );
+        assert_eq!(ours.dead_letter().dead_lettered_at_ms, 1_700_000_005_000);
+        let legacy = entry("1700000000000-3", &[(PAYLOAD, "{}")]);
+        assert_eq!(legacy.dead_letter().dead_lettered_at_ms, 1_700_000_000_000);
     }
 }
