@@ -9,8 +9,8 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use openhqm_core::Envelope;
 use openhqm_core::time::rfc3339_ms;
+use openhqm_core::{Decoder, Envelope, Incoming};
 use openhqm_queue::DeadLetter;
 use serde_json::{Value, json};
 
@@ -38,12 +38,24 @@ fn unavailable(state: &ApiState, e: &openhqm_queue::QueueError) -> Problem {
     Problem::unavailable("queue", state.config.retry_after_secs)
 }
 
-/// One dead letter as the API shows it. The correlation id is read from the
-/// body when it is an OpenHQM envelope; a foreign message has none here.
-fn describe(dead: &DeadLetter) -> Value {
+/// One dead letter as the API shows it, with the request it stands for: its
+/// message decoded as a worker decodes it (a foreign message's id is
+/// derived), else the id an undecodable envelope names, if any.
+fn describe(decoder: &Decoder, dead: &DeadLetter) -> Value {
+    let message = &dead.message;
+    let incoming = Incoming {
+        id: &message.id,
+        body: &message.body,
+        attributes: &message.attributes,
+    };
+    let id = decoder
+        .decode(&incoming)
+        .map(|d| d.envelope.correlation_id)
+        .ok()
+        .or_else(|| Envelope::correlation_id_in(&message.body));
     json!({
-        "message_id": dead.message.id,
-        "correlation_id": Envelope::correlation_id_in(&dead.message.body),
+        "message_id": message.id,
+        "correlation_id": id,
         "reason": dead.reason,
         "attempt": dead.message.attempt,
         "dead_lettered_at": rfc3339_ms(dead.dead_lettered_at_ms),
@@ -68,7 +80,10 @@ pub(crate) async fn list(
         .map_err(|e| unavailable(&state, &e))?;
     let body = json!({
         "depth": depth,
-        "dead_letters": dead.iter().map(describe).collect::<Vec<_>>(),
+        "dead_letters": dead
+            .iter()
+            .map(|d| describe(&state.config.decoder, d))
+            .collect::<Vec<_>>(),
     });
     Ok(json_response(StatusCode::OK, &body))
 }
@@ -91,6 +106,45 @@ pub(crate) async fn redrive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dead(id: &str, body: &str) -> DeadLetter {
+        DeadLetter {
+            message: openhqm_queue::Message {
+                id: id.into(),
+                body: body.as_bytes().to_vec().into(),
+                attributes: Default::default(),
+                attempt: 3,
+            },
+            reason: "backend answered 500".into(),
+            dead_lettered_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_names_its_request_foreign_or_not() {
+        let cloudevents = Decoder {
+            format: openhqm_core::MessageFormat::Cloudevents,
+            queue: "openhqm-requests".into(),
+            ..Decoder::default()
+        };
+        let event = r#"{"specversion":"1.0","id":"v1","source":"/s","type":"t","data":{}}"#;
+        let derived = cloudevents
+            .decode(&Incoming {
+                id: "1-0",
+                body: event.as_bytes(),
+                attributes: &Default::default(),
+            })
+            .expect("decodes")
+            .envelope
+            .correlation_id;
+        let shown = describe(&cloudevents, &dead("1-0", event));
+        assert_eq!(shown["correlation_id"], derived.to_string());
+        // An envelope that no longer decodes still names its request.
+        let id = openhqm_core::CorrelationId::new();
+        let broken = format!(r#"{{"correlation_id":"{id}"}}"#);
+        let shown = describe(&Decoder::default(), &dead("2", &broken));
+        assert_eq!(shown["correlation_id"], id.to_string());
+    }
 
     #[test]
     fn limit_defaults_and_is_bounded() {

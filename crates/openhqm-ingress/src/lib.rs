@@ -59,6 +59,9 @@ pub struct ApiConfig {
     /// Hosts a `metadata.callback_url` may name; a submit naming another
     /// (or any, when the list is empty) is refused with 400.
     pub callbacks: openhqm_core::CallbackPolicy,
+    /// How workers read the request queue: the dead-letter listing names the
+    /// request a foreign message became by decoding it the same way.
+    pub decoder: openhqm_core::Decoder,
 }
 
 /// What the handlers share.

@@ -98,6 +98,7 @@ async fn serve_full(
             },
             sidecar: None,
             callbacks: openhqm_core::CallbackPolicy::new(&["hooks.example.com"]).expect("policy"),
+            decoder: openhqm_core::Decoder::default(),
         },
         admission: Arc::new(Admission::new(max_pending)),
         waiting: tokio::sync::Semaphore::new(100),

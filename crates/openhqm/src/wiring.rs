@@ -447,6 +447,7 @@ fn api_config(config: &Config) -> anyhow::Result<ApiConfig> {
             .then(|| config.proxy.endpoints.keys().cloned().collect()),
         max_wait: secs(config.server.max_wait_seconds),
         callbacks: callback_policy(config)?,
+        decoder: decoder(config),
         idempotency: IdempotencyConfig {
             ttl: secs(
                 config
