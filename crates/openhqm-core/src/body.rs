@@ -1,8 +1,8 @@
 //! A backend's body as a result shows it (CONTRACT.md): JSON as JSON (any
 //! value, arrays and scalars included), text as `{"response",
-//! "content_type"}`, and, new, binary as `{"response_base64",
-//! "content_type"}`. Pure, so the forwarder that captures an answer and the
-//! record that renders a passthrough answer kept as exact bytes agree.
+//! "content_type"}`, binary as `{"response_base64", "content_type"}`. Pure,
+//! so the forwarder that captures an answer and the record that shows an
+//! answer kept as exact bytes agree.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -14,16 +14,27 @@ use serde_json::{Map, Value, json};
 #[must_use]
 pub fn shown_exact(base64: &str, headers: Option<&Map<String, Value>>) -> Option<Value> {
     let bytes = BASE64.decode(base64).ok()?;
-    let content_type = headers.and_then(|h| match h.get("content-type")? {
-        Value::Array(many) => many.first()?.as_str(),
-        one => one.as_str(),
-    });
-    Some(to_result(content_type, &bytes))
+    let content_type = headers
+        .and_then(|h| {
+            h.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        })
+        .and_then(|(_, v)| match v {
+            Value::Array(many) => many.first()?.as_str(),
+            one => one.as_str(),
+        });
+    // Shown as base64 after all: the stored text is that already.
+    Some(shown(content_type, &bytes, || base64.to_owned()))
 }
 
 /// The result kept for a body with this content type.
 #[must_use]
 pub fn to_result(content_type: Option<&str>, body: &[u8]) -> Value {
+    shown(content_type, body, || BASE64.encode(body))
+}
+
+/// [`to_result`], given how to get the body's base64 should it be shown so.
+fn shown(content_type: Option<&str>, body: &[u8], base64: impl FnOnce() -> String) -> Value {
     if body.is_empty() {
         return Value::Null;
     }
@@ -42,7 +53,7 @@ pub fn to_result(content_type: Option<&str>, body: &[u8]) -> Value {
             json!({"response": text, "content_type": ct})
         }
         _ => json!({
-            "response_base64": BASE64.encode(body),
+            "response_base64": base64(),
             "content_type": ct,
         }),
     }
@@ -107,6 +118,12 @@ mod tests {
             Some(json!({"response_base64": "/w==", "content_type": null}))
         );
         assert_eq!(shown_exact("not base64!", None), None);
+        // Header names as a custom processor may have spelled them.
+        let spelled = json!({"Content-Type": "application/octet-stream"});
+        assert_eq!(
+            shown_exact(&json_body, spelled.as_object()),
+            Some(json!({"response_base64": json_body, "content_type": "application/octet-stream"}))
+        );
     }
 
     fn check(ct: Option<&str>, body: &[u8], expected: Value) {

@@ -38,13 +38,13 @@ pub struct ResultData {
 impl ResultData {
     /// The result as clients see it: kept exact bytes shown by the
     /// `content-type` among `headers` (the body is stored once, however
-    /// large), else `result`.
+    /// large), else `result` (also if the bytes are not base64).
     #[must_use]
     pub fn shown_result(&self) -> Option<Value> {
-        match &self.raw_body {
-            Some(raw) => body::shown_exact(raw, self.headers.as_ref()),
-            None => self.result.clone(),
-        }
+        self.raw_body
+            .as_deref()
+            .and_then(|raw| body::shown_exact(raw, self.headers.as_ref()))
+            .or_else(|| self.result.clone())
     }
 }
 
@@ -119,5 +119,34 @@ impl RequestRecord {
             "processing_time_ms": outcome.processing_time_ms,
             "completed_at": outcome.completed_at_ms.map(rfc3339_ms),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_result_is_shown_from_the_exact_bytes_else_as_stored() {
+        let headers = json!({"content-type": "application/json"})
+            .as_object()
+            .cloned();
+        // An older build stored both: the bytes win, and agree.
+        let both = ResultData {
+            result: Some(json!({"a": 1})),
+            raw_body: Some("eyJhIjoxfQ==".into()),
+            headers: headers.clone(),
+            ..ResultData::default()
+        };
+        assert_eq!(both.shown_result(), Some(json!({"a": 1})));
+        let garbled = ResultData {
+            result: Some(json!("kept")),
+            raw_body: Some("not base64!".into()),
+            headers,
+            ..ResultData::default()
+        };
+        assert_eq!(garbled.shown_result(), Some(json!("kept")));
     }
 }

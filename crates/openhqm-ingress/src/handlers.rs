@@ -261,6 +261,11 @@ pub(crate) async fn cancel(
             Ok(json_response(StatusCode::OK, &status_body(&cancelled)))
         }
         Ok(Transition::Refused { current }) => Err(Problem::not_cancellable(&id, current.as_str())),
+        // Only a move to PROCESSING can be held.
+        Ok(Transition::Held(_)) => Err(Problem::not_cancellable(
+            &id,
+            RequestStatus::Processing.as_str(),
+        )),
         Err(e) => {
             tracing::warn!(correlation_id = %record.correlation_id, error = %e, "cancel failed; answered 503");
             Err(Problem::unavailable(

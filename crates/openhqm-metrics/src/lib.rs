@@ -385,6 +385,7 @@ impl Metrics {
             errors_busy: errors("busy"),
             errors_malformed: errors("malformed"),
             errors_sink: errors("sink"),
+            held: errors("held"),
             retries: self.worker_retries.clone(),
         }
     }
@@ -441,6 +442,9 @@ pub struct WorkerMetrics {
     pub errors_malformed: Counter,
     /// Finished requests a completion sink could not take (retried).
     pub errors_sink: Counter,
+    /// Messages put back because another message's delivery was processing
+    /// their request (a producer's duplicate).
+    pub held: Counter,
     /// Retries scheduled.
     pub retries: Counter,
 }

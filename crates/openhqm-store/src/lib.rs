@@ -111,6 +111,9 @@ pub enum Transition {
         /// The status that stays.
         current: RequestStatus,
     },
+    /// A move to PROCESSING while another message's delivery holds the
+    /// request; the record is unchanged.
+    Held(Hold),
 }
 
 /// What an idempotency key stands for: the request it created, and a
@@ -229,15 +232,17 @@ pub fn apply_update(
     now_ms: u64,
 ) -> Transition {
     let mut record = match current {
-        Some(rec)
-            if !(rec.status.can_become(update.to) || reopens(&rec, &update))
-                || held_by_another(&rec, &update, now_ms) =>
-        {
+        Some(rec) if !(rec.status.can_become(update.to) || reopens(&rec, &update)) => {
             return Transition::Refused {
                 current: rec.status,
             };
         }
-        Some(rec) => rec,
+        Some(rec) => {
+            if let Some(hold) = held_by_another(&rec, &update, now_ms) {
+                return Transition::Held(hold.clone());
+            }
+            rec
+        }
         None => {
             let submitted = id
                 .timestamp_ms()
@@ -267,16 +272,19 @@ pub fn apply_update(
     Transition::Applied(record)
 }
 
-/// Whether `update` would take a request another message's delivery is
-/// still processing.
-fn held_by_another(current: &RequestRecord, update: &Update, now_ms: u64) -> bool {
-    let (Some(held), Some(taking)) = (&current.held_by, &update.hold) else {
-        return false;
-    };
-    current.status == RequestStatus::Processing
+/// The hold of another message's delivery, still processing the request
+/// `update` would take.
+fn held_by_another<'a>(
+    current: &'a RequestRecord,
+    update: &Update,
+    now_ms: u64,
+) -> Option<&'a Hold> {
+    let (held, taking) = (current.held_by.as_ref()?, update.hold.as_ref()?);
+    (current.status == RequestStatus::Processing
         && update.to == RequestStatus::Processing
         && held.message_id != taking.message_id
-        && held.until_ms > now_ms
+        && held.until_ms > now_ms)
+        .then_some(held)
 }
 
 /// Whether `update` is a redrive reopening `current`: a failed request, not
@@ -312,9 +320,10 @@ mod tests {
         );
         assert_eq!(
             apply_update(id, Some(held.clone()), take("b"), 50),
-            Transition::Refused {
-                current: Processing
-            }
+            Transition::Held(Hold {
+                message_id: "a".into(),
+                until_ms: 100
+            })
         );
         // Its own redelivery (its worker died), or anyone once the hold lapsed.
         assert!(matches!(
@@ -369,6 +378,7 @@ mod tests {
                 assert!(!applied, "{current:?} -> {to} should apply");
                 assert_eq!(Some(c), current);
             }
+            Transition::Held(h) => panic!("{current:?} -> {to}: held by {h:?} with no hold"),
         }
     }
 

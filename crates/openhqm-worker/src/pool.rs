@@ -170,8 +170,10 @@ impl WorkerPool {
 const RELEASE_MARGIN: Duration = Duration::from_millis(500);
 
 /// How soon a message whose request another delivery is processing comes
-/// back to look again (not an attempt: it is released, not retried).
-const HELD_RECHECK: Duration = Duration::from_secs(1);
+/// back to look again (not an attempt: it is released, not retried): when
+/// the hold lapses, within these bounds.
+const HELD_RECHECK_MIN: Duration = Duration::from_secs(1);
+const HELD_RECHECK_MAX: Duration = Duration::from_secs(5);
 
 struct Handler {
     shared: Arc<Shared>,
@@ -206,7 +208,7 @@ enum Begin {
     RetryLater,
     /// Another message's delivery is processing the same request: come back
     /// once it is done (and then find it finished), or its hold has lapsed.
-    Held,
+    Held(Hold),
 }
 
 impl Handler {
@@ -297,15 +299,14 @@ impl Handler {
                 }
             }
             Begin::RetryLater => self.retry_later(delivery).await,
-            Begin::Held => {
-                tracing::debug!(message_id = %delivery.message().id, "the request is being processed under another message; put back");
-                self.finish(
-                    delivery
-                        .nack(Nack::Release {
-                            delay: HELD_RECHECK,
-                        })
-                        .await,
-                );
+            Begin::Held(hold) => {
+                self.shared.metrics.held.inc();
+                // Back when the hold lapses, looking in now and then in case
+                // the holder finishes first (the usual case).
+                let left = Duration::from_millis(hold.until_ms.saturating_sub(now_ms()));
+                let delay = left.clamp(HELD_RECHECK_MIN, HELD_RECHECK_MAX);
+                tracing::debug!(message_id = %delivery.message().id, holder = %hold.message_id, retry_in_ms = delay.as_millis() as u64, "the request is being processed under another message; put back");
+                self.finish(delivery.nack(Nack::Release { delay }).await);
             }
         }
         active.dec();
@@ -383,9 +384,7 @@ impl Handler {
                 {
                     update.redrive = redrive;
                 }
-                Ok(Transition::Refused {
-                    current: RequestStatus::Processing,
-                }) => return Begin::Held,
+                Ok(Transition::Held(hold)) => return Begin::Held(hold),
                 Ok(Transition::Refused { current }) => {
                     tracing::debug!(correlation_id = %id, %current, "redelivery of a finished request settled without processing");
                     let failed = matches!(current, RequestStatus::Failed | RequestStatus::Timeout);
@@ -639,6 +638,8 @@ impl Handler {
                 tracing::info!(%current, "outcome refused by a request that is not finished; message will be retried");
                 None
             }
+            // Only a move to PROCESSING can be held.
+            Some(Transition::Held(_)) => None,
             // Someone else finished it (a duplicate delivery racing this one);
             // report what is stored, since that one may not live to do so.
             Some(Transition::Refused { current }) => {

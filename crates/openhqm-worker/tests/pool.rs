@@ -301,24 +301,26 @@ async fn duplicate_delivery_of_a_finished_request_is_not_processed_again() {
     rig.stop().await;
 }
 
-/// Takes a while, counting its calls.
-struct Slow {
+/// Runs until the test opens its gate, counting its calls.
+struct Gated {
     calls: AtomicU32,
+    gate: tokio::sync::Semaphore,
 }
 
 #[async_trait]
-impl Processor for Slow {
+impl Processor for Gated {
     async fn process(&self, _: &Request<'_>) -> Result<Output, Failure> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let _open = self.gate.acquire().await.expect("gate");
         Ok(Output::json(json!("done")))
     }
 }
 
 #[tokio::test]
 async fn a_duplicate_arriving_while_the_request_runs_waits_and_is_not_run_again() {
-    let slow = Arc::new(Slow {
+    let slow = Arc::new(Gated {
         calls: AtomicU32::new(0),
+        gate: tokio::sync::Semaphore::new(0),
     });
     let rig = rig(Arc::clone(&slow) as Arc<dyn Processor>, config(4, 3)).await;
     let id = rig.submit(json!({"payload": 1})).await;
@@ -330,6 +332,18 @@ async fn a_duplicate_arriving_while_the_request_runs_waits_and_is_not_run_again(
         ))
         .await
         .expect("publish");
+    // The first run goes on until the copy has been put back.
+    let held = rig.metrics.worker().held;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while held.get() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the copy was never put back (calls: {})",
+            slow.calls.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    slow.gate.add_permits(10);
     assert_eq!(rig.wait_terminal(id).await.status, RequestStatus::Completed);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while rig.queue.depth().await.expect("depth") > 0 {

@@ -24,6 +24,7 @@ pub struct Rig {
     pub db: EmbeddedDb,
     pub queue: Arc<dyn QueueBackend>,
     pub store: Arc<dyn ResultStore>,
+    pub metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     pool: tokio::task::JoinHandle<usize>,
 }
@@ -61,6 +62,7 @@ pub async fn rig(processor: Arc<dyn Processor>, config: WorkerConfig) -> Rig {
         db,
         queue,
         store,
+        metrics,
         stop,
         pool,
     }
