@@ -36,6 +36,13 @@ pub struct ResultData {
 }
 
 impl ResultData {
+    /// Keeps a body: its exact bytes (base64) if there are any, which are
+    /// then the body and `result` is not stored, else `result`.
+    pub fn set_body(&mut self, result: Value, raw_body: Option<String>) {
+        self.result = raw_body.is_none().then_some(result);
+        self.raw_body = raw_body;
+    }
+
     /// The result as clients see it: kept exact bytes shown by the
     /// `content-type` among `headers` (the body is stored once, however
     /// large), else `result` (also if the bytes are not base64).

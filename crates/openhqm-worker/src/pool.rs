@@ -492,9 +492,7 @@ impl Handler {
         if let Some(answer) = answer {
             error.status_code = Some(answer.status_code);
             error.headers = Some(answer.headers);
-            // Kept exact bytes are the body (see `Output::raw_body`).
-            error.result = answer.raw_body.is_none().then_some(answer.body);
-            error.raw_body = answer.raw_body;
+            error.set_body(answer.body, answer.raw_body);
         }
         let policy = self.policy(envelope);
         match decide(&failure, attempt, &policy, fastrand::f64()) {

@@ -63,15 +63,15 @@ impl Output {
         processing_time_ms: u64,
         completed_at_ms: u64,
     ) -> ResultData {
-        ResultData {
-            result: self.raw_body.is_none().then_some(self.result),
+        let mut data = ResultData {
             headers: self.headers,
             status_code: self.status_code,
-            error: None,
             processing_time_ms: Some(processing_time_ms),
             completed_at_ms: Some(completed_at_ms),
-            raw_body: self.raw_body,
-        }
+            ..ResultData::default()
+        };
+        data.set_body(self.result, self.raw_body);
+        data
     }
 }
 

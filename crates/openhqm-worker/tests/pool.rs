@@ -289,14 +289,7 @@ async fn duplicate_delivery_of_a_finished_request_is_not_processed_again() {
         ))
         .await
         .expect("publish");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while rig.queue.depth().await.expect("depth") > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "duplicate never acked"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    rig.wait_drained().await;
     assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
     rig.stop().await;
 }
@@ -345,14 +338,7 @@ async fn a_duplicate_arriving_while_the_request_runs_waits_and_is_not_run_again(
     }
     slow.gate.add_permits(10);
     assert_eq!(rig.wait_terminal(id).await.status, RequestStatus::Completed);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while rig.queue.depth().await.expect("depth") > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the duplicate was never settled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    rig.wait_drained().await;
     assert_eq!(slow.calls.load(Ordering::SeqCst), 1, "run twice");
     let record = rig.store.get(id).await.expect("store").expect("record");
     assert_eq!(record.held_by, None, "a finished request is held by no one");
@@ -603,11 +589,7 @@ async fn a_failure_after_a_duplicate_completed_the_request_is_acked_not_dead_let
     let _ = processor.store.set(Arc::clone(&rig.store));
     let id = rig.submit(json!({"payload": 1})).await;
     assert_eq!(rig.wait_terminal(id).await.status, RequestStatus::Completed);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while rig.queue.depth().await.expect("depth") > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never settled");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    rig.wait_drained().await;
     assert_eq!(rig.queue.dead_letter_depth().await.expect("dlq"), 0);
     assert_eq!(
         rig.store

@@ -69,6 +69,18 @@ pub async fn rig(processor: Arc<dyn Processor>, config: WorkerConfig) -> Rig {
 }
 
 impl Rig {
+    /// Waits until every message is settled (the queue is empty).
+    pub async fn wait_drained(&self) {
+        let deadline = tokio::time::Instant::now() + FINISH_WITHIN;
+        while self.queue.depth().await.expect("depth") > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "messages never settled"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stores the PENDING record and publishes `env`, as submit does.
     pub async fn submit_envelope(&self, env: &Envelope) -> CorrelationId {
         let id = env.correlation_id;
