@@ -141,7 +141,7 @@ impl CompletionSink for CallbackSink {
                 record.correlation_id.to_string(),
             )]
             .into(),
-            priority: 0,
+            ..OutgoingMessage::default()
         };
         match self.queue.publish(message).await {
             Ok(()) => {

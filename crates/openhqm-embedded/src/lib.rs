@@ -292,6 +292,15 @@ impl EmbeddedDb {
         if let Some(cause) = self.inner.failure.cause() {
             return Err(DbError::Failed(cause));
         }
+        self.sync().await
+    }
+
+    /// Makes every write applied before it durable by the database's
+    /// [`Durability`]: the journal holds them in order, so one sync covers all.
+    ///
+    /// # Errors
+    /// [`DbError::Closed`], or the sync's error.
+    pub async fn sync(&self) -> Result<(), DbError> {
         self.write(Wait::Durable, |_| ()).await
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use openhqm_core::time::now_ms;
 use openhqm_core::{CorrelationId, Envelope, RequestRecord};
-use openhqm_queue::{OutgoingMessage, QueueError};
+use openhqm_queue::{Durability, OutgoingMessage, QueueError};
 use openhqm_store::{Claim, KeyClaim};
 
 use crate::idempotency::Keyed;
@@ -29,7 +29,9 @@ impl Accepted {
     }
 }
 
-/// Accepts `envelope` (its id and timestamp already set at `now`).
+/// Accepts `envelope` (its id and timestamp already set at `now`), published
+/// `durability`: [`Durability::Deferred`] only for a caller that waits for the
+/// answer and syncs the queue before any `202` (see [`crate::sidecar`]).
 ///
 /// A repeat of an idempotency key is answered before admission control: it
 /// adds no work. A keyed request is published before its status record is
@@ -41,6 +43,7 @@ pub(crate) async fn accept(
     priority: u8,
     keyed: Option<Keyed>,
     now: u64,
+    durability: Durability,
 ) -> Result<Accepted, Problem> {
     let retry_after = state.config.retry_after_secs;
     let id = envelope.correlation_id;
@@ -73,6 +76,7 @@ pub(crate) async fn accept(
         body: encoded.into(),
         attributes: Default::default(),
         priority,
+        durability,
     };
     let record = RequestRecord::pending(id, now);
     let (created, published) = if keyed.is_some() {

@@ -14,6 +14,7 @@ use openhqm_core::{
     CallbackPolicy, CallbackUrlError, CorrelationId, Envelope, RequestRecord, RequestStatus,
     SubmitRequest,
 };
+use openhqm_queue::Durability;
 use openhqm_store::{Transition, Update};
 use serde_json::{Value, json};
 
@@ -227,7 +228,7 @@ pub(crate) async fn submit(
     let mut envelope = Envelope::from_submit(id, req, &rfc3339_ms(now));
     envelope.idempotency_key = idempotency::passed_on(&headers);
     continue_trace(&mut envelope, &headers);
-    let accepted = accept(&state, envelope, priority, keyed, now).await?;
+    let accepted = accept(&state, envelope, priority, keyed, now, Durability::Full).await?;
     let record = accepted.record();
     let mut response = json_response(
         StatusCode::ACCEPTED,

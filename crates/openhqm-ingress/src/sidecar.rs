@@ -25,6 +25,7 @@ use openhqm_core::envelope::ENVELOPE_VERSION;
 use openhqm_core::hop_by_hop::{is_hop_by_hop, named_by_connection};
 use openhqm_core::time::rfc3339_ms;
 use openhqm_core::{CorrelationId, Envelope, Metadata, RequestRecord, RequestStatus, ResultData};
+use openhqm_queue::Durability;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -129,19 +130,36 @@ pub(crate) async fn passthrough(
     // The envelope holds the body now; a large one is not kept twice while
     // the caller waits.
     drop(bytes);
-    let accepted = accept(&state, envelope, 0, keyed, now).await?;
-    let replayed = matches!(accepted, Accepted::Replayed(_));
-    let record = match accepted {
-        Accepted::New(r) | Accepted::Replayed(r) => r,
-    };
     // `respond-async` alone: 202 at once. With `wait=N` too: an answer
     // within N seconds, else 202 (RFC 7240 §4.1, §4.3).
     let wait = match (prefs.respond_async, prefs.wait) {
         (true, None) => Duration::ZERO,
         (_, asked) => asked.unwrap_or(sidecar.wait).min(state.config.max_wait),
     };
+    // A caller that waits takes the backend's answer as its acknowledgement,
+    // so its message need not be on disk before it is forwarded: only
+    // safe from a crash of this process, and synced before any 202.
+    let durability = if wait.is_zero() {
+        Durability::Full
+    } else {
+        Durability::Deferred
+    };
+    let accepted = accept(&state, envelope, 0, keyed, now, durability).await?;
+    let replayed = matches!(accepted, Accepted::Replayed(_));
+    let record = match accepted {
+        Accepted::New(r) | Accepted::Replayed(r) => r,
+    };
     let (record, waited) = wait_for_answer(&state, record, wait).await;
     let (id, finished) = (record.correlation_id, record.status.is_terminal());
+    // A 202 says "stored": ours may not be synced yet, nor a replayed
+    // key's, whose first caller may still be waiting.
+    if !finished
+        && (durability == Durability::Deferred || replayed)
+        && let Err(e) = state.queue.sync().await
+    {
+        tracing::warn!(correlation_id = %id, error = %e, "queue sync not confirmed; answered 503");
+        return Err(Problem::unconfirmed("queue", state.config.retry_after_secs));
+    }
     // A problem (no answer from the backend) carries the headers below too.
     let mut response = if finished {
         answer(record, method == Method::HEAD).unwrap_or_else(IntoResponse::into_response)

@@ -2,15 +2,15 @@
 //! driven by a real HTTP client.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openhqm_core::{CorrelationId, Envelope, RequestStatus, ResultData};
 use openhqm_embedded::{EmbeddedDb, Options};
-use openhqm_ingress::{Admission, ApiConfig, ApiState, IdempotencyConfig, router};
+use openhqm_ingress::{Admission, ApiConfig, ApiState, IdempotencyConfig, SidecarConfig, router};
 use openhqm_metrics::Metrics;
-use openhqm_queue::QueueBackend;
 use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
+use openhqm_queue::{Durability, OutgoingMessage, QueueBackend, QueueError};
 use openhqm_store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
 use openhqm_store::{ResultStore, Update};
 use reqwest::StatusCode;
@@ -30,7 +30,10 @@ struct Api {
     _dir: tempfile::TempDir,
     db: EmbeddedDb,
     queue_db: EmbeddedDb,
+    /// The embedded queue, behind a [`Recorder`].
     queue: Arc<dyn QueueBackend>,
+    /// What the API asked of the queue.
+    queue_calls: Arc<Mutex<Vec<&'static str>>>,
     store: Arc<dyn ResultStore>,
     base: String,
     http: reqwest::Client,
@@ -55,6 +58,24 @@ async fn serve_full(
     max_payload: usize,
     own_queue_db: bool,
 ) -> Api {
+    serve_setup(
+        known_endpoints,
+        max_pending,
+        max_payload,
+        own_queue_db,
+        None,
+    )
+    .await
+}
+
+/// [`serve_full`], with the passthrough ingress mounted as `sidecar` says.
+async fn serve_setup(
+    known_endpoints: Option<std::collections::HashSet<String>>,
+    max_pending: u64,
+    max_payload: usize,
+    own_queue_db: bool,
+    sidecar: Option<SidecarConfig>,
+) -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let (db, queue_db) = if own_queue_db {
         let open =
@@ -70,8 +91,11 @@ async fn serve_full(
         lease: Duration::from_secs(30),
         max_payload,
     };
-    let queue: Arc<dyn QueueBackend> =
-        Arc::new(EmbeddedQueue::open(queue_db.clone(), qc).expect("queue"));
+    let queue_calls = Arc::default();
+    let queue: Arc<dyn QueueBackend> = Arc::new(Recorder {
+        inner: Arc::new(EmbeddedQueue::open(queue_db.clone(), qc).expect("queue")),
+        calls: Arc::clone(&queue_calls),
+    });
     let sc = EmbeddedStoreConfig {
         ttl: Duration::from_secs(60),
         sweep_interval: Duration::from_secs(60),
@@ -96,7 +120,7 @@ async fn serve_full(
                 ttl: Duration::from_secs(60),
                 identity_header: axum::http::header::AUTHORIZATION,
             },
-            sidecar: None,
+            sidecar,
             callbacks: openhqm_core::CallbackPolicy::new(&["hooks.example.com"]).expect("policy"),
             decoder: openhqm_core::Decoder::default(),
         },
@@ -114,13 +138,81 @@ async fn serve_full(
         db,
         queue_db,
         queue,
+        queue_calls,
         store,
         base: format!("http://{addr}"),
         http: http_client(),
     }
 }
 
+/// The queue under test, telling what was asked of it: publishes by their
+/// durability, and syncs.
+struct Recorder {
+    inner: Arc<dyn QueueBackend>,
+    calls: Arc<Mutex<Vec<&'static str>>>,
+}
+
+impl Recorder {
+    fn note(&self, call: &'static str) {
+        self.calls.lock().expect("lock").push(call);
+    }
+}
+
+#[async_trait::async_trait]
+impl QueueBackend for Recorder {
+    fn capabilities(&self) -> openhqm_queue::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn publish(&self, message: OutgoingMessage) -> Result<(), QueueError> {
+        self.note(match message.durability {
+            Durability::Full => "publish",
+            Durability::Deferred => "publish deferred",
+        });
+        self.inner.publish(message).await
+    }
+    async fn sync(&self) -> Result<(), QueueError> {
+        self.note("sync");
+        self.inner.sync().await
+    }
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<openhqm_queue::Delivery>, QueueError> {
+        self.inner.receive(max, wait).await
+    }
+    async fn depth(&self) -> Result<u64, QueueError> {
+        self.inner.depth().await
+    }
+    async fn dead_letter_depth(&self) -> Result<u64, QueueError> {
+        self.inner.dead_letter_depth().await
+    }
+    async fn dead_letters(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<openhqm_queue::DeadLetter>, QueueError> {
+        self.inner.dead_letters(limit).await
+    }
+    async fn redrive(&self, limit: usize) -> Result<u64, QueueError> {
+        self.inner.redrive(limit).await
+    }
+    async fn trim_dead_letters(&self, before_ms: u64) -> Result<u64, QueueError> {
+        self.inner.trim_dead_letters(before_ms).await
+    }
+    async fn health(&self) -> Result<(), QueueError> {
+        self.inner.health().await
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
 impl Api {
+    /// What was asked of the queue since the last look.
+    fn queue_calls(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.queue_calls.lock().expect("lock"))
+    }
+
     /// The one message the queue holds now; fails naming `what` otherwise.
     async fn take_one(&self, what: &str) -> openhqm_queue::Delivery {
         self.queue
@@ -948,4 +1040,73 @@ async fn dead_letters_are_listed_with_their_reason_and_redriven() {
     );
     back.ack().await.expect("ack");
     api.db.close().await;
+}
+
+/// A caller waiting on the passthrough ingress takes the backend's answer as
+/// its acknowledgement: its message is published deferred (safe from a crash
+/// of this process, not yet synced), and the queue is synced before any 202
+/// says it is stored. `respond-async` gets a fully durable publish.
+#[tokio::test]
+async fn a_waited_passthrough_call_is_synced_before_a_202_and_never_for_an_answer() {
+    let sidecar = SidecarConfig {
+        endpoint: None,
+        wait: Duration::from_secs(1),
+        path_prefix: Some("/app".into()),
+        forward_headers: None,
+        preserve_host: false,
+    };
+    let api = serve_setup(None, 0, MAX_BODY * 2, false, Some(sidecar)).await;
+    let call = |prefer: &'static str| {
+        api.http
+            .post(format!("{}/app/orders", api.base))
+            .header("prefer", prefer)
+            .body("{}")
+            .send()
+    };
+
+    // No worker answers: the wait runs out, and the 202 comes after a sync.
+    let r = call("wait=1").await.expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(api.queue_calls(), ["publish deferred", "sync"]);
+    api.take_one("the waited call")
+        .await
+        .ack()
+        .await
+        .expect("ack");
+
+    // `respond-async`: 202 at once, for a message stored in full.
+    let r = call("respond-async").await.expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(api.queue_calls(), ["publish"]);
+    api.take_one("the async call")
+        .await
+        .ack()
+        .await
+        .expect("ack");
+
+    // Answered within the wait: the answer needs no sync.
+    let waiting = tokio::spawn(call("wait=5"));
+    let delivery = api.take_one("the answered call").await;
+    let id: CorrelationId = Envelope::correlation_id_in(&delivery.message().body).expect("id");
+    api.store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    let mut outcome = ResultData {
+        status_code: Some(201),
+        ..ResultData::default()
+    };
+    outcome.set_body(json!({"ok": true}), None);
+    let done = Update {
+        to: RequestStatus::Completed,
+        attempts: Some(1),
+        outcome: Some(outcome),
+        redrive: None,
+        hold: None,
+    };
+    api.store.transition(id, done).await.expect("completed");
+    delivery.ack().await.expect("ack");
+    let r = waiting.await.expect("join").expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(api.queue_calls(), ["publish deferred"]);
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::{Delivery, Nack, OutgoingMessage, QueueBackend, QueueError};
+use crate::{Delivery, Durability, Nack, OutgoingMessage, QueueBackend, QueueError};
 
 /// What a backend's test file provides to run the suite.
 #[async_trait]
@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             higher_priority_is_delivered_first,
             depth_counts_every_unacknowledged_message,
             restart_recovers_unacknowledged_messages,
+            deferred_publishes_are_delivered_and_kept_once_synced,
             oversized_payload_is_rejected,
         );
     };
@@ -98,7 +99,7 @@ pub async fn round_trip_keeps_body_attributes_and_id(h: &dyn Harness) {
     let out = OutgoingMessage {
         body: Bytes::from_static(b"{\"hello\":\"world\",\"bytes\":\"\xc3\xa9\"}"),
         attributes: attributes.clone(),
-        priority: 0,
+        ..OutgoingMessage::default()
     };
     q.publish(out.clone()).await.expect("publish");
     let d = expect_one(q.as_ref()).await;
@@ -477,6 +478,27 @@ pub async fn restart_recovers_unacknowledged_messages(h: &dyn Harness) {
             .map(|s| (*s).to_owned())
             .collect()
     );
+}
+
+/// A deferred publish is delivered like any other, and once `sync` has
+/// returned it is kept across a restart.
+pub async fn deferred_publishes_are_delivered_and_kept_once_synced(h: &dyn Harness) {
+    let q = h.open().await;
+    let deferred = |body: &str| OutgoingMessage {
+        durability: Durability::Deferred,
+        ..msg(body)
+    };
+    q.publish(deferred("d1")).await.expect("publish");
+    let d = expect_one(q.as_ref()).await;
+    assert_eq!(body(&d), "d1");
+    d.ack().await.expect("ack");
+    q.publish(deferred("d2")).await.expect("publish");
+    q.sync().await.expect("sync");
+    let q = h.restart(q).await;
+    let d = expect_one(q.as_ref()).await;
+    assert_eq!(body(&d), "d2");
+    d.ack().await.expect("ack");
+    assert_eq!(q.depth().await.expect("depth"), 0);
 }
 
 /// A body over the backend's limit is refused and nothing is stored.

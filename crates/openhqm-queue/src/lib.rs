@@ -35,6 +35,24 @@ pub struct OutgoingMessage {
     pub attributes: BTreeMap<String, String>,
     /// 0 (default) to 9; backends with priority support hand out higher first.
     pub priority: u8,
+    /// How durable the message must be when [`QueueBackend::publish`] returns.
+    pub durability: Durability,
+}
+
+/// How durable a published message must be when `publish` returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// As durable as the backend promises (for the embedded engine under
+    /// `queue.fsync: true`, synced to disk).
+    #[default]
+    Full,
+    /// Safe from a crash of this process, and made fully durable by the
+    /// next [`QueueBackend::sync`] (or any full publish after it). For a
+    /// message whose caller is still waiting for its answer: the answer is
+    /// its acknowledgement, and only an answer that promises storage (a
+    /// `202`) needs the sync first. Backends whose every publish is as
+    /// durable as they get treat it as [`Durability::Full`].
+    Deferred,
 }
 
 impl OutgoingMessage {
@@ -150,6 +168,16 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// # Errors
     /// [`QueueError::PayloadTooLarge`], or [`QueueError::Unavailable`] if it was not stored.
     async fn publish(&self, message: OutgoingMessage) -> Result<(), QueueError>;
+
+    /// Makes every message published before this call as durable as a
+    /// [`Durability::Full`] publish. The default suits backends that make
+    /// no difference between the two.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] if it cannot be confirmed, or [`QueueError::Closed`].
+    async fn sync(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
 
     /// Takes up to `max` messages, waiting up to `wait` for the first one.
     /// Returns an empty list if none arrived in time.

@@ -91,7 +91,7 @@ impl CompletionSink for ReplyQueueSink {
                 ("status".to_owned(), record.status.to_string()),
             ]
             .into(),
-            priority: 0,
+            ..OutgoingMessage::default()
         };
         match self.queue.publish(message).await {
             Ok(()) => {

@@ -5,7 +5,10 @@
 //!   process-wide sequence number (big-endian, so keys are appended, never
 //!   scattered). The value holds the attempt number, the time before which it
 //!   must not be delivered, its priority, attributes and body (see [`record`]).
-//!   A publish returns only once its group commit is durable.
+//!   A publish returns only once its group commit is durable; a
+//!   [`Durability::Deferred`](crate::Durability) one once it is handed to the
+//!   OS, and [`sync`](QueueBackend::sync) then syncs the journal, which
+//!   holds every earlier write.
 //! - **Dispatch.** Which messages are waiting, delayed or leased is kept in
 //!   memory and rebuilt from the keyspace on open. Waiting messages are handed
 //!   out by priority, FIFO within a priority.
@@ -43,7 +46,8 @@ use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Wait};
 use tokio::sync::Notify;
 
 use crate::{
-    Capabilities, DeadLetter, Delivery, OutgoingMessage, QueueBackend, QueueError, now_ms,
+    Capabilities, DeadLetter, Delivery, Durability, OutgoingMessage, QueueBackend, QueueError,
+    now_ms,
 };
 use record::StoredRecord;
 use state::{Now, State};
@@ -294,6 +298,7 @@ impl QueueBackend for EmbeddedQueue {
                 limit,
             });
         }
+        let message_durability = message.durability;
         let rec = StoredRecord::new(message);
         let priority = rec.priority;
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -303,7 +308,10 @@ impl QueueBackend for EmbeddedQueue {
         self.inner
             .db
             .write_then(
-                Wait::Durable,
+                match message_durability {
+                    Durability::Full => Wait::Durable,
+                    Durability::Deferred => Wait::Flushed,
+                },
                 move |ctx| ctx.insert(&ks, &record::encode_key(seq), value),
                 move |()| {
                     inner.lock().push_ready(seq, priority);
@@ -312,6 +320,10 @@ impl QueueBackend for EmbeddedQueue {
             )
             .await
             .map_err(db_error)
+    }
+
+    async fn sync(&self) -> Result<(), QueueError> {
+        self.inner.db.sync().await.map_err(db_error)
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
