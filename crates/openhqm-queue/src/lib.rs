@@ -135,6 +135,10 @@ pub enum QueueError {
     /// The backend cannot do this.
     #[error("unsupported by this queue backend: {0}")]
     Unsupported(&'static str),
+    /// The backend refuses this client's credentials or permissions:
+    /// retrying will not help until the configuration changes.
+    #[error("queue refused access: {0}")]
+    Refused(String),
     /// The backend is shut down.
     #[error("queue is closed")]
     Closed,

@@ -33,6 +33,10 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The store refuses this client's credentials or permissions:
+    /// retrying will not help until the configuration changes.
+    #[error("result store refused access: {0}")]
+    Refused(String),
     /// The store is shut down.
     #[error("result store is closed")]
     Closed,

@@ -112,7 +112,15 @@ pub struct RedisStore {
 }
 
 fn redis_error(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    // A wrong or missing password, or an ACL user without the permission
+    // (the queue's Redis backend tells them apart the same way).
+    let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"));
+    if refused {
+        StoreError::Refused(e.to_string())
+    } else {
+        StoreError::Unavailable(e.to_string())
+    }
 }
 
 fn ttl_ms(ttl: Duration) -> u64 {

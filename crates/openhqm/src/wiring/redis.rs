@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use openhqm_queue::QueueBackend;
 use openhqm_queue::backends::redis::{RedisQueue, RedisQueueConfig};
-use openhqm_store::ResultStore;
+use openhqm_queue::{QueueBackend, QueueError};
 use openhqm_store::redis::{DEFAULT_CHANNEL, DEFAULT_KEY_PREFIX, RedisStore, RedisStoreConfig};
+use openhqm_store::{ResultStore, StoreError};
 
 use super::{Backends, open_backends, secs};
 use crate::config::{BackendType, Config, StoreType};
@@ -69,8 +69,13 @@ const STARTUP_WAIT: Duration = Duration::from_secs(60);
 /// Runs `open` until it succeeds or [`STARTUP_WAIT`] has passed, backing off
 /// from half a second to five: a listener or worker started with (or just
 /// before) its Redis, as a pod or a compose file starts them, waits for it
-/// instead of exiting at once.
-async fn until_reachable<T, E, F>(what: &str, mut open: impl FnMut() -> F) -> Result<T, E>
+/// instead of exiting at once. A refusal (`refused`: wrong credentials) ends
+/// it at once: waiting cannot fix the configuration.
+async fn until_reachable<T, E, F>(
+    what: &str,
+    refused: impl Fn(&E) -> bool,
+    mut open: impl FnMut() -> F,
+) -> Result<T, E>
 where
     F: Future<Output = Result<T, E>>,
     E: std::fmt::Display,
@@ -80,7 +85,7 @@ where
     loop {
         match open().await {
             Ok(opened) => return Ok(opened),
-            Err(e) if tokio::time::Instant::now() + pause < deadline => {
+            Err(e) if !refused(&e) && tokio::time::Instant::now() + pause < deadline => {
                 tracing::warn!(error = %e, retry_in = ?pause, "{what}: Redis is not reachable yet");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
@@ -88,6 +93,21 @@ where
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Why the Redis `what` configured by `key` did not open.
+fn cannot_open(
+    refused: bool,
+    e: impl std::error::Error + Send + Sync + 'static,
+    what: &str,
+    key: &str,
+) -> anyhow::Error {
+    let hint = if refused {
+        format!("check the credentials in {key}")
+    } else {
+        format!("{key}; is Redis running?")
+    };
+    anyhow::Error::new(e).context(format!("cannot open the Redis {what} ({hint})"))
 }
 
 /// Opens the backends when at least one of them is Redis.
@@ -105,10 +125,11 @@ pub(super) async fn open_redis(config: &Config) -> anyhow::Result<Backends> {
         (BackendType::Redis, _) => {
             let q = queue_config(config);
             tracing::info!(stream = %q.stream, group = %q.group, consumer = %q.consumer, "opening the Redis queue");
+            let refused = |e: &QueueError| matches!(e, QueueError::Refused(_));
             Arc::new(
-                until_reachable("the queue", || RedisQueue::open(q.clone()))
+                until_reachable("the queue", refused, || RedisQueue::open(q.clone()))
                     .await
-                    .context("cannot open the Redis queue (queue.redis_url; is Redis running?)")?,
+                    .map_err(|e| cannot_open(refused(&e), e, "queue", "queue.redis_url"))?,
             )
         }
         (_, Some(e)) => Arc::clone(&e.queue),
@@ -122,12 +143,11 @@ pub(super) async fn open_redis(config: &Config) -> anyhow::Result<Backends> {
                 key_prefix: DEFAULT_KEY_PREFIX.into(),
                 channel: DEFAULT_CHANNEL.into(),
             };
+            let refused = |e: &StoreError| matches!(e, StoreError::Refused(_));
             Arc::new(
-                until_reachable("the result store", || RedisStore::open(c.clone()))
+                until_reachable("the result store", refused, || RedisStore::open(c.clone()))
                     .await
-                    .context(
-                        "cannot open the Redis result store (cache.redis_url; is Redis running?)",
-                    )?,
+                    .map_err(|e| cannot_open(refused(&e), e, "result store", "cache.redis_url"))?,
             )
         }
         (_, Some(e)) => Arc::clone(&e.store),

@@ -165,7 +165,17 @@ fn duration_ms(d: Duration) -> u64 {
 }
 
 fn redis_error(e: redis::RedisError) -> QueueError {
-    QueueError::Unavailable(e.to_string())
+    if is_refusal(&e) {
+        QueueError::Refused(e.to_string())
+    } else {
+        QueueError::Unavailable(e.to_string())
+    }
+}
+
+/// A wrong or missing password, or an ACL user without the permission.
+fn is_refusal(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
 }
 
 fn is_nogroup(e: &redis::RedisError) -> bool {
