@@ -60,7 +60,7 @@ def row(name):
 rows = [
     ("app called directly", row("direct")),
     ("nginx proxy_pass -> app (baseline)", row("nginx")),
-    ("openhqm sidecar, sync over the durable queue", row("openhqm")),
+    ("openhqm sidecar, callers wait on the queue", row("openhqm")),
 ]
 ngx = rows[1][1][0]
 direct = rows[0][1]

@@ -15,6 +15,10 @@
 //!   makes every earlier write durable (the journal is recovered as a prefix);
 //! - async tasks never block on the journal lock or on fsync.
 //!
+//! A write that nobody waits to see synced is synced within
+//! [`Options::sync_every`] by a syncer thread, unless a durable write takes
+//! it along sooner.
+//!
 //! Reads go straight to fjall from any thread and see every applied batch.
 //! Jobs on the writer read hot keyspaces mostly from memory ([`recent`]).
 
@@ -29,6 +33,7 @@ pub use fjall::{Keyspace, Slice};
 use tokio::sync::{mpsc, oneshot};
 
 use failure::Failure;
+use writer::Syncs;
 pub use writer::WriteCtx;
 
 /// How far a write has to get before the caller is told it is done.
@@ -103,6 +108,9 @@ pub struct Options {
     pub durability: Durability,
     /// Background threads fjall may use for flushes and compaction.
     pub worker_threads: usize,
+    /// Longest a committed write waits to be made durable when no durable
+    /// write comes sooner to take it along.
+    pub sync_every: std::time::Duration,
 }
 
 impl Default for Options {
@@ -110,6 +118,7 @@ impl Default for Options {
         Self {
             durability: Durability::Fsync,
             worker_threads: 1,
+            sync_every: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -124,6 +133,7 @@ struct Inner {
     db: fjall::Database,
     tx: mpsc::UnboundedSender<Request>,
     failure: Arc<Failure>,
+    syncs: Arc<Syncs>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -147,13 +157,23 @@ impl EmbeddedDb {
             .open()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let failure = Arc::new(Failure::new());
-        let thread = writer::spawn(db.clone(), rx, options.durability, Arc::clone(&failure))
-            .map_err(|e| DbError::Engine(fjall::Error::Io(e)))?;
+        let syncs = Arc::new(Syncs::default());
+        let io = |e| DbError::Engine(fjall::Error::Io(e));
+        let thread = writer::spawn(
+            db.clone(),
+            rx,
+            options.durability,
+            Arc::clone(&failure),
+            Arc::clone(&syncs),
+        )
+        .map_err(io)?;
+        writer::spawn_syncer(tx.downgrade(), Arc::clone(&syncs), options.sync_every).map_err(io)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 tx,
                 failure,
+                syncs,
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
         })
@@ -302,6 +322,13 @@ impl EmbeddedDb {
     /// [`DbError::Closed`], or the sync's error.
     pub async fn sync(&self) -> Result<(), DbError> {
         self.write(Wait::Durable, |_| ()).await
+    }
+
+    /// How many group commits were made durable (by the database's
+    /// [`Durability`]) so far.
+    #[must_use]
+    pub fn syncs(&self) -> u64 {
+        self.inner.syncs.done()
     }
 
     /// Resolves, with the cause, once the engine has failed for good: a

@@ -1,5 +1,7 @@
 use super::*;
 
+use std::time::Duration;
+
 fn open(dir: &Path) -> EmbeddedDb {
     EmbeddedDb::open(dir, &Options::default()).expect("open")
 }
@@ -23,6 +25,61 @@ async fn durable_write_survives_reopen() {
     let db = open(dir.path());
     let ks = db.keyspace("items").expect("keyspace");
     assert_eq!(ks.get(b"k").expect("get").as_deref(), Some(b"v".as_slice()));
+    db.close().await;
+}
+
+/// Writes `k` = `v` in `items`, waiting as `wait` says.
+async fn put(db: &EmbeddedDb, wait: Wait, k: &'static [u8]) {
+    let ks = db.keyspace("items").expect("keyspace");
+    db.write(wait, move |ctx| ctx.insert(&ks, k, b"v".as_slice()))
+        .await
+        .expect("write");
+}
+
+#[tokio::test]
+async fn only_durable_writes_and_sync_make_groups_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        sync_every: Duration::from_secs(3600),
+        ..Options::default()
+    };
+    let db = EmbeddedDb::open(dir.path(), &options).expect("open");
+    let before = db.syncs();
+    put(&db, Wait::Applied, b"a").await;
+    put(&db, Wait::Flushed, b"f").await;
+    assert_eq!(
+        db.syncs(),
+        before,
+        "applied and flushed writes are not synced"
+    );
+    db.sync().await.expect("sync");
+    assert_eq!(db.syncs(), before + 1);
+    put(&db, Wait::Durable, b"d").await;
+    assert_eq!(db.syncs(), before + 2);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn writes_nobody_synced_are_synced_within_sync_every_and_idle_costs_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        sync_every: Duration::from_millis(50),
+        ..Options::default()
+    };
+    let db = EmbeddedDb::open(dir.path(), &options).expect("open");
+    let before = db.syncs();
+    put(&db, Wait::Applied, b"a").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while db.syncs() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an applied write was never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let synced = db.syncs();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(db.syncs(), synced, "nothing to sync, yet synced again");
     db.close().await;
 }
 

@@ -2,13 +2,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use fjall::{Keyspace, PersistMode, Slice};
 use tokio::sync::mpsc;
 
 use crate::failure::{Failure, ReportPanic, cause_of};
 use crate::recent::{Key, Recent};
-use crate::{Completion, Durability, Request, Wait};
+use crate::{Completion, Durability, Job, Request, Wait};
 
 /// Most jobs folded into one group; bounds the latency of the first job.
 const MAX_GROUP: usize = 4096;
@@ -67,15 +69,73 @@ impl WriteCtx<'_> {
     }
 }
 
+/// Whether committed writes wait for a sync, and how many syncs there were.
+#[derive(Default)]
+pub(crate) struct Syncs {
+    /// A group was committed and not made durable since.
+    pending: AtomicBool,
+    /// Groups made durable (by the database's [`Durability`]).
+    done: AtomicU64,
+}
+
+impl Syncs {
+    pub(crate) fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    fn committed(&self, made_durable: bool) {
+        if made_durable {
+            self.pending.store(false, Ordering::Release);
+            self.done.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.pending.store(true, Ordering::Release);
+        }
+    }
+}
+
 pub(crate) fn spawn(
     db: fjall::Database,
     rx: mpsc::UnboundedReceiver<Request>,
     durability: Durability,
     failure: Arc<Failure>,
+    syncs: Arc<Syncs>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("openhqm-writer".into())
-        .spawn(move || run(&db, rx, durability, &failure))
+        .spawn(move || run(&db, rx, durability, &failure, &syncs))
+}
+
+/// Every `every`, asks the writer for a sync if a committed group still
+/// waits for one: writes nobody waited to see synced (results, acks, calls
+/// answered before their message reached the disk) are durable within
+/// `every`, as with Redis's `appendfsync everysec`. Holds the channel only
+/// weakly, so it ends with the database.
+pub(crate) fn spawn_syncer(
+    tx: mpsc::WeakUnboundedSender<Request>,
+    syncs: Arc<Syncs>,
+    every: Duration,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("openhqm-syncer".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(tx) = tx.upgrade() else { return };
+                if syncs.pending.load(Ordering::Acquire) {
+                    let job: Job = Box::new(|_| Box::new(|_| {}));
+                    if tx
+                        .send(Request {
+                            job,
+                            wait: Wait::Durable,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        })
+        .map(drop)
 }
 
 fn run(
@@ -83,6 +143,7 @@ fn run(
     mut rx: mpsc::UnboundedReceiver<Request>,
     durability: Durability,
     failure: &Failure,
+    syncs: &Syncs,
 ) {
     let _panic = ReportPanic(failure);
     let mode = match durability {
@@ -99,7 +160,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let stop = commit_group(db, &mut group, &mut recent, mode, failure);
+        let stop = commit_group(db, &mut group, &mut recent, mode, failure, syncs);
         if stop {
             break;
         }
@@ -117,6 +178,7 @@ fn commit_group(
     recent: &mut Recent,
     mode: PersistMode,
     failure: &Failure,
+    syncs: &Syncs,
 ) -> bool {
     let mut ctx = WriteCtx {
         batch: db.batch(),
@@ -148,7 +210,8 @@ fn commit_group(
         recent,
         stop,
     } = ctx;
-    let result = if batch.is_empty() {
+    let batch_was_empty = batch.is_empty();
+    let result = if batch_was_empty {
         Ok(())
     } else {
         batch.commit()
@@ -161,10 +224,14 @@ fn commit_group(
     for done in applied {
         done(result.clone());
     }
+    let wrote = !batch_was_empty;
     let result = match (result, persist) {
         (Ok(()), Some(persist)) => db.persist(persist).map_err(Arc::new),
         (other, _) => other,
     };
+    if result.is_ok() && (wrote || persist == Some(mode)) {
+        syncs.committed(persist == Some(mode));
+    }
     if let Err(e) = &result {
         // Every commit error leaves fjall poisoned: the first one is the news.
         failure.report(&cause_of(e));

@@ -1084,6 +1084,29 @@ async fn a_waited_passthrough_call_is_synced_before_a_202_and_never_for_an_answe
         .await
         .expect("ack");
 
+    // A repeated key's 202 is synced too: the first call's message may not be.
+    let keyed = || {
+        api.http
+            .post(format!("{}/app/keyed", api.base))
+            .header("prefer", "respond-async")
+            .header("idempotency-key", "\"order-7\"")
+            .header("authorization", "Bearer caller-1")
+            .body("{}")
+            .send()
+    };
+    assert_eq!(keyed().await.expect("send").status(), StatusCode::ACCEPTED);
+    assert_eq!(api.queue_calls(), ["publish"]);
+    let r = keyed().await.expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let replayed = r.headers().get("idempotent-replayed");
+    assert_eq!(replayed.and_then(|v| v.to_str().ok()), Some("true"));
+    assert_eq!(api.queue_calls(), ["sync"]);
+    api.take_one("the keyed call")
+        .await
+        .ack()
+        .await
+        .expect("ack");
+
     // Answered within the wait: the answer needs no sync.
     let waiting = tokio::spawn(call("wait=5"));
     let delivery = api.take_one("the answered call").await;

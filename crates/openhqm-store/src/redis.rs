@@ -143,7 +143,8 @@ impl RedisStore {
     /// Connects, and subscribes to the completion channel before returning.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] if Redis cannot be reached or the URL is invalid.
+    /// [`StoreError::Unavailable`] if Redis cannot be reached or the URL is
+    /// invalid, [`StoreError::Refused`] if it refuses the credentials.
     pub async fn open(config: RedisStoreConfig) -> Result<Self, StoreError> {
         let client = redis::Client::open(config.url.as_str()).map_err(redis_error)?;
         let manager = ConnectionManagerConfig::new()
@@ -151,7 +152,14 @@ impl RedisStore {
             .set_response_timeout(Some(Duration::from_secs(3)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager)
+        let mut conn = ConnectionManager::new_with_config(client.clone(), manager)
+            .await
+            .map_err(redis_error)?;
+        // A URL without the password Redis wants connects: the refusal
+        // (NOAUTH) comes with the first command, here rather than in the
+        // subscriber, which would only time out.
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
             .await
             .map_err(redis_error)?;
         let waiters = Arc::new(Waiters::default());

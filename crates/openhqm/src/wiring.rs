@@ -87,7 +87,7 @@ fn open_backends(config: &Config) -> anyhow::Result<Backends> {
         dir,
         &Options {
             durability,
-            worker_threads: 1,
+            ..Options::default()
         },
     )
     .with_context(|| {

@@ -422,6 +422,24 @@ fn split_roles_with_an_embedded_store_are_refused() {
     assert!(stderr.contains("cache.type redis"), "{stderr}");
 }
 
+/// Waits (up to 10 s) for `p` to exit, which it must do unsuccessfully;
+/// returns its log.
+async fn exits_failing(mut p: Proc, name: &str, dir: &Path) -> String {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = p.child.try_wait().expect("status") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name}: still retrying refused credentials"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{name}: exit status {status}");
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).expect("log")
+}
+
 /// Credentials Redis refuses end start-up at once, naming the key to fix,
 /// instead of being retried as an unreachable Redis for a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,36 +448,36 @@ async fn refused_redis_credentials_stop_start_up_at_once_naming_the_key() {
     let port = redis.port();
     let () = redis_cmd(
         &redis.url(),
-        redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("right"),
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg("right"),
     )
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
+    let right = format!("redis://:right@127.0.0.1:{port}");
     let wrong = [
         ("no-password", format!("redis://127.0.0.1:{port}")),
         ("wrong-password", format!("redis://:wrong@127.0.0.1:{port}")),
     ];
     for (name, url) in &wrong {
-        let mut p = start("listener", name, url, dir.path());
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = p.child.try_wait().expect("status") {
-                break status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "{name}: still retrying refused credentials"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert!(!status.success(), "{name}: exit status {status}");
-        let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).expect("log");
+        let p = start("listener", name, url, dir.path());
+        let log = exits_failing(p, name, dir.path()).await;
         assert!(
             log.contains("check the credentials in queue.redis_url"),
             "{name}: {log}"
         );
         assert!(!log.contains("not reachable yet"), "{name}: {log}");
+        // The result store's URL alone wrong: its own key is named.
+        let name = format!("cache-{name}");
+        let sets = [format!("cache.redis_url={url}")];
+        let p = start_with("listener", &name, &right, dir.path(), &sets);
+        let log = exits_failing(p, &name, dir.path()).await;
+        assert!(
+            log.contains("check the credentials in cache.redis_url"),
+            "{name}: {log}"
+        );
     }
-    let right = format!("redis://:right@127.0.0.1:{port}");
     let p = start("listener", "right-password", &right, dir.path());
     wait_ready(&http_client(), &p).await;
 }
