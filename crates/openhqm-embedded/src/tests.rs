@@ -6,6 +6,15 @@ fn open(dir: &Path) -> EmbeddedDb {
     EmbeddedDb::open(dir, &Options::default()).expect("open")
 }
 
+/// [`open`] with the syncer looking every `sync_every`.
+fn open_syncing_every(dir: &Path, sync_every: Duration) -> EmbeddedDb {
+    let options = Options {
+        sync_every,
+        ..Options::default()
+    };
+    EmbeddedDb::open(dir, &options).expect("open")
+}
+
 #[tokio::test]
 async fn durable_write_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -39,11 +48,7 @@ async fn put(db: &EmbeddedDb, wait: Wait, k: &'static [u8]) {
 #[tokio::test]
 async fn only_durable_writes_and_sync_make_groups_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = Options {
-        sync_every: Duration::from_secs(3600),
-        ..Options::default()
-    };
-    let db = EmbeddedDb::open(dir.path(), &options).expect("open");
+    let db = open_syncing_every(dir.path(), Duration::from_secs(3600));
     let before = db.syncs();
     put(&db, Wait::Applied, b"a").await;
     put(&db, Wait::Flushed, b"f").await;
@@ -62,11 +67,7 @@ async fn only_durable_writes_and_sync_make_groups_durable() {
 #[tokio::test]
 async fn writes_nobody_synced_are_synced_within_sync_every_and_idle_costs_none() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = Options {
-        sync_every: Duration::from_millis(50),
-        ..Options::default()
-    };
-    let db = EmbeddedDb::open(dir.path(), &options).expect("open");
+    let db = open_syncing_every(dir.path(), Duration::from_millis(50));
     let before = db.syncs();
     put(&db, Wait::Applied, b"a").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

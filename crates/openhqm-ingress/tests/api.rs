@@ -208,6 +208,22 @@ impl QueueBackend for Recorder {
 }
 
 impl Api {
+    /// Finishes `id` as a worker would: PROCESSING, then COMPLETED with `outcome`.
+    async fn complete(&self, id: CorrelationId, outcome: ResultData) {
+        self.store
+            .transition(id, Update::to(RequestStatus::Processing))
+            .await
+            .expect("processing");
+        let done = Update {
+            to: RequestStatus::Completed,
+            attempts: Some(1),
+            outcome: Some(outcome),
+            redrive: None,
+            hold: None,
+        };
+        self.store.transition(id, done).await.expect("completed");
+    }
+
     /// What was asked of the queue since the last look.
     fn queue_calls(&self) -> Vec<&'static str> {
         std::mem::take(&mut *self.queue_calls.lock().expect("lock"))
@@ -548,24 +564,13 @@ async fn response_is_202_until_finished_then_200_with_every_field() {
     assert!(pending.headers().contains_key("retry-after"));
     assert_eq!(json_of(pending).await["status"], "PENDING");
 
-    api.store
-        .transition(id, Update::to(RequestStatus::Processing))
-        .await
-        .expect("processing");
     let outcome = ResultData {
         result: Some(json!([3, 2, 1])),
         processing_time_ms: Some(5),
         completed_at_ms: Some(1_770_000_000_000),
         ..ResultData::default()
     };
-    let done = Update {
-        to: RequestStatus::Completed,
-        attempts: Some(1),
-        outcome: Some(outcome),
-        redrive: None,
-        hold: None,
-    };
-    api.store.transition(id, done).await.expect("completed");
+    api.complete(id, outcome).await;
     let finished = api.get(&format!("/api/v1/response/{id}")).await;
     assert_eq!(finished.status(), StatusCode::OK);
     let body = json_of(finished).await;
@@ -618,21 +623,11 @@ async fn long_poll_answers_the_moment_the_result_is_stored() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!poll.is_finished(), "a pending request was answered early");
     let finished_at = started.elapsed();
-    api.store
-        .transition(id, Update::to(RequestStatus::Processing))
-        .await
-        .expect("processing");
-    let done = Update {
-        to: RequestStatus::Completed,
-        attempts: Some(1),
-        outcome: Some(ResultData {
-            result: Some(json!("done")),
-            ..ResultData::default()
-        }),
-        redrive: None,
-        hold: None,
+    let outcome = ResultData {
+        result: Some(json!("done")),
+        ..ResultData::default()
     };
-    api.store.transition(id, done).await.expect("completed");
+    api.complete(id, outcome).await;
     // ...and answered as soon as the result is written, far inside its 30 s.
     let (status, elapsed, applied, body) = poll.await.expect("join");
     assert_eq!(status, StatusCode::OK);
@@ -1111,23 +1106,12 @@ async fn a_waited_passthrough_call_is_synced_before_a_202_and_never_for_an_answe
     let waiting = tokio::spawn(call("wait=5"));
     let delivery = api.take_one("the answered call").await;
     let id: CorrelationId = Envelope::correlation_id_in(&delivery.message().body).expect("id");
-    api.store
-        .transition(id, Update::to(RequestStatus::Processing))
-        .await
-        .expect("processing");
     let mut outcome = ResultData {
         status_code: Some(201),
         ..ResultData::default()
     };
     outcome.set_body(json!({"ok": true}), None);
-    let done = Update {
-        to: RequestStatus::Completed,
-        attempts: Some(1),
-        outcome: Some(outcome),
-        redrive: None,
-        hold: None,
-    };
-    api.store.transition(id, done).await.expect("completed");
+    api.complete(id, outcome).await;
     delivery.ack().await.expect("ack");
     let r = waiting.await.expect("join").expect("send");
     assert_eq!(r.status(), StatusCode::CREATED);

@@ -358,7 +358,9 @@ async fn raw_bodies_keep_their_bytes_and_content_type() {
     // Without a type of their own they get none: they need not be JSON.
     let mut untyped = envelope("null", &[]);
     untyped.raw_body = Some("PHhtbC8+".into());
-    let out = call(&p, &untyped).await.unwrap();
+    let out = call(&p, &untyped)
+        .await
+        .expect("forwarded without a content type");
     assert_eq!(out.result["body"], "<xml/>");
     assert!(!seen_headers(&out).contains_key("content-type"), "{out:?}");
     env.raw_body = Some("not base64!".into());
