@@ -323,8 +323,10 @@ pub(crate) async fn response(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
+    let asked = Preferences::from_request(&headers, query.as_deref())
+        .map_err(Problem::invalid_parameter)?
+        .wait;
     let record = lookup(&state, &id).await?;
-    let asked = Preferences::from_request(&headers, query.as_deref()).wait;
     let wait = asked.map_or(Duration::ZERO, |w| w.min(state.config.max_wait));
     let (record, waited) = crate::wait::wait_for_answer(&state, record, wait).await;
     let mut response = if record.status.is_terminal() {

@@ -3,7 +3,8 @@
 //! A client may send several `Prefer` headers, each a comma-separated list of
 //! preferences; tokens compare case-insensitively and values may be quoted.
 //! Unknown preferences are ignored, as the RFC asks. A `?wait=N` query
-//! parameter is accepted too, for clients that cannot set headers.
+//! parameter is accepted too, for clients that cannot set headers; being
+//! our own API rather than a preference, a malformed one is an error.
 
 use std::time::Duration;
 
@@ -43,20 +44,32 @@ pub struct Preferences {
 }
 
 impl Preferences {
-    /// Reads every `Prefer` header (the first `wait` counts, RFC 7240 §2),
-    /// then `wait` from the query, which wins.
+    /// Reads every `Prefer` header (the first `wait` counts, RFC 7240 §2).
     #[must_use]
-    pub fn from_request(headers: &HeaderMap, query: Option<&str>) -> Self {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
         let mut prefs = Self::default();
         for value in headers.get_all(&PREFER) {
             if let Ok(text) = value.to_str() {
                 prefs.merge(text);
             }
         }
-        if let Some(wait) = query.and_then(query_wait) {
-            prefs.wait = Some(wait);
-        }
         prefs
+    }
+
+    /// As [`Preferences::from_headers`], then `wait` from the query, which wins.
+    ///
+    /// # Errors
+    /// A `wait` parameter that is not a whole number of seconds: a client
+    /// that asked to wait is told it will not, rather than answered at once.
+    pub fn from_request(headers: &HeaderMap, query: Option<&str>) -> Result<Self, String> {
+        let mut prefs = Self::from_headers(headers);
+        if let Some(given) = query.and_then(|q| crate::query_param(q, "wait")) {
+            let secs = seconds(&given).ok_or_else(|| {
+                format!("query parameter `wait` must be a whole number of seconds, not `{given}`")
+            })?;
+            prefs.wait = Some(Duration::from_secs(secs));
+        }
+        Ok(prefs)
     }
 
     fn merge(&mut self, header: &str) {
@@ -98,12 +111,6 @@ pub fn for_the_application(header: &str) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join(", "))
 }
 
-fn query_wait(query: &str) -> Option<Duration> {
-    crate::query_param(query, "wait")
-        .and_then(|v| seconds(&v))
-        .map(Duration::from_secs)
-}
-
 /// A `wait` value: digits only; one too large to count is as long as can
 /// be, and is then capped like any other.
 fn seconds(v: &str) -> Option<u64> {
@@ -115,17 +122,21 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    fn check(headers: &[&str], query: Option<&str>, wait: Option<u64>, respond_async: bool) {
+    fn prefer(headers: &[&str]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for h in headers {
             map.append(&PREFER, HeaderValue::from_str(h).expect("header"));
         }
+        map
+    }
+
+    fn check(headers: &[&str], query: Option<&str>, wait: Option<u64>, respond_async: bool) {
         assert_eq!(
-            Preferences::from_request(&map, query),
-            Preferences {
+            Preferences::from_request(&prefer(headers), query),
+            Ok(Preferences {
                 wait: wait.map(Duration::from_secs),
                 respond_async
-            },
+            }),
             "{headers:?} {query:?}"
         );
     }
@@ -148,12 +159,26 @@ mod tests {
         check(&["wait=+1"], None, None, false);
         check(&["wait=99999999999999999999"], None, Some(u64::MAX), false);
         check(&["wait=10"], Some("x=1&wait=2"), Some(2), false);
-        check(&[], Some("wait=abc"), None, false);
+        check(&[], Some("x=1"), None, false);
         check(&[], Some("wait=30"), Some(30), false);
         check(&[], Some("w%61it=%33"), Some(3), false);
         // Only the first `wait` counts.
         check(&["wait=5", "wait=60"], None, Some(5), false);
         check(&["wait=5, wait=60"], None, Some(5), false);
+    }
+
+    #[test]
+    fn a_malformed_wait_parameter_is_an_error_naming_it() {
+        for query in ["wait=abc", "wait=", "wait=-1", "x=1&wait=1.5"] {
+            let error =
+                Preferences::from_request(&prefer(&["wait=5"]), Some(query)).expect_err(query);
+            assert!(error.contains("`wait`"), "{query}: {error}");
+        }
+        // In `Prefer`, the same value is a preference to ignore (RFC 7240).
+        assert_eq!(
+            Preferences::from_request(&prefer(&["wait=abc"]), None).map(|p| p.wait),
+            Ok(None)
+        );
     }
 
     #[test]

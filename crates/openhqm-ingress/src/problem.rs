@@ -42,7 +42,7 @@ impl Problem {
         )
     }
 
-    /// 400: a query parameter out of its range.
+    /// 400: a query parameter malformed or out of its range.
     pub fn invalid_parameter(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,

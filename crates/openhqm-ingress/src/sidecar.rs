@@ -101,7 +101,7 @@ pub(crate) async fn passthrough(
     .await?;
     let query = uri.query().unwrap_or_default();
     // Only the header: a `wait` query parameter belongs to the app.
-    let prefs = Preferences::from_request(&headers, None);
+    let prefs = Preferences::from_headers(&headers);
     let keyed = idempotency::keyed(
         &state.config.idempotency,
         &headers,

@@ -668,6 +668,19 @@ async fn long_poll_answers_the_moment_the_result_is_stored() {
     let r = api.get(&format!("/api/v1/response/{other_id}")).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert!(r.headers().get("preference-applied").is_none());
+    // A `wait` the client cannot have meant is refused, not read as no wait.
+    let r = api
+        .get(&format!("/api/v1/response/{other_id}?wait=5s"))
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let problem = json_of(r).await;
+    assert_eq!(problem["code"], "invalid-parameter");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("`wait`")),
+        "{problem}"
+    );
 }
 
 #[tokio::test]
