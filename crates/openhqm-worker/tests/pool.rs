@@ -282,13 +282,7 @@ async fn duplicate_delivery_of_a_finished_request_is_not_processed_again() {
     let id = rig.submit(json!({"payload": 1})).await;
     rig.wait_terminal(id).await;
     // The same envelope again, as an at-least-once broker may deliver it.
-    let env = json!({"v": 1, "correlation_id": id.to_string(), "payload": 1});
-    rig.queue
-        .publish(OutgoingMessage::new(
-            serde_json::to_vec(&env).expect("json"),
-        ))
-        .await
-        .expect("publish");
+    rig.publish_copy(id).await;
     rig.wait_drained().await;
     assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
     rig.stop().await;
@@ -318,13 +312,7 @@ async fn a_duplicate_arriving_while_the_request_runs_waits_and_is_not_run_again(
     let rig = rig(Arc::clone(&slow) as Arc<dyn Processor>, config(4, 3)).await;
     let id = rig.submit(json!({"payload": 1})).await;
     // A producer's second copy, a separate message, while the first runs.
-    let env = json!({"v": 1, "correlation_id": id.to_string(), "payload": 1});
-    rig.queue
-        .publish(OutgoingMessage::new(
-            serde_json::to_vec(&env).expect("json"),
-        ))
-        .await
-        .expect("publish");
+    rig.publish_copy(id).await;
     // The first run goes on until the copy has been put back.
     let held = rig.metrics.worker().held;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -95,6 +95,18 @@ impl Rig {
         id
     }
 
+    /// Publishes another message for request `id` (payload `1`), as a
+    /// producer's duplicate or an at-least-once redelivery would arrive.
+    pub async fn publish_copy(&self, id: CorrelationId) {
+        let env = serde_json::json!({"v": 1, "correlation_id": id.to_string(), "payload": 1});
+        self.queue
+            .publish(OutgoingMessage::new(
+                serde_json::to_vec(&env).expect("json"),
+            ))
+            .await
+            .expect("publish");
+    }
+
     pub async fn wait_terminal(&self, id: CorrelationId) -> RequestRecord {
         let deadline = tokio::time::Instant::now() + FINISH_WITHIN;
         loop {
