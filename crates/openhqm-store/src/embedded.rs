@@ -19,18 +19,29 @@
 //!
 //! Waiters for a terminal status register by id; a transition to a terminal
 //! status wakes that id's waiters only.
+//!
+//! PROCESSING is never written: a record in that status lives in memory
+//! ([`Overlay`]) over its stored one until the next transition, which is
+//! written and replaces it there until its batch is committed. One process owns the database, so every reader and
+//! every holder of a request is here to see it, and a move that would be
+//! lost in a crash is one a crash undoes anyway (the message is redelivered
+//! and the request reads as it did before, usually PENDING). It saves one
+//! of the three writes of every request.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use openhqm_core::time::now_ms;
-use openhqm_core::{CorrelationId, RequestRecord};
+use openhqm_core::{CorrelationId, RequestRecord, RequestStatus};
 use openhqm_embedded::{DbError, EmbeddedDb, Keyspace, Wait};
 use tokio::task::JoinHandle;
 
 use crate::waiters::Waiters;
 use crate::{Claim, KeyClaim, ResultStore, StoreError, Transition, Update, apply_update, lifetime};
+use overlay::Overlay;
+
+mod overlay;
 
 /// Settings of the embedded store.
 #[derive(Debug, Clone)]
@@ -49,6 +60,8 @@ pub struct EmbeddedStore {
     ttl_ms: u64,
     /// Callers of [`ResultStore::wait_terminal`], by id.
     waiters: Arc<Waiters>,
+    /// Records in PROCESSING, and written ones until committed.
+    overlay: Arc<Overlay>,
     sweeper: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -110,6 +123,7 @@ impl EmbeddedStore {
             keys,
             ttl_ms,
             waiters: Arc::default(),
+            overlay: Arc::default(),
             sweeper: std::sync::Mutex::new(Some(sweeper)),
         })
     }
@@ -308,6 +322,9 @@ impl ResultStore for EmbeddedStore {
     }
 
     async fn get(&self, id: CorrelationId) -> Result<Option<RequestRecord>, StoreError> {
+        if let Some(record) = self.overlay.get(id) {
+            return Ok(Some(record));
+        }
         let raw = self
             .results
             .get(id.as_bytes())
@@ -327,26 +344,32 @@ impl ResultStore for EmbeddedStore {
         let ttl_ms = self.ttl_ms;
         let reopening = update.redrive.is_some();
         let waiters = Arc::clone(&self.waiters);
+        let (overlay, after_commit) = (Arc::clone(&self.overlay), Arc::clone(&self.overlay));
         self.db
             .write_then(
                 Wait::Applied,
                 move |ctx| {
                     let now = now_ms();
-                    let current = match ctx.get(&ks, id.as_bytes()) {
-                        // An unreadable record (a downgrade, a damaged value)
-                        // is replaced: refusing would leave its message to be
-                        // redelivered, never settled, for as long as it stays.
-                        Ok(Some(raw)) => decode(id, &raw, now).unwrap_or_else(|e| {
-                            tracing::warn!(correlation_id = %id, error = %e, "unreadable result record replaced");
-                            None
-                        }),
-                        Ok(None) => None,
-                        Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+                    let stored = match overlay.get(id) {
+                        Some(record) => Ok(Some(record)),
+                        None => ctx.get(&ks, id.as_bytes()).map(|raw| raw.and_then(|raw| {
+                            // An unreadable record (a downgrade, a damaged
+                            // value) is replaced: refusing would leave its
+                            // message to be redelivered, never settled, for
+                            // as long as it stays.
+                            decode(id, &raw, now).unwrap_or_else(|e| {
+                                tracing::warn!(correlation_id = %id, error = %e, "unreadable result record replaced");
+                                None
+                            })
+                        })),
                     };
+                    let current = stored.map_err(|e| StoreError::Unavailable(e.to_string()))?;
                     let outcome = apply_update(id, current, update, now);
                     if let Transition::Applied(record) = &outcome {
-                        let value = encode(record, ttl_ms);
-                        ctx.insert(&ks, id.as_bytes(), value);
+                        if record.status != RequestStatus::Processing {
+                            ctx.insert(&ks, id.as_bytes(), encode(record, ttl_ms));
+                        }
+                        overlay.set(record.clone());
                     }
                     Ok(outcome)
                 },
@@ -354,6 +377,9 @@ impl ResultStore for EmbeddedStore {
                     // On the writer thread: a finished request's waiters are
                     // woken even if this caller is gone.
                     if let Ok(Transition::Applied(record)) = &outcome {
+                        if record.status != RequestStatus::Processing {
+                            after_commit.committed(id);
+                        }
                         if record.status.is_terminal() {
                             waiters.finish(record);
                         } else if reopening {

@@ -283,3 +283,80 @@ async fn records_of_ids_that_are_not_time_ordered_expire_too() {
     store.close().await;
     db.close().await;
 }
+
+fn take(message_id: &str, attempts: u32) -> Update {
+    Update {
+        to: RequestStatus::Processing,
+        attempts: Some(attempts),
+        outcome: None,
+        redrive: None,
+        hold: Some(openhqm_core::Hold {
+            message_id: message_id.into(),
+            until_ms: openhqm_core::time::now_ms() + 60_000,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn processing_is_kept_in_memory_and_a_restart_finds_the_request_as_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = open(dir.path(), Duration::from_secs(60));
+    let id = CorrelationId::new();
+    store
+        .create(RequestRecord::pending(id, openhqm_core::time::now_ms()))
+        .await
+        .expect("create");
+    let taken = store.transition(id, take("m1", 1)).await.expect("take");
+    assert!(matches!(taken, Transition::Applied(ref r) if r.status == RequestStatus::Processing));
+    // Readers and the next transition see PROCESSING and its hold.
+    let read = store.get(id).await.expect("get").expect("present");
+    assert_eq!(read.status, RequestStatus::Processing);
+    assert_eq!(read.held_by.map(|h| h.message_id), Some("m1".into()));
+    let other = store.transition(id, take("m2", 1)).await.expect("other");
+    assert!(matches!(other, Transition::Held(ref h) if h.message_id == "m1"));
+    // A retry is written, and leaves PROCESSING behind.
+    let retry = Update {
+        to: RequestStatus::Pending,
+        attempts: Some(1),
+        outcome: None,
+        redrive: None,
+        hold: None,
+    };
+    let retried = store.transition(id, retry).await.expect("retry");
+    assert!(matches!(retried, Transition::Applied(ref r) if r.status == RequestStatus::Pending));
+    assert_eq!(
+        store.get(id).await.expect("get").map(|r| r.status),
+        Some(RequestStatus::Pending)
+    );
+    // Taken again, then the process dies (the store and database closed
+    // without another transition).
+    store
+        .transition(id, take("m1", 2))
+        .await
+        .expect("take again");
+    store.close().await;
+    db.close().await;
+    drop((store, db));
+
+    let (db, store) = open(dir.path(), Duration::from_secs(60));
+    let rec = store
+        .get(id)
+        .await
+        .expect("get")
+        .expect("present after reopen");
+    assert_eq!(
+        rec.status,
+        RequestStatus::Pending,
+        "never stuck at PROCESSING"
+    );
+    assert_eq!(rec.attempts, 1, "the retry's write survives");
+    assert!(rec.held_by.is_none(), "no hold outlives its process");
+    // Any delivery takes it at once: no dead worker's hold to wait out.
+    let again = store
+        .transition(id, take("m2", 3))
+        .await
+        .expect("redelivered");
+    assert!(matches!(again, Transition::Applied(ref r) if r.attempts == 3));
+    store.close().await;
+    db.close().await;
+}
