@@ -134,8 +134,8 @@ pub(crate) async fn accept(
     }
     state.queue_metrics.publish_ok.inc();
     if let Err(e) = created {
-        // The message is stored and will be processed; the worker writes the
-        // status when it takes it. A 503 here would make the client send it
+        // The message is stored and will be processed; the worker records
+        // the status when it takes it. A 503 here would make the client send it
         // again and the backend run it twice, so the answer is still 202.
         tracing::warn!(correlation_id = %id, error = %e, "status record not stored; the worker will record it");
     }

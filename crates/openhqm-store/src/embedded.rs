@@ -22,11 +22,12 @@
 //!
 //! PROCESSING is never written: a record in that status lives in memory
 //! ([`Overlay`]) over its stored one until the next transition, which is
-//! written and replaces it there until its batch is committed. One process owns the database, so every reader and
-//! every holder of a request is here to see it, and a move that would be
-//! lost in a crash is one a crash undoes anyway (the message is redelivered
-//! and the request reads as it did before, usually PENDING). It saves one
-//! of the three writes of every request.
+//! written. One process owns the database, so every reader and every holder
+//! of a request is here to see it, and a move that would be lost in a crash
+//! is one a crash undoes anyway: the message is redelivered, and meanwhile
+//! the request reads as it did before it was taken (PENDING; or FAILED or
+//! TIMEOUT for a redrive, as between the redrive and a worker taking it).
+//! It saves one of the three writes of every request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,13 +130,17 @@ impl EmbeddedStore {
     }
 
     /// Writes `record` unless one exists: a worker may already have taken the
-    /// message and written a later status (create and publish run
+    /// message (PROCESSING) or written a later status (create and publish run
     /// concurrently), which PENDING must not overwrite.
     async fn put_new(&self, id: CorrelationId, record: RequestRecord) -> Result<(), StoreError> {
         let value = encode(&record, self.ttl_ms);
         let ks = self.results.clone();
+        let overlay = Arc::clone(&self.overlay);
         self.db
             .write(Wait::Applied, move |ctx| {
+                if overlay.current(id).is_some() {
+                    return Ok(());
+                }
                 match ctx.get(&ks, id.as_bytes()) {
                     Ok(Some(_)) => Ok(()),
                     Ok(None) => {
@@ -322,7 +327,7 @@ impl ResultStore for EmbeddedStore {
     }
 
     async fn get(&self, id: CorrelationId) -> Result<Option<RequestRecord>, StoreError> {
-        if let Some(record) = self.overlay.get(id) {
+        if let Some(record) = self.overlay.visible(id) {
             return Ok(Some(record));
         }
         let raw = self
@@ -350,7 +355,7 @@ impl ResultStore for EmbeddedStore {
                 Wait::Applied,
                 move |ctx| {
                     let now = now_ms();
-                    let stored = match overlay.get(id) {
+                    let stored = match overlay.current(id) {
                         Some(record) => Ok(Some(record)),
                         None => ctx.get(&ks, id.as_bytes()).map(|raw| raw.and_then(|raw| {
                             // An unreadable record (a downgrade, a damaged
@@ -366,10 +371,12 @@ impl ResultStore for EmbeddedStore {
                     let current = stored.map_err(|e| StoreError::Unavailable(e.to_string()))?;
                     let outcome = apply_update(id, current, update, now);
                     if let Transition::Applied(record) = &outcome {
-                        if record.status != RequestStatus::Processing {
+                        if record.status == RequestStatus::Processing {
+                            overlay.set(record.clone());
+                        } else {
                             ctx.insert(&ks, id.as_bytes(), encode(record, ttl_ms));
+                            overlay.supersede(id);
                         }
-                        overlay.set(record.clone());
                     }
                     Ok(outcome)
                 },

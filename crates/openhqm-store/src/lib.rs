@@ -156,7 +156,8 @@ pub trait ResultStore: Send + Sync + 'static {
 
     /// Changes status (and result) if the transition table allows it. A
     /// missing record (expired, or written by a producer that bypassed the
-    /// API) is created with the new status.
+    /// API) is created with the new status (by the embedded store, which
+    /// keeps PROCESSING in memory, only once it leaves PROCESSING).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] if nothing was written.

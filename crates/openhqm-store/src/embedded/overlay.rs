@@ -1,43 +1,74 @@
-//! Records readers must see over the database's: those in PROCESSING, never
-//! written (see the module above for why that is safe), and a written one
-//! until its batch is committed and readers find it in the database.
+//! Records of requests in PROCESSING, kept in memory over their stored
+//! state and never written (see the module above for why that is safe).
+//!
+//! The transition that ends PROCESSING is written, and until its batch is
+//! committed readers of the database still find the older record: so the
+//! entry stays, marked superseded, and readers keep seeing PROCESSING until
+//! the commit, as they would if it had been written. Transitions on the
+//! writer thread skip a superseded entry: the batch they read holds the
+//! newer write. If the commit fails, the entry stays, and readers never see
+//! a result that was not stored.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use openhqm_core::{CorrelationId, RequestRecord, RequestStatus};
+use openhqm_core::{CorrelationId, RequestRecord};
 
-/// The newest record of each request being processed, by id. Bounded by
-/// the deliveries in flight: every attempt ends in a written transition,
-/// whose record leaves once committed.
+/// The PROCESSING record of each request being taken, by id. Bounded by the
+/// deliveries in flight: every attempt ends in a written transition, whose
+/// commit takes the entry out.
 #[derive(Default)]
-pub(super) struct Overlay(Mutex<HashMap<CorrelationId, RequestRecord>>);
+pub(super) struct Overlay(Mutex<HashMap<CorrelationId, Entry>>);
+
+struct Entry {
+    record: RequestRecord,
+    /// A later transition was written; its commit removes the entry.
+    superseded: bool,
+}
 
 impl Overlay {
-    pub(super) fn get(&self, id: CorrelationId) -> Option<RequestRecord> {
-        self.lock().get(&id).cloned()
+    /// What readers see over the database: PROCESSING until the transition
+    /// that ends it is committed.
+    pub(super) fn visible(&self, id: CorrelationId) -> Option<RequestRecord> {
+        self.lock().get(&id).map(|e| e.record.clone())
     }
 
-    /// Puts `record` over the stored one: until it is committed if it is
-    /// written, for as long as it is PROCESSING if not.
-    pub(super) fn set(&self, record: RequestRecord) {
-        self.lock().insert(record.correlation_id, record);
-    }
-
-    /// Once a written record is committed: readers find it (or a later one)
-    /// in the database, unless a later transition in the same batch took the
-    /// request back to PROCESSING.
-    pub(super) fn committed(&self, id: CorrelationId) {
-        let mut records = self.lock();
-        if records
+    /// The record a transition starts from, if it is in PROCESSING and has
+    /// not been superseded by a write the writer's batch holds.
+    pub(super) fn current(&self, id: CorrelationId) -> Option<RequestRecord> {
+        self.lock()
             .get(&id)
-            .is_some_and(|r| r.status != RequestStatus::Processing)
-        {
-            records.remove(&id);
+            .filter(|e| !e.superseded)
+            .map(|e| e.record.clone())
+    }
+
+    /// Puts a PROCESSING `record` over the stored one.
+    pub(super) fn set(&self, record: RequestRecord) {
+        let entry = Entry {
+            record,
+            superseded: false,
+        };
+        self.lock().insert(entry.record.correlation_id, entry);
+    }
+
+    /// A transition out of PROCESSING was written for `id`, not yet committed.
+    pub(super) fn supersede(&self, id: CorrelationId) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.superseded = true;
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<CorrelationId, RequestRecord>> {
+    /// The batch with a written transition of `id` is committed: readers find
+    /// it in the database, unless a later transition in the same batch took
+    /// the request back to PROCESSING.
+    pub(super) fn committed(&self, id: CorrelationId) {
+        let mut entries = self.lock();
+        if entries.get(&id).is_some_and(|e| e.superseded) {
+            entries.remove(&id);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<CorrelationId, Entry>> {
         // Each method leaves the map consistent, whatever panicked meanwhile.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -45,36 +76,43 @@ impl Overlay {
 
 #[cfg(test)]
 mod tests {
+    use openhqm_core::RequestStatus;
     use openhqm_core::time::now_ms;
 
     use super::*;
 
-    fn record(id: CorrelationId, status: RequestStatus) -> RequestRecord {
+    fn processing(id: CorrelationId) -> RequestRecord {
         RequestRecord {
-            status,
+            status: RequestStatus::Processing,
             ..RequestRecord::pending(id, now_ms())
         }
     }
 
     #[test]
-    fn a_written_record_leaves_once_committed_and_a_processing_one_stays() {
+    fn processing_stays_visible_until_the_write_that_ends_it_is_committed() {
         let overlay = Overlay::default();
         let id = CorrelationId::new();
-        overlay.set(record(id, RequestStatus::Completed));
+        overlay.set(processing(id));
+        assert!(overlay.current(id).is_some());
+        overlay.supersede(id);
+        // The writer reads its batch; readers still see PROCESSING.
+        assert!(overlay.current(id).is_none());
         assert_eq!(
-            overlay.get(id).map(|r| r.status),
-            Some(RequestStatus::Completed)
-        );
-        overlay.committed(id);
-        assert!(overlay.get(id).is_none());
-        // A retry written, then taken again in the same batch: the retry's
-        // commit must not drop the newer PROCESSING record.
-        overlay.set(record(id, RequestStatus::Pending));
-        overlay.set(record(id, RequestStatus::Processing));
-        overlay.committed(id);
-        assert_eq!(
-            overlay.get(id).map(|r| r.status),
+            overlay.visible(id).map(|r| r.status),
             Some(RequestStatus::Processing)
         );
+        overlay.committed(id);
+        assert!(overlay.visible(id).is_none());
+    }
+
+    #[test]
+    fn a_commit_does_not_drop_a_processing_record_taken_again_in_its_batch() {
+        let overlay = Overlay::default();
+        let id = CorrelationId::new();
+        overlay.set(processing(id));
+        overlay.supersede(id); // a retry written...
+        overlay.set(processing(id)); // ...and taken again in the same batch
+        overlay.committed(id);
+        assert!(overlay.current(id).is_some());
     }
 }

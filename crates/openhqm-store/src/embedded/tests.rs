@@ -360,3 +360,36 @@ async fn processing_is_kept_in_memory_and_a_restart_finds_the_request_as_before(
     store.close().await;
     db.close().await;
 }
+
+#[tokio::test]
+async fn create_does_not_write_under_a_request_being_processed() {
+    // A foreign message has no record until a worker takes it; a stray
+    // message naming the same id, recorded FAILED, must not land under it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = open(dir.path(), Duration::from_secs(60));
+    let id = CorrelationId::new();
+    store.transition(id, take("m1", 1)).await.expect("take");
+    let stray = RequestRecord {
+        status: RequestStatus::Failed,
+        ..RequestRecord::pending(id, openhqm_core::time::now_ms())
+    };
+    store.create(stray).await.expect("create");
+    let read = store.get(id).await.expect("get").expect("present");
+    assert_eq!(read.status, RequestStatus::Processing);
+    store.close().await;
+    db.close().await;
+    drop((store, db));
+
+    let (db, store) = open(dir.path(), Duration::from_secs(60));
+    assert!(
+        store.get(id).await.expect("get").is_none(),
+        "nothing written under it"
+    );
+    let again = store
+        .transition(id, take("m1", 2))
+        .await
+        .expect("redelivered");
+    assert!(matches!(again, Transition::Applied(_)));
+    store.close().await;
+    db.close().await;
+}
