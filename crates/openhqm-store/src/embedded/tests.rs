@@ -16,6 +16,19 @@ fn open(dir: &std::path::Path, ttl: Duration) -> (EmbeddedDb, EmbeddedStore) {
     (db, store)
 }
 
+/// Closes the store and its database, as a process exiting does, and opens
+/// them again (a TTL of 60 s).
+async fn restart(
+    dir: &std::path::Path,
+    db: EmbeddedDb,
+    store: EmbeddedStore,
+) -> (EmbeddedDb, EmbeddedStore) {
+    store.close().await;
+    db.close().await;
+    drop((store, db));
+    open(dir, Duration::from_secs(60))
+}
+
 #[tokio::test]
 async fn status_and_result_are_written_together_and_survive_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -54,11 +67,7 @@ async fn status_and_result_are_written_together_and_survive_reopen() {
             current: RequestStatus::Completed
         }
     );
-    store.close().await;
-    db.close().await;
-    drop((store, db));
-
-    let (db, store) = open(dir.path(), Duration::from_secs(60));
+    let (db, store) = restart(dir.path(), db, store).await;
     let rec = store
         .get(id)
         .await
@@ -334,11 +343,7 @@ async fn processing_is_kept_in_memory_and_a_restart_finds_the_request_as_before(
         .transition(id, take("m1", 2))
         .await
         .expect("take again");
-    store.close().await;
-    db.close().await;
-    drop((store, db));
-
-    let (db, store) = open(dir.path(), Duration::from_secs(60));
+    let (db, store) = restart(dir.path(), db, store).await;
     let rec = store
         .get(id)
         .await
@@ -376,11 +381,7 @@ async fn create_does_not_write_under_a_request_being_processed() {
     store.create(stray).await.expect("create");
     let read = store.get(id).await.expect("get").expect("present");
     assert_eq!(read.status, RequestStatus::Processing);
-    store.close().await;
-    db.close().await;
-    drop((store, db));
-
-    let (db, store) = open(dir.path(), Duration::from_secs(60));
+    let (db, store) = restart(dir.path(), db, store).await;
     assert!(
         store.get(id).await.expect("get").is_none(),
         "nothing written under it"
