@@ -20,6 +20,11 @@ pub const ENVELOPE_VERSION: u32 = 1;
 /// Highest priority a client may ask for.
 pub const MAX_PRIORITY: u8 = 9;
 
+/// Deepest nesting of arrays and objects a payload may have: the most
+/// serde_json reads (its recursion limit), so every processor can read what
+/// was accepted.
+pub const MAX_PAYLOAD_DEPTH: usize = 127;
+
 /// Processing timeout when the request does not set one (seconds).
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
@@ -36,13 +41,13 @@ pub struct Metadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// 0 (default) to 9; higher is taken first.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::null_as_default")]
     pub priority: u8,
     /// Per-attempt processing timeout in seconds, capped by the worker's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
     /// Attempts already made before this submit.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::null_as_default")]
     pub retry_count: u32,
     /// Where to POST the result once the request is finished; its host must
     /// be on `callbacks.allowed_hosts`.
@@ -67,6 +72,15 @@ impl Metadata {
         }
         if self.timeout == Some(0) {
             return Err("metadata.timeout must be a positive number of seconds".into());
+        }
+        for key in ["path", "query"] {
+            if let Some(v) = self.extra.get(key)
+                && !(v.is_string() || v.is_null())
+            {
+                return Err(format!(
+                    "metadata.{key} must be a string (as in a URL), got {v}"
+                ));
+            }
         }
         Ok(())
     }
@@ -178,9 +192,62 @@ impl Envelope {
     }
 }
 
+/// How deep arrays and objects nest in `json`, text already known to be
+/// valid JSON (a [`RawValue`]): a scan, not a parse, so it costs no tree and
+/// has no limit of its own.
+#[must_use]
+pub fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        for (json, depth) in [
+            ("1", 0),
+            ("[]", 1),
+            (r#"{"a": [1, {"b": []}], "c": {}}"#, 4),
+            (r#"["[[[", "\\", "\"{{"]"#, 1),
+            (r#"{"k\"[": "]]]"}"#, 1),
+        ] {
+            assert_eq!(nesting_depth(json), depth, "{json}");
+        }
+        let deepest = format!(
+            "{}{}",
+            "[".repeat(MAX_PAYLOAD_DEPTH),
+            "]".repeat(MAX_PAYLOAD_DEPTH)
+        );
+        assert_eq!(nesting_depth(&deepest), MAX_PAYLOAD_DEPTH);
+        // The limit is what serde_json reads: one level more is refused.
+        assert!(serde_json::from_str::<Value>(&deepest).is_ok());
+        let deeper = format!("[{deepest}]");
+        assert!(serde_json::from_str::<Value>(&deeper).is_err());
+    }
 
     #[test]
     fn the_id_is_read_whatever_else_the_envelope_holds() {
@@ -218,6 +285,17 @@ mod tests {
             m.validate()?;
         }
         Ok(req)
+    }
+
+    #[test]
+    fn null_metadata_fields_read_as_absent() {
+        // Clients of the earlier implementation send unset fields as null.
+        let req = submit(
+            r#"{"payload": 1, "metadata": {"priority": null, "retry_count": null,
+                "timeout": null, "endpoint": null, "method": null, "callback_url": null}}"#,
+        )
+        .expect("nulls are defaults");
+        assert_eq!(req.metadata, Some(Metadata::default()));
     }
 
     #[test]

@@ -110,6 +110,25 @@ impl RequestRecord {
         }
     }
 
+    /// Reads a record a store wrote, however deep its result nests.
+    ///
+    /// serde_json refuses JSON nested deeper than 128 levels, and a result
+    /// parsed within that limit (a processor's output, a backend's JSON
+    /// answer) sits a few levels down in its record: read with the limit, a
+    /// record could be written but never read back. The limit stays off only
+    /// here, for JSON this process family wrote, whose depth is bounded by
+    /// those parsers, so the stack is safe.
+    ///
+    /// # Errors
+    /// When `json` is not a record.
+    pub fn from_stored(json: &[u8]) -> serde_json::Result<Self> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        de.disable_recursion_limit();
+        let record = Self::deserialize(&mut de)?;
+        de.end()?;
+        Ok(record)
+    }
+
     /// The body of `GET /api/v1/response/{id}` for a finished request; the
     /// same JSON is what completion callbacks and the reply queue carry.
     #[must_use]

@@ -9,6 +9,7 @@ use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use openhqm_core::envelope::{MAX_PAYLOAD_DEPTH, nesting_depth};
 use openhqm_core::time::rfc3339_ms;
 use openhqm_core::{
     CallbackPolicy, CallbackUrlError, CorrelationId, Envelope, RequestRecord, RequestStatus,
@@ -99,7 +100,13 @@ fn parse_submit(
     callbacks: &CallbackPolicy,
 ) -> Result<SubmitRequest, Problem> {
     let malformed = |e: serde_json::Error| {
-        if e.is_syntax() || e.is_eof() {
+        // serde_json counts its nesting limit as a syntax error, but the
+        // body is JSON: it only nests deeper than anything here reads.
+        if e.to_string().starts_with("recursion limit exceeded") {
+            Problem::invalid_request(format!(
+                "the body nests arrays and objects deeper than {MAX_PAYLOAD_DEPTH} levels"
+            ))
+        } else if e.is_syntax() || e.is_eof() {
             Problem::malformed_json(e.to_string())
         } else {
             Problem::invalid_request(e.to_string())
@@ -129,6 +136,14 @@ fn parse_submit(
             return Err(Problem::invalid_request(detail));
         }
     };
+    // Kept as text, the payload is not parsed here: a processor reading it
+    // would find out after the 202 that it nests too deep.
+    let depth = nesting_depth(req.payload.get());
+    if depth > MAX_PAYLOAD_DEPTH {
+        return Err(Problem::invalid_request(format!(
+            "payload: nests arrays and objects {depth} levels deep; at most {MAX_PAYLOAD_DEPTH} can be read"
+        )));
+    }
     // Refused now, not found out by a worker after the 202. The value is not
     // quoted: it may be a credential.
     for (name, value) in req.headers.iter().flatten() {
@@ -144,10 +159,11 @@ fn parse_submit(
     if let Some(metadata) = &req.metadata {
         metadata.validate().map_err(Problem::invalid_request)?;
         if let Some(method) = &metadata.method
-            && axum::http::Method::from_bytes(method.as_bytes()).is_err()
+            && (axum::http::Method::from_bytes(method.as_bytes()).is_err()
+                || method.trim().eq_ignore_ascii_case("CONNECT"))
         {
             return Err(Problem::invalid_request(format!(
-                "metadata.method `{method}` is not an HTTP method"
+                "metadata.method `{method}` is not an HTTP method a request can be forwarded with"
             )));
         }
         if let (Some(name), Some(known)) = (&metadata.endpoint, known_endpoints)

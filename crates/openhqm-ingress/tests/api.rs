@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openhqm_core::envelope::MAX_PAYLOAD_DEPTH;
 use openhqm_core::{CorrelationId, Envelope, RequestStatus, ResultData};
 use openhqm_embedded::{EmbeddedDb, Options};
 use openhqm_ingress::{Admission, ApiConfig, ApiState, IdempotencyConfig, SidecarConfig, router};
@@ -281,7 +282,19 @@ async fn expect_problem(response: reqwest::Response, status: StatusCode, code: &
 #[tokio::test]
 async fn submit_accepts_any_json_payload_and_stores_it_verbatim() {
     let api = serve().await;
-    for payload in [r#"{"a": [1, 2]}"#, "[1,2,3]", "\"text\"", "42", "null"] {
+    let deepest = format!(
+        "{}{}",
+        "[".repeat(MAX_PAYLOAD_DEPTH),
+        "]".repeat(MAX_PAYLOAD_DEPTH)
+    );
+    for payload in [
+        r#"{"a": [1, 2]}"#,
+        "[1,2,3]",
+        "\"text\"",
+        "42",
+        "null",
+        deepest.as_str(),
+    ] {
         let body = format!(
             r#"{{"payload": {payload}, "metadata": {{"priority": 2, "type": "order", "session_id": "s-1"}}}}"#
         );
@@ -387,7 +400,32 @@ async fn malformed_json_is_a_400_problem_and_stores_nothing() {
 #[tokio::test]
 async fn invalid_requests_are_422_problems_naming_the_field() {
     let api = serve().await;
+    let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let too_deep = format!(r#"{{"payload": {}}}"#, nested(MAX_PAYLOAD_DEPTH + 1));
+    let deep_metadata = format!(
+        r#"{{"payload": 1, "metadata": {{"x": {}}}}}"#,
+        nested(MAX_PAYLOAD_DEPTH)
+    );
     for (body, needle) in [
+        // Valid JSON that no processor could read: refused, not failed later.
+        (
+            too_deep.as_str(),
+            "payload: nests arrays and objects 128 levels deep",
+        ),
+        (deep_metadata.as_str(), "deeper than 127 levels"),
+        // A tunnel, or a URL part that is not text: no resource to forward to.
+        (
+            r#"{"payload": 1, "metadata": {"method": "connect"}}"#,
+            "`connect` is not an HTTP method a request can be forwarded with",
+        ),
+        (
+            r#"{"payload": 1, "metadata": {"path": 5}}"#,
+            "metadata.path must be a string",
+        ),
+        (
+            r#"{"payload": 1, "metadata": {"query": {"a": "1"}}}"#,
+            "metadata.query must be a string",
+        ),
         (r#"{"metadata": {}}"#, "missing field `payload`"),
         (
             r#"{"payload": 1, "metadata": {"priority": 12}}"#,
@@ -423,7 +461,7 @@ async fn invalid_requests_are_422_problems_naming_the_field() {
         (r#"  "text""#, "must be a JSON object"),
     ] {
         let problem = expect_problem(
-            api.post_raw("/api/v1/submit", body).await,
+            api.post_raw("/api/v1/submit", body.to_owned()).await,
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-request",
         )

@@ -94,7 +94,7 @@ fn decode(id: CorrelationId, raw: &[u8], now_ms: u64) -> Result<Option<RequestRe
     if expires <= now_ms {
         return Ok(None);
     }
-    serde_json::from_slice(json)
+    RequestRecord::from_stored(json)
         .map(Some)
         .map_err(|e| corrupt(e.to_string()))
 }

@@ -133,7 +133,7 @@ fn encode(record: &RequestRecord) -> Vec<u8> {
 }
 
 fn decode(id: CorrelationId, raw: &[u8]) -> Result<RequestRecord, StoreError> {
-    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt {
+    RequestRecord::from_stored(raw).map_err(|e| StoreError::Corrupt {
         id,
         reason: e.to_string(),
     })

@@ -125,6 +125,38 @@ pub async fn create_does_not_overwrite(store: &dyn ResultStore) {
     assert_eq!(record.status, RequestStatus::Processing);
 }
 
+/// A result as deep as a processor or a backend's JSON answer can make it
+/// (as deep as serde_json parses) is read back: the record around it adds
+/// levels, and a record written but never readable would answer 503 until
+/// it expired.
+///
+/// # Panics
+/// When the finished record cannot be read back whole.
+pub async fn deep_results_read_back(store: &dyn ResultStore) {
+    let id = CorrelationId::new();
+    let depth = openhqm_core::envelope::MAX_PAYLOAD_DEPTH;
+    let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let result: serde_json::Value = serde_json::from_str(&deep).expect("parses at the limit");
+    store
+        .create(RequestRecord::pending(id, openhqm_core::time::now_ms()))
+        .await
+        .expect("create");
+    store
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    let mut done = Update::to(RequestStatus::Completed);
+    done.outcome = Some(openhqm_core::ResultData {
+        result: Some(serde_json::json!({ "output": result.clone() })),
+        ..Default::default()
+    });
+    store.transition(id, done).await.expect("completed");
+    let record = store.get(id).await.expect("readable").expect("record");
+    assert_eq!(record.status, RequestStatus::Completed);
+    let kept = record.outcome.and_then(|o| o.result);
+    assert_eq!(kept, Some(serde_json::json!({ "output": result })));
+}
+
 /// A record outlives `ttl` while its request is unfinished (PENDING, then
 /// PROCESSING), and expires `ttl` after it finishes. `store` must have been
 /// opened with `ttl`, short (well under a second).

@@ -379,6 +379,13 @@ async fn idempotency_keys() {
 }
 
 #[tokio::test]
+async fn deep_results_read_back() {
+    let server = RedisServer::start();
+    let store = open(&server, Duration::from_secs(60)).await;
+    openhqm_store::scenarios::deep_results_read_back(&store).await;
+}
+
+#[tokio::test]
 async fn create_does_not_overwrite_a_later_status() {
     let server = RedisServer::start();
     let store = open(&server, Duration::from_secs(60)).await;

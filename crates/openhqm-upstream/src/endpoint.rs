@@ -203,8 +203,11 @@ impl Endpoint {
         base: &url::Url,
     ) -> Result<Request<Body>, UpstreamError> {
         let method = match env.metadata.method.as_deref() {
+            // CONNECT names a tunnel, not a resource to forward to.
             Some(m) => Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
-                .map_err(|_| UpstreamError::InvalidMethod(m.to_owned()))?,
+                .ok()
+                .filter(|m| *m != Method::CONNECT)
+                .ok_or_else(|| UpstreamError::InvalidMethod(m.to_owned()))?,
             None => self.method.clone(),
         };
         let url = target_url(base, env, &self.rewrite)?;

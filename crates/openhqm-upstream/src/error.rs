@@ -43,7 +43,7 @@ pub enum UpstreamError {
     #[error("header `{0}` has an invalid name or value")]
     InvalidHeader(String),
     /// `metadata.method` is not an HTTP method.
-    #[error("`{0}` is not an HTTP method")]
+    #[error("`{0}` is not an HTTP method a request can be forwarded with")]
     InvalidMethod(String),
     /// The request's body cannot be sent as recorded.
     #[error("invalid request body: {0}")]

@@ -79,11 +79,17 @@ impl Rewrite {
 /// would get the endpoint's credentials.
 pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, UpstreamError> {
     let extra = &env.metadata.extra;
-    let path = extra.get("path").and_then(|v| v.as_str());
-    let query = extra
-        .get("query")
-        .and_then(|v| v.as_str())
-        .filter(|q| !q.is_empty());
+    // Submit refuses other types; a producer's message could still carry one,
+    // and sending it to the base URL instead would reach the wrong resource.
+    let text = |key: &str| match extra.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(UpstreamError::InvalidUrl(format!(
+            "metadata.{key} must be a string"
+        ))),
+    };
+    let path = text("path")?;
+    let query = text("query")?.filter(|q| !q.is_empty());
     if path.is_none() && query.is_none() {
         return Ok(base.clone());
     }
@@ -217,6 +223,27 @@ mod tests {
             None,
             "http://b:1/hooks/public/b",
         );
+    }
+
+    #[test]
+    fn a_path_or_query_that_is_not_text_is_refused_not_dropped() {
+        let base = Url::parse("http://b:1/api").expect("base");
+        for (key, value) in [
+            ("path", serde_json::json!(5)),
+            ("path", serde_json::json!(["a"])),
+            ("query", serde_json::json!({"a": "1"})),
+        ] {
+            let mut env: Envelope = serde_json::from_str(
+                r#"{"correlation_id":"01890a5d-ac96-774b-bcce-b302099a8057","payload":1}"#,
+            )
+            .expect("envelope");
+            env.metadata.extra.insert(key.into(), value.clone());
+            let got = target_url(&base, &env, &Rewrite::Keep);
+            assert!(
+                matches!(&got, Err(UpstreamError::InvalidUrl(m)) if m.contains(key)),
+                "{key}: {value}: {got:?}"
+            );
+        }
     }
 
     #[test]

@@ -225,6 +225,13 @@ async fn unfinished_requests_outlive_the_ttl() {
 }
 
 #[tokio::test]
+async fn deep_results_read_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_db, store) = open(dir.path(), Duration::from_secs(60));
+    crate::scenarios::deep_results_read_back(&store).await;
+}
+
+#[tokio::test]
 async fn create_does_not_overwrite_a_later_status() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_db, store) = open(dir.path(), Duration::from_secs(60));

@@ -101,8 +101,16 @@ impl EndpointConfig {
                 add(&format!("targets.{i}.weight"), "must be at least 1".into());
             }
         }
-        if Method::from_bytes(self.method.as_bytes()).is_err() {
-            add("method", format!("`{}` is not an HTTP method", self.method));
+        if Method::from_bytes(self.method.as_bytes()).is_err()
+            || self.method.eq_ignore_ascii_case("CONNECT")
+        {
+            add(
+                "method",
+                format!(
+                    "`{}` is not an HTTP method a request can be forwarded with",
+                    self.method
+                ),
+            );
         }
         if self.timeout == 0 {
             add("timeout", "must be at least 1".into());
