@@ -64,11 +64,15 @@ impl Processor for DemoProcessor {
             "uppercase" => uppercase(data)?,
             "reverse" => reverse(data)?,
             "sleep" => {
-                let ms = payload
-                    .get("ms")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(1000)
-                    .min(MAX_SLEEP_MS);
+                let ms = match payload.get("ms") {
+                    None | Some(Value::Null) => 1000,
+                    Some(v) => v.as_u64().ok_or_else(|| {
+                        permanent(format!(
+                            "sleep needs `ms` as a whole number of milliseconds, got {v}"
+                        ))
+                    })?,
+                }
+                .min(MAX_SLEEP_MS);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 data.clone()
             }
@@ -77,10 +81,14 @@ impl Processor for DemoProcessor {
                     .get("error")
                     .and_then(Value::as_str)
                     .unwrap_or("demo failure");
-                let kind = if payload.get("permanent").and_then(Value::as_bool) == Some(true) {
-                    FailureKind::Permanent
-                } else {
-                    FailureKind::Transient
+                let kind = match payload.get("permanent") {
+                    None | Some(Value::Null | Value::Bool(false)) => FailureKind::Transient,
+                    Some(Value::Bool(true)) => FailureKind::Permanent,
+                    Some(v) => {
+                        return Err(permanent(format!(
+                            "fail needs `permanent` as true or false, got {v}"
+                        )));
+                    }
                 };
                 return Err(Failure::new(kind, message));
             }
@@ -152,6 +160,24 @@ mod tests {
         check(
             json!({"operation": "fail", "permanent": true}),
             Err(FailureKind::Permanent),
+        )
+        .await;
+        // Parameters of the wrong type fail for good, never a silent default.
+        check(
+            json!({"operation": "fail", "permanent": "no"}),
+            Err(FailureKind::Permanent),
+        )
+        .await;
+        for ms in [json!(-5), json!("abc"), json!(1.5)] {
+            check(
+                json!({"operation": "sleep", "ms": ms}),
+                Err(FailureKind::Permanent),
+            )
+            .await;
+        }
+        check(
+            json!({"operation": "sleep", "ms": 1, "data": "x"}),
+            Ok(json!({"operation": "sleep", "output": "x"})),
         )
         .await;
     }

@@ -91,7 +91,9 @@ pub fn check_config(config: &Config, errors: &[ConfigError]) -> ExitCode {
     }
     eprintln!("{} configuration error(s)", errors.len());
     if file_unusable {
-        eprintln!("the config file could not be loaded; no effective configuration to show");
+        eprintln!(
+            "the configuration could not be read as a whole; no effective configuration to show"
+        );
     }
     ExitCode::from(2)
 }

@@ -273,11 +273,15 @@ impl Expansion<'_> {
                             // an environment variable is; so is a quoted
                             // number or boolean (`port: "8000"`, as Helm
                             // templates write them), which the earlier
-                            // implementation accepted too.
+                            // implementation accepted too, and a string
+                            // where a list belongs (comma-separated).
                             Some(Hint::Default(d))
                                 if !d.is_string()
                                     && !d.is_null()
-                                    && (!unchanged || d.is_number() || d.is_boolean()) =>
+                                    && (!unchanged
+                                        || d.is_number()
+                                        || d.is_boolean()
+                                        || d.is_array()) =>
                             {
                                 typed(&d, &expanded)
                             }

@@ -802,13 +802,15 @@ fn null_from_the_environment_or_a_flag_leaves_the_key_to_the_layers_below() {
 /// implementation's users write them; a quoted word where a number belongs
 /// is still an error naming the key.
 #[test]
-fn quoted_numbers_and_booleans_in_the_file_are_read_by_type() {
+fn quoted_numbers_booleans_and_lists_in_the_file_are_read_by_type() {
     let file = yaml(concat!(
         "server:\n  port: \"9000\"\n",
         "worker:\n  count: ' 8 '\n  retry_delay_base: \"0.5\"\n",
         "proxy:\n  enabled: \"true\"\n  default_endpoint: app\n",
         "  endpoints:\n    app:\n      url: http://127.0.0.1:8080\n      timeout: \"7\"\n",
         "      retry_on: [\"502\", 503]\n",
+        "  forward_headers: Content-Type, Accept\n",
+        "  strip_headers: Cookie\n",
     ));
     let sources = Sources {
         file: Some(file.path().to_path_buf()),
@@ -821,6 +823,9 @@ fn quoted_numbers_and_booleans_in_the_file_are_read_by_type() {
     assert!(c.proxy.enabled);
     assert_eq!(c.proxy.endpoints["app"].timeout, 7);
     assert_eq!(c.proxy.endpoints["app"].retry_on, [502, 503]);
+    // A string where a list belongs is comma-separated, as from the environment.
+    assert_eq!(c.proxy.forward_headers, ["Content-Type", "Accept"]);
+    assert_eq!(c.proxy.strip_headers, ["Cookie"]);
 
     let word = yaml("server:\n  port: \"eighty\"\n");
     let errors = errors_of(&Sources {
@@ -1112,4 +1117,40 @@ fn cache_type_names_the_result_stores_not_the_queue_backends() {
              without the `redis` feature (available: embedded)"
         ]
     );
+}
+
+/// `server.host` is checked before binding, so `check-config` catches a
+/// typo that `serve` would only find when it fails to listen.
+#[test]
+fn server_host_must_be_an_address_or_a_host_name() {
+    let with = |host: &str| Sources {
+        overrides: vec![format!("server.host={host}")],
+        ..Sources::default()
+    };
+    for good in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "::1",
+        "[::1]",
+        "localhost",
+        "my-host.example.",
+        "a1",
+    ] {
+        let c = load(&with(good)).unwrap_or_else(|e| panic!("{good}: {e:?}"));
+        assert_eq!(c.server.host, good);
+    }
+    for bad in [
+        "not a host!",
+        "-lead",
+        "trail-.x",
+        "a..b",
+        "host:80",
+        "http://x",
+    ] {
+        let errors = errors_of(&with(bad));
+        assert!(
+            errors.iter().any(|e| e.starts_with("`server.host`:")),
+            "{bad}: {errors:?}"
+        );
+    }
 }

@@ -148,9 +148,12 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
     );
 
     check(
-        !c.server.host.is_empty(),
+        is_listen_host(&c.server.host),
         "server.host",
-        "must not be empty".into(),
+        format!(
+            "`{}` is neither an IP address nor a host name",
+            c.server.host.escape_debug()
+        ),
     );
     check(
         c.server.max_body_size > 0,
@@ -368,6 +371,29 @@ fn validate_foreign(c: &Config, errors: &mut Vec<ConfigError>) {
 }
 
 /// An HTTP token (RFC 9110 §5.6.2), which header names must be.
+/// An address to listen on: an IP address (IPv6 bare or in brackets), or a
+/// host name as RFC 1123 spells one, resolved when binding.
+fn is_listen_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
