@@ -123,6 +123,11 @@ pub struct Envelope {
     /// the forwarder sends these bytes instead of `payload`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_body: Option<String>,
+    /// A passthrough caller's headers whose values are not UTF-8 (obs-text,
+    /// RFC 9110 §5.5), which `headers` cannot hold: base64 of the bytes,
+    /// replayed as they came, with the precedence of `headers`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binary_headers: BTreeMap<String, String>,
     /// Taken whole by the transparent (sidecar) ingress: the forward replays
     /// the caller's method, path (`metadata.path`), query (`metadata.query`),
     /// headers and exact body, and the backend's exact body is kept so the
@@ -154,6 +159,7 @@ impl Envelope {
             timestamp: Some(Value::String(accepted_at.to_owned())),
             metadata: req.metadata.unwrap_or_default(),
             raw_body: None,
+            binary_headers: BTreeMap::new(),
             passthrough: false,
             idempotency_key: None,
             derived_headers: BTreeMap::new(),

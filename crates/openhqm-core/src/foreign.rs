@@ -242,6 +242,7 @@ impl Decoder {
                 ..Metadata::default()
             },
             raw_body,
+            binary_headers: std::collections::BTreeMap::new(),
             passthrough: false,
             idempotency_key: None,
             derived_headers: headers,

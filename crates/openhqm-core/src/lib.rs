@@ -26,7 +26,7 @@ pub use envelope::{Envelope, Metadata, SubmitRequest};
 pub use foreign::{DecodeError, Decoded, Decoder, Incoming, MessageFormat, Shape};
 pub use id::CorrelationId;
 pub use outcome::{Backoff, Decision, Failure, FailureKind, LastResponse, decide};
-pub use record::{Hold, RequestRecord, ResultData};
+pub use record::{Hold, RawHeaders, RequestRecord, ResultData};
 pub use secret::Secret;
 pub use status::RequestStatus;
 

@@ -53,6 +53,8 @@ pub struct LastResponse {
     /// The exact bytes (base64), for passthrough requests only; when set,
     /// they are the body (`body` is not stored).
     pub raw_body: Option<String>,
+    /// With `raw_body`: the headers `headers` shows lossily, byte for byte.
+    pub raw_headers: Option<crate::RawHeaders>,
 }
 
 impl Failure {

@@ -33,7 +33,15 @@ pub struct ResultData {
     /// set, it is the body, and `result` is shown from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_body: Option<String>,
+    /// Kept with `raw_body`: the headers whose values are not UTF-8
+    /// (obs-text, RFC 9110 §5.5), which `headers` can only show lossily.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_headers: Option<RawHeaders>,
 }
+
+/// Header values byte for byte: every value (base64) of each name that has
+/// one that is not UTF-8.
+pub type RawHeaders = std::collections::BTreeMap<String, Vec<String>>;
 
 impl ResultData {
     /// Keeps a body: its exact bytes (base64) if there are any, which are

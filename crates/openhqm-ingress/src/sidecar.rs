@@ -206,15 +206,16 @@ impl Call<'_> {
         if !self.query.is_empty() {
             extra.insert("query".into(), Value::String(self.query.to_owned()));
         }
+        let Queued { text, binary } = queued_headers(
+            self.headers,
+            self.host.filter(|_| sidecar.preserve_host),
+            sidecar.forward_headers.as_deref(),
+        );
         Envelope {
             v: ENVELOPE_VERSION,
             correlation_id: id,
             payload: RawValue::NULL.to_owned(),
-            headers: Some(queued_headers(
-                self.headers,
-                self.host.filter(|_| sidecar.preserve_host),
-                sidecar.forward_headers.as_deref(),
-            )),
+            headers: Some(text),
             timestamp: Some(Value::String(rfc3339_ms(now))),
             metadata: Metadata {
                 endpoint: sidecar.endpoint.clone(),
@@ -223,6 +224,7 @@ impl Call<'_> {
                 ..Metadata::default()
             },
             raw_body: Some(BASE64.encode(self.body)),
+            binary_headers: binary,
             passthrough: true,
             idempotency_key: idempotency::passed_on(self.headers),
             derived_headers: BTreeMap::new(),
@@ -256,12 +258,26 @@ fn answer(record: RequestRecord, head: bool) -> Result<Response, Problem> {
     let h = response.headers_mut();
     // Hop-by-hop headers, and those the backend's `Connection` named, were
     // dropped when the answer was stored.
+    let raw = outcome.raw_headers.as_ref();
     for (name, values) in outcome.headers.iter().flatten() {
-        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
             continue;
         };
         // Framing is redone for the new connection.
-        if is_hop_by_hop(name.as_str()) || (name == header::CONTENT_LENGTH && !head) {
+        if is_hop_by_hop(header.as_str()) || (header == header::CONTENT_LENGTH && !head) {
+            continue;
+        }
+        // Values `headers` shows lossily go as the backend sent their bytes.
+        if let Some(exact) = raw.and_then(|r| r.get(name)) {
+            for value in exact {
+                if let Some(v) = BASE64
+                    .decode(value)
+                    .ok()
+                    .and_then(|b| HeaderValue::from_bytes(&b).ok())
+                {
+                    h.append(header.clone(), v);
+                }
+            }
             continue;
         }
         let values: Vec<&Value> = match values {
@@ -270,7 +286,7 @@ fn answer(record: RequestRecord, head: bool) -> Result<Response, Problem> {
         };
         for value in values {
             if let Some(v) = value.as_str().and_then(|v| HeaderValue::from_str(v).ok()) {
-                h.append(name.clone(), v);
+                h.append(header.clone(), v);
             }
         }
     }
@@ -305,18 +321,22 @@ fn replay_path<'a>(path: &'a str, prefix: Option<&str>) -> &'a str {
     if rest.is_empty() { "/" } else { rest }
 }
 
+/// The caller's headers as the message carries them.
+struct Queued {
+    /// Values that are UTF-8 (nearly all), as text.
+    text: BTreeMap<String, String>,
+    /// Values that are not (obs-text, RFC 9110 §5.5), as base64 of their bytes.
+    binary: BTreeMap<String, String>,
+}
+
 /// The caller's headers that travel with the message, one entry per name
 /// (repeated ones joined as RFC 9110 §5.3 allows; cookies with `; `), and
 /// `host` if the sidecar preserves it (whatever the forward list says: the
 /// replay's `Host` is the sidecar's setting, not a forwarded header).
-fn queued_headers(
-    headers: &HeaderMap,
-    host: Option<&str>,
-    forward: Option<&[String]>,
-) -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
+fn queued_headers(headers: &HeaderMap, host: Option<&str>, forward: Option<&[String]>) -> Queued {
+    let mut joined: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     if let Some(host) = host {
-        out.insert(header::HOST.as_str().to_owned(), host.to_owned());
+        joined.insert(header::HOST.as_str().to_owned(), host.as_bytes().to_vec());
     }
     let connection_named = named_by_connection(
         headers
@@ -333,30 +353,36 @@ fn queued_headers(
         {
             continue;
         }
-        // Bytes as sent (RFC 9110 allows obs-text), as long as they are text.
-        let Ok(value) = std::str::from_utf8(value.as_bytes()) else {
-            continue;
-        };
+        // Bytes as sent: RFC 9110 allows obs-text.
         let application;
         let value = if name == PREFER {
-            match prefer::for_the_application(value) {
-                Some(kept) => {
-                    application = kept;
-                    application.as_str()
-                }
-                None => continue,
-            }
+            let Some(kept) = value.to_str().ok().and_then(prefer::for_the_application) else {
+                continue;
+            };
+            application = kept;
+            application.as_bytes()
         } else {
-            value
+            value.as_bytes()
         };
-        out.entry(n.to_owned())
+        joined
+            .entry(n.to_owned())
             .and_modify(|v| {
-                v.push_str(if n == "cookie" { "; " } else { ", " });
-                v.push_str(value);
+                v.extend_from_slice(if n == "cookie" { b"; " } else { b", " });
+                v.extend_from_slice(value);
             })
-            .or_insert_with(|| value.to_owned());
+            .or_insert_with(|| value.to_vec());
     }
-    out
+    let mut queued = Queued {
+        text: BTreeMap::new(),
+        binary: BTreeMap::new(),
+    };
+    for (name, bytes) in joined {
+        match String::from_utf8(bytes) {
+            Ok(text) => queued.text.insert(name, text),
+            Err(e) => queued.binary.insert(name, BASE64.encode(e.into_bytes())),
+        };
+    }
+    queued
 }
 
 #[cfg(test)]
@@ -386,17 +412,27 @@ mod tests {
         h.append("cookie", HeaderValue::from_static("b=2"));
         h.append("accept", HeaderValue::from_static("text/html"));
         h.append("accept", HeaderValue::from_static("application/json"));
-        let q = queued_headers(&h, None, None);
+        h.append(
+            "x-latin",
+            HeaderValue::from_bytes(b"caf\xe9").expect("obs-text"),
+        );
+        let Queued { text: q, binary } = queued_headers(&h, None, None);
+        assert_eq!(binary.len(), 1, "{binary:?}");
+        assert_eq!(
+            BASE64.decode(&binary["x-latin"]).expect("base64"),
+            b"caf\xe9"
+        );
         let names: Vec<&str> = q.keys().map(String::as_str).collect();
         assert_eq!(names, ["accept", "authorization", "cookie"]);
         assert_eq!(q["cookie"], "a=1; b=2");
         assert_eq!(q["accept"], "text/html, application/json");
         let accept = ["accept".to_owned()];
         let only = queued_headers(&h, None, Some(&accept));
-        assert_eq!(only.keys().collect::<Vec<_>>(), ["accept"]);
+        assert_eq!(only.text.keys().collect::<Vec<_>>(), ["accept"]);
+        assert!(only.binary.is_empty());
         // The caller's Host goes with the message when it is to be
         // preserved, whatever the forward list.
-        let with_host = queued_headers(&h, Some("app:8080"), Some(&accept));
+        let with_host = queued_headers(&h, Some("app:8080"), Some(&accept)).text;
         assert_eq!(with_host.keys().collect::<Vec<_>>(), ["accept", "host"]);
         assert_eq!(with_host["host"], "app:8080");
     }

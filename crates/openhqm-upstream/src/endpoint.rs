@@ -38,7 +38,7 @@ use crate::headers::{
 };
 use crate::pool::Pool;
 use crate::redact::Redactor;
-use crate::response::{content_type, headers_to_json, read_limited};
+use crate::response::{content_type, headers_to_json, raw_headers, read_limited};
 use crate::rewrite::{Rewrite, request_target, target_url};
 
 /// The header a caller's idempotency key is passed on in (IETF
@@ -235,6 +235,20 @@ impl Endpoint {
             }
             headers.insert(name, value);
         }
+        // A caller's bytes no string can hold go as they came, with the
+        // precedence of client headers: any other source overrides them.
+        for (name, bytes) in &env.binary_headers {
+            let invalid = || UpstreamError::InvalidHeader(name.clone());
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
+            if headers.contains_key(&name) || !policy.forwards(name.as_str()) {
+                continue;
+            }
+            let bytes = BASE64.decode(bytes).map_err(|_| invalid())?;
+            headers.insert(
+                name,
+                HeaderValue::from_bytes(&bytes).map_err(|_| invalid())?,
+            );
+        }
         // Passed on so the backend can deduplicate too, unless stripped.
         if let Some(key) = env
             .idempotency_key
@@ -395,14 +409,23 @@ fn settle(
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
-    kept.retain(|name, _| !is_hop_by_hop(name) && !connection_named.contains(name));
+    let hop = |name: &String| is_hop_by_hop(name) || connection_named.contains(name);
+    kept.retain(|name, _| !hop(name));
     // Kept exact bytes are the body: the result is shown from them
     // (`ResultData::shown_result`), so a large body is not stored twice.
-    let (result, raw_body) = if keep_raw {
-        (serde_json::Value::Null, Some(BASE64.encode(&body)))
+    // The exact bytes of headers JSON shows lossily go with them.
+    let (result, raw_body, raw_headers) = if keep_raw {
+        let mut raw = raw_headers(headers);
+        raw.retain(|name, _| !hop(name));
+        (
+            serde_json::Value::Null,
+            Some(BASE64.encode(&body)),
+            (!raw.is_empty()).then_some(raw),
+        )
     } else {
         (
             openhqm_core::body::to_result(content_type(headers), &body),
+            None,
             None,
         )
     };
@@ -412,6 +435,7 @@ fn settle(
             status_code: Some(status),
             headers: Some(kept),
             raw_body,
+            raw_headers,
         }),
         Verdict::Retry { retry_after, .. } => Err(UpstreamError::RetryableStatus {
             status,
@@ -422,6 +446,7 @@ fn settle(
                 headers: kept,
                 body: result,
                 raw_body,
+                raw_headers,
             }),
         }),
     }

@@ -67,6 +67,13 @@ impl HeaderPolicy {
         self.strip.iter().any(|s| s == name)
     }
 
+    /// Whether a client header `name` passes, where no `Connection` header
+    /// names it (the passthrough ingress drops those it names on arrival).
+    #[must_use]
+    pub fn forwards(&self, name: &str) -> bool {
+        self.passes(name, &[])
+    }
+
     fn passes(&self, name: &str, connection_named: &[String]) -> bool {
         let lower = name.to_ascii_lowercase();
         !is_hop_by_hop(&lower)

@@ -5,9 +5,12 @@
 //! whole (how a body is shown is `openhqm_core::body`). Headers keep every
 //! value: a repeated header (`Set-Cookie`) becomes a JSON array.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use openhqm_core::RawHeaders;
 use serde_json::{Map, Value};
 
 use crate::error::UpstreamError;
@@ -68,6 +71,24 @@ pub fn headers_to_json(headers: &HeaderMap) -> Map<String, Value> {
     out
 }
 
+/// The headers [`headers_to_json`] can show only lossily, byte for byte:
+/// every value (base64) of each name that has one that is not UTF-8.
+#[must_use]
+pub fn raw_headers(headers: &HeaderMap) -> RawHeaders {
+    let mut out = RawHeaders::new();
+    for name in headers.keys() {
+        let values = headers.get_all(name);
+        if values
+            .iter()
+            .any(|v| std::str::from_utf8(v.as_bytes()).is_err())
+        {
+            let bytes = values.iter().map(|v| BASE64.encode(v.as_bytes()));
+            out.insert(name.as_str().to_owned(), bytes.collect());
+        }
+    }
+    out
+}
+
 /// The `Content-Type` of an answer, if it has a readable one.
 #[must_use]
 pub fn content_type(headers: &HeaderMap) -> Option<&str> {
@@ -89,5 +110,23 @@ mod tests {
         let got = headers_to_json(&h);
         assert_eq!(got["set-cookie"], json!(["a=1", "b=2"]));
         assert_eq!(got["content-type"], json!("text/plain"));
+    }
+
+    #[test]
+    fn only_headers_with_bytes_json_cannot_hold_are_kept_raw() {
+        let mut h = HeaderMap::new();
+        h.append("set-cookie", HeaderValue::from_static("a=1"));
+        h.append(
+            "set-cookie",
+            HeaderValue::from_bytes(b"n=caf\xe9").expect("obs-text"),
+        );
+        h.append("x-plain", HeaderValue::from_bytes("café".as_bytes()).expect("utf-8"));
+        let raw = raw_headers(&h);
+        let cookies: Vec<Vec<u8>> = raw["set-cookie"]
+            .iter()
+            .map(|v| BASE64.decode(v).expect("base64"))
+            .collect();
+        assert_eq!(cookies, [b"a=1".to_vec(), b"n=caf\xe9".to_vec()]);
+        assert_eq!(raw.len(), 1, "{raw:?}");
     }
 }

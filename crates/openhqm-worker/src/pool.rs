@@ -493,6 +493,7 @@ impl Handler {
             error.status_code = Some(answer.status_code);
             error.headers = Some(answer.headers);
             error.set_body(answer.body, answer.raw_body);
+            error.raw_headers = answer.raw_headers;
         }
         let policy = self.policy(envelope);
         match decide(&failure, attempt, &policy, fastrand::f64()) {

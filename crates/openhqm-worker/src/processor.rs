@@ -36,6 +36,8 @@ pub struct Output {
     /// result is shown from them by the `content-type` of `headers`, and
     /// `result` is not stored.
     pub raw_body: Option<String>,
+    /// With `raw_body`: the headers `headers` shows lossily, byte for byte.
+    pub raw_headers: Option<openhqm_core::RawHeaders>,
 }
 
 impl Output {
@@ -71,6 +73,7 @@ impl Output {
             ..ResultData::default()
         };
         data.set_body(self.result, self.raw_body);
+        data.raw_headers = self.raw_headers;
         data
     }
 }

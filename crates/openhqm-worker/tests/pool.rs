@@ -151,6 +151,7 @@ impl Processor for Overloaded {
             headers: serde_json::Map::from_iter([("x-why".into(), json!("busy"))]),
             body: json!({"error": "overloaded"}),
             raw_body: None,
+            raw_headers: None,
         }));
         Err(failure)
     }

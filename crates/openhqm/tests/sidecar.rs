@@ -43,8 +43,12 @@ struct Backend {
 /// The exact body the backend answers with: JSON, formatted its own way.
 const ANSWER: &[u8] = b"{ \"ok\" :  true }\n";
 
+/// A header value in ISO-8859-1, as legacy apps send file names: not UTF-8.
+const LATIN1: &[u8] = b"attachment; filename=\"r\xe9sum\xe9.pdf\"";
+
 /// Records every request; waits `x-delay-ms` if sent; answers 201 with two
-/// cookies, its own content type and [`ANSWER`], or 503 on `/unavailable`.
+/// cookies, a Latin-1 header, its own content type and [`ANSWER`], or 503 on
+/// `/unavailable`.
 async fn backend_handler(
     State(b): State<Arc<Backend>>,
     method: Method,
@@ -75,6 +79,10 @@ async fn backend_handler(
         .header("set-cookie", "b=2; Path=/")
         .header("content-type", "application/vnd.orders+json")
         .header("x-app", "legacy")
+        .header(
+            "content-disposition",
+            axum::http::HeaderValue::from_bytes(LATIN1).expect("obs-text"),
+        )
         .body(axum::body::Body::from(ANSWER))
         .expect("response")
 }
@@ -157,6 +165,10 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
             "x-user",
             reqwest::header::HeaderValue::from_bytes("José".as_bytes()).expect("obs-text"),
         )
+        .header(
+            "x-latin",
+            reqwest::header::HeaderValue::from_bytes(LATIN1).expect("obs-text"),
+        )
         .header("prefer", "return=representation, wait=20")
         .header("connection", "keep-alive")
         .body(body)
@@ -188,6 +200,11 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
     );
     assert_eq!(r.content_length(), Some(ANSWER.len() as u64));
     assert_eq!(header(&r, "x-app"), Some("legacy"));
+    assert_eq!(
+        r.headers().get("content-disposition").map(|v| v.as_bytes()),
+        Some(LATIN1),
+        "header bytes that are not UTF-8 come back as the app sent them"
+    );
     assert!(header(&r, "x-correlation-id").is_some());
     assert_eq!(&r.bytes().await.expect("body")[..], ANSWER, "byte for byte");
 
@@ -206,6 +223,11 @@ async fn passthrough_replays_the_call_and_returns_the_backends_exact_answer() {
         s.headers.get("x-user").map(|v| v.as_bytes()),
         Some("José".as_bytes()),
         "non-ASCII header bytes pass"
+    );
+    assert_eq!(
+        s.headers.get("x-latin").map(|v| v.as_bytes()),
+        Some(LATIN1),
+        "header bytes that are not UTF-8 pass as sent"
     );
     assert_eq!(
         h("prefer"),

@@ -98,6 +98,7 @@ pub fn envelope(payload: &str, headers: &[(&str, &str)]) -> Envelope {
             ..Metadata::default()
         },
         raw_body: None,
+        binary_headers: BTreeMap::new(),
         passthrough: false,
         idempotency_key: None,
         derived_headers: BTreeMap::new(),
