@@ -105,7 +105,9 @@ pub struct Envelope {
     /// Envelope version; absent on messages from the earlier implementation.
     #[serde(default)]
     pub v: u32,
-    /// The request's id.
+    /// The request's id; a producer's own text that is not a UUID maps to
+    /// one ([`CorrelationId::from_text`]).
+    #[serde(deserialize_with = "CorrelationId::deserialize_text")]
     pub correlation_id: CorrelationId,
     /// The client's payload, verbatim.
     pub payload: Box<RawValue>,
@@ -189,12 +191,14 @@ impl Envelope {
     #[must_use]
     pub fn correlation_id_in(bytes: &[u8]) -> Option<CorrelationId> {
         #[derive(Deserialize)]
-        struct IdOnly {
-            correlation_id: Option<CorrelationId>,
+        struct IdOnly<'a> {
+            #[serde(borrow)]
+            correlation_id: Option<std::borrow::Cow<'a, str>>,
         }
-        serde_json::from_slice::<IdOnly>(bytes)
+        serde_json::from_slice::<IdOnly<'_>>(bytes)
             .ok()
             .and_then(|envelope| envelope.correlation_id)
+            .map(|text| CorrelationId::from_text(&text))
     }
 }
 
@@ -278,10 +282,14 @@ mod tests {
             format!(r#"{{"payload":1,"correlation_id":"{id}","metadata":{{"priority":"high"}}}}"#);
         assert!(Envelope::from_json(bad_field.as_bytes()).is_err());
         assert_eq!(Envelope::correlation_id_in(br#"{"data": 1}"#), None);
+        // A producer's own id that is not a UUID stands for its derived one.
         assert_eq!(
             Envelope::correlation_id_in(br#"{"correlation_id": "x"}"#),
-            None
+            Some(CorrelationId::from_text("x"))
         );
+        let own = Envelope::from_json(br#"{"correlation_id": "order-17", "payload": 1}"#)
+            .expect("a producer's own id is kept");
+        assert_eq!(own.correlation_id, CorrelationId::from_text("order-17"));
         assert_eq!(Envelope::correlation_id_in(b"not json"), None);
     }
 

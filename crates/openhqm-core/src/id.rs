@@ -31,6 +31,26 @@ impl CorrelationId {
         Self(Uuid::new_v5(&Self::NAMESPACE, name))
     }
 
+    /// The id a producer's own `correlation_id` text stands for: the UUID it
+    /// is, or for any other text (`order-17`: the earlier implementation let
+    /// producers choose) the same derived id every time, [`CorrelationId::derived`]
+    /// of `id:<text>`. The status and response resources map their path the
+    /// same way, so such a request is followed by the producer's own id.
+    #[must_use]
+    pub fn from_text(text: &str) -> Self {
+        text.parse()
+            .unwrap_or_else(|_| Self::derived(format!("id:{text}").as_bytes()))
+    }
+
+    /// Deserializes as [`CorrelationId::from_text`]: for fields producers write.
+    ///
+    /// # Errors
+    /// When the value is not a string.
+    pub fn deserialize_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(Self::from_text(&text))
+    }
+
     /// The UUIDv5 namespace of [`CorrelationId::derived`].
     pub const NAMESPACE: Uuid = Uuid::from_u128(0x3f83_c66c_d918_40d5_8453_fe74_9c4c_37f1);
 
@@ -100,5 +120,19 @@ mod tests {
         assert_eq!(a.to_string().parse::<CorrelationId>().ok(), Some(a));
         assert_eq!(CorrelationId::from_bytes(*a.as_bytes()), a);
         assert!(a.timestamp_ms().is_some_and(|ms| ms > 1_700_000_000_000));
+    }
+
+    #[test]
+    fn a_producers_own_id_maps_to_the_same_uuid_every_time() {
+        let a = CorrelationId::new();
+        assert_eq!(
+            CorrelationId::from_text(&a.to_string()),
+            a,
+            "a UUID is itself"
+        );
+        let ext = CorrelationId::from_text("order-17");
+        assert_eq!(ext, CorrelationId::from_text("order-17"));
+        assert_ne!(ext, CorrelationId::from_text("order-18"));
+        assert_eq!(ext, CorrelationId::derived(b"id:order-17"));
     }
 }

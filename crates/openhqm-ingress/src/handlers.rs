@@ -294,9 +294,8 @@ pub(crate) async fn cancel(
 }
 
 async fn lookup(state: &ApiState, raw_id: &str) -> Result<RequestRecord, Problem> {
-    let id: CorrelationId = raw_id
-        .parse()
-        .map_err(|_| Problem::unknown_request(raw_id))?;
+    // A producer's own id that is not a UUID finds the request it maps to.
+    let id = CorrelationId::from_text(raw_id);
     match state.store.get(id).await {
         Ok(Some(record)) => Ok(record),
         Ok(None) => Err(Problem::unknown_request(raw_id)),

@@ -120,7 +120,10 @@ mod tests {
             "set-cookie",
             HeaderValue::from_bytes(b"n=caf\xe9").expect("obs-text"),
         );
-        h.append("x-plain", HeaderValue::from_bytes("café".as_bytes()).expect("utf-8"));
+        h.append(
+            "x-plain",
+            HeaderValue::from_bytes("café".as_bytes()).expect("utf-8"),
+        );
         let raw = raw_headers(&h);
         let cookies: Vec<Vec<u8>> = raw["set-cookie"]
             .iter()

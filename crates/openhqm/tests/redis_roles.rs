@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use openhqm_redis_testkit::RedisServer;
 use serde_json::{Value, json};
 
-use common::{BIN, free_port, http_client, status_of, submit};
+use common::{BIN, free_port, get_json, http_client, status_of, submit};
 
 /// One openhqm process; killed (SIGKILL) if still running when dropped.
 struct Proc {
@@ -221,6 +221,26 @@ async fn listeners_and_workers_share_redis_and_survive_a_killed_worker() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // A producer of the earlier implementation chose its own ids, not UUIDs:
+    // the request runs, and its id finds the result on any listener.
+    let _: String = redis_cmd(
+        &url,
+        redis::cmd("XADD").arg("openhqm-requests").arg("*").arg("payload").arg(
+            r#"{"correlation_id": "order-17", "payload": {"operation": "uppercase", "data": "hi"}}"#,
+        ),
+    )
+    .await;
+    let response = common::until("order-17 to complete", async || {
+        let r = get_json(
+            &http,
+            format!("{}/api/v1/response/order-17", listeners[1].base),
+        )
+        .await;
+        (r["status"] == "COMPLETED").then_some(r)
+    })
+    .await;
+    assert_eq!(response["result"]["output"], "HI", "{response}");
     drop(workers);
 }
 

@@ -352,9 +352,20 @@ fn envelopes_decode_as_before_and_auto_recognises_them() {
     // A broken envelope is still an envelope under `auto`: dead-lettered, not forwarded.
     check(
         MessageFormat::Auto,
-        r#"{"correlation_id":"nope","payload":1}"#,
+        r#"{"correlation_id":17,"payload":1}"#,
         &[],
         Err("malformed envelope"),
+    );
+    // A producer's own id that is not a UUID is its request's name.
+    let (f, e) = run(
+        MessageFormat::Auto,
+        r#"{"correlation_id":"order-17","payload":1}"#,
+        &[],
+    )
+    .expect("envelope");
+    assert_eq!(
+        (f.shape, e.correlation_id),
+        (Shape::Envelope, CorrelationId::from_text("order-17"))
     );
     // Structured mode is recognised by content type too.
     check(
