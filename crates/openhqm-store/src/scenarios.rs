@@ -125,18 +125,12 @@ pub async fn create_does_not_overwrite(store: &dyn ResultStore) {
     assert_eq!(record.status, RequestStatus::Processing);
 }
 
-/// A result as deep as a processor or a backend's JSON answer can make it
-/// (as deep as serde_json parses) is read back: the record around it adds
-/// levels, and a record written but never readable would answer 503 until
-/// it expired.
+/// A new request, accepted now and taken by a worker (PROCESSING).
 ///
 /// # Panics
-/// When the finished record cannot be read back whole.
-pub async fn deep_results_read_back(store: &dyn ResultStore) {
+/// When the store refuses either step.
+pub async fn taken(store: &dyn ResultStore) -> CorrelationId {
     let id = CorrelationId::new();
-    let depth = openhqm_core::envelope::MAX_PAYLOAD_DEPTH;
-    let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
-    let result: serde_json::Value = serde_json::from_str(&deep).expect("parses at the limit");
     store
         .create(RequestRecord::pending(id, openhqm_core::time::now_ms()))
         .await
@@ -145,6 +139,21 @@ pub async fn deep_results_read_back(store: &dyn ResultStore) {
         .transition(id, Update::to(RequestStatus::Processing))
         .await
         .expect("processing");
+    id
+}
+
+/// A result as deep as a processor or a backend's JSON answer can make it
+/// (as deep as serde_json parses) is read back: the record around it adds
+/// levels, and a record written but never readable would answer 503 until
+/// it expired.
+///
+/// # Panics
+/// When the finished record cannot be read back whole.
+pub async fn deep_results_read_back(store: &dyn ResultStore) {
+    let depth = openhqm_core::envelope::MAX_PAYLOAD_DEPTH;
+    let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let result: serde_json::Value = serde_json::from_str(&deep).expect("parses at the limit");
+    let id = taken(store).await;
     let mut done = Update::to(RequestStatus::Completed);
     done.outcome = Some(openhqm_core::ResultData {
         result: Some(serde_json::json!({ "output": result.clone() })),

@@ -33,15 +33,7 @@ async fn restart(
 async fn status_and_result_are_written_together_and_survive_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (db, store) = open(dir.path(), Duration::from_secs(60));
-    let id = CorrelationId::new();
-    store
-        .create(RequestRecord::pending(id, openhqm_core::time::now_ms()))
-        .await
-        .expect("create");
-    store
-        .transition(id, Update::to(RequestStatus::Processing))
-        .await
-        .expect("processing");
+    let id = crate::scenarios::taken(&store).await;
     let outcome = ResultData {
         result: Some(serde_json::json!([1, 2])),
         status_code: Some(200),
