@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# OpenHQM benchmark: durable submit throughput/latency and end-to-end
-# throughput (submit until COMPLETED) of `openhqm serve` on the embedded queue,
-# measured in the same run as the baseline, nginx `proxy_pass` to a static
-# backend. Installs its own tools (wrk, nginx). Prints a table.
+# OpenHQM benchmark on the embedded queue, in the same run as the baseline,
+# nginx `proxy_pass` to a static backend:
+#   - durable submit throughput/latency of the ingress alone (`openhqm
+#     listener`: every 202 fsynced, nothing consuming, as when a burst
+#     outruns the workers);
+#   - the same load on `openhqm serve`, whose workers run each request in the
+#     same process while it is submitted, and end-to-end throughput (submit
+#     until COMPLETED, with the demo processor).
+# Installs its own tools (wrk, nginx). Prints a table.
 #
 #   bash bench/run.sh            # 10 s per measurement
 #   DURATION=30 bash bench/run.sh
@@ -21,6 +26,19 @@ echo "measuring nginx proxy_pass..." >&2
 read -r NGX_RPS NGX_P50 NGX_P99 NGX_BAD < <(wrk_run "http://127.0.0.1:$PROXY_PORT/" -s bench/submit.lua)
 stop_nginx; sleep 0.5
 
+# --- openhqm listener alone: the ingress, fsync on every group commit --------
+# Nothing drains this queue, so admission control (`server.max_pending`, 100,000
+# by default) is off: the run measures accepting, not refusing.
+LSN_PORT=$(port)
+"$BIN" listener --host 127.0.0.1 --port "$LSN_PORT" --data-dir "$WORK/listener-data" \
+  --set monitoring.log_level=WARNING --set server.max_pending=0 > "$WORK/listener.log" 2>&1 &
+LSN_PID=$!; PIDS+=("$LSN_PID")
+wait_http "http://127.0.0.1:$LSN_PORT/health/live"
+echo "measuring openhqm durable submit, listener alone..." >&2
+read -r LSN_RPS LSN_P50 LSN_P99 LSN_BAD < <(wrk_run "http://127.0.0.1:$LSN_PORT/api/v1/submit" -s bench/submit.lua)
+kill -TERM "$LSN_PID"; wait "$LSN_PID" || true
+rm -rf "$WORK/listener-data"
+
 # --- openhqm serve on the embedded queue (fsync on every group commit) --------
 OHQ_PORT=$(port)
 "$BIN" serve --host 127.0.0.1 --port "$OHQ_PORT" --data-dir "$WORK/data" \
@@ -30,7 +48,7 @@ wait_http "http://127.0.0.1:$OHQ_PORT/health/live"
 sleep 1
 IDLE_RSS=$(rss_kib "$OHQ_PID")
 
-echo "measuring openhqm durable submit + end to end..." >&2
+echo "measuring openhqm serve: durable submit while its workers run, end to end..." >&2
 START=$(date +%s.%N)
 read -r OHQ_RPS OHQ_P50 OHQ_P99 OHQ_BAD < <(wrk_run "http://127.0.0.1:$OHQ_PORT/api/v1/submit" -s bench/submit.lua)
 LOAD_RSS=$(rss_kib "$OHQ_PID")
@@ -41,12 +59,14 @@ E2E_RPS=$(python3 -c "print(round($ACCEPTED / ($END - $START)))")
 kill -TERM "$OHQ_PID"; wait "$OHQ_PID" || true
 
 python3 - <<PY
-ngx, ohq, e2e = $NGX_RPS, $OHQ_RPS, $E2E_RPS
+ngx, lsn, ohq, e2e = $NGX_RPS, $LSN_RPS, $OHQ_RPS, $E2E_RPS
 print()
 print(f"machine: $(nproc) cores; wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s on the same machine")
-print(f"{'measurement':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs nginx':>9}")
-print(f"{'nginx proxy_pass -> static nginx (baseline)':44} {ngx:>9.0f} {$NGX_P50:>8.2f} {$NGX_P99:>8.2f} {$NGX_BAD:>8} {1:>9.2f}")
-print(f"{'openhqm submit (durable, fsync per commit)':44} {ohq:>9.0f} {$OHQ_P50:>8.2f} {$OHQ_P99:>8.2f} {$OHQ_BAD:>8} {ohq/ngx:>9.2f}")
-print(f"{'openhqm end to end (submit -> COMPLETED)':44} {e2e:>9.0f} {'':>8} {'':>8} {'':>8} {e2e/ngx:>9.2f}")
+W = 52
+print(f"{'measurement':{W}} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs nginx':>9}")
+print(f"{'nginx proxy_pass -> static nginx (baseline)':{W}} {ngx:>9.0f} {$NGX_P50:>8.2f} {$NGX_P99:>8.2f} {$NGX_BAD:>8} {1:>9.2f}")
+print(f"{'openhqm submit, listener alone (durable, fsynced)':{W}} {lsn:>9.0f} {$LSN_P50:>8.2f} {$LSN_P99:>8.2f} {$LSN_BAD:>8} {lsn/ngx:>9.2f}")
+print(f"{'openhqm submit, serve (its workers run meanwhile)':{W}} {ohq:>9.0f} {$OHQ_P50:>8.2f} {$OHQ_P99:>8.2f} {$OHQ_BAD:>8} {ohq/ngx:>9.2f}")
+print(f"{'openhqm end to end (serve: submit -> COMPLETED)':{W}} {e2e:>9.0f} {'':>8} {'':>8} {'':>8} {e2e/ngx:>9.2f}")
 print(f"openhqm RSS: idle {$IDLE_RSS/1024:.1f} MiB, after load {$LOAD_RSS/1024:.1f} MiB, peak {$PEAK_RSS/1024:.1f} MiB; accepted {$ACCEPTED} requests")
 PY

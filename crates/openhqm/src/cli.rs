@@ -39,9 +39,12 @@ pub struct Cli {
 pub enum Command {
     /// Ingress and workers in one process (the default setup).
     Serve,
-    /// Ingress only (needs a queue shared between processes).
+    /// Ingress only: beside workers in other processes on a shared queue and
+    /// store (Redis); on the embedded engine, a buffer that a later `serve`
+    /// or `worker` on the same data directory drains.
     Listener,
-    /// Workers only, with health and metrics endpoints (needs a shared queue).
+    /// Workers only, with health and metrics endpoints (on the embedded
+    /// engine: running what an earlier process stored).
     Worker,
     /// Validate the configuration, print it with secrets masked, list every error.
     CheckConfig,

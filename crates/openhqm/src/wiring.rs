@@ -303,18 +303,17 @@ pub(crate) async fn run(
     mode: Mode,
     processor: Arc<dyn Processor>,
 ) -> anyhow::Result<()> {
-    if mode != Mode::Serve && config.queue.kind == BackendType::Embedded {
-        bail!(
-            "`openhqm {}` runs part of the system in its own process, which needs a queue shared between processes; \
-             with queue.type embedded, run `openhqm serve`",
-            mode.name()
-        );
+    if let Some(refusal) = refuse_split(mode, config.queue.kind, config.cache.kind) {
+        bail!(refusal);
     }
-    if mode != Mode::Serve && config.cache.kind == StoreType::Embedded {
-        bail!(
-            "`openhqm {}` needs a result store shared between processes (the API reads what workers write); \
-             with cache.type embedded results stay in one process: set cache.type redis, or run `openhqm serve`",
-            mode.name()
+    if mode != Mode::Serve && config.queue.kind == BackendType::Embedded {
+        tracing::info!(
+            data_dir = %config.queue.data_dir,
+            "the embedded engine is one process's at a time: {}",
+            match mode {
+                Mode::Listener => "requests are stored here and wait for the next `openhqm serve` or `openhqm worker` on this data directory",
+                _ => "this worker runs what is stored in this data directory, with no API",
+            }
         );
     }
     let backends = open(&config).await?;
@@ -430,6 +429,31 @@ pub(crate) async fn run(
     }
     tracing::info!("openhqm stopped");
     Ok(())
+}
+
+/// Why `mode` cannot run on these backends, if it cannot. A listener or a
+/// worker alone runs beside others only on a queue *and* a store shared
+/// between processes. With both embedded, the one data directory serves one
+/// process at a time, so a listener alone is a durable buffer that a later
+/// `serve` or `worker` drains; with one of them embedded and the other
+/// shared, the other processes could never see half of the work.
+fn refuse_split(mode: Mode, queue: BackendType, cache: StoreType) -> Option<String> {
+    if mode == Mode::Serve {
+        return None;
+    }
+    match (queue == BackendType::Embedded, cache == StoreType::Embedded) {
+        (true, true) | (false, false) => None,
+        (true, false) => Some(format!(
+            "`openhqm {}` with queue.type embedded keeps the messages in this process, where workers of other \
+             processes cannot take them: set queue.type to a shared queue (redis) too, or run `openhqm serve`",
+            mode.name()
+        )),
+        (false, true) => Some(format!(
+            "`openhqm {}` with cache.type embedded keeps results in this process, where the API of other \
+             processes cannot read them: set cache.type redis too, or run `openhqm serve`",
+            mode.name()
+        )),
+    }
 }
 
 fn api_config(config: &Config) -> anyhow::Result<ApiConfig> {

@@ -20,13 +20,18 @@ struct Server {
 }
 
 fn start(dir: &Path, port: u16, extra: &[&str]) -> Server {
+    start_as("serve", dir, port, extra)
+}
+
+/// `openhqm <mode>` on the data in `dir`, logging to `dir/server.log`.
+fn start_as(mode: &str, dir: &Path, port: u16, extra: &[&str]) -> Server {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("server.log"))
         .expect("log file");
     let child = Command::new(BIN)
-        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args([mode, "--host", "127.0.0.1", "--port", &port.to_string()])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args(extra)
@@ -646,21 +651,91 @@ fn check_config_prints_the_effective_config_with_secrets_masked() {
     );
 }
 
-#[test]
-fn split_roles_on_the_embedded_queue_are_refused_with_a_reason() {
+/// On the embedded engine a listener alone is a durable buffer: what it
+/// accepted waits, PENDING, and a worker started later on the same data
+/// directory runs it; a listener started after that serves the results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_alone_stores_requests_that_a_later_worker_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(BIN)
-        .args(["listener", "--port", "0", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("OPENHQM_CONFIG")
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("queue.type embedded") && stderr.contains("openhqm serve"),
-        "{stderr}"
-    );
+    let http = http_client();
+    let port = free_port();
+    let mut listener = start_as("listener", dir.path(), port, &[]);
+    wait_ready(&http, &listener.base).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let body = json!({"payload": {"operation": "uppercase", "data": format!("item {i}")}});
+        ids.push(
+            submit(&http, &listener.base, &body)
+                .await
+                .expect("accepted"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in &ids {
+        let status = status_of(&http, &listener.base, id).await;
+        assert_eq!(
+            status.as_deref(),
+            Some("PENDING"),
+            "{id}: nothing runs it yet"
+        );
+    }
+    signal(&listener.child, "-TERM");
+    assert!(wait_exit(&mut listener.child, Duration::from_secs(10)).success());
+
+    let mut worker = start_as("worker", dir.path(), port, &[]);
+    wait_ready(&http, &worker.base).await;
+    let completed = r#"openhqm_worker_processing_duration_seconds_count{outcome="completed"}"#;
+    until("the worker ran every stored request", async || {
+        let text = http
+            .get(format!("{}/metrics", worker.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let done = text
+            .lines()
+            .find_map(|l| l.strip_prefix(completed))
+            .and_then(|v| v.trim().parse::<f64>().ok())?;
+        (done >= 20.0).then_some(())
+    })
+    .await;
+    signal(&worker.child, "-TERM");
+    assert!(wait_exit(&mut worker.child, Duration::from_secs(10)).success());
+
+    let listener = start_as("listener", dir.path(), port, &[]);
+    wait_ready(&http, &listener.base).await;
+    for (i, id) in ids.iter().enumerate() {
+        let body = get_json(&http, format!("{}/api/v1/response/{id}", listener.base)).await;
+        assert_eq!(body["result"]["output"], format!("ITEM {i}"), "{body}");
+    }
+    assert!(server_log(dir.path()).contains("one process's at a time"));
+}
+
+/// A listener or worker alone beside other processes needs both the queue
+/// and the store shared: half of the work kept in one process is refused,
+/// naming what to change.
+#[test]
+fn split_roles_with_only_one_of_queue_and_store_embedded_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (mode, set, names) in [
+        ("listener", "cache.type=redis", "queue.type embedded"),
+        ("worker", "queue.type=redis", "cache.type embedded"),
+    ] {
+        let out = Command::new(BIN)
+            .args([mode, "--port", "0", "--set", set, "--data-dir"])
+            .arg(dir.path())
+            .env_remove("OPENHQM_CONFIG")
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{mode} with {set}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(names) && stderr.contains("openhqm serve"),
+            "{mode} with {set}: {stderr}"
+        );
+    }
 }
 
 /// The usual soft limit on open files (often 1024) does not cap
