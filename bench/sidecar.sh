@@ -7,9 +7,11 @@
 #      every call is fsynced on the queue before it is replayed, and the
 #      caller waits for the backend's answer).
 # Each is measured under load (wrk -c64: requests/s, p50/p99) and unloaded
-# (one connection: the latency a proxy adds to a single call). Prints the
-# ratio to nginx and the p50 latency added over a direct call. Installs wrk
-# and nginx if missing.
+# (one connection: the latency a proxy adds to a single call), in ROUNDS
+# alternating rounds (3 by default: the VM's speed drifts within a minute).
+# Prints the medians, the median of the per-round ratios to nginx (and their
+# range), and the p50 latency added over a direct call. Installs wrk and
+# nginx if missing.
 #
 #   bash bench/sidecar.sh            # 10 s per measurement
 #   DURATION=30 bash bench/sidecar.sh
@@ -27,48 +29,63 @@ APP_PORT=$(port)
 PIDS+=("$!")
 wait_http "http://127.0.0.1:$APP_PORT/"
 
-# $1 = name, $2 = URL: under load, then one connection at a time.
+# $1 = name, $2 = URL, $3 = round: under load, then one connection at a time.
 measure() {
-  echo "measuring $1..." >&2
-  wrk_run "$2" -s bench/sidecar.lua > "$WORK/$1"
-  CONNECTIONS=1 wrk_run "$2" -s bench/sidecar.lua > "$WORK/$1.c1"
+  echo "round $3/$ROUNDS: measuring $1..." >&2
+  wrk_run "$2" -s bench/sidecar.lua > "$WORK/$1.$3"
+  CONNECTIONS=1 wrk_run "$2" -s bench/sidecar.lua > "$WORK/$1.c1.$3"
 }
-measure direct "http://127.0.0.1:$APP_PORT/orders"
 
-PROXY_PORT=$(port)
-start_nginx "$PROXY_PORT" "$APP_PORT"
-measure nginx "http://127.0.0.1:$PROXY_PORT/orders"
-stop_nginx
+ROUNDS=${ROUNDS:-3}
+PROXY_PORT=$(port); API_PORT=$(port); SIDE_PORT=$(port)
+for round in $(seq 1 "$ROUNDS"); do
+  measure direct "http://127.0.0.1:$APP_PORT/orders" "$round"
 
-API_PORT=$(port); SIDE_PORT=$(port)
-"$BIN" serve --host 127.0.0.1 --port "$API_PORT" --data-dir "$WORK/data" \
-  --set monitoring.log_level=WARNING --set proxy.enabled=true \
-  --set proxy.default_endpoint="http://127.0.0.1:$APP_PORT" \
-  --set sidecar.enabled=true --set sidecar.port="$SIDE_PORT" \
-  --set worker.count=256 > "$WORK/openhqm.log" 2>&1 &
-PIDS+=("$!")
-wait_http "http://127.0.0.1:$API_PORT/health/ready"
-measure openhqm "http://127.0.0.1:$SIDE_PORT/orders"
+  start_nginx "$PROXY_PORT" "$APP_PORT"
+  measure nginx "http://127.0.0.1:$PROXY_PORT/orders" "$round"
+  stop_nginx
 
-python3 - "$WORK" <<PY
-import sys
-work = sys.argv[1]
-def row(name):
-    rps, p50, p99, bad = open(f"{work}/{name}").read().split()
-    _, c1_p50, c1_p99, _ = open(f"{work}/{name}.c1").read().split()
-    return float(rps), float(p50), float(p99), int(bad), float(c1_p50), float(c1_p99)
+  "$BIN" serve --host 127.0.0.1 --port "$API_PORT" --data-dir "$WORK/data" \
+    --set monitoring.log_level=WARNING --set proxy.enabled=true \
+    --set proxy.default_endpoint="http://127.0.0.1:$APP_PORT" \
+    --set sidecar.enabled=true --set sidecar.port="$SIDE_PORT" \
+    --set worker.count=256 > "$WORK/openhqm.log" 2>&1 &
+  OHQ_PID=$!; PIDS+=("$OHQ_PID")
+  wait_http "http://127.0.0.1:$API_PORT/health/ready"
+  measure openhqm "http://127.0.0.1:$SIDE_PORT/orders" "$round"
+  kill -TERM "$OHQ_PID"; wait "$OHQ_PID" || true
+  rm -rf "$WORK/data"
+done
+
+python3 - "$WORK" "$ROUNDS" <<PY
+import statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+def runs(name):
+    return [[float(x) for x in open(f"{work}/{name}.{r}").read().split()] for r in range(1, rounds + 1)]
+def median_run(rs):
+    # The run with the median throughput, so its latencies go with it.
+    return sorted(rs, key=lambda r: r[0])[(len(rs) - 1) // 2]
+loaded = {n: runs(n) for n in ("direct", "nginx", "openhqm")}
+one = {n: runs(f"{n}.c1") for n in ("direct", "nginx", "openhqm")}
+ratios = sorted(o[0] / n[0] for o, n in zip(loaded["openhqm"], loaded["nginx"]))
+direct_c1_p50 = statistics.median(r[1] for r in one["direct"])
 rows = [
-    ("app called directly", row("direct")),
-    ("nginx proxy_pass -> app (baseline)", row("nginx")),
-    ("openhqm sidecar, callers wait on the queue", row("openhqm")),
+    ("app called directly", "direct"),
+    ("nginx proxy_pass -> app (baseline)", "nginx"),
+    ("openhqm sidecar, callers wait on the queue", "openhqm"),
 ]
-ngx = rows[1][1][0]
-direct = rows[0][1]
+ngx = median_run(loaded["nginx"])[0]
 print()
-print(f"machine: $(nproc) cores; wrk -t$WRK_THREADS -d${DURATION}s; app, proxies and wrk on the same machine")
+print(f"machine: $(nproc) cores; wrk -t$WRK_THREADS -d${DURATION}s; app, proxies and wrk on the same machine; {rounds} alternating rounds (medians)")
 print(f"{'':46} {'--- $CONNECTIONS connections ---':>36} {'--- 1 connection ---':>28}")
 print(f"{'measurement':46} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'vs nginx':>9} {'non-2xx':>7} {'p50 ms':>7} {'p99 ms':>7} {'+p50 ms':>8}")
-for name, (rps, p50, p99, bad, c1_p50, c1_p99) in rows:
-    print(f"{name:46} {rps:>8.0f} {p50:>7.2f} {p99:>7.2f} {rps / ngx:>9.2f} {bad:>7} {c1_p50:>7.2f} {c1_p99:>7.2f} {c1_p50 - direct[4]:>8.2f}")
+for label, name in rows:
+    rps, p50, p99, _ = median_run(loaded[name])
+    bad = sum(r[3] for r in loaded[name])
+    c1_p50 = statistics.median(r[1] for r in one[name])
+    c1_p99 = statistics.median(r[2] for r in one[name])
+    ratio = statistics.median(ratios) if name == "openhqm" else rps / ngx
+    print(f"{label:46} {rps:>8.0f} {p50:>7.2f} {p99:>7.2f} {ratio:>9.2f} {bad:>7.0f} {c1_p50:>7.2f} {c1_p99:>7.2f} {c1_p50 - direct_c1_p50:>8.2f}")
+print(f"openhqm/nginx per round: {', '.join(f'{r:.2f}' for r in ratios)}")
 print("+p50: the median latency a proxy adds to one call over calling the app directly")
 PY
