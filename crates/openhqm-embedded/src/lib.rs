@@ -62,13 +62,21 @@ pub enum Durability {
 pub enum DbError {
     /// The storage engine failed (I/O, corruption, poisoned after a failed sync).
     #[error("storage engine error: {0}")]
-    Engine(#[from] fjall::Error),
+    Engine(fjall::Error),
     /// The writer thread has stopped; the database is closed or failed.
     #[error("embedded database is closed")]
     Closed,
     /// The engine failed for good; see [`EmbeddedDb::failed`].
     #[error("embedded storage failed: {0}")]
     Failed(Arc<str>),
+}
+
+// By hand, not `#[from]`: that would also make the fjall error this one's
+// source, and error chains (`{:#}`) would print it twice.
+impl From<fjall::Error> for DbError {
+    fn from(e: fjall::Error) -> Self {
+        Self::Engine(e)
+    }
 }
 
 /// Memtable size per keyspace: bounds memory; larger only saves flushes.

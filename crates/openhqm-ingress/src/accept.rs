@@ -91,7 +91,15 @@ pub(crate) async fn accept(
         let both = tokio::spawn(async move {
             let published = queue.publish(message).await;
             let created = match published {
-                Ok(()) => store.create(pending).await,
+                // Written after the message, so not synced with it: synced
+                // before the 202, or a crash could leave the key standing
+                // for no record, to be taken over as stale and run twice.
+                // A deferred publish is synced (with the store) before any
+                // 202 it gets.
+                Ok(()) => match store.create(pending).await {
+                    Ok(()) if durability == Durability::Full => store.sync().await,
+                    other => other,
+                },
                 Err(_) => Ok(()),
             };
             (created, published)

@@ -152,13 +152,22 @@ pub(crate) async fn passthrough(
     let (record, waited) = wait_for_answer(&state, record, wait).await;
     let (id, finished) = (record.correlation_id, record.status.is_terminal());
     // A 202 says "stored": ours may not be synced yet, nor a replayed
-    // key's, whose first caller may still be waiting.
-    if !finished
-        && (durability == Durability::Deferred || replayed)
-        && let Err(e) = state.queue.sync().await
-    {
-        tracing::warn!(correlation_id = %id, error = %e, "queue sync not confirmed; answered 503");
-        return Err(Problem::unconfirmed("queue", state.config.retry_after_secs));
+    // key's, whose first caller may still be waiting; nor its status record,
+    // which a key must not outlive (the two syncs share one commit on the
+    // embedded engine).
+    if !finished && (durability == Durability::Deferred || replayed) {
+        let (queue, store) = tokio::join!(state.queue.sync(), state.store.sync());
+        if let Err(e) = queue {
+            tracing::warn!(correlation_id = %id, error = %e, "queue sync not confirmed; answered 503");
+            return Err(Problem::unconfirmed("queue", state.config.retry_after_secs));
+        }
+        if let Err(e) = store {
+            tracing::warn!(correlation_id = %id, error = %e, "result store sync not confirmed; answered 503");
+            return Err(Problem::unconfirmed(
+                "result store",
+                state.config.retry_after_secs,
+            ));
+        }
     }
     // A problem (no answer from the backend) carries the headers below too.
     let mut response = if finished {

@@ -326,6 +326,10 @@ impl ResultStore for EmbeddedStore {
         self.put_new(record.correlation_id, record).await
     }
 
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.db.sync().await.map_err(db_error)
+    }
+
     async fn get(&self, id: CorrelationId) -> Result<Option<RequestRecord>, StoreError> {
         if let Some(record) = self.overlay.visible(id) {
             return Ok(Some(record));

@@ -148,6 +148,19 @@ pub trait ResultStore: Send + Sync + 'static {
     /// [`StoreError::Unavailable`] if it was not stored.
     async fn create(&self, record: RequestRecord) -> Result<(), StoreError>;
 
+    /// Makes every write made before this call durable (on the embedded
+    /// engine: synced, as a message published in full is). For a record
+    /// written apart from its message (an idempotent request's, after the
+    /// publish): a `202` must not outlive it in a crash, or the key would
+    /// stand for no request. The default suits stores whose writes are as
+    /// durable as they get once confirmed (Redis).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if it cannot be confirmed.
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The record, or `None` if unknown or expired.
     ///
     /// # Errors

@@ -306,6 +306,15 @@ pub(crate) async fn run(
     if let Some(refusal) = refuse_split(mode, config.queue.kind, config.cache.kind) {
         bail!(refusal);
     }
+    if mode == Mode::Worker
+        && config.queue.kind == BackendType::Embedded
+        && !Path::new(&config.queue.data_dir).exists()
+    {
+        tracing::warn!(
+            data_dir = %config.queue.data_dir,
+            "queue.data_dir does not exist and is created empty: this worker runs only what is stored there (is it the listener's directory?)"
+        );
+    }
     if mode != Mode::Serve && config.queue.kind == BackendType::Embedded {
         tracing::info!(
             data_dir = %config.queue.data_dir,

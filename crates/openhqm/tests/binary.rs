@@ -713,6 +713,48 @@ async fn a_listener_alone_stores_requests_that_a_later_worker_runs() {
     assert!(server_log(dir.path()).contains("one process's at a time"));
 }
 
+/// An idempotent request's 202 survives `kill -9` like any other: its
+/// status record, written after its message, is synced before the 202, so
+/// after a restart the repeat is answered as the same request, not refused
+/// as in use and, once the claim went stale, queued a second time. A
+/// listener alone keeps the request waiting, so nothing else writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_is_the_same_request_after_kill_dash_nine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = http_client();
+    let port = free_port();
+    let send = async |base: &str| {
+        http.post(format!("{base}/api/v1/submit"))
+            .header("authorization", "Bearer client-7")
+            .header("idempotency-key", "order-7")
+            .json(&json!({"payload": {"operation": "echo", "data": "once"}}))
+            .send()
+            .await
+            .expect("submit")
+    };
+    let mut listener = start_as("listener", dir.path(), port, &[]);
+    wait_ready(&http, &listener.base).await;
+    let first = send(&listener.base).await;
+    signal(&listener.child, "-KILL");
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.expect("json");
+    wait_exit(&mut listener.child, Duration::from_secs(10));
+
+    let listener = start_as("listener", dir.path(), port, &[]);
+    wait_ready(&http, &listener.base).await;
+    let repeat = send(&listener.base).await;
+    assert_eq!(repeat.status(), 202);
+    assert_eq!(
+        repeat
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let repeat: Value = repeat.json().await.expect("json");
+    assert_eq!(repeat["correlation_id"], first["correlation_id"]);
+}
+
 /// A listener or worker alone beside other processes needs both the queue
 /// and the store shared: half of the work kept in one process is refused,
 /// naming what to change.
