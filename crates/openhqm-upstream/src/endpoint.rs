@@ -28,6 +28,13 @@ use openhqm_worker::Output;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+/// Longest a forward waits for a concurrency or rate slot before its message
+/// goes back to the queue ([`UpstreamError::Saturated`], not an attempt).
+/// Long enough that a slot freeing up soon is taken without a round trip
+/// through the queue; short enough that one saturated endpoint cannot hold
+/// the worker pool from the others' messages.
+pub const MAX_SLOT_WAIT: Duration = Duration::from_secs(1);
+
 use crate::classify::{Attempted, Verdict, classify, is_target_failure, status_class};
 use crate::client::{Body, HttpClient};
 use crate::config::EndpointConfig;
@@ -109,8 +116,10 @@ impl Endpoint {
         let deadline = now + budget;
         // Waiting for a concurrency or rate slot may take half the attempt's
         // time, no more: the backend always gets the other half, so a slow
-        // queue for slots is never blamed on it as a timeout.
-        let _permit = self.admit(now + budget / 2).await?;
+        // queue for slots is never blamed on it as a timeout. And never more
+        // than `MAX_SLOT_WAIT`: a waiting worker is one the pool cannot give
+        // to another endpoint's messages.
+        let _permit = self.admit(now + (budget / 2).min(MAX_SLOT_WAIT)).await?;
         let lease = self.pool.pick(env)?;
         // Counted once a target is chosen: waiting for a slot or a target
         // is no retry.
@@ -147,6 +156,10 @@ impl Endpoint {
                 true,
                 Err(UpstreamError::Timeout(remaining)),
             ),
+            // An answer too large to read is no failure of the target's.
+            Err(Exchange::Failed(e @ UpstreamError::ResponseHeadTooLarge)) => {
+                (status_class(Attempted::NetworkError), false, Err(e))
+            }
             Err(Exchange::Failed(e)) => (status_class(Attempted::NetworkError), true, Err(e)),
             Err(Exchange::TooLarge(status, e)) => {
                 let attempted = Attempted::Answered {

@@ -76,6 +76,13 @@ pub enum UpstreamError {
     /// Connecting, sending or reading failed: the error and its causes.
     #[error("backend request failed: {0}")]
     Network(String),
+    /// The answer's head was more than hyper reads (100 headers, or about
+    /// 400 KiB): the backend answered, but what it said cannot be kept, and
+    /// sending the request again would only run it again.
+    #[error(
+        "the backend's response head is too large to read (more than 100 headers, or over 400 KiB); nothing of it was kept"
+    )]
+    ResponseHeadTooLarge,
     /// The body was larger than `proxy.max_response_size`.
     #[error("backend response exceeds proxy.max_response_size ({limit} bytes)")]
     ResponseTooLarge {
@@ -115,6 +122,7 @@ impl UpstreamError {
             | Self::InvalidUrl(_)
             | Self::PathOutsideBase
             | Self::InvalidBody(_)
+            | Self::ResponseHeadTooLarge
             | Self::ResponseTooLarge { .. } => FailureKind::Permanent,
             Self::Timeout(_) => FailureKind::Timeout,
             // The attempt never started: it waits for a slot or a target,
@@ -159,6 +167,15 @@ impl UpstreamError {
     /// ("invalid peer certificate: UnknownIssuer"), not just "client error
     /// (Connect)". hyper's errors name no URL.
     pub(crate) fn network(e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cause = Some(e);
+        while let Some(c) = cause {
+            if c.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_parse_too_large)
+            {
+                return Self::ResponseHeadTooLarge;
+            }
+            cause = c.source();
+        }
         Self::Network(openhqm_core::cause::chain(e))
     }
 }

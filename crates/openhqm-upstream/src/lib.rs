@@ -34,6 +34,7 @@ pub use config::{
     AuthType, CircuitBreakerConfig, EndpointConfig, HealthCheckConfig, PassiveEjectionConfig,
     PathRewrite, RateLimitConfig, Strategy, TargetConfig, TlsConfig, UpstreamConfig,
 };
+pub use endpoint::MAX_SLOT_WAIT;
 pub use error::UpstreamError;
 pub use health::HealthChecks;
 pub use pool::TargetStatus;

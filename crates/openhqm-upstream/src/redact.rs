@@ -36,8 +36,10 @@ impl Redactor {
         let mut found: Vec<String> = Vec::new();
         if let Some(auth) = auth {
             found.push(auth.value.expose().to_owned());
-            // The bare credentials, as a backend may print them decoded.
+            // The token without its scheme, and the bare credentials, as a
+            // backend may print them decoded.
             if let Some(encoded) = auth.value.expose().strip_prefix("Basic ") {
+                found.push(encoded.to_owned());
                 let pair = base64::engine::general_purpose::STANDARD.decode(encoded);
                 if let Ok(pair) = String::from_utf8(pair.unwrap_or_default()) {
                     found.push(pair);
@@ -74,6 +76,13 @@ impl Redactor {
             }
         }
         found.retain(|s| !s.is_empty());
+        // As a URL or form echoes them: percent-encoded (`/` as `%2F`).
+        let encoded: Vec<String> = found
+            .iter()
+            .map(|s| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>())
+            .filter(|e| !found.contains(e))
+            .collect();
+        found.extend(encoded);
         // As a JSON echo writes them: `"` and `\` escaped, and `/` as `\/`
         // by PHP's json_encode and others.
         let escaped: Vec<String> = found
@@ -165,6 +174,8 @@ mod tests {
             "*** *** ***",
         );
         check(&basic, "code=KEY-9876 v=1 p@ss-word", "code=*** v=1 ***");
+        // The token without its scheme.
+        check(&basic, "token=dXNlcjpodW50ZXIyMg==;", "token=***;");
         check(&EndpointConfig::with_url("http://b/"), "nothing", "nothing");
     }
 
@@ -216,6 +227,18 @@ mod tests {
             &e,
             r#"{"a":"Bearer AbC\/dEf+Tok\"en\\Quote-555","b":"AbC/dEf+Tok\"en\\Quote-555"}"#,
             r#"{"a":"***","b":"***"}"#,
+        );
+    }
+
+    #[test]
+    fn secrets_are_masked_as_a_url_encodes_them() {
+        let mut e = EndpointConfig::with_url("http://b/");
+        e.auth_type = Some(AuthType::Bearer);
+        e.auth_token = Secret::from("tok-SeCrEt/\"x1");
+        check(
+            &e,
+            "GET /echo?auth=Bearer+tok-SeCrEt%2F%22x1&t=tok-SeCrEt%2F%22x1",
+            "GET /echo?auth=***&t=***",
         );
     }
 

@@ -528,3 +528,34 @@ async fn a_secret_echoed_in_an_error_page_is_masked_in_the_error() {
         err.message
     );
 }
+
+/// An answer whose head hyper cannot read (here 101 `Set-Cookie` headers,
+/// past its 100) fails the request for good, saying why: the backend ran
+/// it, so sending it again would only run it again.
+#[tokio::test]
+async fn an_answer_head_too_large_to_read_is_permanent_and_sent_once() {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&hits);
+    let router = Router::new().fallback(move || {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async {
+            let cookies: Vec<(String, String)> = (0..101)
+                .map(|i| ("set-cookie".to_owned(), format!("c{i}=1")))
+                .collect();
+            let headers: Vec<(&str, &str)> = cookies
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            answer(200, &headers, "{}")
+        }
+    });
+    let p = processor(&config(EndpointConfig::with_url(url(serve(router).await))));
+    let err = call(&p, &envelope("{}", &[])).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains("response head is too large"),
+        "{}",
+        err.message
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -44,7 +44,7 @@ async fn concurrency_cap_is_never_exceeded_under_load() {
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..200 {
         let p = Arc::clone(&p);
-        calls.spawn(async move { call(&p, &envelope("{}", &[])).await });
+        calls.spawn(async move { call_admitted(&p, &envelope("{}", &[])).await });
     }
     while let Some(r) = calls.join_next().await {
         r.unwrap().unwrap();
@@ -106,6 +106,36 @@ async fn a_slot_wait_takes_at_most_half_the_attempt_so_the_backend_is_not_blamed
     );
 }
 
+/// A forward waits for a slot at most `MAX_SLOT_WAIT`, however long its
+/// attempt may take: a worker held longer is one the pool cannot give to
+/// another endpoint's messages. Here the slot is held for 3 s and the
+/// attempt could wait 30 s (half its timeout): the second call is back,
+/// Busy, while the first still holds the slot.
+#[tokio::test]
+async fn a_saturated_endpoint_holds_a_worker_for_at_most_the_slot_wait() {
+    let (router, _, arrived) = counting_backend(Duration::from_secs(3));
+    let mut e = EndpointConfig::with_url(url(serve(router).await));
+    e.max_concurrency = Some(1);
+    e.timeout = 60;
+    let p = processor(&config(e));
+    let (one, two) = (envelope("{}", &[]), envelope("{}", &[]));
+    let first = call_within(&p, &one, Duration::from_secs(60));
+    tokio::pin!(first);
+    tokio::select! {
+        _ = &mut first => panic!("the first call should still hold the slot"),
+        () = arrived.notified() => {}
+    }
+    let started = Instant::now();
+    let second = tokio::select! {
+        _ = &mut first => panic!("the second call waited for the first one's slot"),
+        second = call_within(&p, &two, Duration::from_secs(60)) => second,
+    };
+    let second = second.unwrap_err();
+    assert_eq!(second.kind, FailureKind::Busy, "{}", second.message);
+    assert!(started.elapsed() >= openhqm_upstream::MAX_SLOT_WAIT);
+    first.await.expect("the first call is answered");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_holds_over_a_window() {
     let arrivals = Arc::new(Mutex::new(Vec::new()));
@@ -127,7 +157,7 @@ async fn rate_limit_holds_over_a_window() {
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..30 {
         let p = Arc::clone(&p);
-        calls.spawn(async move { call(&p, &envelope("{}", &[])).await });
+        calls.spawn(async move { call_admitted(&p, &envelope("{}", &[])).await });
     }
     while let Some(r) = calls.join_next().await {
         r.unwrap().unwrap();

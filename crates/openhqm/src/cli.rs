@@ -219,6 +219,11 @@ fn mask_for_printing(value: &mut serde_json::Value) {
                             }
                         }
                     }
+                    // Meant as a URL even without its scheme
+                    // (`host:8080/x?token=T`, an error of its own).
+                    Value::String(s) if key == "url" || key == "default_endpoint" => {
+                        *s = openhqm_upstream::config::quotable(s);
+                    }
                     // A path, not a URL: `masked_url` does not see its query.
                     Value::Object(check) if key == "health_check" => {
                         if let Some(Value::String(path)) = check.get_mut("path")

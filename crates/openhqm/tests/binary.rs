@@ -552,6 +552,31 @@ fn check_config_lists_every_error_by_key_and_exits_non_zero() {
     }
 }
 
+/// A URL written without its scheme is an error, and the configuration
+/// printed beside it masks its query as it would a whole URL's.
+#[test]
+fn check_config_masks_the_query_of_a_url_without_a_scheme() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "proxy:\n  endpoints:\n    api:\n      url: 127.0.0.1:8080/path?token=hunter2-query\n",
+    )
+    .expect("write");
+    let out = check_config(&file).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stderr.contains("`proxy.endpoints.api.url`"), "{stderr}");
+    assert!(stdout.contains("127.0.0.1:8080/path?***"), "{stdout}");
+    assert!(
+        !format!("{stdout}{stderr}").contains("hunter2"),
+        "{stdout}\n{stderr}"
+    );
+}
+
 #[test]
 fn the_config_file_comes_from_openhqm_config_unless_it_is_empty() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -109,6 +109,19 @@ pub async fn call(p: &ProxyProcessor, env: &Envelope) -> Result<Output, Failure>
     call_within(p, env, Duration::from_secs(30)).await
 }
 
+/// Calls until a call is admitted, putting a `Busy` one (no slot) back
+/// for its `retry_after` as the worker pool releases its message.
+pub async fn call_admitted(p: &ProxyProcessor, env: &Envelope) -> Result<Output, Failure> {
+    loop {
+        match call(p, env).await {
+            Err(f) if f.kind == openhqm_core::FailureKind::Busy => {
+                tokio::time::sleep(f.retry_after.unwrap_or(Duration::from_millis(20))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// One attempt the worker allows `timeout` for.
 pub async fn call_within(
     p: &ProxyProcessor,
