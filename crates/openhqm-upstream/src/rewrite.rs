@@ -88,7 +88,8 @@ pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, 
             "metadata.{key} must be a string"
         ))),
     };
-    let path = text("path")?;
+    // Empty means none: the base URL as configured, not with a `/` added.
+    let path = text("path")?.filter(|p| !p.is_empty());
     let query = text("query")?.filter(|q| !q.is_empty());
     if path.is_none() && query.is_none() {
         return Ok(base.clone());
@@ -290,6 +291,8 @@ mod tests {
     #[test]
     fn url_table() {
         check("http://b:1/api/v1", None, None, None, "http://b:1/api/v1");
+        // An empty `metadata.path` is no path: no slash appended.
+        check("http://b:1/api/v1", Some(""), None, None, "http://b:1/api/v1");
         check(
             "http://b:1/api/",
             Some("/users/7"),

@@ -326,7 +326,9 @@ impl Handler {
             Err(e) => {
                 self.shared.metrics.errors_malformed.inc();
                 let id = Envelope::correlation_id_in(&message.body);
-                tracing::warn!(message_id = %message.id, correlation_id = ?id, error = %e, "undecodable message dead-lettered");
+                // Without an id, no `correlation_id` field (not "None").
+                let correlation_id = id.as_ref().map(tracing::field::display);
+                tracing::warn!(message_id = %message.id, correlation_id, error = %e, "undecodable message dead-lettered");
                 return Begin::Undecodable {
                     id,
                     reason: e.to_string(),

@@ -370,6 +370,13 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
     if is_hop_by_hop(name) {
         return Err(format!("`{name}` is hop-by-hop and is never forwarded"));
     }
+    // Set by the forwarder from the body and the target; a static one
+    // would be dropped.
+    if ["content-length", "host"].contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "`{name}` is set from each request's body and target, not configured"
+        ));
+    }
     if hyper::header::HeaderValue::from_str(value).is_err() {
         return Err("the value is not a valid header value".into());
     }
@@ -378,6 +385,10 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
 
 fn check_rewrite(rw: &PathRewrite) -> Result<(), String> {
     match (&rw.strip_prefix, &rw.regex, &rw.replace) {
+        // Request paths start with `/`: any other prefix never matches.
+        (Some(prefix), None, None) if !prefix.starts_with('/') => Err(format!(
+            "`strip_prefix` must start with `/` (a request path does), got `{prefix}`"
+        )),
         (Some(_), None, None) => Ok(()),
         (None, Some(re), Some(_)) => regex::Regex::new(re)
             .map(|_| ())
@@ -419,6 +430,22 @@ mod tests {
         e.auth_token = openhqm_core::Secret::from("tok-from-file");
         let problems = format!("{:?}", e.validate("api"));
         assert!(!problems.contains("auth_token"), "{problems}");
+    }
+
+    #[test]
+    fn settings_the_forwarder_would_silently_ignore_are_refused() {
+        let mut e = EndpointConfig::with_url("http://b/");
+        e.headers.insert("Content-Length".into(), "3".into());
+        e.headers.insert("host".into(), "other".into());
+        e.path_rewrite = Some(PathRewrite {
+            strip_prefix: Some("api".into()),
+            ..PathRewrite::default()
+        });
+        let problems = format!("{:?}", e.validate("api"));
+        for key in ["headers.Content-Length", "headers.host", "path_rewrite"] {
+            assert!(problems.contains(key), "{key}: {problems}");
+        }
+        assert!(problems.contains("must start with `/`"), "{problems}");
     }
 
     #[test]
