@@ -391,8 +391,20 @@ async fn exchange(
                 headers,
                 body,
             }),
-            Err(e @ UpstreamError::Network(_)) => Err(Exchange::Failed(e)),
-            Err(e) => Err(Exchange::TooLarge(status, e)),
+            Err(UpstreamError::ResponseTooLarge { limit, .. }) => Err(Exchange::TooLarge(
+                status,
+                UpstreamError::ResponseTooLarge {
+                    limit,
+                    response: Some(Box::new(LastResponse {
+                        status_code: status,
+                        headers: kept_headers(&headers),
+                        body: serde_json::Value::Null,
+                        raw_body: None,
+                        raw_headers: None,
+                    })),
+                },
+            )),
+            Err(e) => Err(Exchange::Failed(e)),
         }
     };
     tokio::time::timeout(timeout, whole)
@@ -414,22 +426,13 @@ fn settle(
         ref headers,
         body,
     } = answer;
-    let mut kept = headers_to_json(headers);
-    // Hop-by-hop: the standard ones, and any the `Connection` header names.
-    let connection_named = named_by_connection(
-        headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    );
-    let hop = |name: &String| is_hop_by_hop(name) || connection_named.contains(name);
-    kept.retain(|name, _| !hop(name));
+    let kept = kept_headers(headers);
     // Kept exact bytes are the body: the result is shown from them
     // (`ResultData::shown_result`), so a large body is not stored twice.
     // The exact bytes of headers JSON shows lossily go with them.
     let (result, raw_body, raw_headers) = if keep_raw {
         let mut raw = raw_headers(headers);
-        raw.retain(|name, _| !hop(name));
+        raw.retain(|name, _| kept.contains_key(name));
         (
             serde_json::Value::Null,
             Some(BASE64.encode(&body)),
@@ -463,6 +466,20 @@ fn settle(
             }),
         }),
     }
+}
+
+/// The answer's headers as a result keeps them: without hop-by-hop ones,
+/// the standard ones and any the `Connection` header names.
+fn kept_headers(headers: &HeaderMap) -> serde_json::Map<String, serde_json::Value> {
+    let connection_named = named_by_connection(
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let mut kept = headers_to_json(headers);
+    kept.retain(|name, _| !is_hop_by_hop(name) && !connection_named.contains(name));
+    kept
 }
 
 fn log_outcome(

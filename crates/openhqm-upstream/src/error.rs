@@ -88,6 +88,9 @@ pub enum UpstreamError {
     ResponseTooLarge {
         /// The configured limit.
         limit: usize,
+        /// The answer's status and headers (its body is not kept), so the
+        /// failed request still shows what the backend said.
+        response: Option<Box<LastResponse>>,
     },
     /// The backend answered with a status on the endpoint's `retry_on` list.
     #[error("backend answered {status}: {body}")]
@@ -150,6 +153,7 @@ impl UpstreamError {
         let (kind, retry_after, message) = (self.kind(), self.retry_after(), self.to_string());
         let response = match self {
             Self::RetryableStatus { response, .. } => Some(response),
+            Self::ResponseTooLarge { response, .. } => response,
             _ => None,
         };
         Failure {

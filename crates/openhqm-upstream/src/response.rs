@@ -33,7 +33,10 @@ pub async fn read_limited(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(UpstreamError::ResponseTooLarge { limit });
+        return Err(UpstreamError::ResponseTooLarge {
+            limit,
+            response: None,
+        });
     }
     let mut body = Vec::with_capacity(declared.map_or(8 * 1024, |l| l as usize).min(limit));
     while let Some(frame) = incoming.frame().await {
@@ -43,7 +46,10 @@ pub async fn read_limited(
             continue;
         };
         if body.len() + chunk.len() > limit {
-            return Err(UpstreamError::ResponseTooLarge { limit });
+            return Err(UpstreamError::ResponseTooLarge {
+                limit,
+                response: None,
+            });
         }
         body.extend_from_slice(&chunk);
     }

@@ -292,7 +292,13 @@ mod tests {
     fn url_table() {
         check("http://b:1/api/v1", None, None, None, "http://b:1/api/v1");
         // An empty `metadata.path` is no path: no slash appended.
-        check("http://b:1/api/v1", Some(""), None, None, "http://b:1/api/v1");
+        check(
+            "http://b:1/api/v1",
+            Some(""),
+            None,
+            None,
+            "http://b:1/api/v1",
+        );
         check(
             "http://b:1/api/",
             Some("/users/7"),

@@ -278,6 +278,10 @@ async fn response_bodies_are_kept_by_content_type() {
             "{name}: {}",
             err.message
         );
+        // What the backend said stays visible; the body it could not keep does not.
+        let last = err.response.as_deref().expect("the answer's head is kept");
+        assert_eq!(last.status_code, 200, "{name}");
+        assert_eq!(last.body, serde_json::Value::Null, "{name}");
     }
 }
 
