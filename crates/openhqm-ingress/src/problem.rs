@@ -249,7 +249,7 @@ impl Problem {
             "upstream-failed",
             "The backend did not answer",
             format!(
-                "request {id} failed without an answer from the backend; the error is at /api/v1/response/{id}"
+                "request {id} failed without an answer from the backend to relay; the error is at /api/v1/response/{id}"
             ),
         )
     }

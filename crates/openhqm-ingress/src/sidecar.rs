@@ -246,8 +246,13 @@ impl Call<'_> {
 /// size of the body a `GET` would get, and this one has none to measure.
 fn answer(record: RequestRecord, head: bool) -> Result<Response, Problem> {
     let outcome = record.outcome.unwrap_or_default();
+    // A failed request relays the backend's last answer (a 503 after the
+    // retries) only with its body: one over `proxy.max_response_size` keeps
+    // just the head, for the operator, and is no answer to pass on.
+    let relayable = record.status != RequestStatus::Failed || outcome.raw_body.is_some();
     let Some(status) = outcome
         .status_code
+        .filter(|_| relayable)
         .and_then(|s| StatusCode::from_u16(s).ok())
     else {
         // The cause (an address, an OS error) goes to the log, not the caller;

@@ -761,6 +761,34 @@ async fn black_friday_burst_loses_nothing_and_respects_the_backend_cap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_large_to_keep_is_a_502_not_an_empty_success() {
+    let (url, _backend) = start_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The backend's answer (`ANSWER`) is 17 bytes.
+    let (server, side) = start(dir.path(), &url, &["proxy.max_response_size=8"]).await;
+    let http = http_client();
+    let r = http
+        .get(format!("{side}/orders/1"))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let id = header(&r, "x-correlation-id").expect("id").to_owned();
+    let problem: Value = r.json().await.expect("problem");
+    assert_eq!(problem["code"], "upstream-failed", "{problem}");
+    // The operator still sees what the backend said, and why it was not kept.
+    let stored = get_json(&http, format!("{}/api/v1/response/{id}", server.base)).await;
+    assert_eq!(stored["status"], "FAILED", "{stored}");
+    assert_eq!(stored["status_code"], 201, "{stored}");
+    assert!(
+        stored["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_response_size")),
+        "{stored}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_prefix_on_the_api_port_passes_through_without_the_prefix() {
     let (url, backend) = start_backend().await;
     let dir = tempfile::tempdir().expect("tempdir");
