@@ -145,7 +145,9 @@ pub(crate) async fn accept(
         // The message is stored and will be processed; the worker records
         // the status when it takes it. A 503 here would make the client send it
         // again and the backend run it twice, so the answer is still 202.
-        tracing::warn!(correlation_id = %id, error = %e, "status record not stored; the worker will record it");
+        // (Keyed, the record may be written but not synced: the key then
+        // stands only until a crash.)
+        tracing::warn!(correlation_id = %id, error = %e, "status record not stored or not synced; the worker will record it");
     }
     tracing::debug!(correlation_id = %id, "request accepted");
     Ok(Accepted::New(record))

@@ -55,11 +55,16 @@ impl Rewrite {
         let out = match self {
             Self::Keep => path.to_owned(),
             // Whole segments only: `/api` strips `/api/users`, not `/apiv2`.
-            Self::StripPrefix(prefix) => match path.strip_prefix(prefix.trim_end_matches('/')) {
-                Some("") => return String::new(),
-                Some(rest) if rest.starts_with('/') => rest.to_owned(),
-                _ => path.to_owned(),
-            },
+            // Both compared from the root: `api` is `/api`, and a path sent
+            // as `api/users` is `/api/users`.
+            Self::StripPrefix(prefix) => {
+                let (path, prefix) = (rooted(path), rooted(prefix.trim_end_matches('/')));
+                match path.strip_prefix(prefix.as_ref()) {
+                    Some("") => return String::new(),
+                    Some(rest) if rest.starts_with('/') => rest.to_owned(),
+                    _ => path.into_owned(),
+                }
+            }
             Self::Regex(re, replace) => re.replace(path, replace.as_str()).into_owned(),
         };
         if out.starts_with('/') {
@@ -67,6 +72,15 @@ impl Rewrite {
         } else {
             format!("/{out}")
         }
+    }
+}
+
+/// `path` starting with `/`.
+fn rooted(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.starts_with('/') {
+        path.into()
+    } else {
+        format!("/{path}").into()
     }
 }
 
@@ -327,6 +341,23 @@ mod tests {
             None,
             strip("/api"),
             "http://b:1/other",
+        );
+        // A prefix or a path without its leading slash is taken from the root.
+        for (path, prefix) in [("api/orders/9", "/api"), ("/api/orders/9", "api")] {
+            check(
+                "http://b:1/",
+                Some(path),
+                None,
+                strip(prefix),
+                "http://b:1/orders/9",
+            );
+        }
+        check(
+            "http://b:1/",
+            Some("apiv2/x"),
+            None,
+            strip("api"),
+            "http://b:1/apiv2/x",
         );
         check(
             "http://b:1/",
