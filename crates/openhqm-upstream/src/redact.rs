@@ -76,10 +76,16 @@ impl Redactor {
             }
         }
         found.retain(|s| !s.is_empty());
-        // As a URL or form echoes them: percent-encoded (`/` as `%2F`).
+        // As a URL or form echoes them: percent-encoded (`/` as `%2F`), a
+        // space as `+` or `%20`, hex digits in either case.
         let encoded: Vec<String> = found
             .iter()
-            .map(|s| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>())
+            .flat_map(|s| {
+                let form = url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                // A `+` of the secret itself is `%2B`: every `+` left is a space.
+                let path = form.replace('+', "%20");
+                [lower_hex(&form), lower_hex(&path), form, path]
+            })
             .filter(|e| !found.contains(e))
             .collect();
         found.extend(encoded);
@@ -134,6 +140,24 @@ fn decoded(part: &str) -> Option<String> {
         .ok()
         .filter(|d| d != part)
         .map(std::borrow::Cow::into_owned)
+}
+
+/// `encoded` with the hex digits of its `%XX` escapes in lower case.
+fn lower_hex(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut digits = 0;
+    for c in encoded.chars() {
+        if digits > 0 {
+            out.push(c.to_ascii_lowercase());
+            digits -= 1;
+        } else {
+            if c == '%' {
+                digits = 2;
+            }
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -239,6 +263,13 @@ mod tests {
             &e,
             "GET /echo?auth=Bearer+tok-SeCrEt%2F%22x1&t=tok-SeCrEt%2F%22x1",
             "GET /echo?auth=***&t=***",
+        );
+        // Path-style (`%20` for the space) and lower-case hex, as other
+        // encoders write them.
+        check(
+            &e,
+            "GET /echo/Bearer%20tok-SeCrEt%2f%22x1?t=tok-SeCrEt%2f%22x1",
+            "GET /echo/***?t=***",
         );
     }
 
