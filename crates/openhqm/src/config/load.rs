@@ -99,6 +99,9 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     {
         merge(&mut tree, file);
     }
+    // Where each key set from a string came from, for errors found later,
+    // when the sections are read.
+    let mut origins: Vec<(String, String)> = Vec::new();
     let mut env: Vec<(&String, &String)> = sources.env.iter().collect();
     // In any case, a section (`OPENHQM_WORKER`) before its keys
     // (`OPENHQM_WORKER__COUNT`), which refine it.
@@ -115,14 +118,10 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
                 continue;
             }
         };
-        layer_string(
-            &mut tree,
-            &defaults,
-            &path,
-            raw,
-            &format!("from environment variable {name}"),
-            &mut errors,
-        );
+        let origin = format!("from environment variable {name}");
+        if layer_string(&mut tree, &defaults, &path, raw, &origin, &mut errors) {
+            origins.push((path.join("."), origin));
+        }
     }
     for item in &sources.overrides {
         let Some((key, raw)) = item.split_once('=') else {
@@ -133,11 +132,27 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
             continue;
         };
         let path: Vec<String> = key.trim().split('.').map(str::to_owned).collect();
-        layer_string(&mut tree, &defaults, &path, raw, "from --set", &mut errors);
+        if layer_string(&mut tree, &defaults, &path, raw, "from --set", &mut errors) {
+            origins.push((key.trim().to_owned(), "from --set".to_owned()));
+        }
     }
     prune_unknown(&mut tree, &defaults, "", &mut errors);
     report_empty_endpoints(&tree, &mut errors);
+    let read_from = errors.len();
     let config = deserialize_sections(&tree, &mut errors);
+    for error in &mut errors[read_from..] {
+        // The last layer that set the key, or a section or list holding it.
+        let origin = origins.iter().rev().find(|(key, _)| {
+            error.key == *key
+                || error
+                    .key
+                    .strip_prefix(key.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        });
+        if let Some((_, origin)) = origin {
+            error.message = format!("{} ({origin})", error.message);
+        }
+    }
     // So far, every value in error was left out: its key has its default.
     for error in &mut errors {
         error.fell_back = true;
@@ -466,6 +481,7 @@ fn is_service_link(rest: &str, value: &str) -> bool {
 
 /// Parses a string from the environment or a flag by the type of the default
 /// at `path`, and sets it in `tree`.
+/// Sets `path` from the string `raw`; `true` if it was set.
 fn layer_string(
     tree: &mut Value,
     defaults: &Value,
@@ -473,27 +489,33 @@ fn layer_string(
     raw: &str,
     origin: &str,
     errors: &mut Vec<ConfigError>,
-) {
+) -> bool {
     let key = path.join(".");
     if path.iter().any(String::is_empty) {
         errors.push(ConfigError::new(key, format!("malformed key {origin}")));
-        return;
+        return false;
     }
     let Some(hint) = hint_for(defaults, path) else {
         errors.push(ConfigError::new(key, format!("unknown key ({origin})")));
-        return;
+        return false;
     };
     // `null` means "not set" here as in the file: the layers below decide.
     if raw.trim() == "null" {
-        return;
+        return false;
     }
     let value = match &hint {
         Hint::Default(default) => typed(default, raw),
         Hint::UnsetOption => Ok(loose(raw)),
     };
     match value {
-        Ok(value) => set(tree, path, value),
-        Err(message) => errors.push(ConfigError::new(key, format!("{message} ({origin})"))),
+        Ok(value) => {
+            set(tree, path, value);
+            true
+        }
+        Err(message) => {
+            errors.push(ConfigError::new(key, format!("{message} ({origin})")));
+            false
+        }
     }
 }
 

@@ -108,6 +108,40 @@ fn variables_expand_in_the_file_and_secrets_never_print() {
 }
 
 #[test]
+fn an_error_found_when_a_section_is_read_names_the_layer_that_set_it() {
+    let sources = Sources {
+        env: env(&[
+            ("OPENHQM_WORKER__COUNT", "-1"),
+            (
+                "OPENHQM_PROXY__ENDPOINTS",
+                r#"{"api": {"url": "http://b/", "timeout": "soon"}}"#,
+            ),
+        ]),
+        overrides: vec!["server.max_pending=-5".into()],
+        ..Sources::default()
+    };
+    let errors = errors_of(&sources);
+    for (key, origin) in [
+        (
+            "`worker.count`",
+            "(from environment variable OPENHQM_WORKER__COUNT)",
+        ),
+        (
+            "`proxy.endpoints.api.timeout`",
+            "(from environment variable OPENHQM_PROXY__ENDPOINTS)",
+        ),
+        ("`server.max_pending`", "(from --set)"),
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(key) && e.ends_with(origin)),
+            "{key} {origin} in {errors:#?}"
+        );
+    }
+}
+
+#[test]
 fn every_error_is_collected_and_names_its_key() {
     let file = yaml(
         "server:\n  prot: 1\n  port: \"eighty\"\nqueue:\n  type: kafka\nworker:\n  count: 0\n  retry_delay_base: 5\n  retry_delay_max: 1\nbogus: {}\nproxy:\n  endpoints:\n    api:\n      url: \"${MISSING}\"\n      auth_type: custom\n      auth_token: x\n",
@@ -1099,7 +1133,7 @@ fn cache_type_names_the_result_stores_not_the_queue_backends() {
         assert_eq!(
             errors,
             [format!(
-                "`cache.type`: unknown variant `{kind}`, expected `embedded` or `redis`"
+                "`cache.type`: unknown variant `{kind}`, expected `embedded` or `redis` (from --set)"
             )]
         );
     }
