@@ -119,8 +119,8 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
             }
         };
         let origin = format!("from environment variable {name}");
-        if layer_string(&mut tree, &defaults, &path, raw, &origin, &mut errors) {
-            origins.push((path.join("."), origin));
+        if let Some(set) = layer_string(&mut tree, &defaults, &path, raw, &origin, &mut errors) {
+            leaves(&path.join("."), &set, &origin, &mut origins);
         }
     }
     for item in &sources.overrides {
@@ -132,8 +132,9 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
             continue;
         };
         let path: Vec<String> = key.trim().split('.').map(str::to_owned).collect();
-        if layer_string(&mut tree, &defaults, &path, raw, "from --set", &mut errors) {
-            origins.push((key.trim().to_owned(), "from --set".to_owned()));
+        let origin = "from --set";
+        if let Some(set) = layer_string(&mut tree, &defaults, &path, raw, origin, &mut errors) {
+            leaves(&path.join("."), &set, origin, &mut origins);
         }
     }
     prune_unknown(&mut tree, &defaults, "", &mut errors);
@@ -481,7 +482,7 @@ fn is_service_link(rest: &str, value: &str) -> bool {
 
 /// Parses a string from the environment or a flag by the type of the default
 /// at `path`, and sets it in `tree`.
-/// Sets `path` from the string `raw`; `true` if it was set.
+/// Sets `path` from the string `raw`; returns the value set, if it was.
 fn layer_string(
     tree: &mut Value,
     defaults: &Value,
@@ -489,19 +490,19 @@ fn layer_string(
     raw: &str,
     origin: &str,
     errors: &mut Vec<ConfigError>,
-) -> bool {
+) -> Option<Value> {
     let key = path.join(".");
     if path.iter().any(String::is_empty) {
         errors.push(ConfigError::new(key, format!("malformed key {origin}")));
-        return false;
+        return None;
     }
     let Some(hint) = hint_for(defaults, path) else {
         errors.push(ConfigError::new(key, format!("unknown key ({origin})")));
-        return false;
+        return None;
     };
     // `null` means "not set" here as in the file: the layers below decide.
     if raw.trim() == "null" {
-        return false;
+        return None;
     }
     let value = match &hint {
         Hint::Default(default) => typed(default, raw),
@@ -509,13 +510,26 @@ fn layer_string(
     };
     match value {
         Ok(value) => {
-            set(tree, path, value);
-            true
+            set(tree, path, value.clone());
+            Some(value)
         }
         Err(message) => {
             errors.push(ConfigError::new(key, format!("{message} ({origin})")));
-            false
+            None
         }
+    }
+}
+
+/// Records `origin` for each key `value` sets at `key`: an object merges
+/// with the layers below, so only its own leaves came from `origin`.
+fn leaves(key: &str, value: &Value, origin: &str, origins: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                leaves(&format!("{key}.{k}"), v, origin, origins);
+            }
+        }
+        _ => origins.push((key.to_owned(), origin.to_owned())),
     }
 }
 

@@ -109,16 +109,19 @@ fn variables_expand_in_the_file_and_secrets_never_print() {
 
 #[test]
 fn an_error_found_when_a_section_is_read_names_the_layer_that_set_it() {
+    let file = yaml("worker:\n  max_retries: -1\n");
     let sources = Sources {
+        file: Some(file.path().to_path_buf()),
         env: env(&[
             ("OPENHQM_WORKER__COUNT", "-1"),
+            // Merges with the file's `worker` section.
+            ("OPENHQM_WORKER", r#"{"timeout_seconds": 5}"#),
             (
                 "OPENHQM_PROXY__ENDPOINTS",
                 r#"{"api": {"url": "http://b/", "timeout": "soon"}}"#,
             ),
         ]),
         overrides: vec!["server.max_pending=-5".into()],
-        ..Sources::default()
     };
     let errors = errors_of(&sources);
     for (key, origin) in [
@@ -139,6 +142,12 @@ fn an_error_found_when_a_section_is_read_names_the_layer_that_set_it() {
             "{key} {origin} in {errors:#?}"
         );
     }
+    // The file's own mistake is not put down to the section given as JSON.
+    let from_file = errors
+        .iter()
+        .find(|e| e.starts_with("`worker.max_retries`"))
+        .expect("the file's error");
+    assert!(!from_file.contains("from environment"), "{from_file}");
 }
 
 #[test]
