@@ -148,7 +148,8 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
                 || error
                     .key
                     .strip_prefix(key.as_str())
-                    .is_some_and(|rest| rest.starts_with('.'))
+                    // `a.b` holds `a.b.c` and, as a list, `a.b[1]`.
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
         });
         if let Some((_, origin)) = origin {
             error.message = format!("{} ({origin})", error.message);
@@ -524,11 +525,13 @@ fn layer_string(
 /// with the layers below, so only its own leaves came from `origin`.
 fn leaves(key: &str, value: &Value, origin: &str, origins: &mut Vec<(String, String)>) {
     match value {
-        Value::Object(map) if !map.is_empty() => {
+        Value::Object(map) => {
             for (k, v) in map {
                 leaves(&format!("{key}.{k}"), v, origin, origins);
             }
         }
+        // "Not set": what the layers below set stays.
+        Value::Null => {}
         _ => origins.push((key.to_owned(), origin.to_owned())),
     }
 }

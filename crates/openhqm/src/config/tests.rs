@@ -114,8 +114,12 @@ fn an_error_found_when_a_section_is_read_names_the_layer_that_set_it() {
         file: Some(file.path().to_path_buf()),
         env: env(&[
             ("OPENHQM_WORKER__COUNT", "-1"),
-            // Merges with the file's `worker` section.
-            ("OPENHQM_WORKER", r#"{"timeout_seconds": 5}"#),
+            // Merges with the file's `worker` section, and sets no `max_retries`.
+            (
+                "OPENHQM_WORKER",
+                r#"{"timeout_seconds": 5, "max_retries": null}"#,
+            ),
+            ("OPENHQM_PROXY__ENDPOINTS__API__RETRY_ON", "[500, 70000]"),
             (
                 "OPENHQM_PROXY__ENDPOINTS",
                 r#"{"api": {"url": "http://b/", "timeout": "soon"}}"#,
@@ -134,6 +138,10 @@ fn an_error_found_when_a_section_is_read_names_the_layer_that_set_it() {
             "(from environment variable OPENHQM_PROXY__ENDPOINTS)",
         ),
         ("`server.max_pending`", "(from --set)"),
+        (
+            "`proxy.endpoints.api.retry_on[1]`",
+            "(from environment variable OPENHQM_PROXY__ENDPOINTS__API__RETRY_ON)",
+        ),
     ] {
         assert!(
             errors
