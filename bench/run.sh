@@ -66,12 +66,12 @@ kill -TERM "$OHQ_PID"; wait "$OHQ_PID" || true
 
 python3 - "$WORK" "$ROUNDS" <<PY
 import statistics, sys
+sys.path.insert(0, "bench")
+import rounds as measured
+from rounds import median_run
 work, rounds = sys.argv[1], int(sys.argv[2])
 def runs(name):
-    return [[float(x) for x in open(f"{work}/{name}.{r}").read().split()] for r in range(1, rounds + 1)]
-def median_run(rs):
-    # The run with the median throughput, so its latencies go with it.
-    return sorted(rs, key=lambda r: r[0])[(len(rs) - 1) // 2]
+    return measured.runs(work, rounds, name)
 ngx_runs, lsn_runs = runs("nginx"), runs("listener")
 ngx, lsn = median_run(ngx_runs), median_run(lsn_runs)
 ratios = sorted(l[0] / n[0] for l, n in zip(lsn_runs, ngx_runs))

@@ -695,6 +695,8 @@ async fn a_listener_alone_stores_requests_that_a_later_worker_runs() {
                 .expect("accepted"),
         );
     }
+    // Not a wait for something to happen: time for a worker that should
+    // not be there to take the requests, before checking none did.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for id in &ids {
         let status = status_of(&http, &listener.base, id).await;
