@@ -3,9 +3,10 @@
 # one run, each with the same wrk load:
 #   1. directly;
 #   2. through nginx proxy_pass (the baseline);
-#   3. through openhqm's passthrough ingress on the embedded queue (durable:
-#      every call is fsynced on the queue before it is replayed, and the
-#      caller waits for the backend's answer).
+#   3. through openhqm's passthrough ingress on the embedded queue, the
+#      caller waiting for the backend's answer (each call is written to the
+#      queue before it is replayed; as the answer is the acknowledgement, it
+#      is fsynced only if a 202 must be given instead: see README, Sidecar).
 # Each is measured under load (wrk -c64: requests/s, p50/p99) and unloaded
 # (one connection: the latency a proxy adds to a single call), in ROUNDS
 # alternating rounds (3 by default: the VM's speed drifts within a minute).
