@@ -232,9 +232,83 @@ pub fn nesting_depth(json: &str) -> usize {
     deepest
 }
 
+/// Why a processor could not read `json`, valid JSON text (a
+/// [`RawValue`]), with serde_json, as every processor here reads a payload:
+/// a number beyond `f64` (`1e999`), or a string with an escaped lone
+/// surrogate (`"\ud800"`), which is no Unicode text. `None` when it reads.
+/// (Nesting is [`nesting_depth`]'s to report.) A walk: no tree is built.
+#[must_use]
+pub fn unreadable(json: &str) -> Option<serde_json::Error> {
+    serde_json::from_str::<Walk>(json).err()
+}
+
+/// Reads a JSON value through `deserialize_any`, as a `Value` would be read
+/// (numbers as numbers, strings unescaped), and keeps nothing.
+struct Walk;
+
+impl<'de> Deserialize<'de> for Walk {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Walk)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk {
+    type Value = Self;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(Walk)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(Walk)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(Walk)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(Walk)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(Walk)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(Walk)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<Walk>()?.is_some() {}
+        Ok(Walk)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<Walk, Walk>()?.is_some() {}
+        Ok(Walk)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payloads_no_processor_could_read_are_named() {
+        for json in [
+            r#"{"a": [1, -2, 3.5, "\u00e9", null, true]}"#,
+            "1e308",
+            r#""\ud83d\ude00""#,
+        ] {
+            assert!(unreadable(json).is_none(), "{json}");
+        }
+        for (json, why) in [
+            ("1e999", "number out of range"),
+            ("[1, -1e999]", "number out of range"),
+            (r#"{"k": "\ud800"}"#, "hex escape"),
+            (r#"{"\udc00": 1}"#, "surrogate"),
+        ] {
+            let error = unreadable(json).map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains(why), "{json}: {error}");
+        }
+    }
 
     #[test]
     fn nesting_is_counted_outside_strings_only() {

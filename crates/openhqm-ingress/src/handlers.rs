@@ -9,7 +9,7 @@ use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use openhqm_core::envelope::{MAX_PAYLOAD_DEPTH, nesting_depth};
+use openhqm_core::envelope::{MAX_PAYLOAD_DEPTH, nesting_depth, unreadable};
 use openhqm_core::time::rfc3339_ms;
 use openhqm_core::{
     CallbackPolicy, CallbackUrlError, CorrelationId, Envelope, RequestRecord, RequestStatus,
@@ -86,7 +86,7 @@ pub(crate) async fn read_limited(
                 return Err(Problem::too_large(limit));
             }
             Some(Err(e)) => {
-                return Err(Problem::malformed_json(format!(
+                return Err(Problem::unreadable_body(format!(
                     "could not read the body: {e}"
                 )));
             }
@@ -106,9 +106,13 @@ fn parse_submit(
             Problem::invalid_request(format!(
                 "the body nests arrays and objects deeper than {MAX_PAYLOAD_DEPTH} levels"
             ))
-        } else if e.is_syntax() || e.is_eof() {
+        } else if (e.is_syntax() || e.is_eof())
+            && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err()
+        {
             Problem::malformed_json(e.to_string())
         } else {
+            // Valid JSON, with a value nothing here can read (`1e999`, or a
+            // lone surrogate: the syntax takes them, a reader does not).
             Problem::invalid_request(e.to_string())
         }
     };
@@ -143,6 +147,9 @@ fn parse_submit(
         return Err(Problem::invalid_request(format!(
             "payload: nests arrays and objects {depth} levels deep; at most {MAX_PAYLOAD_DEPTH} can be read"
         )));
+    }
+    if let Some(e) = unreadable(req.payload.get()) {
+        return Err(Problem::invalid_request(format!("payload: {e}")));
     }
     // Refused now, not found out by a worker after the 202. The value is not
     // quoted: it may be a credential.

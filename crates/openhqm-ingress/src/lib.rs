@@ -9,6 +9,7 @@ mod accept;
 mod admission;
 mod dead_letters;
 mod docs;
+mod framing;
 mod handlers;
 mod health;
 pub mod idempotency;

@@ -1,7 +1,8 @@
 //! The parts of RFC 7240 `Prefer` that OpenHQM honours.
 //!
 //! A client may send several `Prefer` headers, each a comma-separated list of
-//! preferences; tokens compare case-insensitively and values may be quoted.
+//! preferences; tokens compare case-insensitively and values may be quoted
+//! strings, inside which a comma or `;` separates nothing (RFC 7240 §2).
 //! Unknown preferences are ignored, as the RFC asks. A `?wait=N` query
 //! parameter is accepted too, for clients that cannot set headers; being
 //! our own API rather than a preference, a malformed one is an error.
@@ -73,9 +74,9 @@ impl Preferences {
     }
 
     fn merge(&mut self, header: &str) {
-        for preference in header.split(',') {
+        for preference in unquoted_split(header, b',') {
             // Parameters after `;` qualify a preference; none matter to us.
-            let head = preference.split(';').next().unwrap_or("").trim();
+            let head = unquoted_split(preference, b';').next().unwrap_or("").trim();
             let (token, value) = match head.split_once('=') {
                 Some((t, v)) => (t.trim(), Some(v.trim().trim_matches('"'))),
                 None => (head, None),
@@ -92,16 +93,40 @@ impl Preferences {
     }
 }
 
+/// `text` split at each `separator` outside a quoted string (where `\`
+/// escapes the next character), as RFC 9110 §5.6 lists are.
+fn unquoted_split(text: &str, separator: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, b) in current.bytes().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                _ if b == separator && !quoted => {
+                    rest = Some(&current[i + 1..]);
+                    return Some(&current[..i]);
+                }
+                _ => {}
+            }
+        }
+        rest = None;
+        Some(current)
+    })
+}
+
 /// A `Prefer` value without the preferences OpenHQM answers itself (`wait`,
 /// `respond-async`): what is left is the application's (`return=minimal`,
 /// `handling=strict`, ...) and travels with the request. `None` when nothing
 /// is left.
 #[must_use]
 pub fn for_the_application(header: &str) -> Option<String> {
-    let kept: Vec<&str> = header
-        .split(',')
+    let kept: Vec<&str> = unquoted_split(header, b',')
         .map(str::trim)
         .filter(|p| {
+            // A token ends at `;` or `=`, and so before any quoted string.
             let token = p.split([';', '=']).next().unwrap_or("").trim();
             !token.is_empty()
                 && !token.eq_ignore_ascii_case("wait")
@@ -165,6 +190,10 @@ mod tests {
         // Only the first `wait` counts.
         check(&["wait=5", "wait=60"], None, Some(5), false);
         check(&["wait=5, wait=60"], None, Some(5), false);
+        // Inside a quoted value, `,` and `;` are text, not separators.
+        check(&[r#"foo="a, respond-async, b""#], None, None, false);
+        check(&[r#"foo="a, wait=1; b", wait=4"#], None, Some(4), false);
+        check(&[r#"foo="x\", wait=2", respond-async"#], None, None, true);
     }
 
     #[test]
@@ -195,6 +224,11 @@ mod tests {
                 Some("handling=strict, count=exact"),
             ),
             (" , ", None),
+            (r#"return="a,b", wait=3"#, Some(r#"return="a,b""#)),
+            (
+                r#"foo="a, wait=1; respond-async""#,
+                Some(r#"foo="a, wait=1; respond-async""#),
+            ),
         ];
         for (given, kept) in cases {
             assert_eq!(for_the_application(given).as_deref(), kept, "{given}");

@@ -42,6 +42,42 @@ impl Problem {
         )
     }
 
+    /// 400: the body could not be read as framed (a broken chunk): the
+    /// request never came whole, whatever its content.
+    pub fn unreadable_body(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "unreadable-body",
+            "Request body could not be read",
+            detail,
+        )
+    }
+
+    /// 400: a `Host` header missing (HTTP/1.1), repeated or malformed
+    /// (RFC 9112 §3.2).
+    pub fn invalid_host(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-host",
+            "Host header is not valid",
+            detail,
+        )
+    }
+
+    /// 501: a transfer coding other than `chunked` (RFC 9112 §6.1), which
+    /// hyper leaves in place: the body would be stored still coded.
+    pub fn unsupported_transfer_coding(coding: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported-transfer-coding",
+            "Transfer coding not supported",
+            format!(
+                "the body is sent with Transfer-Encoding `{}`; only `chunked` is understood",
+                coding.escape_debug()
+            ),
+        )
+    }
+
     /// 400: a query parameter malformed or out of its range.
     pub fn invalid_parameter(detail: impl Into<String>) -> Self {
         Self::new(
@@ -272,6 +308,12 @@ impl Problem {
             "Request cancelled",
             format!("request {id} was cancelled; the app will not be called for it"),
         )
+    }
+
+    /// The stable code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 
     /// The HTTP status.

@@ -413,6 +413,18 @@ async fn invalid_requests_are_422_problems_naming_the_field() {
             "payload: nests arrays and objects 128 levels deep",
         ),
         (deep_metadata.as_str(), "deeper than 127 levels"),
+        (
+            r#"{"payload": {"n": 1e999}}"#,
+            "payload: number out of range",
+        ),
+        (
+            r#"{"payload": ["\ud800"]}"#,
+            "payload: unexpected end of hex escape",
+        ),
+        (
+            r#"{"payload": 1, "metadata": {"type": -1e999}}"#,
+            "number out of range",
+        ),
         // A tunnel, or a URL part that is not text: no resource to forward to.
         (
             r#"{"payload": 1, "metadata": {"method": "connect"}}"#,
@@ -531,23 +543,106 @@ async fn a_content_coded_submit_body_is_415_and_identity_is_read() {
 
 /// Sends a chunked POST over a plain socket and returns the response text.
 async fn chunked_post(base: &str, path: &str, body: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
-    stream.write_all(head.as_bytes()).await.expect("head");
+    let mut framed = Vec::new();
     for chunk in body.chunks(4096) {
-        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
-        if stream.write_all(&framed).await.is_err() {
-            break; // the server may answer and close before the whole body is sent
+        framed.extend([format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat());
+    }
+    framed.extend(b"0\r\n\r\n");
+    raw_exchange(base, head.as_bytes(), &framed).await
+}
+
+/// Sends `head` then `body` as they are over a plain socket (the server may
+/// answer and close before the whole body is sent) and returns the response text.
+async fn raw_exchange(base: &str, head: &[u8], body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head).await.expect("head");
+    for piece in body.chunks(4096) {
+        if stream.write_all(piece).await.is_err() {
+            break;
         }
     }
-    let _ = stream.write_all(b"0\r\n\r\n").await;
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn framing_hyper_lets_through_is_refused_and_nothing_is_stored() {
+    let sidecar = SidecarConfig {
+        endpoint: None,
+        wait: Duration::from_secs(1),
+        path_prefix: Some("/app".into()),
+        forward_headers: None,
+        preserve_host: true,
+    };
+    let api = serve_setup(None, 0, MAX_BODY * 2, false, Some(sidecar)).await;
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    let post = |path: &str, extra: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\n{extra}Content-Type: application/json\r\nConnection: close\r\n"
+        )
+    };
+    let gzip_chunked = format!("Host: {addr}\r\nTransfer-Encoding: gzip, chunked\r\n");
+    // A body gzipped (bytes that are not JSON) and chunked on top.
+    let gzipped = b"a\r\n\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\r\n0\r\n\r\n";
+    let cases: [(String, &[u8], &str, &str); 5] = [
+        (
+            post("/api/v1/submit", &gzip_chunked),
+            gzipped,
+            "501",
+            "unsupported-transfer-coding",
+        ),
+        (
+            post("/app/orders", &gzip_chunked),
+            gzipped,
+            "501",
+            "unsupported-transfer-coding",
+        ),
+        (
+            post(
+                "/app/orders",
+                &format!("Host: {addr}\r\nTransfer-Encoding: chunked\r\n"),
+            ),
+            b"ZZ\r\nabc\r\n0\r\n\r\n",
+            "400",
+            "unreadable-body",
+        ),
+        (
+            post("/app/orders", "Content-Length: 2\r\n"),
+            b"{}",
+            "400",
+            "invalid-host",
+        ),
+        (
+            post("/app/orders", "Host: a b/c@d\r\nContent-Length: 2\r\n"),
+            b"{}",
+            "400",
+            "invalid-host",
+        ),
+    ];
+    for (head, body, status, code) in cases {
+        let answer = raw_exchange(&api.base, format!("{head}\r\n").as_bytes(), body).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{head:?}: {answer}"
+        );
+        assert!(
+            answer.contains(&format!("\"code\":\"{code}\"")),
+            "{head:?}: {answer}"
+        );
+    }
+    // Two Host headers: the API's own routes refuse them too.
+    let head = b"GET /health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(&api.base, head, b"").await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(api.queue.depth().await.expect("depth"), 0, "nothing queued");
+    assert!(api.queue_calls().is_empty(), "{:?}", api.queue_calls());
 }
 
 #[tokio::test]

@@ -113,6 +113,12 @@ pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, 
         let rewritten = rewrite.apply(path);
         if !rewritten.is_empty() {
             let joined = format!("{}{rewritten}", base.path().trim_end_matches('/'));
+            // Checked as joined: `set_path` resolves the dot segments, and
+            // above the root `..` resolves to the root, where the check
+            // below would find `/../x` inside a base of `/`.
+            if !within(base.path(), &joined) {
+                return Err(UpstreamError::PathOutsideBase);
+            }
             url.set_path(&joined);
         }
     }
@@ -209,8 +215,7 @@ mod tests {
 
     #[test]
     fn a_path_cannot_climb_out_of_the_base_path() {
-        let base = Url::parse("http://b:1/hooks/public").expect("base");
-        for path in [
+        let paths = [
             "/../../admin/purge",
             "/%2e%2e/%2E%2E/admin",
             "/..\\..\\admin",
@@ -218,7 +223,13 @@ mod tests {
             "/..%2F..%2Fadmin",
             "/%2e%2e%2fadmin",
             "/a/..%5c..%5Cadmin",
-        ] {
+        ];
+        // Above a root base too, where the URL would resolve `..` to `/`.
+        for (base, path) in ["http://b:1/hooks/public", "http://b:1", "http://b:1/"]
+            .into_iter()
+            .flat_map(|b| paths.map(|p| (b, p)))
+        {
+            let base = Url::parse(base).expect("base");
             let mut env: Envelope = serde_json::from_str(
                 r#"{"correlation_id":"01890a5d-ac96-774b-bcce-b302099a8057","payload":1}"#,
             )
@@ -227,7 +238,7 @@ mod tests {
             let got = target_url(&base, &env, &Rewrite::Keep);
             assert!(
                 matches!(got, Err(UpstreamError::PathOutsideBase)),
-                "{path}: {got:?}"
+                "{base} {path}: {got:?}"
             );
         }
         // Dot segments that stay inside are resolved and allowed.

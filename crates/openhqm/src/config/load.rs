@@ -159,7 +159,14 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     for error in &mut errors {
         error.fell_back = true;
     }
-    errors.extend(super::validate::validate(&config));
+    // A key refused above has its default now: that validation finds the
+    // default wanting too ("is required") is no news about the file.
+    let refused: std::collections::HashSet<String> = errors.iter().map(|e| e.key.clone()).collect();
+    errors.extend(
+        super::validate::validate(&config)
+            .into_iter()
+            .filter(|e| !refused.contains(&e.key)),
+    );
     (config, errors)
 }
 

@@ -190,6 +190,12 @@ fn every_error_is_collected_and_names_its_key() {
             "missing `{needle}` in {errors:#?}"
         );
     }
+    // The unset variable is the one error of its key, not also "is required".
+    let url_errors = errors
+        .iter()
+        .filter(|e| e.starts_with("`proxy.endpoints.api.url`"))
+        .count();
+    assert_eq!(url_errors, 1, "{errors:#?}");
 }
 
 #[test]

@@ -1,0 +1,129 @@
+//! What hyper lets through of a request's framing but RFC 9112 refuses:
+//! an HTTP/1.1 request without a `Host`, or with several, or with one that
+//! is no `host[:port]` (§3.2: 400); and a transfer coding other than
+//! `chunked` (§6.1: 501), whose body would reach the queue, or the app
+//! behind the sidecar, still coded and labelled as if it were not.
+
+use axum::extract::Request;
+use axum::http::uri::Authority;
+use axum::http::{HeaderValue, Version, header};
+
+use crate::Problem;
+
+/// Checks `request`'s `Host` and `Transfer-Encoding`.
+pub(crate) fn check(request: &Request) -> Result<(), Problem> {
+    check_host(request)?;
+    check_transfer_coding(request)
+}
+
+fn check_host(request: &Request) -> Result<(), Problem> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if request.version() == Version::HTTP_11 => Err(Problem::invalid_host(
+            "an HTTP/1.1 request must carry a Host header",
+        )),
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(Problem::invalid_host(
+            "the request carries more than one Host header",
+        )),
+        (Some(host), None) if is_host(host) => Ok(()),
+        (Some(_), None) => Err(Problem::invalid_host(
+            "the Host header is not a host name or address with an optional port",
+        )),
+    }
+}
+
+/// `uri-host [":" port]`, or empty (a target without an authority).
+fn is_host(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    if text.is_empty() {
+        return true;
+    }
+    // `Authority` takes user info too, and anything after a `:` as a port.
+    let Ok(authority) = text.parse::<Authority>() else {
+        return false;
+    };
+    match text.strip_prefix(authority.host()) {
+        Some("") => true,
+        Some(port) => port
+            .strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
+}
+
+fn check_transfer_coding(request: &Request) -> Result<(), Problem> {
+    let codings = request
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    for coding in codings {
+        if !coding.eq_ignore_ascii_case("chunked") {
+            return Err(Problem::unsupported_transfer_coding(coding));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    fn request(version: Version, headers: &[(&str, &str)]) -> Request {
+        let mut builder = Request::builder().uri("/x").version(version);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(Body::empty()).expect("request")
+    }
+
+    fn code(result: Result<(), Problem>) -> Option<&'static str> {
+        result.err().map(|p| p.code())
+    }
+
+    #[test]
+    fn host_rules_of_rfc_9112() {
+        let v11 = Version::HTTP_11;
+        for (version, headers, refused) in [
+            (v11, vec![("host", "example.com")], false),
+            (v11, vec![("host", "127.0.0.1:8000")], false),
+            (v11, vec![("host", "[::1]:80")], false),
+            (v11, vec![("host", "")], false),
+            (Version::HTTP_10, vec![], false),
+            (v11, vec![], true),
+            (v11, vec![("host", "a"), ("host", "b")], true),
+            (v11, vec![("host", "a b/c@d")], true),
+            (v11, vec![("host", "user@example.com")], true),
+            (v11, vec![("host", "example.com/path")], true),
+            (v11, vec![("host", "example.com:port")], true),
+            (Version::HTTP_10, vec![("host", "a"), ("host", "b")], true),
+        ] {
+            let got = code(check(&request(version, &headers)));
+            let want = refused.then_some("invalid-host");
+            assert_eq!(got, want, "{version:?} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_chunked_transfer_coding_is_taken() {
+        for (te, refused) in [
+            (None, false),
+            (Some("chunked"), false),
+            (Some("Chunked"), false),
+            (Some("gzip, chunked"), true),
+            (Some("deflate,chunked"), true),
+        ] {
+            let mut headers = vec![("host", "x")];
+            headers.extend(te.map(|t| ("transfer-encoding", t)));
+            let got = code(check(&request(Version::HTTP_11, &headers)));
+            let want = refused.then_some("unsupported-transfer-coding");
+            assert_eq!(got, want, "{te:?}");
+        }
+    }
+}
