@@ -4,14 +4,28 @@
 //! `chunked` (§6.1: 501), whose body would reach the queue, or the app
 //! behind the sidecar, still coded and labelled as if it were not.
 
+use std::net::Ipv6Addr;
+
 use axum::extract::Request;
 use axum::http::uri::Authority;
 use axum::http::{HeaderValue, Version, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
 use crate::Problem;
 
+/// The layer under every router (inside the metrics layer, which counts
+/// what it refuses): answers a request framed as RFC 9112 refuses with its
+/// problem, before any handler reads it.
+pub(crate) async fn refuse_misframed(request: Request, next: Next) -> Response {
+    match check(&request) {
+        Ok(()) => next.run(request).await,
+        Err(problem) => problem.into_response(),
+    }
+}
+
 /// Checks `request`'s `Host` and `Transfer-Encoding`.
-pub(crate) fn check(request: &Request) -> Result<(), Problem> {
+fn check(request: &Request) -> Result<(), Problem> {
     check_host(request)?;
     check_transfer_coding(request)
 }
@@ -41,17 +55,28 @@ fn is_host(value: &HeaderValue) -> bool {
     if text.is_empty() {
         return true;
     }
-    // `Authority` takes user info too, and anything after a `:` as a port.
+    // `Authority` takes user info too, anything after a `:` as a port, an
+    // empty host before one, and any text in brackets.
     let Ok(authority) = text.parse::<Authority>() else {
         return false;
     };
-    match text.strip_prefix(authority.host()) {
+    let host = authority.host();
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        // An IPv6 literal, with an RFC 6874 zone (`%25eth0`) if any.
+        Some(literal) => literal
+            .split("%25")
+            .next()
+            .is_some_and(|address| address.parse::<Ipv6Addr>().is_ok()),
+        None => !host.is_empty() && !host.contains(['[', ']']),
+    };
+    let port_ok = match text.strip_prefix(host) {
         Some("") => true,
         Some(port) => port
             .strip_prefix(':')
             .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())),
         None => false,
-    }
+    };
+    host_ok && port_ok
 }
 
 fn check_transfer_coding(request: &Request) -> Result<(), Problem> {
@@ -62,9 +87,16 @@ fn check_transfer_coding(request: &Request) -> Result<(), Problem> {
         .flat_map(|v| v.to_str().unwrap_or("?").split(','))
         .map(str::trim)
         .filter(|c| !c.is_empty());
+    let mut chunked = false;
     for coding in codings {
         if !coding.eq_ignore_ascii_case("chunked") {
             return Err(Problem::unsupported_transfer_coding(coding));
+        }
+        // hyper removes one chunking: a second would be stored as framing.
+        if std::mem::replace(&mut chunked, true) {
+            return Err(Problem::unreadable_body(
+                "the body is chunked more than once (RFC 9112 §6.1)",
+            ));
         }
     }
     Ok(())
@@ -102,6 +134,12 @@ mod tests {
             (v11, vec![("host", "user@example.com")], true),
             (v11, vec![("host", "example.com/path")], true),
             (v11, vec![("host", "example.com:port")], true),
+            (v11, vec![("host", "example.com.:")], false),
+            (v11, vec![("host", "[fe80::1%25eth0]:8080")], false),
+            (v11, vec![("host", ":80")], true),
+            (v11, vec![("host", "[zzz]")], true),
+            (v11, vec![("host", "[1::2::3]")], true),
+            (v11, vec![("host", "a[b]")], true),
             (Version::HTTP_10, vec![("host", "a"), ("host", "b")], true),
         ] {
             let got = code(check(&request(version, &headers)));
@@ -125,5 +163,8 @@ mod tests {
             let want = refused.then_some("unsupported-transfer-coding");
             assert_eq!(got, want, "{te:?}");
         }
+        let twice = [("host", "x"), ("transfer-encoding", "chunked, chunked")];
+        let got = code(check(&request(Version::HTTP_11, &twice)));
+        assert_eq!(got, Some("unreadable-body"));
     }
 }

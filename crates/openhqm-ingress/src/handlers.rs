@@ -107,13 +107,16 @@ fn parse_submit(
                 "the body nests arrays and objects deeper than {MAX_PAYLOAD_DEPTH} levels"
             ))
         } else if (e.is_syntax() || e.is_eof())
-            && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err()
+            // Skipping a value checks neither UTF-8 nor ranges: JSON that is
+            // not text is malformed, text that skips is JSON.
+            && (std::str::from_utf8(bytes).is_err()
+                || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err())
         {
             Problem::malformed_json(e.to_string())
         } else {
             // Valid JSON, with a value nothing here can read (`1e999`, or a
             // lone surrogate: the syntax takes them, a reader does not).
-            Problem::invalid_request(e.to_string())
+            Problem::invalid_request(field_of(bytes, &e))
         }
     };
     // serde also reads a struct from an array (fields by position): only an
@@ -127,18 +130,8 @@ fn parse_submit(
     let req: SubmitRequest = match serde_json::from_slice(bytes) {
         Ok(req) => req,
         Err(e) if e.is_syntax() || e.is_eof() => return Err(malformed(e)),
-        // A value of the wrong type: read again, only now, to name its field
-        // (`metadata.timeout: invalid type: ...`).
-        Err(e) => {
-            let mut de = serde_json::Deserializer::from_slice(bytes);
-            let detail = match serde_path_to_error::deserialize::<_, SubmitRequest>(&mut de) {
-                Err(at) if at.path().iter().next().is_some() => {
-                    format!("{}: {}", at.path(), at.inner())
-                }
-                _ => e.to_string(),
-            };
-            return Err(Problem::invalid_request(detail));
-        }
+        // A value of the wrong type (`metadata.timeout: invalid type: ...`).
+        Err(e) => return Err(Problem::invalid_request(field_of(bytes, &e))),
     };
     // Kept as text, the payload is not parsed here: a processor reading it
     // would find out after the 202 that it nests too deep.
@@ -148,8 +141,15 @@ fn parse_submit(
             "payload: nests arrays and objects {depth} levels deep; at most {MAX_PAYLOAD_DEPTH} can be read"
         )));
     }
-    if let Some(e) = unreadable(req.payload.get()) {
-        return Err(Problem::invalid_request(format!("payload: {e}")));
+    // Proxy mode forwards the payload's text as it came, to backends that
+    // may read what serde_json does not (JavaScript takes `1e999`).
+    if known_endpoints.is_none()
+        && let Some(e) = unreadable(req.payload.get())
+    {
+        // Its position would count from the payload, not the body.
+        let e = e.to_string();
+        let what = e.split(" at line ").next().unwrap_or_default();
+        return Err(Problem::invalid_request(format!("payload: {what}")));
     }
     // Refused now, not found out by a worker after the 202. The value is not
     // quoted: it may be a credential.
@@ -188,6 +188,16 @@ fn parse_submit(
         }
     }
     Ok(req)
+}
+
+/// `e`, found reading `bytes` as a submit, prefixed with the field it is
+/// in (read again, only now that it failed, to find that field).
+fn field_of(bytes: &[u8], e: &serde_json::Error) -> String {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, SubmitRequest>(&mut de) {
+        Err(at) if at.path().iter().next().is_some() => format!("{}: {}", at.path(), at.inner()),
+        _ => e.to_string(),
+    }
 }
 
 /// W3C Trace Context: the caller's span, continued by the forward, and the

@@ -63,10 +63,7 @@ async fn observe(
     let route = route_label(request.extensions().get::<MatchedPath>(), unmatched);
     let method = method_label(request.method());
     let started = Instant::now();
-    let response = match crate::framing::check(&request) {
-        Ok(()) => next.run(request).await,
-        Err(problem) => problem.into_response(),
-    };
+    let response = next.run(request).await;
     state.metrics.api_request(
         method,
         route,

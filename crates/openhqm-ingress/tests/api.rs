@@ -382,6 +382,14 @@ async fn malformed_json_is_a_400_problem_and_stores_nothing() {
         )
         .await;
     }
+    // JSON is text: a body that is not UTF-8 is not JSON.
+    expect_problem(
+        api.post_raw("/api/v1/submit", b"{\"payload\": \"\xff\"}".as_slice())
+            .await,
+        StatusCode::BAD_REQUEST,
+        "malformed-json",
+    )
+    .await;
     let body = expect_problem(
         api.post_raw("/api/v1/submit", "{\"payload\": [1,").await,
         StatusCode::BAD_REQUEST,
@@ -422,8 +430,8 @@ async fn invalid_requests_are_422_problems_naming_the_field() {
             "payload: unexpected end of hex escape",
         ),
         (
-            r#"{"payload": 1, "metadata": {"type": -1e999}}"#,
-            "number out of range",
+            r#"{"payload": 1, "metadata": {"priority": -1e999}}"#,
+            "metadata.priority: number out of range",
         ),
         // A tunnel, or a URL part that is not text: no resource to forward to.
         (
@@ -979,10 +987,20 @@ async fn unknown_endpoint_names_are_refused_at_submit() {
         "invalid-request",
     )
     .await;
+    // In proxy mode the payload is forwarded as sent, to backends that may
+    // read what serde_json does not: only the demo or a custom processor
+    // needs it readable.
+    let forwarded = api
+        .post_raw(
+            "/api/v1/submit",
+            r#"{"payload": {"n": 1e999, "s": "\ud83d"}}"#,
+        )
+        .await;
+    assert_eq!(forwarded.status(), StatusCode::ACCEPTED);
     assert_eq!(
         api.queue.depth().await.expect("depth"),
-        1,
-        "only the valid submit was stored"
+        2,
+        "only the valid submits were stored"
     );
 }
 

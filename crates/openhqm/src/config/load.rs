@@ -159,15 +159,33 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     for error in &mut errors {
         error.fell_back = true;
     }
-    // A key refused above has its default now: that validation finds the
-    // default wanting too ("is required") is no news about the file.
-    let refused: std::collections::HashSet<String> = errors.iter().map(|e| e.key.clone()).collect();
+    // A key refused above has its default now, unless another layer set it:
+    // that validation finds the default wanting too ("is required") is no
+    // news about the file.
+    let (layered, read) = errors.split_at(read_from);
+    let refused: std::collections::HashSet<String> = layered
+        .iter()
+        .filter(|e| !is_set(&tree, &e.key))
+        .chain(read)
+        .map(|e| e.key.clone())
+        .collect();
     errors.extend(
         super::validate::validate(&config)
             .into_iter()
             .filter(|e| !refused.contains(&e.key)),
     );
     (config, errors)
+}
+
+/// Whether the merged layers set `key` (a dotted path; list items by index).
+fn is_set(tree: &Value, key: &str) -> bool {
+    key.split('.')
+        .try_fold(tree, |value, segment| match value {
+            Value::Object(map) => map.get(segment),
+            Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => None,
+        })
+        .is_some_and(|v| !v.is_null())
 }
 
 fn read_file(

@@ -199,6 +199,32 @@ fn every_error_is_collected_and_names_its_key() {
 }
 
 #[test]
+fn a_key_refused_in_one_layer_and_set_in_another_is_validated_as_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("c.yaml");
+    std::fs::write(
+        &file,
+        "proxy:\n  endpoints:\n    api:\n      url: \"${UNSET}\"\n",
+    )
+    .expect("write");
+    let sources = Sources {
+        file: Some(file),
+        env: HashMap::new(),
+        overrides: vec!["proxy.endpoints.api.url=ftp://x".into()],
+    };
+    let errors = errors_of(&sources);
+    for needle in [
+        "`proxy.endpoints.api.url`: environment variable `UNSET` is not set",
+        "`proxy.endpoints.api.url`: must be an http:// or https:// URL",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(needle)),
+            "missing `{needle}` in {errors:#?}"
+        );
+    }
+}
+
+#[test]
 fn every_type_error_of_a_section_is_reported_and_its_other_keys_still_apply() {
     let file = yaml(
         "worker:\n  count: lots\n  batch_size: some\n  max_retries: 9\nproxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:1/\n      timeout: soon\n      max_retries: 2\n",
