@@ -535,18 +535,22 @@ fn check_config(file: &std::path::Path) -> Command {
     command
 }
 
-#[test]
-fn check_config_lists_every_error_by_key_and_exits_non_zero() {
+/// Runs `check-config` on a file holding `yaml`, expects it refused (exit
+/// 2), and returns what it printed: (stdout, stderr).
+fn refused_config(yaml: &str) -> (String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bad.yaml");
-    std::fs::write(
-        &file,
-        "server:\n  prot: 1\nqueue:\n  type: kafka\nworker:\n  count: 0\n",
-    )
-    .expect("write");
+    std::fs::write(&file, yaml).expect("write");
     let out = check_config(&file).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn check_config_lists_every_error_by_key_and_exits_non_zero() {
+    let (_, stderr) =
+        refused_config("server:\n  prot: 1\nqueue:\n  type: kafka\nworker:\n  count: 0\n");
     for key in ["`server.prot`", "`queue.type`", "`worker.count`"] {
         assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
     }
@@ -556,18 +560,8 @@ fn check_config_lists_every_error_by_key_and_exits_non_zero() {
 /// printed beside it masks its query as it would a whole URL's.
 #[test]
 fn check_config_masks_the_query_of_a_url_without_a_scheme() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("bad.yaml");
-    std::fs::write(
-        &file,
+    let (stdout, stderr) = refused_config(
         "proxy:\n  endpoints:\n    api:\n      url: 127.0.0.1:8080/path?token=hunter2-query\n",
-    )
-    .expect("write");
-    let out = check_config(&file).output().expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
     );
     assert!(stderr.contains("`proxy.endpoints.api.url`"), "{stderr}");
     assert!(stdout.contains("127.0.0.1:8080/path?***"), "{stdout}");
@@ -601,19 +595,11 @@ fn the_config_file_comes_from_openhqm_config_unless_it_is_empty() {
 #[test]
 fn check_config_refuses_a_ca_file_the_forwarder_could_not_load() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("tls.yaml");
     let missing = dir.path().join("missing-ca.pem");
-    std::fs::write(
-        &file,
-        format!(
-            "proxy:\n  enabled: true\n  endpoints:\n    api:\n      url: https://127.0.0.1:9\n      tls:\n        ca_file: {}\n",
-            missing.display()
-        ),
-    )
-    .expect("write");
-    let out = check_config(&file).output().expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (_, stderr) = refused_config(&format!(
+        "proxy:\n  enabled: true\n  endpoints:\n    api:\n      url: https://127.0.0.1:9\n      tls:\n        ca_file: {}\n",
+        missing.display()
+    ));
     assert!(
         stderr.contains("`proxy.endpoints.api.tls.ca_file`") && stderr.contains("missing-ca.pem"),
         "{stderr}"
