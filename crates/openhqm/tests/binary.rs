@@ -12,12 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{BIN, free_port, get_json, http_client, status_of, submit, until, wait_ready};
-
-struct Server {
-    child: Child,
-    base: String,
-}
+use common::{BIN, Server, free_port, get_json, http_client, status_of, submit, until, wait_ready};
 
 fn start(dir: &Path, port: u16, extra: &[&str]) -> Server {
     start_as("serve", dir, port, extra)
@@ -25,10 +20,11 @@ fn start(dir: &Path, port: u16, extra: &[&str]) -> Server {
 
 /// `openhqm <mode>` on the data in `dir`, logging to `dir/server.log`.
 fn start_as(mode: &str, dir: &Path, port: u16, extra: &[&str]) -> Server {
+    let log_path = dir.join("server.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("server.log"))
+        .open(&log_path)
         .expect("log file");
     let child = Command::new(BIN)
         .args([mode, "--host", "127.0.0.1", "--port", &port.to_string()])
@@ -40,9 +36,11 @@ fn start_as(mode: &str, dir: &Path, port: u16, extra: &[&str]) -> Server {
         .stderr(log)
         .spawn()
         .expect("spawn openhqm");
+    // Killed when dropped, so a failing test leaves no process behind.
     Server {
         child,
         base: format!("http://127.0.0.1:{port}"),
+        log: log_path,
     }
 }
 
@@ -803,14 +801,6 @@ async fn a_low_soft_open_file_limit_does_not_cap_connections() {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpStream};
 
-    struct KillOnDrop(Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
     // This test holds 300 sockets itself.
     let own = rlimit::increase_nofile_limit(1024).expect("raise the test's own limit");
     assert!(
@@ -819,9 +809,10 @@ async fn a_low_soft_open_file_limit_does_not_cap_connections() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-    let _server = KillOnDrop(
-        Command::new("sh")
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let server = Server {
+        child: Command::new("sh")
             .args(["-c", "ulimit -Sn 64 && exec \"$0\" \"$@\"", BIN, "serve"])
             .args([
                 "--host",
@@ -836,8 +827,10 @@ async fn a_low_soft_open_file_limit_does_not_cap_connections() {
             .stderr(log)
             .spawn()
             .expect("spawn openhqm under a low limit"),
-    );
-    wait_ready(&http_client(), &format!("http://127.0.0.1:{port}")).await;
+        base: format!("http://127.0.0.1:{port}"),
+        log: log_path,
+    };
+    wait_ready(&http_client(), &server.base).await;
 
     let answered = tokio::task::spawn_blocking(move || {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
