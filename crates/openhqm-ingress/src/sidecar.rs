@@ -322,10 +322,10 @@ fn exact_body(outcome: &ResultData) -> Vec<u8> {
             } else if let Some(b64) = o.get("response_base64").and_then(Value::as_str) {
                 BASE64.decode(b64).unwrap_or_default()
             } else {
-                Value::Object(o.clone()).to_string().into_bytes()
+                serde_json::to_vec(o).unwrap_or_default()
             }
         }
-        Some(v) => v.to_string().into_bytes(),
+        Some(v) => serde_json::to_vec(v).unwrap_or_default(),
     }
 }
 
