@@ -12,6 +12,8 @@ use axum::http::{HeaderValue, Version, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use openhqm_core::hop_by_hop::{TransferCoding, check_transfer_codings};
+
 use crate::Problem;
 
 /// The layer under every router (inside the metrics layer, which counts
@@ -80,26 +82,16 @@ fn is_host(value: &HeaderValue) -> bool {
 }
 
 fn check_transfer_coding(request: &Request) -> Result<(), Problem> {
-    let codings = request
+    let values = request
         .headers()
         .get_all(header::TRANSFER_ENCODING)
         .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty());
-    let mut chunked = false;
-    for coding in codings {
-        if !coding.eq_ignore_ascii_case("chunked") {
-            return Err(Problem::unsupported_transfer_coding(coding));
-        }
+        .map(|v| v.to_str().unwrap_or("?"));
+    check_transfer_codings(values).map_err(|e| match e {
+        TransferCoding::Unsupported(coding) => Problem::unsupported_transfer_coding(&coding),
         // hyper removes one chunking: a second would be stored as framing.
-        if std::mem::replace(&mut chunked, true) {
-            return Err(Problem::unreadable_body(
-                "the body is chunked more than once (RFC 9112 §6.1)",
-            ));
-        }
-    }
-    Ok(())
+        TransferCoding::ChunkedTwice => Problem::unreadable_body(e.to_string()),
+    })
 }
 
 #[cfg(test)]

@@ -18,10 +18,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use hyper::header::{
     AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName,
-    HeaderValue, RETRY_AFTER,
+    HeaderValue, RETRY_AFTER, TRANSFER_ENCODING,
 };
 use hyper::{Method, Request, Uri};
-use openhqm_core::hop_by_hop::named_by_connection;
+use openhqm_core::hop_by_hop::{check_transfer_codings, named_by_connection};
 use openhqm_core::{Envelope, LastResponse};
 use openhqm_metrics::Metrics;
 use openhqm_worker::Output;
@@ -156,10 +156,11 @@ impl Endpoint {
                 true,
                 Err(UpstreamError::Timeout(remaining)),
             ),
-            // An answer too large to read is no failure of the target's.
-            Err(Exchange::Failed(e @ UpstreamError::ResponseHeadTooLarge)) => {
-                (status_class(Attempted::NetworkError), false, Err(e))
-            }
+            // An answer too large, or framed too oddly, to read is no
+            // failure of the target's.
+            Err(Exchange::Failed(
+                e @ (UpstreamError::ResponseHeadTooLarge | UpstreamError::UnreadableAnswer(_)),
+            )) => (status_class(Attempted::NetworkError), false, Err(e)),
             Err(Exchange::Failed(e)) => (status_class(Attempted::NetworkError), true, Err(e)),
             Err(Exchange::TooLarge(status, e)) => {
                 let attempted = Attempted::Answered {
@@ -381,6 +382,12 @@ async fn exchange(
             .await
             .map_err(|e| Exchange::Failed(UpstreamError::network(&e)))?;
         let (parts, incoming) = resp.into_parts();
+        let codings = parts
+            .headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?"));
+        check_transfer_codings(codings).map_err(|e| Exchange::Failed(e.into()))?;
         // RFC 9110 §6.4.1: these answers never have content.
         let bodiless =
             head || parts.status.is_informational() || matches!(parts.status.as_u16(), 204 | 304);

@@ -83,6 +83,12 @@ pub enum UpstreamError {
         "the backend's response head is too large to read (more than 100 headers, or over 400 KiB); nothing of it was kept"
     )]
     ResponseHeadTooLarge,
+    /// The answer's body is framed in a way it cannot be read through (a
+    /// transfer coding other than chunked, which hyper leaves in place): the
+    /// backend answered, but its body would be kept still coded, with
+    /// nothing saying so. nginx answers such an upstream with a 502.
+    #[error("the backend's answer cannot be read: {0}; nothing of it was kept")]
+    UnreadableAnswer(#[from] openhqm_core::hop_by_hop::TransferCoding),
     /// The body was larger than `proxy.max_response_size`.
     #[error("backend response exceeds proxy.max_response_size ({limit} bytes)")]
     ResponseTooLarge {
@@ -126,6 +132,7 @@ impl UpstreamError {
             | Self::PathOutsideBase
             | Self::InvalidBody(_)
             | Self::ResponseHeadTooLarge
+            | Self::UnreadableAnswer(_)
             | Self::ResponseTooLarge { .. } => FailureKind::Permanent,
             Self::Timeout(_) => FailureKind::Timeout,
             // The attempt never started: it waits for a slot or a target,

@@ -563,3 +563,32 @@ async fn an_answer_head_too_large_to_read_is_permanent_and_sent_once() {
     );
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// A transfer coding hyper does not remove (`gzip` under `chunked`) would
+/// leave the body stored still coded, with no header saying so: the request
+/// fails for good, saying why, where nginx answers 502. The backend is a
+/// raw socket: hyper's own server would not frame an answer that way.
+#[tokio::test]
+async fn an_answer_in_a_transfer_coding_other_than_chunked_is_permanent() {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut socket in listener.incoming().map_while(Result::ok) {
+            let mut request = vec![0; 64 * 1024];
+            let _ = socket.read(&mut request);
+            let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
+                transfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+            let _ = socket.write_all(answer.as_bytes());
+        }
+    });
+    let p = processor(&config(EndpointConfig::with_url(format!("http://{addr}"))));
+    let err = call(&p, &envelope("{}", &[])).await.unwrap_err();
+    assert_eq!(err.kind, FailureKind::Permanent, "{}", err.message);
+    assert!(
+        err.message
+            .contains("transfer coding `gzip` is not supported"),
+        "{}",
+        err.message
+    );
+}
