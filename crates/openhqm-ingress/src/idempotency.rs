@@ -95,28 +95,56 @@ pub fn scoped_key(identity: &[u8], key: &str) -> String {
     hex_sha256(&[identity, key.as_bytes()])
 }
 
-/// The key: a structured-field string (`"abc"`) per the draft, or bare
-/// printable ASCII as many clients send it.
+/// The key: a structured-field String (`"abc"`, RFC 8941 §3.3.3) per the
+/// draft, or bare printable ASCII as many clients send it. Anything else is
+/// refused rather than guessed at: a list (`"a", "b"`, as a proxy joins a
+/// header sent twice), an unbalanced quote, text after the closing quote.
 fn parse_key(raw: &[u8]) -> Result<String, Problem> {
+    let invalid = |why: &str| Problem::invalid_idempotency_key(why.to_owned());
     let text = std::str::from_utf8(raw)
         .ok()
+        .filter(|t| t.is_ascii())
         .map(str::trim)
-        .ok_or_else(|| Problem::invalid_idempotency_key("the key is not ASCII text"))?;
-    let key = text
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(text);
+        .ok_or_else(|| invalid("the key is not ASCII text"))?;
+    let key = match text.strip_prefix('"') {
+        Some(quoted) => sf_string(quoted).ok_or_else(|| {
+            invalid("the key must be one quoted string and nothing after it (send one key)")
+        })?,
+        None if text.contains([',', '"']) => {
+            return Err(invalid(
+                "a bare key cannot hold a comma or a quote (send one key; quote it if needed)",
+            ));
+        }
+        None => text.to_owned(),
+    };
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(Problem::invalid_idempotency_key(format!(
             "the key must be 1 to {MAX_KEY_LEN} characters"
         )));
     }
     if !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
-        return Err(Problem::invalid_idempotency_key(
-            "the key must be printable ASCII",
-        ));
+        return Err(invalid("the key must be printable ASCII"));
     }
-    Ok(key.to_owned())
+    Ok(key)
+}
+
+/// The content of a structured-field String whose opening quote is gone:
+/// `\"` and `\\` unescaped, and nothing may follow the closing quote.
+fn sf_string(rest: &str) -> Option<String> {
+    let mut out = String::with_capacity(rest.len());
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                escaped @ ('"' | '\\') => out.push(escaped),
+                _ => return None,
+            },
+            '"' => return chars.as_str().is_empty().then_some(out),
+            c => out.push(c),
+        }
+    }
+    // No closing quote.
+    None
 }
 
 /// SHA-256 over the parts, each length-prefixed so boundaries count.
@@ -157,7 +185,24 @@ mod tests {
     fn keys_parse_quoted_or_bare_and_bad_ones_are_refused() {
         assert_eq!(parse_key(b"\"abc-1\"").ok().as_deref(), Some("abc-1"));
         assert_eq!(parse_key(b" abc-1 ").ok().as_deref(), Some("abc-1"));
-        for bad in [&b""[..], b"\"\"", b"caf\xc3\xa9", &[b'x'; 256][..]] {
+        assert_eq!(
+            parse_key(br#""a \"b\" \\c""#).ok().as_deref(),
+            Some(r#"a "b" \c"#)
+        );
+        for bad in [
+            &b""[..],
+            b"\"\"",
+            b"caf\xc3\xa9",
+            &[b'x'; 256][..],
+            // A list, as a proxy joins the header sent twice.
+            b"\"a\", \"b\"",
+            b"a, b",
+            // An unbalanced quote, text after the string, a bad escape.
+            b"\"k1",
+            b"k1\"",
+            b"\"a\" ; x=1",
+            b"\"a\\n\"",
+        ] {
             assert!(parse_key(bad).is_err(), "{bad:?}");
         }
     }
