@@ -7,7 +7,7 @@
 //! `ce-*`, mapped attributes) skip those lists and override client headers;
 //! the endpoint's static headers override both; the auth header is injected last;
 //! hop-by-hop headers (RFC 9110 §7.6.1) never pass, from any source, nor do
-//! `Host` and `Content-Length`, which belong to the forward itself. Every
+//! `Host`, `Content-Length` and `Expect`, which belong to the forward itself. Every
 //! request also carries `X-Correlation-ID` and a W3C `traceparent`.
 
 use std::collections::BTreeMap;
@@ -20,8 +20,10 @@ use openhqm_core::{CorrelationId, Secret};
 use crate::config::{AuthType, EndpointConfig};
 
 /// Describe the client's own request to the ingress, not the forward: the
-/// target's host and the payload's length are set by the HTTP client.
-const MANAGED: &[&str] = &["host", "content-length"];
+/// target's host and the payload's length are set by the HTTP client, and
+/// an `Expect: 100-continue` was answered when the body reached us (the
+/// forward sends the whole body at once, as nginx does).
+const MANAGED: &[&str] = &["host", "content-length", "expect"];
 
 /// Set by the forwarder itself; a client or static value is replaced.
 pub const CORRELATION_HEADER: &str = "X-Correlation-ID";

@@ -3,7 +3,7 @@
 //! By default a request goes to the target URL as configured. A request that
 //! carries its own path (`metadata.path`, as a sidecar passthrough records
 //! it) has that path rewritten (`path_rewrite`) and appended to the target's
-//! base path; `metadata.query` (without `?`) becomes the query string. This
+//! base path; `metadata.query` (a leading `?` is dropped) becomes the query string. This
 //! keeps the envelope the only input: nothing here looks at the client
 //! connection.
 
@@ -104,7 +104,10 @@ pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, 
     };
     // Empty means none: the base URL as configured, not with a `/` added.
     let path = text("path")?.filter(|p| !p.is_empty());
-    let query = text("query")?.filter(|q| !q.is_empty());
+    // A leading `?` is the separator, not part of the first name.
+    let query = text("query")?
+        .map(|q| q.strip_prefix('?').unwrap_or(q))
+        .filter(|q| !q.is_empty());
     if path.is_none() && query.is_none() {
         return Ok(base.clone());
     }
@@ -339,6 +342,8 @@ mod tests {
             None,
             "http://b:1/x?k=1&a=2",
         );
+        check("http://b:1/x", None, Some("?a=2"), None, "http://b:1/x?a=2");
+        check("http://b:1/x", None, Some("?"), None, "http://b:1/x");
         check(
             "http://b:1/",
             Some("/api/orders/9"),

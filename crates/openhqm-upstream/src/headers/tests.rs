@@ -104,6 +104,7 @@ fn header_policy_table() {
             ("Proxy-Authorization", "x"),
             ("Trailer", "x"),
             ("Content-Length", "999"),
+            ("Expect", "100-continue"),
         ],
         &[],
         None,
