@@ -95,10 +95,10 @@ impl EndpointConfig {
         }
         for (i, t) in self.targets.iter().enumerate() {
             if let Err(e) = check_url(&t.url) {
-                add(&format!("targets.{i}.url"), e);
+                add(&format!("targets[{i}].url"), e);
             }
             if t.weight == 0 {
-                add(&format!("targets.{i}.weight"), "must be at least 1".into());
+                add(&format!("targets[{i}].weight"), "must be at least 1".into());
             }
         }
         if Method::from_bytes(self.method.as_bytes()).is_err()

@@ -161,7 +161,7 @@ fn an_error_found_when_a_section_is_read_names_the_layer_that_set_it() {
 #[test]
 fn every_error_is_collected_and_names_its_key() {
     let file = yaml(
-        "server:\n  prot: 1\n  port: \"eighty\"\nqueue:\n  type: kafka\nworker:\n  count: 0\n  retry_delay_base: 5\n  retry_delay_max: 1\nbogus: {}\nproxy:\n  endpoints:\n    api:\n      url: \"${MISSING}\"\n      auth_type: custom\n      auth_token: x\n",
+        "server:\n  prot: 1\n  port: \"eighty\"\nqueue:\n  type: kafka\nworker:\n  count: 0\n  retry_delay_base: 5\n  retry_delay_max: 1\nbogus: {}\nproxy:\n  forward_headers: [\"*\", \"Bad Header\"]\n  strip_headers: [\"*\"]\n  endpoints:\n    api:\n      url: \"${MISSING}\"\n      auth_type: custom\n      auth_token: x\n    pool:\n      targets: [{url: \"http://a:1\", weight: 0}]\n",
     );
     let sources = Sources {
         file: Some(file.path().to_path_buf()),
@@ -183,6 +183,11 @@ fn every_error_is_collected_and_names_its_key() {
         "`proxy.endpoints.api.auth_header_name`: is required",
         "`queue.nope`: unknown key (from environment variable OPENHQM_QUEUE__NOPE)",
         "`server.workers`: expected a number, got `many`",
+        "`proxy.forward_headers[1]`: `Bad Header` is not a valid HTTP header name",
+        // `*` means all only on a forward list.
+        "`proxy.strip_headers[0]`: `*` means every header only on a forward list",
+        // List items are named as `--set` names them.
+        "`proxy.endpoints.pool.targets[0].weight`: must be at least 1",
     ];
     for needle in expect {
         assert!(

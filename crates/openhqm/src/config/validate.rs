@@ -286,6 +286,7 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
     redis_url::validate(c, &mut errors);
     validate_foreign(c, &mut errors);
     validate_callbacks(c, &mut errors);
+    validate_header_lists(c, &mut errors);
     // Endpoints are checked even while proxy mode is off, so a file that is
     // about to switch it on is known to be good.
     for (key, message) in c.proxy.upstream().validate() {
@@ -392,6 +393,32 @@ fn is_listen_host(host: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+/// The forward and strip lists name headers (or `"*"`, forward lists only):
+/// a name no header can have would silently match nothing.
+fn validate_header_lists(c: &Config, errors: &mut Vec<ConfigError>) {
+    let lists = [
+        ("proxy.forward_headers", &c.proxy.forward_headers, true),
+        ("proxy.strip_headers", &c.proxy.strip_headers, false),
+        ("sidecar.forward_headers", &c.sidecar.forward_headers, true),
+    ];
+    for (key, names, star) in lists {
+        for (i, name) in names.iter().enumerate() {
+            let name = name.trim();
+            let problem = if name == "*" {
+                (!star).then(|| {
+                    "`*` means every header only on a forward list; name the headers to strip"
+                        .to_owned()
+                })
+            } else {
+                (!is_token(name)).then(|| format!("`{name}` is not a valid HTTP header name"))
+            };
+            if let Some(problem) = problem {
+                errors.push(ConfigError::new(format!("{key}[{i}]"), problem));
+            }
+        }
+    }
 }
 
 fn is_token(s: &str) -> bool {
