@@ -98,7 +98,8 @@ pub fn scoped_key(identity: &[u8], key: &str) -> String {
 /// The key: a structured-field String (`"abc"`, RFC 8941 §3.3.3) per the
 /// draft, or bare printable ASCII as many clients send it. Anything else is
 /// refused rather than guessed at: a list (`"a", "b"`, as a proxy joins a
-/// header sent twice), an unbalanced quote, text after the closing quote.
+/// header sent twice), an unbalanced quote, text after the closing quote
+/// (structured-field parameters too: the draft defines none).
 fn parse_key(raw: &[u8]) -> Result<String, Problem> {
     let invalid = |why: &str| Problem::invalid_idempotency_key(why.to_owned());
     let text = std::str::from_utf8(raw)
@@ -201,6 +202,9 @@ mod tests {
             b"\"k1",
             b"k1\"",
             b"\"a\" ; x=1",
+            // Parameters: the draft defines none, and a key with them is
+            // refused rather than taken without them.
+            b"\"a\";x=1",
             b"\"a\\n\"",
         ] {
             assert!(parse_key(bad).is_err(), "{bad:?}");

@@ -156,13 +156,12 @@ impl Endpoint {
                 true,
                 Err(UpstreamError::Timeout(remaining)),
             ),
-            // An answer too large, or framed too oddly, to read is no
-            // failure of the target's.
-            Err(Exchange::Failed(
-                e @ (UpstreamError::ResponseHeadTooLarge | UpstreamError::UnreadableAnswer(_)),
-            )) => (status_class(Attempted::NetworkError), false, Err(e)),
+            // An answer too large to read is no failure of the target's.
+            Err(Exchange::Failed(e @ UpstreamError::ResponseHeadTooLarge)) => {
+                (status_class(Attempted::NetworkError), false, Err(e))
+            }
             Err(Exchange::Failed(e)) => (status_class(Attempted::NetworkError), true, Err(e)),
-            Err(Exchange::TooLarge(status, e)) => {
+            Err(Exchange::Unkept(status, e)) => {
                 let attempted = Attempted::Answered {
                     status,
                     retry_after: None,
@@ -357,8 +356,9 @@ enum Exchange {
     TimedOut,
     /// Connecting, sending or reading failed.
     Failed(UpstreamError),
-    /// The answer's body passed `max_response_size`.
-    TooLarge(u16, UpstreamError),
+    /// An answer came, with this status, but its body cannot be kept: over
+    /// `max_response_size`, or in a transfer coding left undecoded.
+    Unkept(u16, UpstreamError),
 }
 
 /// A backend's whole answer.
@@ -382,41 +382,49 @@ async fn exchange(
             .await
             .map_err(|e| Exchange::Failed(UpstreamError::network(&e)))?;
         let (parts, incoming) = resp.into_parts();
-        let codings = parts
-            .headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .map(|v| v.to_str().unwrap_or("?"));
-        check_transfer_codings(codings).map_err(|e| Exchange::Failed(e.into()))?;
         // RFC 9110 §6.4.1: these answers never have content.
         let bodiless =
             head || parts.status.is_informational() || matches!(parts.status.as_u16(), 204 | 304);
         let (status, headers) = (parts.status.as_u16(), parts.headers);
+        if !bodiless {
+            let codings = headers
+                .get_all(TRANSFER_ENCODING)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("?"));
+            if let Err(coding) = check_transfer_codings(codings) {
+                let response = head_only(status, &headers);
+                let e = UpstreamError::UnreadableAnswer { coding, response };
+                return Err(Exchange::Unkept(status, e));
+            }
+        }
         match read_limited(&headers, bodiless, incoming, limit).await {
             Ok(body) => Ok(Answer {
                 status,
                 headers,
                 body,
             }),
-            Err(UpstreamError::ResponseTooLarge { limit, .. }) => Err(Exchange::TooLarge(
-                status,
-                UpstreamError::ResponseTooLarge {
-                    limit,
-                    response: Some(Box::new(LastResponse {
-                        status_code: status,
-                        headers: kept_headers(&headers),
-                        body: serde_json::Value::Null,
-                        raw_body: None,
-                        raw_headers: None,
-                    })),
-                },
-            )),
+            Err(UpstreamError::ResponseTooLarge { limit, .. }) => {
+                let response = head_only(status, &headers);
+                let e = UpstreamError::ResponseTooLarge { limit, response };
+                Err(Exchange::Unkept(status, e))
+            }
             Err(e) => Err(Exchange::Failed(e)),
         }
     };
     tokio::time::timeout(timeout, whole)
         .await
         .unwrap_or(Err(Exchange::TimedOut))
+}
+
+/// What is kept of an answer whose body is not: its status and headers.
+fn head_only(status: u16, headers: &HeaderMap) -> Option<Box<LastResponse>> {
+    Some(Box::new(LastResponse {
+        status_code: status,
+        headers: kept_headers(headers),
+        body: serde_json::Value::Null,
+        raw_body: None,
+        raw_headers: None,
+    }))
 }
 
 /// `keep_raw`: also keep the body's exact bytes, for a passthrough caller

@@ -87,8 +87,14 @@ pub enum UpstreamError {
     /// transfer coding other than chunked, which hyper leaves in place): the
     /// backend answered, but its body would be kept still coded, with
     /// nothing saying so. nginx answers such an upstream with a 502.
-    #[error("the backend's answer cannot be read: {0}; nothing of it was kept")]
-    UnreadableAnswer(#[from] openhqm_core::hop_by_hop::TransferCoding),
+    #[error("the backend's answer cannot be read: {coding}; its body was not kept")]
+    UnreadableAnswer {
+        /// How the body is framed.
+        coding: openhqm_core::hop_by_hop::TransferCoding,
+        /// The answer's status and headers, so the failed request still
+        /// shows what the backend said.
+        response: Option<Box<LastResponse>>,
+    },
     /// The body was larger than `proxy.max_response_size`.
     #[error("backend response exceeds proxy.max_response_size ({limit} bytes)")]
     ResponseTooLarge {
@@ -132,7 +138,7 @@ impl UpstreamError {
             | Self::PathOutsideBase
             | Self::InvalidBody(_)
             | Self::ResponseHeadTooLarge
-            | Self::UnreadableAnswer(_)
+            | Self::UnreadableAnswer { .. }
             | Self::ResponseTooLarge { .. } => FailureKind::Permanent,
             Self::Timeout(_) => FailureKind::Timeout,
             // The attempt never started: it waits for a slot or a target,
@@ -160,7 +166,9 @@ impl UpstreamError {
         let (kind, retry_after, message) = (self.kind(), self.retry_after(), self.to_string());
         let response = match self {
             Self::RetryableStatus { response, .. } => Some(response),
-            Self::ResponseTooLarge { response, .. } => response,
+            Self::ResponseTooLarge { response, .. } | Self::UnreadableAnswer { response, .. } => {
+                response
+            }
             _ => None,
         };
         Failure {

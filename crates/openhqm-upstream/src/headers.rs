@@ -28,8 +28,9 @@ const MANAGED: &[&str] = &["host", "content-length", "expect"];
 /// Set by the forwarder itself; a client or static value is replaced.
 pub const CORRELATION_HEADER: &str = "X-Correlation-ID";
 
-/// Whether the forwarder sets `name` itself, whatever a message or the
-/// configuration says (`Host`, `Content-Length`, the correlation header).
+/// Whether the forwarder sets `name` itself or drops it, whatever a message
+/// or the configuration says (`Host`, `Content-Length`, `Expect`, the
+/// correlation header): a configured value would never be sent.
 #[must_use]
 pub fn set_by_forwarder(name: &str) -> bool {
     MANAGED.iter().any(|m| m.eq_ignore_ascii_case(name))

@@ -3,7 +3,7 @@
 //! By default a request goes to the target URL as configured. A request that
 //! carries its own path (`metadata.path`, as a sidecar passthrough records
 //! it) has that path rewritten (`path_rewrite`) and appended to the target's
-//! base path; `metadata.query` (a leading `?` is dropped) becomes the query string. This
+//! base path; `metadata.query` (a leading `?` is dropped, but for a passthrough's verbatim query) becomes the query string. This
 //! keeps the envelope the only input: nothing here looks at the client
 //! connection.
 
@@ -104,9 +104,13 @@ pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, 
     };
     // Empty means none: the base URL as configured, not with a `/` added.
     let path = text("path")?.filter(|p| !p.is_empty());
-    // A leading `?` is the separator, not part of the first name.
+    // A leading `?` is the separator, not part of the first name; a
+    // passthrough records the query verbatim (`/x??a=1` has `?a=1`).
     let query = text("query")?
-        .map(|q| q.strip_prefix('?').unwrap_or(q))
+        .map(|q| match q.strip_prefix('?') {
+            Some(rest) if !env.passthrough => rest,
+            _ => q,
+        })
         .filter(|q| !q.is_empty());
     if path.is_none() && query.is_none() {
         return Ok(base.clone());
@@ -344,6 +348,19 @@ mod tests {
         );
         check("http://b:1/x", None, Some("?a=2"), None, "http://b:1/x?a=2");
         check("http://b:1/x", None, Some("?"), None, "http://b:1/x");
+        // A passthrough's query is replayed as the caller sent it.
+        let mut replayed: Envelope = serde_json::from_str(
+            r#"{"correlation_id":"01890a5d-ac96-774b-bcce-b302099a8057","payload":1}"#,
+        )
+        .expect("envelope");
+        replayed.passthrough = true;
+        replayed
+            .metadata
+            .extra
+            .insert("query".into(), "?a=1".into());
+        let base = Url::parse("http://b:1/x").expect("base");
+        let got = target_url(&base, &replayed, &Rewrite::Keep).expect("url");
+        assert_eq!(got.as_str(), "http://b:1/x??a=1");
         check(
             "http://b:1/",
             Some("/api/orders/9"),

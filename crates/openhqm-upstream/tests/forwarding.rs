@@ -566,20 +566,31 @@ async fn an_answer_head_too_large_to_read_is_permanent_and_sent_once() {
 
 /// A transfer coding hyper does not remove (`gzip` under `chunked`) would
 /// leave the body stored still coded, with no header saying so: the request
-/// fails for good, saying why, where nginx answers 502. The backend is a
-/// raw socket: hyper's own server would not frame an answer that way.
+/// fails for good, saying why and keeping the answer's head, where nginx
+/// answers 502. An answer without a body (to a HEAD) has nothing to misread
+/// and is kept. The backend is a raw socket: hyper's own server would not
+/// frame an answer that way.
 #[tokio::test]
 async fn an_answer_in_a_transfer_coding_other_than_chunked_is_permanent() {
     use std::io::{Read as _, Write as _};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&hits);
     std::thread::spawn(move || {
         for mut socket in listener.incoming().map_while(Result::ok) {
             let mut request = vec![0; 64 * 1024];
-            let _ = socket.read(&mut request);
-            let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
-                transfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-            let _ = socket.write_all(answer.as_bytes());
+            let n = socket.read(&mut request).unwrap_or(0);
+            seen.fetch_add(1, Ordering::SeqCst);
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-app: 1\r\n\
+                transfer-encoding: gzip, chunked\r\n\r\n";
+            let body = if request[..n].starts_with(b"HEAD ") {
+                ""
+            } else {
+                "5\r\nhello\r\n0\r\n\r\n"
+            };
+            let _ = socket.write_all(format!("{head}{body}").as_bytes());
         }
     });
     let p = processor(&config(EndpointConfig::with_url(format!("http://{addr}"))));
@@ -591,4 +602,14 @@ async fn an_answer_in_a_transfer_coding_other_than_chunked_is_permanent() {
         "{}",
         err.message
     );
+    let last = err.response.as_deref().expect("the answer's head is kept");
+    assert_eq!(last.status_code, 200);
+    assert_eq!(last.headers["x-app"], "1");
+    assert_eq!(last.body, serde_json::Value::Null, "its body is not");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "sent once");
+
+    let mut head = envelope("{}", &[]);
+    head.metadata.method = Some("HEAD".into());
+    let out = call(&p, &head).await.expect("a bodiless answer is kept");
+    assert_eq!(out.status_code, Some(200));
 }

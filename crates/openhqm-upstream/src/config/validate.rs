@@ -370,11 +370,11 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
     if is_hop_by_hop(name) {
         return Err(format!("`{name}` is hop-by-hop and is never forwarded"));
     }
-    // Set by the forwarder from the body and the target; a static one
-    // would be dropped.
-    if ["content-length", "host"].contains(&name.to_ascii_lowercase().as_str()) {
+    // Set or dropped by the forwarder for each forward; a configured one
+    // would never be sent.
+    if crate::headers::set_by_forwarder(name) {
         return Err(format!(
-            "`{name}` is set from each request's body and target, not configured"
+            "`{name}` belongs to each forward (set from its body, target and id, or dropped), not configured"
         ));
     }
     if hyper::header::HeaderValue::from_str(value).is_err() {
@@ -433,10 +433,21 @@ mod tests {
         let mut e = EndpointConfig::with_url("http://b/");
         e.headers.insert("Content-Length".into(), "3".into());
         e.headers.insert("host".into(), "other".into());
+        e.headers.insert("Expect".into(), "100-continue".into());
+        e.auth_header_name = Some("x-correlation-id".into());
         let problems = format!("{:?}", e.validate("api"));
-        for key in ["headers.Content-Length", "headers.host"] {
+        for key in [
+            "headers.Content-Length",
+            "headers.host",
+            "headers.Expect",
+            "auth_header_name",
+        ] {
             assert!(problems.contains(key), "{key}: {problems}");
         }
+        assert!(
+            problems.contains("`x-correlation-id` belongs to each forward"),
+            "{problems}"
+        );
     }
 
     #[test]

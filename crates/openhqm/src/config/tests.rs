@@ -161,7 +161,7 @@ fn an_error_found_when_a_section_is_read_names_the_layer_that_set_it() {
 #[test]
 fn every_error_is_collected_and_names_its_key() {
     let file = yaml(
-        "server:\n  prot: 1\n  port: \"eighty\"\nqueue:\n  type: kafka\nworker:\n  count: 0\n  retry_delay_base: 5\n  retry_delay_max: 1\nbogus: {}\nproxy:\n  forward_headers: [\"*\", \"Bad Header\"]\n  strip_headers: [\"*\"]\n  endpoints:\n    api:\n      url: \"${MISSING}\"\n      auth_type: custom\n      auth_token: x\n    pool:\n      targets: [{url: \"http://a:1\", weight: 0}]\n",
+        "server:\n  prot: 1\n  port: \"eighty\"\nqueue:\n  type: kafka\nworker:\n  count: 0\n  retry_delay_base: 5\n  retry_delay_max: 1\nbogus: {}\nproxy:\n  forward_headers: [\"*\", \"Bad Header\"]\n  strip_headers: [\"*\"]\n  endpoints:\n    api:\n      url: \"${MISSING}\"\n      auth_type: custom\n      auth_token: x\n    pool:\n      targets: [{url: \"http://a:1\", weight: 0}]\n      headers: {Expect: 100-continue, X-Correlation-ID: mine}\n",
     );
     let sources = Sources {
         file: Some(file.path().to_path_buf()),
@@ -188,6 +188,9 @@ fn every_error_is_collected_and_names_its_key() {
         "`proxy.strip_headers[0]`: `*` means every header only on a forward list",
         // List items are named as `--set` names them.
         "`proxy.endpoints.pool.targets[0].weight`: must be at least 1",
+        // Static headers the forwarder sets or drops for each forward.
+        "`proxy.endpoints.pool.headers.Expect`: `Expect` belongs to each forward",
+        "`proxy.endpoints.pool.headers.X-Correlation-ID`: `X-Correlation-ID` belongs to each forward",
     ];
     for needle in expect {
         assert!(
@@ -557,8 +560,8 @@ fn foreign_message_settings_parse_and_are_checked() {
         "`worker.foreign.endpoint`: forwarding to an endpoint needs proxy.enabled: true",
         "`worker.foreign.attribute_headers.a`: `Bad Header` is not a valid HTTP header name",
         "`worker.foreign.attribute_headers.b`: `Connection` is a hop-by-hop header",
-        "`worker.foreign.attribute_headers.c`: `x-correlation-id` is set by the forwarder",
-        "`worker.foreign.attribute_headers.d`: `Host` is set by the forwarder",
+        "`worker.foreign.attribute_headers.c`: `x-correlation-id` is set or dropped by the forwarder",
+        "`worker.foreign.attribute_headers.d`: `Host` is set or dropped by the forwarder",
     ] {
         assert!(
             errors.iter().any(|e| e.starts_with(expected)),

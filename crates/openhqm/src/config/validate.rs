@@ -365,7 +365,7 @@ fn validate_foreign(c: &Config, errors: &mut Vec<ConfigError>) {
         } else if openhqm_upstream::headers::set_by_forwarder(header) {
             errors.push(ConfigError::new(
                 &key,
-                format!("`{header}` is set by the forwarder itself; another value is never sent"),
+                format!("`{header}` is set or dropped by the forwarder itself; a configured value is never sent"),
             ));
         }
     }
