@@ -737,6 +737,21 @@ fn section<T: DeserializeOwned>(
     let Some(value) = tree.get(name).filter(|v| !v.is_null()) else {
         return;
     };
+    // serde would read a list as the section's fields in order, and name
+    // an item's type as the error.
+    if !value.is_object() {
+        let got = match value {
+            Value::Array(_) => "a list",
+            Value::String(_) => "a string",
+            Value::Number(_) => "a number",
+            _ => "a boolean",
+        };
+        errors.push(ConfigError::new(
+            name,
+            format!("expected a mapping of its settings, got {got}"),
+        ));
+        return;
+    }
     // serde stops at a section's first error: the key in error is dropped
     // (it keeps its default) and the section read again, so every error in
     // it is reported and the rest of it still applies. A key whose value is

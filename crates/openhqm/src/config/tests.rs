@@ -758,6 +758,27 @@ fn kubernetes_service_links_are_not_configuration() {
 }
 
 #[test]
+fn a_section_that_is_not_a_mapping_is_one_error_saying_so() {
+    let file = yaml("server: [1, 2]\nqueue: x\nworker: 5\n");
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    };
+    let errors = errors_of(&sources);
+    for expected in [
+        "`server`: expected a mapping of its settings, got a list",
+        "`queue`: expected a mapping of its settings, got a string",
+        "`worker`: expected a mapping of its settings, got a number",
+    ] {
+        assert!(
+            errors.iter().any(|e| e == expected),
+            "{expected} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+}
+
+#[test]
 fn a_section_and_key_joined_by_one_underscore_is_reported() {
     let sources = Sources {
         env: env(&[
