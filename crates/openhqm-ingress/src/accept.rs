@@ -7,7 +7,7 @@ use std::sync::Arc;
 use openhqm_core::time::now_ms;
 use openhqm_core::{CorrelationId, Envelope, RequestRecord};
 use openhqm_queue::{Durability, OutgoingMessage, QueueError};
-use openhqm_store::{Claim, KeyClaim};
+use openhqm_store::{Claim, KeyClaim, ResultStore};
 
 use crate::idempotency::Keyed;
 use crate::{ApiState, Problem};
@@ -96,7 +96,7 @@ pub(crate) async fn accept(
                 // for no record, to be taken over as stale and run twice.
                 // A deferred publish is synced (with the store) before any
                 // 202 it gets.
-                Ok(()) => match store.create(pending).await {
+                Ok(()) => match create(store.as_ref(), pending, durability).await {
                     Ok(()) if durability == Durability::Full => store.sync().await,
                     other => other,
                 },
@@ -115,7 +115,7 @@ pub(crate) async fn accept(
         // Both writes start together; for the embedded engine they share one
         // group commit.
         tokio::join!(
-            state.store.create(record.clone()),
+            create(state.store.as_ref(), record.clone(), durability),
             state.queue.publish(message)
         )
     };
@@ -151,6 +151,20 @@ pub(crate) async fn accept(
     }
     tracing::debug!(correlation_id = %id, "request accepted");
     Ok(Accepted::New(record))
+}
+
+/// Creates the status record of a message published `durability`: a
+/// deferred one's need not be stored before the message is (see
+/// [`ResultStore::create_deferred`]).
+async fn create(
+    store: &dyn ResultStore,
+    record: RequestRecord,
+    durability: Durability,
+) -> Result<(), openhqm_store::StoreError> {
+    match durability {
+        Durability::Full => store.create(record).await,
+        Durability::Deferred => store.create_deferred(record).await,
+    }
 }
 
 /// Cancels the status record written beside a message whose publish failed

@@ -137,8 +137,9 @@ pub(crate) async fn passthrough(
         (_, asked) => asked.unwrap_or(sidecar.wait).min(state.config.max_wait),
     };
     // A caller that waits takes the backend's answer as its acknowledgement,
-    // so its message need not be on disk before it is forwarded: only
-    // safe from a crash of this process, and synced before any 202.
+    // so its message need not be on disk before it is forwarded (the
+    // embedded engine holds it in memory): written and synced before any
+    // 202, and at a clean shutdown.
     let durability = if wait.is_zero() {
         Durability::Full
     } else {

@@ -1202,8 +1202,8 @@ async fn dead_letters_are_listed_with_their_reason_and_redriven() {
 }
 
 /// A caller waiting on the passthrough ingress takes the backend's answer as
-/// its acknowledgement: its message is published deferred (safe from a crash
-/// of this process, not yet synced), and the queue is synced before any 202
+/// its acknowledgement: its message is published deferred (held, not
+/// written, on the embedded engine), and the queue is synced before any 202
 /// says it is stored. `respond-async` gets a fully durable publish.
 #[tokio::test]
 async fn a_waited_passthrough_call_is_synced_before_a_202_and_never_for_an_answer() {

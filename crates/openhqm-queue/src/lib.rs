@@ -46,12 +46,15 @@ pub enum Durability {
     /// `queue.fsync: true`, synced to disk).
     #[default]
     Full,
-    /// Safe from a crash of this process, and made fully durable by the
-    /// next [`QueueBackend::sync`] (or any full publish after it). For a
-    /// message whose caller is still waiting for its answer: the answer is
-    /// its acknowledgement, and only an answer that promises storage (a
-    /// `202`) needs the sync first. Backends whose every publish is as
-    /// durable as they get treat it as [`Durability::Full`].
+    /// Made durable by the next [`QueueBackend::sync`] or a clean
+    /// shutdown ([`QueueBackend::close`]); a crash before either may lose
+    /// it. For a message whose caller is still waiting for its answer: the
+    /// answer is its acknowledgement, a caller cut off by a crash got none
+    /// (and sends it again, so replaying it too would run it twice), and
+    /// only an answer that promises storage (a `202`) needs the sync first.
+    /// The embedded queue holds such messages in memory, within a budget;
+    /// backends whose every publish is as durable as they get treat it as
+    /// [`Durability::Full`].
     Deferred,
 }
 

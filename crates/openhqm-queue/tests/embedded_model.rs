@@ -1,15 +1,17 @@
 //! Model-based test of the embedded queue: random sequences of publish,
-//! receive, ack, retry, dead-letter, redrive and restart are run against the
-//! real queue on disk and against a plain in-memory model; after every step
-//! the two must agree on what is stored, leased and dead.
+//! receive, ack, retry, dead-letter, redrive, sync, restart and crash are run
+//! against the real queue on disk and against a plain in-memory model; after
+//! every step the two must agree on what is stored, leased and dead.
+//! Deferred publishes are held in memory until a sync or a clean shutdown,
+//! so a crash loses exactly those still held.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use openhqm_embedded::{EmbeddedDb, Options};
 use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
-use openhqm_queue::{Delivery, Nack, OutgoingMessage, QueueBackend};
+use openhqm_queue::{Delivery, Durability, Nack, OutgoingMessage, QueueBackend};
 
 #[derive(Default, Debug)]
 struct Model {
@@ -19,6 +21,9 @@ struct Model {
     leased: Vec<String>,
     /// body -> copies dead-lettered
     dead: BTreeMap<String, usize>,
+    /// bodies published deferred and not written since (no sync, nack or
+    /// clean shutdown): a crash loses them
+    unwritten: BTreeSet<String>,
 }
 
 fn add(map: &mut BTreeMap<String, usize>, key: &str) {
@@ -84,12 +89,20 @@ async fn run(seed: u64, steps: usize) {
             0..=29 => {
                 let body = format!("m{next}");
                 next += 1;
-                subject
-                    .queue
-                    .publish(OutgoingMessage::new(body.clone().into_bytes()))
-                    .await
-                    .expect("publish");
+                let deferred = rng.bool();
+                let message = OutgoingMessage {
+                    durability: if deferred {
+                        Durability::Deferred
+                    } else {
+                        Durability::Full
+                    },
+                    ..OutgoingMessage::new(body.clone().into_bytes())
+                };
+                subject.queue.publish(message).await.expect("publish");
                 add(&mut model.waiting, &body);
+                if deferred {
+                    model.unwritten.insert(body);
+                }
             }
             30..=49 => {
                 let got = subject
@@ -121,7 +134,8 @@ async fn run(seed: u64, steps: usize) {
             50..=64 if !held.is_empty() => {
                 let i = rng.usize(0..held.len());
                 held.swap_remove(i).ack().await.expect("ack");
-                model.leased.swap_remove(i);
+                let body = model.leased.swap_remove(i);
+                model.unwritten.remove(&body);
             }
             65..=74 if !held.is_empty() => {
                 let i = rng.usize(0..held.len());
@@ -132,6 +146,7 @@ async fn run(seed: u64, steps: usize) {
                     .await
                     .expect("retry");
                 let body = model.leased.swap_remove(i);
+                model.unwritten.remove(&body);
                 add(&mut model.waiting, &body);
             }
             75..=84 if !held.is_empty() => {
@@ -143,6 +158,7 @@ async fn run(seed: u64, steps: usize) {
                     .await
                     .expect("dlq");
                 let body = model.leased.swap_remove(i);
+                model.unwritten.remove(&body);
                 add(&mut model.dead, &body);
             }
             85..=91 => {
@@ -180,13 +196,28 @@ async fn run(seed: u64, steps: usize) {
                     }
                 }
             }
-            92..=99 => {
-                // A crash: leases are lost and every unacknowledged message waits again.
+            92..=93 => {
+                subject.queue.sync().await.expect("sync");
+                model.unwritten.clear();
+            }
+            94..=99 => {
+                // A restart: leases are lost and every unacknowledged message
+                // waits again. A clean one (`close`) writes what is held; a
+                // crash (no `close`: the writes already made are flushed, as
+                // the OS would keep them) loses it.
+                let crash = rng.bool();
                 held.clear();
                 for body in model.leased.drain(..) {
                     add(&mut model.waiting, &body);
                 }
-                subject.queue.close().await;
+                if crash {
+                    for body in std::mem::take(&mut model.unwritten) {
+                        assert!(take(&mut model.waiting, &body), "{ctx}: {body} held");
+                    }
+                } else {
+                    subject.queue.close().await;
+                    model.unwritten.clear();
+                }
                 subject.db.close().await;
                 // Every handle must be gone before the directory is opened again.
                 let Subject { dir, db, queue } = subject;

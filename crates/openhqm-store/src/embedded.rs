@@ -28,6 +28,10 @@
 //! the request reads as it did before it was taken (PENDING; or FAILED or
 //! TIMEOUT for a redrive, as between the redrive and a worker taking it).
 //! It saves one of the three writes of every request.
+//!
+//! A deferred request's PENDING record ([`ResultStore::create_deferred`]) is
+//! held in memory too ([`held`]), until its first written transition or a
+//! sync: a caller waiting for its answer often costs one write, its outcome.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +44,10 @@ use tokio::task::JoinHandle;
 
 use crate::waiters::Waiters;
 use crate::{Claim, KeyClaim, ResultStore, StoreError, Transition, Update, apply_update, lifetime};
+use held::Held;
 use overlay::Overlay;
 
+mod held;
 mod overlay;
 
 /// Settings of the embedded store.
@@ -63,6 +69,8 @@ pub struct EmbeddedStore {
     waiters: Arc<Waiters>,
     /// Records in PROCESSING, and written ones until committed.
     overlay: Arc<Overlay>,
+    /// Deferred requests' PENDING records, not written yet.
+    held: Arc<Held>,
     sweeper: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -125,6 +133,7 @@ impl EmbeddedStore {
             ttl_ms,
             waiters: Arc::default(),
             overlay: Arc::default(),
+            held: Arc::default(),
             sweeper: std::sync::Mutex::new(Some(sweeper)),
         })
     }
@@ -326,8 +335,48 @@ impl ResultStore for EmbeddedStore {
         self.put_new(record.correlation_id, record).await
     }
 
+    async fn create_deferred(&self, record: RequestRecord) -> Result<(), StoreError> {
+        let id = record.correlation_id;
+        // A worker may have taken the message already (a keyed request is
+        // published first): then PENDING is not its state any more.
+        let mut unreadable = None;
+        self.held.hold(record, || {
+            self.overlay.visible(id).is_some()
+                || self
+                    .results
+                    .get(id.as_bytes())
+                    .map_err(|e| unreadable = Some(e))
+                    .is_ok_and(|raw| raw.is_some())
+        });
+        match unreadable {
+            Some(e) => Err(StoreError::Unavailable(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the held PENDING records (those with no stored state yet), then syncs.
     async fn sync(&self) -> Result<(), StoreError> {
-        self.db.sync().await.map_err(db_error)
+        let (ks, ttl_ms) = (self.results.clone(), self.ttl_ms);
+        let (held, after) = (Arc::clone(&self.held), Arc::clone(&self.held));
+        self.db
+            .write_then(
+                Wait::Durable,
+                move |ctx| {
+                    let records = held.mark_for_sync();
+                    let mut ids = Vec::with_capacity(records.len());
+                    for record in records {
+                        let id = record.correlation_id;
+                        if matches!(ctx.get(&ks, id.as_bytes()), Ok(None)) {
+                            ctx.insert(&ks, id.as_bytes(), encode(&record, ttl_ms));
+                        }
+                        ids.push(id);
+                    }
+                    ids
+                },
+                move |ids| after.committed(&ids),
+            )
+            .await
+            .map_err(db_error)
     }
 
     async fn get(&self, id: CorrelationId) -> Result<Option<RequestRecord>, StoreError> {
@@ -340,7 +389,7 @@ impl ResultStore for EmbeddedStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         match raw {
             Some(raw) => decode(id, &raw, now_ms()),
-            None => Ok(None),
+            None => Ok(self.held.get(id)),
         }
     }
 
@@ -354,6 +403,7 @@ impl ResultStore for EmbeddedStore {
         let reopening = update.redrive.is_some();
         let waiters = Arc::clone(&self.waiters);
         let (overlay, after_commit) = (Arc::clone(&self.overlay), Arc::clone(&self.overlay));
+        let (held, replaced) = (Arc::clone(&self.held), Arc::clone(&self.held));
         self.db
             .write_then(
                 Wait::Applied,
@@ -361,16 +411,18 @@ impl ResultStore for EmbeddedStore {
                     let now = now_ms();
                     let stored = match overlay.current(id) {
                         Some(record) => Ok(Some(record)),
-                        None => ctx.get(&ks, id.as_bytes()).map(|raw| raw.and_then(|raw| {
+                        None => ctx.get(&ks, id.as_bytes()).map(|raw| match raw {
                             // An unreadable record (a downgrade, a damaged
                             // value) is replaced: refusing would leave its
                             // message to be redelivered, never settled, for
                             // as long as it stays.
-                            decode(id, &raw, now).unwrap_or_else(|e| {
+                            Some(raw) => decode(id, &raw, now).unwrap_or_else(|e| {
                                 tracing::warn!(correlation_id = %id, error = %e, "unreadable result record replaced");
                                 None
-                            })
-                        })),
+                            }),
+                            // Never written: its held PENDING record, if deferred.
+                            None => held.get(id),
+                        }),
                     };
                     let current = stored.map_err(|e| StoreError::Unavailable(e.to_string()))?;
                     let outcome = apply_update(id, current, update, now);
@@ -390,6 +442,7 @@ impl ResultStore for EmbeddedStore {
                     if let Ok(Transition::Applied(record)) = &outcome {
                         if record.status != RequestStatus::Processing {
                             after_commit.committed(id);
+                            replaced.replaced(id);
                         }
                         if record.status.is_terminal() {
                             waiters.finish(record);
@@ -483,6 +536,10 @@ impl ResultStore for EmbeddedStore {
             .take();
         if let Some(sweeper) = sweeper {
             sweeper.abort();
+        }
+        // The queue writes its held messages at shutdown; their records too.
+        if let Err(e) = ResultStore::sync(self).await {
+            tracing::warn!(error = %e, "could not write the held records at shutdown");
         }
     }
 }

@@ -148,6 +148,18 @@ pub trait ResultStore: Send + Sync + 'static {
     /// [`StoreError::Unavailable`] if it was not stored.
     async fn create(&self, record: RequestRecord) -> Result<(), StoreError>;
 
+    /// Records a request whose message is published deferred (its caller
+    /// waits for the answer): it need not be stored until the next
+    /// [`sync`](Self::sync), and a crash before then may lose it with its
+    /// message. The embedded store holds it in memory; the default stores it
+    /// as [`create`](Self::create) does.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if it was not recorded.
+    async fn create_deferred(&self, record: RequestRecord) -> Result<(), StoreError> {
+        self.create(record).await
+    }
+
     /// Makes every write made before this call durable (on the embedded
     /// engine: synced, as a message published in full is). For a record
     /// written apart from its message (an idempotent request's, after the

@@ -393,3 +393,129 @@ async fn create_does_not_write_under_a_request_being_processed() {
     store.close().await;
     db.close().await;
 }
+
+/// Stops the store and its database without `close`, as a crash does (the
+/// writes already made are kept, as the OS would keep them), and reopens.
+async fn crash(
+    dir: &std::path::Path,
+    db: EmbeddedDb,
+    store: EmbeddedStore,
+) -> (EmbeddedDb, EmbeddedStore) {
+    let sweeper = store.sweeper.lock().expect("sweeper").take();
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+        let _ = sweeper.await;
+    }
+    db.close().await;
+    drop((store, db));
+    open(dir, Duration::from_secs(60))
+}
+
+async fn complete(store: &EmbeddedStore, id: CorrelationId) {
+    store.transition(id, take("m9", 1)).await.expect("take");
+    let done = store
+        .transition(id, Update::to(RequestStatus::Completed))
+        .await
+        .expect("complete");
+    assert!(matches!(done, Transition::Applied(_)));
+}
+
+/// A PENDING record submitted a minute ago: transitions keep that time.
+fn pending(id: CorrelationId) -> RequestRecord {
+    RequestRecord::pending(id, openhqm_core::time::now_ms() - 60_000)
+}
+
+async fn submitted_at(store: &EmbeddedStore, id: CorrelationId) -> u64 {
+    let record = store.get(id).await.expect("get").expect("present");
+    record.submitted_at_ms
+}
+
+async fn status(store: &EmbeddedStore, id: CorrelationId) -> Option<RequestStatus> {
+    store.get(id).await.expect("get").map(|r| r.status)
+}
+
+#[tokio::test]
+async fn a_deferred_record_is_held_until_a_sync_or_its_first_written_transition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = open(dir.path(), Duration::from_secs(60));
+    let [taken, waiting, cancelled] = [(); 3].map(|()| CorrelationId::new());
+    for id in [taken, waiting, cancelled] {
+        store.create_deferred(pending(id)).await.expect("create");
+        assert_eq!(status(&store, id).await, Some(RequestStatus::Pending));
+    }
+    let submitted = submitted_at(&store, taken).await;
+    store.transition(taken, take("m1", 1)).await.expect("take");
+    assert_eq!(status(&store, taken).await, Some(RequestStatus::Processing));
+    assert_eq!(
+        submitted_at(&store, taken).await,
+        submitted,
+        "taken from the held record"
+    );
+    let cancel = store
+        .transition(cancelled, Update::to(RequestStatus::Cancelled))
+        .await
+        .expect("cancel");
+    assert!(matches!(cancel, Transition::Applied(_)));
+    assert_eq!(store.held.len(), 2, "the cancel was written: held no more");
+    // A crash loses what was held, as the queue loses their messages.
+    let (db, store) = crash(dir.path(), db, store).await;
+    assert_eq!(status(&store, taken).await, None);
+    assert_eq!(status(&store, waiting).await, None);
+    assert_eq!(
+        status(&store, cancelled).await,
+        Some(RequestStatus::Cancelled)
+    );
+
+    // A sync writes them: as they were before any worker took them.
+    let [taken, waiting] = [(); 2].map(|()| CorrelationId::new());
+    for id in [taken, waiting] {
+        store.create_deferred(pending(id)).await.expect("create");
+    }
+    store.transition(taken, take("m1", 1)).await.expect("take");
+    store.sync().await.expect("sync");
+    assert_eq!(store.held.len(), 0);
+    assert_eq!(status(&store, taken).await, Some(RequestStatus::Processing));
+    let (db, store) = crash(dir.path(), db, store).await;
+    assert_eq!(status(&store, taken).await, Some(RequestStatus::Pending));
+    assert_eq!(status(&store, waiting).await, Some(RequestStatus::Pending));
+
+    // So does a clean shutdown; a finished request's outcome is never
+    // overwritten by its held PENDING.
+    let [finished, waiting] = [(); 2].map(|()| CorrelationId::new());
+    for id in [finished, waiting] {
+        store.create_deferred(pending(id)).await.expect("create");
+    }
+    complete(&store, finished).await;
+    let (db, store) = restart(dir.path(), db, store).await;
+    assert_eq!(
+        status(&store, finished).await,
+        Some(RequestStatus::Completed)
+    );
+    assert_eq!(status(&store, waiting).await, Some(RequestStatus::Pending));
+    store.close().await;
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_deferred_record_made_after_a_worker_took_the_request_is_not_held() {
+    // A keyed request is published before its record is made: a worker may
+    // take it first, and PENDING must not come back under it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = open(dir.path(), Duration::from_secs(60));
+    let (taken, finished) = (CorrelationId::new(), CorrelationId::new());
+    store.transition(taken, take("m1", 1)).await.expect("take");
+    store.create_deferred(pending(taken)).await.expect("create");
+    complete(&store, finished).await;
+    store
+        .create_deferred(pending(finished))
+        .await
+        .expect("create");
+    assert_eq!(store.held.len(), 0);
+    assert_eq!(status(&store, taken).await, Some(RequestStatus::Processing));
+    assert_eq!(
+        status(&store, finished).await,
+        Some(RequestStatus::Completed)
+    );
+    store.close().await;
+    db.close().await;
+}

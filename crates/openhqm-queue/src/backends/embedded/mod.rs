@@ -5,10 +5,13 @@
 //!   process-wide sequence number (big-endian, so keys are appended, never
 //!   scattered). The value holds the attempt number, the time before which it
 //!   must not be delivered, its priority, attributes and body (see [`record`]).
-//!   A publish returns only once its group commit is durable; a
-//!   [`Durability::Deferred`](crate::Durability) one once it is handed to the
-//!   OS, and [`sync`](QueueBackend::sync) then syncs the journal, which
-//!   holds every earlier write.
+//!   A publish returns only once its group commit is durable. A
+//!   [`Durability::Deferred`](crate::Durability) one is held in memory
+//!   instead ([`held`]: its caller waits, and most are answered before a
+//!   write would matter), up to a budget past which it is written and
+//!   handed to the OS; [`sync`](QueueBackend::sync) writes what is held and
+//!   syncs the journal, which holds every earlier write, and so does a
+//!   clean shutdown ([`close`](QueueBackend::close)).
 //! - **Dispatch.** Which messages are waiting, delayed or leased is kept in
 //!   memory and rebuilt from the keyspace on open. Waiting messages are handed
 //!   out by priority, FIFO within a priority.
@@ -33,6 +36,7 @@
 //!   reclaims the space.
 
 mod dead;
+mod held;
 mod record;
 mod settle;
 mod state;
@@ -196,6 +200,19 @@ impl Inner {
         let mut interrupted = Vec::with_capacity(taken.len());
         let mut taken = taken.into_iter();
         while let Some((seq, token)) = taken.next() {
+            {
+                let mut state = self.lock();
+                if let Some(mut rec) = state.held.get(seq).cloned() {
+                    // Not written, so no attempt to record either: a crash
+                    // loses the message itself.
+                    rec.attempt = state.note_attempt(seq, token, rec.attempt);
+                    drop(state);
+                    let message = rec.to_message(seq);
+                    let handle = settle::Handle::new(Arc::clone(self), seq, token, rec);
+                    out.push(Delivery::new(message, Box::new(handle)));
+                    continue;
+                }
+            }
             let raw = match self.messages.get(record::encode_key(seq)) {
                 Ok(Some(raw)) => raw,
                 Ok(None) => {
@@ -260,6 +277,30 @@ impl Inner {
         }
     }
 
+    /// Writes every held message and syncs: what a sync promises covers them.
+    /// Marked written inside the job, so a settle that comes after it deletes
+    /// the key in a later group; they stay readable in memory until the commit.
+    async fn write_held(self: &Arc<Self>) -> Result<(), QueueError> {
+        let (inner, after) = (Arc::clone(self), Arc::clone(self));
+        self.db
+            .write_then(
+                Wait::Durable,
+                move |ctx| {
+                    let written = inner.lock().held.mark_for_sync();
+                    written
+                        .into_iter()
+                        .map(|(seq, rec)| {
+                            ctx.insert(&inner.messages, &record::encode_key(seq), rec.encode());
+                            seq
+                        })
+                        .collect::<Vec<u64>>()
+                },
+                move |seqs| after.lock().held.committed(&seqs),
+            )
+            .await
+            .map_err(db_error)
+    }
+
     /// A lease ran out: the next delivery counts as a new attempt, also after a restart.
     fn persist_attempt(&self, seq: u64, attempt: u32) {
         let ks = self.messages.clone();
@@ -299,9 +340,24 @@ impl QueueBackend for EmbeddedQueue {
             });
         }
         let message_durability = message.durability;
-        let rec = StoredRecord::new(message);
+        let mut rec = StoredRecord::new(message);
         let priority = rec.priority;
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        if message_durability == Durability::Deferred {
+            let mut state = self.inner.lock();
+            // After `close`, nothing would write it: written now.
+            if !state.closed {
+                match state.held.hold(seq, rec) {
+                    Ok(()) => {
+                        state.push_ready(seq, priority);
+                        drop(state);
+                        self.inner.notify.notify_waiters();
+                        return Ok(());
+                    }
+                    Err(over_budget) => rec = over_budget,
+                }
+            }
+        }
         let ks = self.inner.messages.clone();
         let value = rec.encode();
         let inner = Arc::clone(&self.inner);
@@ -323,7 +379,7 @@ impl QueueBackend for EmbeddedQueue {
     }
 
     async fn sync(&self) -> Result<(), QueueError> {
-        self.inner.db.sync().await.map_err(db_error)
+        self.inner.write_held().await
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
@@ -388,6 +444,11 @@ impl QueueBackend for EmbeddedQueue {
             state.leased_attempts()
         };
         self.inner.notify.notify_waiters();
+        // Held messages whose callers went away, or that a worker still
+        // runs, wait for the next start like any other.
+        if let Err(e) = self.inner.write_held().await {
+            tracing::warn!(error = %e, "could not write the held messages at shutdown");
+        }
         if abandoned.is_empty() {
             return;
         }

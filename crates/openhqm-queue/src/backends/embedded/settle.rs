@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use openhqm_embedded::Wait;
 
+use super::held::Settled;
 use super::record::{self, DeadRecord, StoredRecord};
 use super::{Inner, db_error, duration_ms, now_ms};
 use crate::{Nack, QueueError, Settle};
@@ -27,19 +28,23 @@ impl Handle {
         }
     }
 
-    /// Ends the lease, or says it was lost.
-    fn release(&self) -> Result<u8, QueueError> {
-        self.inner
-            .lock()
+    /// Ends the lease, or says it was lost; a held message is held no more
+    /// (a nack writes it, an ack has nothing to delete if it was never written).
+    fn release(&self) -> Result<(u8, Settled), QueueError> {
+        let mut state = self.inner.lock();
+        let priority = state
             .release(self.seq, self.token)
-            .ok_or_else(|| QueueError::LeaseLost(self.seq.to_string()))
+            .ok_or_else(|| QueueError::LeaseLost(self.seq.to_string()))?;
+        Ok((priority, state.held.settle(self.seq)))
     }
 }
 
 #[async_trait]
 impl Settle for Handle {
     async fn ack(&self) -> Result<(), QueueError> {
-        self.release()?;
+        if let (_, Settled::Unwritten) = self.release()? {
+            return Ok(());
+        }
         let (ks, key) = (self.inner.messages.clone(), record::encode_key(self.seq));
         // Not waited for: the message already left the in-memory state, so it
         // cannot be handed out again by this process, and the delete is
@@ -52,7 +57,7 @@ impl Settle for Handle {
     }
 
     async fn nack(&self, nack: Nack) -> Result<(), QueueError> {
-        let priority = self.release()?;
+        let (priority, _) = self.release()?;
         let key = record::encode_key(self.seq);
         match nack {
             Nack::Retry { delay } | Nack::Release { delay } => {

@@ -41,6 +41,8 @@ pub(crate) struct State {
     attempt_floor: HashMap<u64, u32>,
     pub dead_count: u64,
     pub closed: bool,
+    /// Deferred messages not written (see [`super::held`]).
+    pub held: super::held::Held,
 }
 
 impl State {
