@@ -364,32 +364,48 @@ impl ResultStore for EmbeddedStore {
                 move |ctx| {
                     let records = held.mark_for_sync();
                     let mut ids = Vec::with_capacity(records.len());
+                    let mut unreadable = None;
                     for record in records {
                         let id = record.correlation_id;
-                        if matches!(ctx.get(&ks, id.as_bytes()), Ok(None)) {
-                            ctx.insert(&ks, id.as_bytes(), encode(&record, ttl_ms));
+                        match ctx.get(&ks, id.as_bytes()) {
+                            // Written since: a newer state than PENDING.
+                            Ok(Some(_)) => ids.push(id),
+                            Ok(None) => {
+                                ctx.insert(&ks, id.as_bytes(), encode(&record, ttl_ms));
+                                ids.push(id);
+                            }
+                            Err(e) => {
+                                // Held still, and the sync is not confirmed.
+                                held.unmark(id);
+                                unreadable = Some(StoreError::Unavailable(e.to_string()));
+                            }
                         }
-                        ids.push(id);
                     }
-                    ids
+                    (ids, unreadable)
                 },
-                move |ids| after.committed(&ids),
+                move |(ids, unreadable)| {
+                    after.committed(&ids);
+                    unreadable.map_or(Ok(()), Err)
+                },
             )
             .await
-            .map_err(db_error)
+            .map_err(db_error)?
     }
 
     async fn get(&self, id: CorrelationId) -> Result<Option<RequestRecord>, StoreError> {
         if let Some(record) = self.overlay.visible(id) {
             return Ok(Some(record));
         }
+        // Looked up before storage: a held record leaves only once the write
+        // that replaces it is committed, so one of the two has it.
+        let held = self.held.get(id);
         let raw = self
             .results
             .get(id.as_bytes())
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         match raw {
             Some(raw) => decode(id, &raw, now_ms()),
-            None => Ok(self.held.get(id)),
+            None => Ok(held),
         }
     }
 

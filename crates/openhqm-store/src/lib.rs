@@ -150,9 +150,10 @@ pub trait ResultStore: Send + Sync + 'static {
 
     /// Records a request whose message is published deferred (its caller
     /// waits for the answer): it need not be stored until the next
-    /// [`sync`](Self::sync), and a crash before then may lose it with its
-    /// message. The embedded store holds it in memory; the default stores it
-    /// as [`create`](Self::create) does.
+    /// [`sync`](Self::sync) or [`close`](Self::close), and a crash before
+    /// then loses it (a worker that takes its message after a restart
+    /// records the request anew). The embedded store holds it in memory;
+    /// the default stores it as [`create`](Self::create) does.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] if it was not recorded.

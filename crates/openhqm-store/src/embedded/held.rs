@@ -61,6 +61,13 @@ impl Held {
             .collect()
     }
 
+    /// A sync could not write `id`: the next one tries again.
+    pub(super) fn unmark(&self, id: CorrelationId) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.written = false;
+        }
+    }
+
     /// The sync that wrote `ids` committed.
     pub(super) fn committed(&self, ids: &[CorrelationId]) {
         let mut entries = self.lock();

@@ -37,6 +37,8 @@ impl Inner {
         let dead_seq = self.next_dead_seq.fetch_add(1, Ordering::Relaxed);
         let inner = Arc::clone(self);
         move |ctx| {
+            // Held no more: written below, in order with any sync.
+            inner.lock().held.settle(seq);
             ctx.remove(&inner.messages, &record::encode_key(seq));
             ctx.insert(&inner.dead, &record::encode_key(dead_seq), dead.encode());
             // Counted as applied: a commit that fails poisons the engine, and

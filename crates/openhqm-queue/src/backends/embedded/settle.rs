@@ -28,21 +28,31 @@ impl Handle {
         }
     }
 
-    /// Ends the lease, or says it was lost; a held message is held no more
-    /// (a nack writes it, an ack has nothing to delete if it was never written).
-    fn release(&self) -> Result<(u8, Settled), QueueError> {
+    fn lease_lost(&self) -> QueueError {
+        QueueError::LeaseLost(self.seq.to_string())
+    }
+
+    /// Ends the lease, or says it was lost.
+    fn release(&self) -> Result<u8, QueueError> {
         let mut state = self.inner.lock();
-        let priority = state
+        state
             .release(self.seq, self.token)
-            .ok_or_else(|| QueueError::LeaseLost(self.seq.to_string()))?;
-        Ok((priority, state.held.settle(self.seq)))
+            .ok_or_else(|| self.lease_lost())
     }
 }
 
 #[async_trait]
 impl Settle for Handle {
     async fn ack(&self) -> Result<(), QueueError> {
-        if let (_, Settled::Unwritten) = self.release()? {
+        let settled = {
+            let mut state = self.inner.lock();
+            state
+                .release(self.seq, self.token)
+                .ok_or_else(|| self.lease_lost())?;
+            state.held.settle(self.seq)
+        };
+        // A held message that was never written has nothing to delete.
+        if settled == Settled::Unwritten {
             return Ok(());
         }
         let (ks, key) = (self.inner.messages.clone(), record::encode_key(self.seq));
@@ -57,7 +67,10 @@ impl Settle for Handle {
     }
 
     async fn nack(&self, nack: Nack) -> Result<(), QueueError> {
-        let (priority, _) = self.release()?;
+        // A held message stays held until the write below is applied, on
+        // the writer thread: a sync (a 202) between the two must still
+        // find it somewhere, held or written.
+        let priority = self.release()?;
         let key = record::encode_key(self.seq);
         match nack {
             Nack::Retry { delay } | Nack::Release { delay } => {
@@ -67,16 +80,18 @@ impl Settle for Handle {
                     rec.attempt += 1;
                 }
                 rec.not_before_ms = due;
-                let ks = self.inner.messages.clone();
+                let (inner, seq) = (Arc::clone(&self.inner), self.seq);
                 let written = self
                     .inner
                     .db
                     .write(Wait::Applied, move |ctx| {
-                        ctx.insert(&ks, &key, rec.encode())
+                        inner.lock().held.settle(seq);
+                        ctx.insert(&inner.messages, &key, rec.encode());
                     })
                     .await;
                 // Failed or not, the message waits out its delay: storage
-                // still holds it, with or without the new attempt.
+                // still holds it, with or without the new attempt (a held
+                // one's failed write poisons the engine and stops the process).
                 self.inner.lock().push_delayed(self.seq, priority, due);
                 self.inner.notify.notify_waiters();
                 written.map_err(db_error)?;
