@@ -1,11 +1,13 @@
 //! The sidecar (passthrough) ingress through the real binary, configured by
 //! the ConfigMap of `examples/kubernetes/sidecar.yaml`, in front of a real
 //! HTTP backend on 127.0.0.1: exact replay and exact answers, RFC 7240
-//! `Prefer`, idempotency keys, cancel, drain on SIGTERM, and a burst of
-//! 20,000 requests against a backend capped at 50 concurrent.
+//! `Prefer`, idempotency keys, cancel, drain on SIGTERM, `kill -9` (every
+//! `202` kept), and a burst of 20,000 requests against a backend capped at
+//! 50 concurrent.
 
 mod common;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +40,8 @@ struct Backend {
     seen: Mutex<Vec<Seen>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// The `x-call` of every request the backend answered.
+    answered: Mutex<HashSet<String>>,
 }
 
 /// The exact body the backend answers with: JSON, formatted its own way.
@@ -46,9 +50,9 @@ const ANSWER: &[u8] = b"{ \"ok\" :  true }\n";
 /// A header value in ISO-8859-1, as legacy apps send file names: not UTF-8.
 const LATIN1: &[u8] = b"attachment; filename=\"r\xe9sum\xe9.pdf\"";
 
-/// Records every request; waits `x-delay-ms` if sent; answers 201 with two
-/// cookies, a Latin-1 header, its own content type and [`ANSWER`], or 503 on
-/// `/unavailable`.
+/// Records every request (and, once answered, its `x-call`); waits
+/// `x-delay-ms` if sent; answers 201 with two cookies, a Latin-1 header, its
+/// own content type and [`ANSWER`], or 503 on `/unavailable`.
 async fn backend_handler(
     State(b): State<Arc<Backend>>,
     method: Method,
@@ -62,6 +66,9 @@ async fn backend_handler(
         .get("x-delay-ms")
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .unwrap_or(0);
+    let call = headers
+        .get("x-call")
+        .and_then(|v| Some(v.to_str().ok()?.to_owned()));
     b.seen.lock().expect("lock").push(Seen {
         method,
         uri: uri.clone(),
@@ -70,6 +77,9 @@ async fn backend_handler(
     });
     tokio::time::sleep(Duration::from_millis(delay)).await;
     b.in_flight.fetch_sub(1, Ordering::SeqCst);
+    if let Some(call) = call {
+        b.answered.lock().expect("lock").insert(call);
+    }
     if uri.path() == "/unavailable" {
         return (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance").into_response();
     }
@@ -649,6 +659,117 @@ async fn sigterm_answers_every_waiting_caller() {
     let mut server = server;
     let status = server.child.wait().expect("exit");
     assert!(status.success(), "{status}");
+}
+
+/// How a caller of the sidecar was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `202` at once, as `Prefer: respond-async` asked.
+    Accepted,
+    /// `202` once the caller's wait ran out.
+    LateAccepted,
+    /// The app's own answer.
+    Answered,
+}
+
+/// A waiting call is held in memory, not written, until something syncs:
+/// a crash may lose it, and its caller, cut off, knows it got no answer. A
+/// `202` is different: it is a promise. `kill -9` the process while callers
+/// get `202`s both ways (`Prefer: respond-async`, and a wait that runs out
+/// on a slow app) and answers, restart it on the same data, and every `202`
+/// call reaches the app and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_dash_nine_loses_no_call_that_got_a_202() {
+    let (url, backend) = start_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, side) = start(dir.path(), &url, &[]).await;
+    let http = http_client();
+    // (call, how it was answered, the id of a 202)
+    let outcomes = Arc::new(Mutex::new(Vec::<(String, Kind, Option<String>)>::new()));
+    let callers: Vec<_> = (0..12)
+        .map(|c| {
+            let (http, side, outcomes) = (http.clone(), side.clone(), Arc::clone(&outcomes));
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let call = format!("{c}-{i}");
+                    // 202 at once (the app then takes 300 ms); answered; or
+                    // a 202 once the 1 s wait runs out on a 1.5 s app.
+                    let (prefer, delay, kind) = match i % 3 {
+                        0 => ("respond-async", "300", Kind::Accepted),
+                        1 => ("wait=5", "0", Kind::Answered),
+                        _ => ("wait=1", "1500", Kind::LateAccepted),
+                    };
+                    let Ok(r) = http
+                        .post(format!("{side}/orders/{call}"))
+                        .header("prefer", prefer)
+                        .header("x-delay-ms", delay)
+                        .header("x-call", &call)
+                        .body(format!("{{\"order\": \"{call}\"}}"))
+                        .send()
+                        .await
+                    else {
+                        return; // the process is gone
+                    };
+                    let expected = if kind == Kind::Answered {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::ACCEPTED
+                    };
+                    assert_eq!(r.status(), expected, "call {call}");
+                    let id = header(&r, "location")
+                        .and_then(|l| l.rsplit('/').next())
+                        .map(str::to_owned);
+                    assert_eq!(id.is_some(), kind != Kind::Answered, "call {call}");
+                    outcomes.lock().expect("lock").push((call, kind, id));
+                }
+            })
+        })
+        .collect();
+    until("202s both ways and answers", async || {
+        let outcomes = outcomes.lock().ok()?;
+        let count = |kind: Kind| outcomes.iter().filter(|(_, k, _)| *k == kind).count();
+        (count(Kind::LateAccepted) >= 12 && count(Kind::Answered) >= 50).then_some(())
+    })
+    .await;
+    server.child.kill().expect("kill -9");
+    server.child.wait().expect("reap");
+    let answered_before: HashSet<String> = backend.answered.lock().expect("lock").clone();
+    for caller in callers {
+        caller.await.expect("caller");
+    }
+    let promised: Vec<(String, String)> = outcomes
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|(call, _, id)| Some((call.clone(), id.clone()?)))
+        .collect();
+    let unfinished = promised
+        .iter()
+        .filter(|(call, _)| !answered_before.contains(call))
+        .count();
+    assert!(
+        unfinished > 0,
+        "every 202 call was answered by the app before the kill; the test proved nothing"
+    );
+
+    let (server, _side) = start(dir.path(), &url, &[]).await;
+    for (call, id) in &promised {
+        let done = get_json(
+            &http,
+            format!("{}/api/v1/response/{id}?wait=20", server.base),
+        )
+        .await;
+        assert_eq!(done["status"], "COMPLETED", "call {call} ({id}): {done}");
+        assert_eq!(done["status_code"], 201, "{done}");
+    }
+    let answered = backend.answered.lock().expect("lock").clone();
+    let lost: Vec<&String> = promised
+        .iter()
+        .map(|(call, _)| call)
+        .filter(|call| !answered.contains(*call))
+        .collect();
+    assert!(lost.is_empty(), "202 calls the app never saw: {lost:?}");
+    assert!(server.stop().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
