@@ -369,7 +369,7 @@ pub(crate) async fn response(
         accepted_response(&record, state.config.retry_after_secs)
     };
     let h = response.headers_mut();
-    if let Some(v) = prefer::applied(false, waited.then_some(wait)) {
+    if let Some(v) = prefer::applied(false, (asked.is_some() && waited).then_some(wait)) {
         h.insert(prefer::PREFERENCE_APPLIED.clone(), v);
     }
     h.insert(header::VARY, HeaderValue::from_static("prefer"));

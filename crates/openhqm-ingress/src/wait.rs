@@ -13,8 +13,10 @@ const LAST_LOOK: Duration = Duration::from_secs(1);
 /// Waits until the record is terminal, the wait runs out, or the process
 /// starts shutting down; returns the freshest record (read again when the
 /// wait ran out: it may have moved on from PENDING meanwhile), and whether
-/// the wait held (not if already finished, no wait asked, `server.max_waiting`
-/// callers already waiting, the store failing, or a shutdown cutting it short).
+/// the wait asked for held (RFC 7240's `Preference-Applied`): it did for a
+/// request already finished and for a wait of 0, answered at once; not with
+/// `server.max_waiting` callers already waiting, the store failing, or a
+/// shutdown cutting it short.
 ///
 /// The request is stored whatever happens here, so a store that fails while
 /// we wait is not an error for the caller: it gets the status it has, with
@@ -25,7 +27,7 @@ pub(crate) async fn wait_for_answer(
     wait: Duration,
 ) -> (RequestRecord, bool) {
     if record.status.is_terminal() || wait.is_zero() {
-        return (record, false);
+        return (record, true);
     }
     let Ok(_permit) = state.waiting.try_acquire() else {
         return (record, false);

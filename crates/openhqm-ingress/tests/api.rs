@@ -809,6 +809,22 @@ async fn long_poll_answers_the_moment_the_result_is_stored() {
     let r = api.get(&format!("/api/v1/response/{other_id}")).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert!(r.headers().get("preference-applied").is_none());
+    // A wait of 0 is honoured by answering at once, and a finished request
+    // is answered within any wait: both say so.
+    let applied = |r: &reqwest::Response| {
+        r.headers()
+            .get("preference-applied")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let r = api
+        .get(&format!("/api/v1/response/{other_id}?wait=0"))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(applied(&r).as_deref(), Some("wait=0"));
+    let r = api.get(&format!("/api/v1/response/{id}?wait=3")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(applied(&r).as_deref(), Some("wait=3"));
     // A `wait` the client cannot have meant is refused, not read as no wait.
     let r = api
         .get(&format!("/api/v1/response/{other_id}?wait=5s"))

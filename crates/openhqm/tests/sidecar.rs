@@ -462,6 +462,16 @@ async fn prefer_respond_async_and_a_wait_that_runs_out_give_202_with_location() 
         header(&r, "preference-applied"),
         Some("respond-async, wait=1")
     );
+    // `wait=0`: a 202 at once, and the wait said to be applied.
+    let r = http
+        .post(format!("{side}/jobs"))
+        .header("prefer", "wait=0")
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(header(&r, "location").is_some());
+    assert_eq!(header(&r, "preference-applied"), Some("wait=0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
