@@ -9,25 +9,15 @@ use std::net::Ipv6Addr;
 use axum::extract::Request;
 use axum::http::uri::Authority;
 use axum::http::{HeaderValue, Version, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use openhqm_core::hop_by_hop::{TransferCoding, check_transfer_codings};
 
 use crate::Problem;
 
-/// The layer under every router (inside the metrics layer, which counts
-/// what it refuses): answers a request framed as RFC 9112 refuses with its
-/// problem, before any handler reads it.
-pub(crate) async fn refuse_misframed(request: Request, next: Next) -> Response {
-    match check(&request) {
-        Ok(()) => next.run(request).await,
-        Err(problem) => problem.into_response(),
-    }
-}
-
-/// Checks `request`'s `Host` and `Transfer-Encoding`.
-fn check(request: &Request) -> Result<(), Problem> {
+/// Checks `request`'s `Host` and `Transfer-Encoding`: the metrics layer
+/// under every router ([`crate::telemetry`]) answers a request that fails
+/// with its problem, counted, before any handler reads it.
+pub(crate) fn check(request: &Request) -> Result<(), Problem> {
     check_host(request)?;
     check_transfer_coding(request)
 }

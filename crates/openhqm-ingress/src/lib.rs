@@ -120,7 +120,6 @@ pub fn admin_router(state: Arc<ApiState>) -> Router {
         .route(ROUTES[5], get(health::ready))
         .route(ROUTES[6], get(telemetry::metrics))
         .fallback(problem::not_found)
-        .layer(axum::middleware::from_fn(framing::refuse_misframed))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             telemetry::track,
@@ -158,7 +157,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(ROUTES[10], post(dead_letters::redrive))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
-        .layer(axum::middleware::from_fn(framing::refuse_misframed))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             telemetry::track,
@@ -175,7 +173,6 @@ pub fn sidecar_router(state: Arc<ApiState>) -> Router {
         .route(ROUTES[2], get(handlers::response))
         .fallback(sidecar::passthrough)
         .method_not_allowed_fallback(problem::method_not_allowed)
-        .layer(axum::middleware::from_fn(framing::refuse_misframed))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             telemetry::track_sidecar,

@@ -1,4 +1,6 @@
-//! Request metrics (labelled by route template, never by raw path) and `/metrics`.
+//! Request metrics (labelled by route template, never by raw path) and
+//! `/metrics`; the layer that carries them also refuses misframed requests
+//! ([`crate::framing`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,7 +65,13 @@ async fn observe(
     let route = route_label(request.extensions().get::<MatchedPath>(), unmatched);
     let method = method_label(request.method());
     let started = Instant::now();
-    let response = next.run(request).await;
+    // Framing is checked here rather than in a layer of its own: one layer
+    // fewer for every request to pass through (a boxed future and a cloned
+    // service each), and what it refuses is counted all the same.
+    let response = match crate::framing::check(&request) {
+        Ok(()) => next.run(request).await,
+        Err(problem) => problem.into_response(),
+    };
     state.metrics.api_request(
         method,
         route,
