@@ -19,12 +19,41 @@
 //! Memory is bounded: two generations, the older dropped whole (raising the
 //! ceilings by its keys) once the younger holds half the budget.
 
-use std::collections::HashMap;
-
 use fjall::{Keyspace, Slice};
+use rustc_hash::FxHashMap;
 
-/// A key in some keyspace: `(keyspace id, key bytes)`.
-pub(crate) type Key = (u64, Vec<u8>);
+/// Writes by keyspace id and key; `None` is a deletion. Looked up by a
+/// borrowed key, without allocating, and hashed with FxHash: the keys are
+/// ours (ids and fixed-layout keys) and the maps live on the writer thread
+/// for every job, where SipHash and a `to_vec` per lookup showed up in
+/// profiles.
+#[derive(Default)]
+pub(crate) struct Writes(FxHashMap<u64, FxHashMap<Vec<u8>, Option<Slice>>>);
+
+impl Writes {
+    pub(crate) fn get(&self, ks: u64, key: &[u8]) -> Option<&Option<Slice>> {
+        self.0.get(&ks)?.get(key)
+    }
+
+    pub(crate) fn insert(&mut self, ks: u64, key: &[u8], value: Option<Slice>) {
+        let keys = self.0.entry(ks).or_default();
+        match keys.get_mut(key) {
+            Some(slot) => *slot = value,
+            None => {
+                keys.insert(key.to_vec(), value);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.values().map(FxHashMap::len).sum()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
 
 /// Bytes of keys and values remembered, both generations together.
 const BUDGET_BYTES: usize = 8 * 1024 * 1024;
@@ -35,10 +64,10 @@ const ENTRY_OVERHEAD: usize = 96;
 #[derive(Default)]
 pub(crate) struct Recent {
     /// Ceiling per hot keyspace; `None` as a value means "nothing stored".
-    ceilings: HashMap<u64, Option<Vec<u8>>>,
-    young: HashMap<Key, Option<Slice>>,
+    ceilings: FxHashMap<u64, Option<Vec<u8>>>,
+    young: Writes,
     young_bytes: usize,
-    old: HashMap<Key, Option<Slice>>,
+    old: Writes,
 }
 
 impl Recent {
@@ -58,8 +87,7 @@ impl Recent {
     pub(crate) fn lookup(&self, ks: &Keyspace, key: &[u8]) -> Option<Option<Slice>> {
         let id = ks.id();
         let ceiling = self.ceilings.get(&id)?;
-        let k = (id, key.to_vec());
-        if let Some(v) = self.young.get(&k).or_else(|| self.old.get(&k)) {
+        if let Some(v) = self.young.get(id, key).or_else(|| self.old.get(id, key)) {
             return Some(v.clone());
         }
         match ceiling {
@@ -69,14 +97,17 @@ impl Recent {
     }
 
     /// Remembers a committed group's writes (those to hot keyspaces).
-    pub(crate) fn remember(&mut self, writes: HashMap<Key, Option<Slice>>) {
-        for (key, value) in writes {
-            if !self.is_hot(key.0) {
+    pub(crate) fn remember(&mut self, writes: Writes) {
+        for (ks, keys) in writes.0 {
+            if !self.is_hot(ks) {
                 continue;
             }
-            self.young_bytes +=
-                key.1.len() + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
-            self.young.insert(key, value);
+            let young = self.young.0.entry(ks).or_default();
+            for (key, value) in keys {
+                self.young_bytes +=
+                    key.len() + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
+                young.insert(key, value);
+            }
         }
         if self.young_bytes > BUDGET_BYTES / 2 {
             self.age();
@@ -88,11 +119,14 @@ impl Recent {
     fn age(&mut self) {
         let forgotten = std::mem::replace(&mut self.old, std::mem::take(&mut self.young));
         self.young_bytes = 0;
-        for ((ks, key), _) in forgotten {
-            if let Some(ceiling) = self.ceilings.get_mut(&ks)
-                && ceiling.as_ref().is_none_or(|c| key > *c)
+        for (ks, keys) in forgotten.0 {
+            let Some(ceiling) = self.ceilings.get_mut(&ks) else {
+                continue;
+            };
+            if let Some(highest) = keys.into_keys().max()
+                && ceiling.as_ref().is_none_or(|c| highest > *c)
             {
-                *ceiling = Some(key);
+                *ceiling = Some(highest);
             }
         }
     }

@@ -1,6 +1,5 @@
 //! The writer thread: drains jobs, commits them as one batch, syncs once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -9,7 +8,7 @@ use fjall::{Keyspace, PersistMode, Slice};
 use tokio::sync::mpsc;
 
 use crate::failure::{Failure, ReportPanic, cause_of};
-use crate::recent::{Key, Recent};
+use crate::recent::{Recent, Writes};
 use crate::{Completion, Durability, Job, Request, Wait};
 
 /// Most jobs folded into one group; bounds the latency of the first job.
@@ -19,7 +18,7 @@ const MAX_GROUP: usize = 4096;
 /// group, writes join the group's atomic batch.
 pub struct WriteCtx<'a> {
     batch: fjall::OwnedWriteBatch,
-    overlay: HashMap<Key, Option<Slice>>,
+    overlay: Writes,
     recent: &'a mut Recent,
     stop: bool,
 }
@@ -31,7 +30,7 @@ impl WriteCtx<'_> {
     /// # Errors
     /// On I/O failure.
     pub fn get(&self, ks: &Keyspace, key: &[u8]) -> fjall::Result<Option<Slice>> {
-        if let Some(v) = self.overlay.get(&(ks.id(), key.to_vec())) {
+        if let Some(v) = self.overlay.get(ks.id(), key) {
             return Ok(v.clone());
         }
         match self.recent.lookup(ks, key) {
@@ -43,14 +42,13 @@ impl WriteCtx<'_> {
     /// Writes `key` = `value` in this group.
     pub fn insert(&mut self, ks: &Keyspace, key: &[u8], value: impl Into<Slice>) {
         let value: Slice = value.into();
-        self.overlay
-            .insert((ks.id(), key.to_vec()), Some(value.clone()));
+        self.overlay.insert(ks.id(), key, Some(value.clone()));
         self.batch.insert(ks, key, value);
     }
 
     /// Deletes `key` in this group.
     pub fn remove(&mut self, ks: &Keyspace, key: &[u8]) {
-        self.overlay.insert((ks.id(), key.to_vec()), None);
+        self.overlay.insert(ks.id(), key, None);
         self.batch.remove(ks, key);
     }
 
@@ -182,7 +180,7 @@ fn commit_group(
 ) -> bool {
     let mut ctx = WriteCtx {
         batch: db.batch(),
-        overlay: HashMap::new(),
+        overlay: Writes::default(),
         recent,
         stop: false,
     };
