@@ -346,3 +346,49 @@ async fn a_panic_on_the_writer_thread_is_reported_as_a_failure() {
         "later writes fail"
     );
 }
+
+/// The scheduling policy (field 41 of its stat) of the thread calling this.
+#[cfg(target_os = "linux")]
+fn this_threads_policy() -> u32 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+    let (_, fields) = stat.rsplit_once(')').expect("command name");
+    fields
+        .split_whitespace()
+        .nth(38)
+        .and_then(|p| p.parse().ok())
+        .expect("policy")
+}
+
+/// The writer runs as `SCHED_BATCH` (3) while it applies writes, and as a
+/// normal thread (`SCHED_OTHER`, 0) from a durable group's fdatasync until
+/// its callers are told; then `SCHED_BATCH` again.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_writer_yields_the_cpu_except_while_callers_wait_on_its_sync() {
+    const OTHER: u32 = 0;
+    const BATCH: u32 = 3;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+    if crate::sched::nice_of(&stat) != Some(0) {
+        // The writer inherits a nice value set from outside and keeps its
+        // policy: the hint stands aside.
+        let policy = db.write(Wait::Applied, |_| this_threads_policy()).await;
+        assert_eq!(policy.expect("write"), OTHER);
+        return;
+    }
+    let applying = db.write(Wait::Applied, |_| this_threads_policy()).await;
+    assert_eq!(applying.expect("write"), BATCH);
+    let (applying, telling) = db
+        .write_then(
+            Wait::Durable,
+            |_| this_threads_policy(),
+            |applying| (applying, this_threads_policy()),
+        )
+        .await
+        .expect("durable write");
+    assert_eq!(applying, BATCH, "before the sync");
+    assert_eq!(telling, OTHER, "after the sync, telling its callers");
+    let after = db.write(Wait::Applied, |_| this_threads_policy()).await;
+    assert_eq!(after.expect("write"), BATCH);
+}

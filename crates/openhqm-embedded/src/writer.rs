@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::failure::{Failure, ReportPanic, cause_of};
 use crate::recent::{Recent, Writes};
+use crate::sched::Hint;
 use crate::{Completion, Durability, Job, Request, Wait};
 
 /// Most jobs folded into one group; bounds the latency of the first job.
@@ -150,6 +151,7 @@ fn run(
     };
     let mut group = Vec::with_capacity(256);
     let mut recent = Recent::default();
+    let hint = Hint::for_this_thread();
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -158,7 +160,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let stop = commit_group(db, &mut group, &mut recent, mode, failure, syncs);
+        let stop = commit_group(db, &mut group, &mut recent, mode, &hint, failure, syncs);
         if stop {
             break;
         }
@@ -175,6 +177,7 @@ fn commit_group(
     group: &mut Vec<Request>,
     recent: &mut Recent,
     mode: PersistMode,
+    hint: &Hint,
     failure: &Failure,
     syncs: &Syncs,
 ) -> bool {
@@ -223,6 +226,11 @@ fn commit_group(
         done(result.clone());
     }
     let wrote = !batch_was_empty;
+    // Callers wait on this fdatasync: run the moment the disk answers.
+    let urgent = persist == Some(PersistMode::SyncData);
+    if urgent {
+        hint.urgent();
+    }
     let result = match (result, persist) {
         (Ok(()), Some(persist)) => db.persist(persist).map_err(Arc::new),
         (other, _) => other,
@@ -236,6 +244,9 @@ fn commit_group(
     }
     for done in persisted {
         done(result.clone());
+    }
+    if urgent {
+        hint.relaxed();
     }
     stop
 }
