@@ -21,7 +21,8 @@
 //!
 //! Reads go straight to fjall from any thread and see every applied batch.
 //! Jobs on the writer read hot keyspaces mostly from memory ([`recent`]).
-//! The writer runs as `SCHED_BATCH` between durable syncs ([`sched`]).
+//! On Linux, where allowed, the writer runs as `SCHED_BATCH` between durable
+//! syncs ([`sched`]).
 
 mod failure;
 mod recent;

@@ -19,9 +19,12 @@
 //! normal thread from before that sync until its callers are told (always
 //! `SCHED_BATCH`, durable submits had a p99 of 10–15 ms instead of 7).
 //!
-//! A thread whose nice value is not 0 is left alone (whoever set it chose its
-//! priority), and so is one whose policy cannot be set (seccomp, or not
-//! Linux): the hint only ever makes the writer yield more, never less.
+//! The hint stands aside unless the writer starts as a plain thread
+//! (`SCHED_OTHER`, nice 0): a process run under `chrt`, `nice` or a
+//! real-time policy keeps what its operator chose, and so does one where the
+//! policy cannot be set (seccomp, or not Linux). Each switch sets nice 0 with
+//! the policy (the one call the `thread-priority` crate offers), so a later
+//! `renice` of the writer thread alone does not last.
 
 /// The writer's scheduling, as the current thread (the writer) sets it.
 pub(crate) struct Hint {
@@ -32,12 +35,24 @@ impl Hint {
     /// Makes the current thread `SCHED_BATCH` if it may; the hint is
     /// inactive (every method a no-op) if not.
     pub(crate) fn for_this_thread() -> Self {
-        let active = imp::nice_is_zero() && imp::set_batch(true);
+        let active = imp::is_plain() && {
+            let set = imp::set_batch(true);
+            if !set {
+                // A refusal may come after the policy was applied.
+                imp::set_batch(false);
+            }
+            set
+        };
         tracing::debug!(
             active,
             "writer thread scheduling: SCHED_BATCH between durable syncs"
         );
         Self { active }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_active(&self) -> bool {
+        self.active
     }
 
     /// Before a sync callers wait on: runs as soon as it is woken.
@@ -59,11 +74,11 @@ impl Hint {
 mod imp {
     use thread_priority::{
         NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy,
-        set_thread_priority_and_policy, thread_native_id,
+        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
     };
 
     /// Sets the current thread's policy; `false` if refused. The nice value
-    /// set with it is 0, which [`nice_is_zero`] made sure it already was.
+    /// set with it is 0, which [`is_plain`] made sure it already was.
     pub(super) fn set_batch(batch: bool) -> bool {
         let policy = if batch {
             NormalThreadSchedulePolicy::Batch
@@ -78,11 +93,18 @@ mod imp {
         .is_ok()
     }
 
-    pub(super) fn nice_is_zero() -> bool {
-        std::fs::read_to_string("/proc/thread-self/stat")
+    /// `SCHED_OTHER` at nice 0: nobody chose this thread's priority.
+    pub(super) fn is_plain() -> bool {
+        let other = matches!(
+            thread_schedule_policy(),
+            Ok(ThreadSchedulePolicy::Normal(
+                NormalThreadSchedulePolicy::Other
+            ))
+        );
+        let nice = std::fs::read_to_string("/proc/thread-self/stat")
             .ok()
-            .and_then(|stat| super::nice_of(&stat))
-            == Some(0)
+            .and_then(|stat| super::nice_of(&stat));
+        other && nice == Some(0)
     }
 }
 
@@ -92,7 +114,7 @@ mod imp {
         false
     }
 
-    pub(super) fn nice_is_zero() -> bool {
+    pub(super) fn is_plain() -> bool {
         false
     }
 }
@@ -100,7 +122,7 @@ mod imp {
 /// The nice value in a `/proc/<pid>/task/<tid>/stat` line (field 19; the
 /// command name, field 2, is in parentheses and may hold spaces and `)`).
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-pub(crate) fn nice_of(stat: &str) -> Option<i32> {
+fn nice_of(stat: &str) -> Option<i32> {
     let (_, after_name) = stat.rsplit_once(')')?;
     // Fields from 3 (state) on; the nice value is the 17th of them.
     after_name.split_whitespace().nth(16)?.parse().ok()

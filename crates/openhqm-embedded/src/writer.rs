@@ -226,7 +226,8 @@ fn commit_group(
         done(result.clone());
     }
     let wrote = !batch_was_empty;
-    // Callers wait on this fdatasync: run the moment the disk answers.
+    // A durable group: its callers (202s) wait on this fdatasync, so the
+    // writer must run the moment the disk answers.
     let urgent = persist == Some(PersistMode::SyncData);
     if urgent {
         hint.urgent();

@@ -362,14 +362,14 @@ pub(crate) async fn response(
         .wait;
     let record = lookup(&state, &id).await?;
     let wait = asked.map_or(Duration::ZERO, |w| w.min(state.config.max_wait));
-    let (record, waited) = crate::wait::wait_for_answer(&state, record, wait).await;
+    let (record, honoured) = crate::wait::wait_for_answer(&state, record, wait).await;
     let mut response = if record.status.is_terminal() {
         json_response(StatusCode::OK, &record.response_body())
     } else {
         accepted_response(&record, state.config.retry_after_secs)
     };
     let h = response.headers_mut();
-    if let Some(v) = prefer::applied(false, (asked.is_some() && waited).then_some(wait)) {
+    if let Some(v) = prefer::applied(false, (asked.is_some() && honoured).then_some(wait)) {
         h.insert(prefer::PREFERENCE_APPLIED.clone(), v);
     }
     h.insert(header::VARY, HeaderValue::from_static("prefer"));

@@ -120,6 +120,8 @@ pub fn admin_router(state: Arc<ApiState>) -> Router {
         .route(ROUTES[5], get(health::ready))
         .route(ROUTES[6], get(telemetry::metrics))
         .fallback(problem::not_found)
+        // Counts requests and refuses misframed ones (`framing`): every
+        // router needs it.
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             telemetry::track,
@@ -157,6 +159,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(ROUTES[10], post(dead_letters::redrive))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
+        // Counts requests and refuses misframed ones (`framing`): every
+        // router needs it.
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             telemetry::track,
@@ -173,6 +177,8 @@ pub fn sidecar_router(state: Arc<ApiState>) -> Router {
         .route(ROUTES[2], get(handlers::response))
         .fallback(sidecar::passthrough)
         .method_not_allowed_fallback(problem::method_not_allowed)
+        // Counts requests and refuses misframed ones (`framing`): every
+        // router needs it.
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             telemetry::track_sidecar,

@@ -150,7 +150,7 @@ pub(crate) async fn passthrough(
     let record = match accepted {
         Accepted::New(r) | Accepted::Replayed(r) => r,
     };
-    let (record, waited) = wait_for_answer(&state, record, wait).await;
+    let (record, honoured) = wait_for_answer(&state, record, wait).await;
     let (id, finished) = (record.correlation_id, record.status.is_terminal());
     // A 202 says "stored": ours may not be synced yet, nor a replayed
     // key's, whose first caller may still be waiting; nor its status record,
@@ -185,7 +185,7 @@ pub(crate) async fn passthrough(
     // the application may have applied its own.
     let applied = prefer::applied(
         prefs.respond_async && !finished,
-        (prefs.wait.is_some() && waited).then_some(wait),
+        (prefs.wait.is_some() && honoured).then_some(wait),
     );
     if let Some(v) = applied {
         h.append(PREFERENCE_APPLIED.clone(), v);

@@ -671,14 +671,15 @@ async fn sigterm_answers_every_waiting_caller() {
     assert!(status.success(), "{status}");
 }
 
-/// How a caller of the sidecar was answered.
+/// What a caller of the sidecar asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// `202` at once, as `Prefer: respond-async` asked.
+    /// A `202` at once (`Prefer: respond-async`).
     Accepted,
-    /// `202` once the caller's wait ran out.
+    /// A wait of 1 s on a call the app takes 1.5 s over: a `202` once the
+    /// wait runs out.
     LateAccepted,
-    /// The app's own answer.
+    /// A wait of 5 s on a call the app answers at once: the app's answer.
     Answered,
 }
 
@@ -694,7 +695,7 @@ async fn kill_dash_nine_loses_no_call_that_got_a_202() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut server, side) = start(dir.path(), &url, &[]).await;
     let http = http_client();
-    // (call, how it was answered, the id of a 202)
+    // (call, what it asked for, the id of the 202 it got)
     let outcomes = Arc::new(Mutex::new(Vec::<(String, Kind, Option<String>)>::new()));
     let callers: Vec<_> = (0..12)
         .map(|c| {
@@ -720,16 +721,16 @@ async fn kill_dash_nine_loses_no_call_that_got_a_202() {
                     else {
                         return; // the process is gone
                     };
-                    let expected = if kind == Kind::Answered {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::ACCEPTED
+                    // Sorted by the answer it got, not by what it asked
+                    // for: on a loaded machine a wait can run out.
+                    let id = match r.status() {
+                        StatusCode::CREATED => None,
+                        StatusCode::ACCEPTED => {
+                            let location = header(&r, "location").expect("a 202's Location");
+                            Some(location.rsplit('/').next().expect("id").to_owned())
+                        }
+                        other => panic!("call {call}: {other}"),
                     };
-                    assert_eq!(r.status(), expected, "call {call}");
-                    let id = header(&r, "location")
-                        .and_then(|l| l.rsplit('/').next())
-                        .map(str::to_owned);
-                    assert_eq!(id.is_some(), kind != Kind::Answered, "call {call}");
                     outcomes.lock().expect("lock").push((call, kind, id));
                 }
             })
@@ -737,8 +738,12 @@ async fn kill_dash_nine_loses_no_call_that_got_a_202() {
         .collect();
     until("202s both ways and answers", async || {
         let outcomes = outcomes.lock().ok()?;
-        let count = |kind: Kind| outcomes.iter().filter(|(_, k, _)| *k == kind).count();
-        (count(Kind::LateAccepted) >= 12 && count(Kind::Answered) >= 50).then_some(())
+        let late_202s = outcomes
+            .iter()
+            .filter(|(_, kind, id)| *kind == Kind::LateAccepted && id.is_some())
+            .count();
+        let answered = outcomes.iter().filter(|(_, _, id)| id.is_none()).count();
+        (late_202s >= 12 && answered >= 50).then_some(())
     })
     .await;
     server.child.kill().expect("kill -9");
