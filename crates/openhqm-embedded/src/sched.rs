@@ -119,13 +119,23 @@ mod imp {
     }
 }
 
-/// The nice value in a `/proc/<pid>/task/<tid>/stat` line (field 19; the
-/// command name, field 2, is in parentheses and may hold spaces and `)`).
+/// Field `n` (counted from 1) of a `/proc/<pid>/task/<tid>/stat` line, from
+/// field 3 on: the command name, field 2, is in parentheses and may hold
+/// spaces and `)`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) fn stat_field<T: std::str::FromStr>(stat: &str, n: usize) -> Option<T> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name
+        .split_whitespace()
+        .nth(n.checked_sub(3)?)?
+        .parse()
+        .ok()
+}
+
+/// The nice value (field 19) in a stat line.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn nice_of(stat: &str) -> Option<i32> {
-    let (_, after_name) = stat.rsplit_once(')')?;
-    // Fields from 3 (state) on; the nice value is the 17th of them.
-    after_name.split_whitespace().nth(16)?.parse().ok()
+    stat_field(stat, 19)
 }
 
 #[cfg(test)]

@@ -351,13 +351,7 @@ async fn a_panic_on_the_writer_thread_is_reported_as_a_failure() {
 #[cfg(target_os = "linux")]
 fn this_threads_stat<T: std::str::FromStr>(n: usize) -> T {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
-    // The command name, field 2, is in parentheses and may hold spaces.
-    let (_, fields) = stat.rsplit_once(')').expect("command name");
-    fields
-        .split_whitespace()
-        .nth(n - 3)
-        .and_then(|v| v.parse().ok())
-        .expect("a stat field")
+    crate::sched::stat_field(&stat, n).expect("a stat field")
 }
 
 /// The scheduling policy of the calling thread.
