@@ -68,6 +68,9 @@ pub(crate) struct Recent {
     young: Writes,
     young_bytes: usize,
     old: Writes,
+    /// The last group's emptied overlay, kept for its allocated capacity:
+    /// a new map per group grew (rehashing) with every group.
+    spare: Writes,
 }
 
 impl Recent {
@@ -96,19 +99,27 @@ impl Recent {
         }
     }
 
-    /// Remembers a committed group's writes (those to hot keyspaces).
-    pub(crate) fn remember(&mut self, writes: Writes) {
-        for (ks, keys) in writes.0 {
-            if !self.is_hot(ks) {
+    /// An empty overlay for the next group.
+    pub(crate) fn overlay(&mut self) -> Writes {
+        std::mem::take(&mut self.spare)
+    }
+
+    /// Remembers a committed group's writes (those to hot keyspaces), and
+    /// keeps the emptied overlay for the next group.
+    pub(crate) fn remember(&mut self, mut writes: Writes) {
+        for (ks, keys) in &mut writes.0 {
+            if !self.is_hot(*ks) {
+                keys.clear();
                 continue;
             }
-            let young = self.young.0.entry(ks).or_default();
-            for (key, value) in keys {
+            let young = self.young.0.entry(*ks).or_default();
+            for (key, value) in keys.drain() {
                 self.young_bytes +=
                     key.len() + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
                 young.insert(key, value);
             }
         }
+        self.spare = writes;
         if self.young_bytes > BUDGET_BYTES / 2 {
             self.age();
         }

@@ -365,9 +365,16 @@ fn this_threads_nice() -> i32 {
     this_threads_stat(19)
 }
 
+/// The policy of thread `tid` of this process.
+#[cfg(target_os = "linux")]
+fn threads_policy(tid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("stat");
+    crate::sched::stat_field(&stat, 41).expect("a stat field")
+}
+
 /// The writer runs as `SCHED_BATCH` (3) while it applies writes, and as a
 /// normal thread (`SCHED_OTHER`, 0) from a durable group's fdatasync until
-/// its callers are told; then `SCHED_BATCH` again. Where the hint stands
+/// it next waits for jobs; then `SCHED_BATCH` again. Where the hint stands
 /// aside (a policy or nice value chosen from outside, or refused), the
 /// writer keeps the policy it was started with throughout.
 #[cfg(target_os = "linux")]
@@ -404,6 +411,113 @@ async fn the_writer_yields_the_cpu_except_while_callers_wait_on_its_sync() {
         .expect("durable write");
     assert_eq!(applying, batch, "before the sync");
     assert_eq!(telling, other, "after the sync, telling its callers");
+    // Once it has nothing to do, it waits for jobs as SCHED_BATCH.
+    let writer: u32 = db
+        .write(Wait::Applied, |_| {
+            // `/proc/thread-self` links to `<pid>/task/<tid>`.
+            let link = std::fs::read_link("/proc/thread-self").expect("thread-self");
+            link.file_name()
+                .and_then(|tid| tid.to_str()?.parse().ok())
+                .expect("a thread id")
+        })
+        .await
+        .expect("write");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while threads_policy(writer) != batch {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an idle writer stayed a normal thread"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let after = db.write(Wait::Applied, |_| this_threads_policy()).await;
-    assert_eq!(after.expect("write"), batch);
+    assert_eq!(after.expect("write"), batch, "woken by a job");
+}
+
+/// Allocated bytes of `path` and its length.
+#[cfg(unix)]
+fn allocated_and_len(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).expect("metadata");
+    (meta.blocks() * 512, meta.len())
+}
+
+/// The journals after the first are fjall's spare (vendor/README.md): files
+/// written full of zeros before they are taken, so that a durable commit's
+/// fdatasync writes no metadata. What such a journal holds survives a reopen.
+#[cfg(unix)]
+#[tokio::test]
+async fn later_journals_are_written_before_they_are_used_and_recover() {
+    const VALUE: usize = 64 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path());
+    let ks = db.keyspace("items").expect("keyspace");
+    // Incompressible values, so the journal grows by what is written.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut value = || {
+        (0..VALUE / 8)
+            .flat_map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed.to_le_bytes()
+            })
+            .collect::<Vec<u8>>()
+    };
+    // The journal in use (the highest-numbered), if it is not the first
+    // and all its blocks were written before: a sparse one has only those
+    // of the bytes journaled so far.
+    let journal_from_spare = |dir: &Path| {
+        let (id, path) = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .filter_map(|p| {
+                let id: u64 = p
+                    .file_name()?
+                    .to_str()?
+                    .strip_suffix(".jnl")?
+                    .parse()
+                    .ok()?;
+                Some((id, p))
+            })
+            .max()?;
+        let (allocated, len) = allocated_and_len(&path);
+        (id > 0 && allocated >= len).then_some(path)
+    };
+    let mut key = 0u32;
+    // Well past two journals (64 MB each) if the spare never comes.
+    while journal_from_spare(dir.path()).is_none() {
+        assert!(key < 3 * 1024, "no journal was a spare after {key} values");
+        let values: Vec<_> = (0..16).map(|_| value()).collect();
+        let ks2 = ks.clone();
+        db.write(Wait::Durable, move |ctx| {
+            for v in values {
+                ctx.insert(&ks2, &key.to_be_bytes(), v);
+                key += 1;
+            }
+        })
+        .await
+        .expect("write");
+        key += 16;
+    }
+    let journal = journal_from_spare(dir.path()).expect("journal");
+    let last = value();
+    let (ks2, stored) = (ks.clone(), last.clone());
+    db.write(Wait::Durable, move |ctx| ctx.insert(&ks2, b"last", stored))
+        .await
+        .expect("write");
+    let (allocated, len) = allocated_and_len(&journal);
+    assert!(allocated >= len, "the spare in use stays fully written");
+    db.close().await;
+    drop(ks);
+    drop(db);
+
+    let db = open(dir.path());
+    let ks = db.keyspace("items").expect("keyspace");
+    assert_eq!(
+        ks.get(b"last").expect("get").as_deref(),
+        Some(last.as_slice())
+    );
+    assert!(ks.get((key - 1).to_be_bytes()).expect("get").is_some());
+    db.close().await;
 }

@@ -152,7 +152,19 @@ fn run(
     let mut group = Vec::with_capacity(256);
     let mut recent = Recent::default();
     let hint = Hint::for_this_thread();
-    while let Some(first) = rx.blocking_recv() {
+    loop {
+        let first = match rx.try_recv() {
+            Ok(job) => job,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // About to sleep: a job that wakes it must not preempt its sender.
+                hint.relaxed();
+                match rx.blocking_recv() {
+                    Some(job) => job,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
         group.push(first);
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -183,7 +195,7 @@ fn commit_group(
 ) -> bool {
     let mut ctx = WriteCtx {
         batch: db.batch(),
-        overlay: Writes::default(),
+        overlay: recent.overlay(),
         recent,
         stop: false,
     };
@@ -245,9 +257,6 @@ fn commit_group(
     }
     for done in persisted {
         done(result.clone());
-    }
-    if urgent {
-        hint.relaxed();
     }
     stop
 }
