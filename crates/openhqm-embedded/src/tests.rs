@@ -434,27 +434,22 @@ async fn the_writer_yields_the_cpu_except_while_callers_wait_on_its_sync() {
     assert_eq!(after.expect("write"), batch, "woken by a job");
 }
 
-/// Allocated bytes of `path` and its length.
-#[cfg(unix)]
-fn allocated_and_len(path: &Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).expect("metadata");
-    (meta.blocks() * 512, meta.len())
-}
-
-/// The journals after the first are fjall's spare (vendor/README.md): files
-/// written full of zeros before they are taken, so that a durable commit's
-/// fdatasync writes no metadata. What such a journal holds survives a reopen.
-#[cfg(unix)]
+/// The journals after the first are fjall's spare (vendor/README.md): a
+/// file written full of zeros before it is taken, so that a durable
+/// commit's fdatasync writes no metadata. What such a journal holds
+/// survives a reopen.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn later_journals_are_written_before_they_are_used_and_recover() {
+    use std::os::unix::fs::MetadataExt;
     const VALUE: usize = 64 * 1024;
+    const JOURNAL: u64 = 64 * 1024 * 1024;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path());
     let ks = db.keyspace("items").expect("keyspace");
     // Incompressible values, so the journal grows by what is written.
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut value = || {
+    let mut value = move || {
         (0..VALUE / 8)
             .flat_map(|_| {
                 seed ^= seed << 13;
@@ -464,60 +459,66 @@ async fn later_journals_are_written_before_they_are_used_and_recover() {
             })
             .collect::<Vec<u8>>()
     };
-    // The journal in use (the highest-numbered), if it is not the first
-    // and all its blocks were written before: a sparse one has only those
-    // of the bytes journaled so far.
-    let journal_from_spare = |dir: &Path| {
-        let (id, path) = std::fs::read_dir(dir)
-            .expect("read_dir")
-            .map(|e| e.expect("entry").path())
-            .filter_map(|p| {
-                let id: u64 = p
-                    .file_name()?
-                    .to_str()?
-                    .strip_suffix(".jnl")?
-                    .parse()
-                    .ok()?;
-                Some((id, p))
-            })
-            .max()?;
-        let (allocated, len) = allocated_and_len(&path);
-        (id > 0 && allocated >= len).then_some(path)
-    };
     let mut key = 0u32;
-    // Well past two journals (64 MB each) if the spare never comes.
-    while journal_from_spare(dir.path()).is_none() {
-        assert!(key < 3 * 1024, "no journal was a spare after {key} values");
-        let values: Vec<_> = (0..16).map(|_| value()).collect();
-        let ks2 = ks.clone();
+    // 1 MiB per durable write.
+    let mut write_mib = async |db: &EmbeddedDb| {
+        let (ks, values) = (ks.clone(), (0..16).map(|_| value()).collect::<Vec<_>>());
+        let first = key;
+        key += 16;
         db.write(Wait::Durable, move |ctx| {
-            for v in values {
-                ctx.insert(&ks2, &key.to_be_bytes(), v);
-                key += 1;
+            for (i, v) in (first..).zip(values) {
+                ctx.insert(&ks, &i.to_be_bytes(), v);
             }
         })
         .await
         .expect("write");
-        key += 16;
+        first + 15
+    };
+    // A spare is written once the first journal holds a quarter of its size.
+    for _ in 0..20 {
+        write_mib(&db).await;
     }
-    let journal = journal_from_spare(dir.path()).expect("journal");
-    let last = value();
-    let (ks2, stored) = (ks.clone(), last.clone());
-    db.write(Wait::Durable, move |ctx| ctx.insert(&ks2, b"last", stored))
-        .await
-        .expect("write");
-    let (allocated, len) = allocated_and_len(&journal);
-    assert!(allocated >= len, "the spare in use stays fully written");
+    let spare = dir.path().join("spare.jnlspare");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !spare.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare journal 60 s after the first journal was a quarter full"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let spare_inode = std::fs::metadata(&spare).expect("spare").ino();
+    // The next journal is that file.
+    let journal_of_spare = || {
+        std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .find(|p| {
+                p.extension().is_some_and(|e| e == "jnl")
+                    && std::fs::metadata(p).is_ok_and(|m| m.ino() == spare_inode)
+            })
+    };
+    let mut last_key = 0;
+    for _ in 0..80 {
+        if journal_of_spare().is_some() {
+            break;
+        }
+        last_key = write_mib(&db).await;
+    }
+    let journal = journal_of_spare().expect("a journal taken from the spare");
+    let meta = std::fs::metadata(&journal).expect("journal");
+    assert_eq!(meta.len(), JOURNAL, "a spare is a whole journal");
+    assert!(meta.blocks() * 512 >= JOURNAL, "every block written before");
+    let last_key = write_mib(&db).await.max(last_key);
     db.close().await;
     drop(ks);
     drop(db);
 
     let db = open(dir.path());
     let ks = db.keyspace("items").expect("keyspace");
-    assert_eq!(
-        ks.get(b"last").expect("get").as_deref(),
-        Some(last.as_slice())
+    assert!(
+        ks.get(last_key.to_be_bytes()).expect("get").is_some(),
+        "written into the spare, read back after a reopen"
     );
-    assert!(ks.get((key - 1).to_be_bytes()).expect("get").is_some());
     db.close().await;
 }

@@ -29,8 +29,8 @@ pub struct Writer {
     compression: CompressionType,
     compression_threshold: usize,
 
-    /// A spare for the next journal was asked for (see [`super::spare`]).
-    spare_asked: bool,
+    /// The spare for the next journal, once asked for (see [`super::spare`]).
+    spare: Option<super::spare::Preparing>,
 }
 
 /// Once the active journal holds this many bytes, a spare for the next one
@@ -132,7 +132,7 @@ impl Writer {
     pub fn create_new<P: Into<PathBuf>>(path: P) -> crate::Result<Self> {
         let path = path.into();
 
-        let file = if let Some(spare) = super::spare::take(&path) {
+        let file = if let Some(spare) = super::spare::take(&path, PRE_ALLOCATED_BYTES) {
             spare
         } else {
             let file = File::create_new(&path).inspect_err(|e| {
@@ -159,7 +159,7 @@ impl Writer {
             is_buffer_dirty: false,
             compression: CompressionType::None,
             compression_threshold: 0,
-            spare_asked: false,
+            spare: None,
         })
     }
 
@@ -193,7 +193,7 @@ impl Writer {
                 is_buffer_dirty: false,
                 compression: CompressionType::None,
                 compression_threshold: 0,
-                spare_asked: false,
+                spare: None,
             });
         }
 
@@ -211,7 +211,7 @@ impl Writer {
             is_buffer_dirty: false,
             compression: CompressionType::None,
             compression_threshold: 0,
-            spare_asked: false,
+            spare: None,
         })
     }
 
@@ -248,10 +248,17 @@ impl Writer {
                 })?;
                 // Only databases that sync each write wait on the metadata a
                 // sparse journal's writes change.
-                if !self.spare_asked && self.file.stream_position()? >= SPARE_AFTER_BYTES {
-                    self.spare_asked = true;
+                if self.spare.is_none()
+                    && self
+                        .file
+                        .stream_position()
+                        .is_ok_and(|pos| pos >= SPARE_AFTER_BYTES)
+                {
                     if let Some(folder) = self.path.parent() {
-                        super::spare::prepare(folder.to_path_buf(), PRE_ALLOCATED_BYTES);
+                        self.spare = Some(super::spare::prepare(
+                            folder.to_path_buf(),
+                            PRE_ALLOCATED_BYTES,
+                        ));
                     }
                 }
                 Ok(())
