@@ -70,7 +70,7 @@ pub(crate) struct Recent {
     old: Writes,
     /// The last group's emptied overlay, kept for its allocated capacity:
     /// a new map per group grew (rehashing) with every group.
-    spare: Writes,
+    emptied: Writes,
 }
 
 impl Recent {
@@ -101,7 +101,7 @@ impl Recent {
 
     /// An empty overlay for the next group.
     pub(crate) fn overlay(&mut self) -> Writes {
-        std::mem::take(&mut self.spare)
+        std::mem::take(&mut self.emptied)
     }
 
     /// Remembers a committed group's writes (those to hot keyspaces), and
@@ -119,7 +119,7 @@ impl Recent {
                 young.insert(key, value);
             }
         }
-        self.spare = writes;
+        self.emptied = writes;
         if self.young_bytes > BUDGET_BYTES / 2 {
             self.age();
         }

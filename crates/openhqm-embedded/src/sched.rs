@@ -1,5 +1,6 @@
-//! How the writer thread asks to be scheduled (Linux): `SCHED_BATCH` while
-//! it only applies writes, a normal thread while callers wait on its sync.
+//! How the writer thread asks to be scheduled (Linux): `SCHED_BATCH` when a
+//! job wakes it, a normal thread from a sync callers wait on until it next
+//! sleeps.
 //!
 //! Why: the writer sleeps between groups and is woken by the first job sent.
 //! A normal thread woken that way preempts the runtime thread that sent the
