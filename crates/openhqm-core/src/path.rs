@@ -21,7 +21,7 @@ pub fn within(base: &str, path: &str) -> bool {
         return false;
     }
     let mut depth = 0usize;
-    for piece in rest.split('/').flat_map(split_encoded_separators) {
+    for piece in pieces(rest) {
         match dot_segment(piece) {
             Some(2) => match depth.checked_sub(1) {
                 Some(d) => depth = d,
@@ -36,46 +36,51 @@ pub fn within(base: &str, path: &str) -> bool {
     true
 }
 
-/// A segment's pieces between encoded separators (`%2F`, `%5C`, any case)
-/// and backslashes.
-fn split_encoded_separators(segment: &str) -> Vec<&str> {
-    let bytes = segment.as_bytes();
-    let mut pieces = Vec::new();
-    let (mut start, mut i) = (0, 0);
-    while i < bytes.len() {
-        let sep = match bytes[i] {
-            b'\\' => 1,
-            b'%' if bytes.len() >= i + 3
-                && (bytes[i + 1..i + 3].eq_ignore_ascii_case(b"2f")
-                    || bytes[i + 1..i + 3].eq_ignore_ascii_case(b"5c")) =>
-            {
-                3
+/// The pieces of `path` between separators: `/`, `\`, and `%2F` or `%5C`
+/// in any case. Borrowed, not collected: every forward checks its path.
+fn pieces(path: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(path);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        let bytes = s.as_bytes();
+        for i in 0..bytes.len() {
+            let len = separator_len(&bytes[i..]);
+            if len > 0 {
+                // Separators are ASCII: both ends are on char boundaries.
+                rest = Some(&s[i + len..]);
+                return Some(&s[..i]);
             }
-            _ => 0,
-        };
-        if sep == 0 {
-            i += 1;
-        } else {
-            pieces.push(&segment[start..i]);
-            i += sep;
-            start = i;
         }
-    }
-    pieces.push(&segment[start..]);
-    pieces
+        rest = None;
+        Some(s)
+    })
 }
 
-/// `Some(1)` for `.`, `Some(2)` for `..`, with dots as `.` or `%2e`, and
-/// with any path parameter after `;` ignored (`..;x`), as servlet
-/// containers read it.
-fn dot_segment(piece: &str) -> Option<usize> {
-    let piece = piece.split(';').next().unwrap_or(piece);
-    let decoded = piece.to_ascii_lowercase().replace("%2e", ".");
-    match decoded.as_str() {
-        "." => Some(1),
-        ".." => Some(2),
-        _ => None,
+/// The length of the separator `bytes` starts with; 0 if none.
+fn separator_len(bytes: &[u8]) -> usize {
+    match bytes {
+        [b'/' | b'\\', ..] => 1,
+        [b'%', b'2', l, ..] if l.eq_ignore_ascii_case(&b'f') => 3,
+        [b'%', b'5', l, ..] if l.eq_ignore_ascii_case(&b'c') => 3,
+        _ => 0,
     }
+}
+
+/// `Some(1)` for `.`, `Some(2)` for `..`, with dots as `.` or `%2e` (any
+/// case), and with any path parameter after `;` ignored (`..;x`), as
+/// servlet containers read it.
+fn dot_segment(piece: &str) -> Option<usize> {
+    let mut name = piece.split(';').next().unwrap_or(piece).as_bytes();
+    let mut dots = 0;
+    while !name.is_empty() {
+        name = match name {
+            [b'.', rest @ ..] => rest,
+            [b'%', b'2', e, rest @ ..] if e.eq_ignore_ascii_case(&b'e') => rest,
+            _ => return None,
+        };
+        dots += 1;
+    }
+    matches!(dots, 1 | 2).then_some(dots)
 }
 
 #[cfg(test)]
@@ -102,6 +107,12 @@ mod tests {
             ("/", "/a;v=1/b", true),
             ("/", "//x/./y", true),
             ("", "/x", true),
+            ("/", "/a/.%2E/../x", false),
+            ("/", "/%2e%2e%2fadmin", false),
+            ("/", "/a/.../b", true),
+            ("/", "/a/%2e%2e%2e/b", true),
+            ("/", "/a%2", true),
+            ("/", "/a/b%5c", true),
         ] {
             assert_eq!(within(base, path), inside, "{base} {path}");
         }

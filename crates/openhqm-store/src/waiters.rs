@@ -143,12 +143,17 @@ impl Waiters {
 }
 
 impl Waiting<'_> {
-    /// The terminal record, if the store handed it over.
+    /// The terminal record, if the store handed it over. The only waiter
+    /// takes it (it answers with it at once); one registered later reads
+    /// the store, where the record is by then.
     fn finished(&self) -> Option<RequestRecord> {
-        self.waiters
-            .lock()
-            .get(&self.id)
-            .and_then(|e| e.finished.clone())
+        let mut map = self.waiters.lock();
+        let entry = map.get_mut(&self.id)?;
+        if entry.count == 1 {
+            entry.finished.take()
+        } else {
+            entry.finished.clone()
+        }
     }
 }
 
@@ -174,17 +179,40 @@ mod tests {
     fn a_reopened_request_is_no_longer_finished_for_its_waiters() {
         let waiters = Waiters::default();
         let id = CorrelationId::new();
-        let waiting = waiters.register(id);
+        // Two waiters: each reads a copy, so the record stays until reopened.
+        let (waiting, other) = (waiters.register(id), waiters.register(id));
         let failed = RequestRecord {
             status: RequestStatus::Failed,
             ..RequestRecord::pending(id, 1)
         };
         waiters.finish(&failed);
-        assert_eq!(
-            waiting.finished().map(|r| r.status),
-            Some(RequestStatus::Failed)
-        );
+        for w in [&waiting, &other] {
+            assert_eq!(w.finished().map(|r| r.status), Some(RequestStatus::Failed));
+        }
         waiters.reopen(id);
         assert!(waiting.finished().is_none());
+        assert!(other.finished().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_sole_waiter_answers_with_the_handed_over_record() {
+        let waiters = Waiters::default();
+        let id = CorrelationId::new();
+        let done = RequestRecord {
+            status: RequestStatus::Completed,
+            ..RequestRecord::pending(id, 1)
+        };
+        let wait = waiters.wait_terminal(id, Duration::from_secs(5), || async {
+            Ok(Some(RequestRecord::pending(id, 1)))
+        });
+        tokio::pin!(wait);
+        // Registered and reading PENDING: not answered yet.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        waiters.finish(&done);
+        let got = wait.await.expect("no error").expect("answered");
+        assert_eq!(got.status, RequestStatus::Completed);
+        // Its registration is gone, and the record with it.
+        assert!(waiters.lock().is_empty());
     }
 }

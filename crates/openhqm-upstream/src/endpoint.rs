@@ -46,7 +46,7 @@ use crate::headers::{
 use crate::pool::Pool;
 use crate::redact::Redactor;
 use crate::response::{content_type, headers_to_json, raw_headers, read_limited};
-use crate::rewrite::{Rewrite, request_target, target_url};
+use crate::rewrite::{Base, Rewrite, target};
 
 /// The header a caller's idempotency key is passed on in (IETF
 /// draft-ietf-httpapi-idempotency-key-header).
@@ -87,7 +87,7 @@ impl Endpoint {
             .map_err(|_| bad(format!("`{}` is not an HTTP method", cfg.method)))?;
         let pool = Arc::new(Pool::new(name, cfg, metrics)?);
         let auth = auth_header(cfg);
-        let targets = pool.targets().iter().map(|t| &t.url);
+        let targets = pool.targets().iter().map(|t| t.base.url());
         Ok(Self {
             name: name.to_owned(),
             method,
@@ -126,7 +126,7 @@ impl Endpoint {
         if attempt > 1 {
             self.retries.inc();
         }
-        let request = self.prepare(shared, env, &lease.target().url)?;
+        let request = self.prepare(shared, env, &lease.target().base)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let started = Instant::now();
         let exchanged = exchange(&self.client, request, remaining, shared.max_response_size).await;
@@ -213,7 +213,7 @@ impl Endpoint {
         &self,
         shared: &Shared,
         env: &Envelope,
-        base: &url::Url,
+        base: &Base,
     ) -> Result<Request<Body>, UpstreamError> {
         let method = match env.metadata.method.as_deref() {
             // CONNECT names a tunnel, not a resource to forward to.
@@ -223,7 +223,7 @@ impl Endpoint {
                 .ok_or_else(|| UpstreamError::InvalidMethod(m.to_owned()))?,
             None => self.method.clone(),
         };
-        let url = target_url(base, env, &self.rewrite)?;
+        let (uri, url_auth) = target(base, env, &self.rewrite)?;
         let sources = HeaderSources {
             client: env.headers.as_ref(),
             derived: &env.derived_headers,
@@ -272,7 +272,6 @@ impl Endpoint {
                 .map_err(|_| UpstreamError::InvalidHeader(IDEMPOTENCY_KEY.to_owned()))?;
             headers.insert(IDEMPOTENCY_KEY, value);
         }
-        let (uri, url_auth) = request_target(url)?;
         // Credentials in the target URL, unless the request carries its own.
         if let Some(basic) = url_auth
             && !headers.contains_key(AUTHORIZATION)

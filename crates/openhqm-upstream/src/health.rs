@@ -76,7 +76,7 @@ async fn run(client: HttpClient, pool: Arc<Pool>, cfg: HealthCheckConfig) {
 }
 
 async fn probe(client: &HttpClient, target: &Target, cfg: &HealthCheckConfig) {
-    let ok = match target.url.join(&cfg.path) {
+    let ok = match target.base.url().join(&cfg.path) {
         Ok(url) => answers_as_expected(client, url, cfg).await,
         Err(_) => false,
     };

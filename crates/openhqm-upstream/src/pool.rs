@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use openhqm_core::Envelope;
 use openhqm_metrics::{Metrics, UpstreamTargetMetrics};
-use url::Url;
 
 use crate::balance::{HashKey, Ring, least_loaded_of_two, smooth_weighted};
 use crate::breaker::{Admission, Breaker};
@@ -23,12 +22,13 @@ use crate::config::{
     EndpointConfig, HealthCheckConfig, PassiveEjectionConfig, Strategy, TargetConfig,
 };
 use crate::error::UpstreamError;
+use crate::rewrite::Base;
 
 /// One backend of an endpoint. Its `Debug` shows the label, never `url`,
 /// which may carry credentials.
 pub struct Target {
-    /// Base URL.
-    pub url: Url,
+    /// Base URL, prepared for forwards.
+    pub base: Base,
     /// The URL as configured, or without its credentials if it has any
     /// (`config::label`): the metric label and the `target_url` of logs.
     pub label: String,
@@ -64,7 +64,7 @@ impl std::fmt::Debug for Target {
 impl Target {
     fn new(
         cfg: &TargetConfig,
-        url: Url,
+        base: Base,
         label: String,
         breaker: Option<Breaker>,
         m: UpstreamTargetMetrics,
@@ -73,7 +73,7 @@ impl Target {
         Self {
             label,
             ring_key: cfg.url.clone(),
-            url,
+            base,
             weight: cfg.weight.max(1),
             in_flight: AtomicU64::new(0),
             state: Mutex::new(TargetState {
@@ -262,8 +262,9 @@ impl Pool {
             if targets.iter().any(|o: &Target| o.label == label) {
                 label = format!("{label}#{i}");
             }
+            let base = Base::new(url).map_err(|e| bad(e.to_string()))?;
             let m = metrics.upstream_target(name, &label);
-            targets.push(Target::new(&t, url, label, breaker, m));
+            targets.push(Target::new(&t, base, label, breaker, m));
         }
         if targets.is_empty() {
             return Err(bad("no url and no targets".into()));
