@@ -26,11 +26,11 @@ fn envelope(metadata: Value) -> Envelope {
 fn finished(env: &Envelope) -> RequestRecord {
     RequestRecord {
         status: RequestStatus::Completed,
-        outcome: Some(ResultData {
+        outcome: Some(Box::new(ResultData {
             result: Some(json!({"ok": true})),
             completed_at_ms: Some(1_700_000_000_000),
             ..ResultData::default()
-        }),
+        })),
         ..RequestRecord::pending(env.correlation_id, 1_700_000_000_000)
     }
 }

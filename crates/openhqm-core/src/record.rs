@@ -78,8 +78,10 @@ pub struct RequestRecord {
     #[serde(default)]
     pub attempts: u32,
     /// Set once the request is terminal (and for the last error of a retry).
+    /// Boxed: a record is moved many times on its way through the store and
+    /// its waiters, and 96 bytes move inline where 272 take a `memcpy`.
     #[serde(default)]
-    pub outcome: Option<ResultData>,
+    pub outcome: Option<Box<ResultData>>,
     /// The redrive (its time, epoch ms) that last reopened the request: each
     /// redrive reopens it once, however often its message is redelivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,7 +144,7 @@ impl RequestRecord {
     #[must_use]
     pub fn response_body(&self) -> Value {
         let none = ResultData::default();
-        let outcome = self.outcome.as_ref().unwrap_or(&none);
+        let outcome = self.outcome.as_deref().unwrap_or(&none);
         serde_json::json!({
             "correlation_id": self.correlation_id,
             "status": self.status,

@@ -218,7 +218,7 @@ impl Api {
         let done = Update {
             to: RequestStatus::Completed,
             attempts: Some(1),
-            outcome: Some(outcome),
+            outcome: Some(Box::new(outcome)),
             redrive: None,
             hold: None,
         };

@@ -77,8 +77,9 @@ pub struct Update {
     pub to: RequestStatus,
     /// Delivery attempts started so far, if known.
     pub attempts: Option<u32>,
-    /// The result or error to keep with the new status.
-    pub outcome: Option<ResultData>,
+    /// The result or error to keep with the new status (boxed as in
+    /// [`RequestRecord`]).
+    pub outcome: Option<Box<ResultData>>,
     /// The redrive whose message carries this update (its time, the queue's
     /// `REDRIVEN` attribute): it may also take a failed request back to
     /// PROCESSING ([`RequestStatus::can_be_redriven`]), once per redrive.
@@ -376,11 +377,11 @@ mod tests {
     fn a_cancelled_request_keeps_no_earlier_attempts_outcome() {
         let id = CorrelationId::new();
         let waiting_for_retry = RequestRecord {
-            outcome: Some(ResultData {
+            outcome: Some(Box::new(ResultData {
                 status_code: Some(429),
                 error: Some("backend answered 429".into()),
                 ..ResultData::default()
-            }),
+            })),
             ..RequestRecord::pending(id, 1)
         };
         let Transition::Applied(cancelled) =

@@ -155,10 +155,10 @@ pub async fn deep_results_read_back(store: &dyn ResultStore) {
     let result: serde_json::Value = serde_json::from_str(&deep).expect("parses at the limit");
     let id = taken(store).await;
     let mut done = Update::to(RequestStatus::Completed);
-    done.outcome = Some(openhqm_core::ResultData {
+    done.outcome = Some(Box::new(openhqm_core::ResultData {
         result: Some(serde_json::json!({ "output": result.clone() })),
         ..Default::default()
-    });
+    }));
     store.transition(id, done).await.expect("completed");
     let record = store.get(id).await.expect("readable").expect("record");
     assert_eq!(record.status, RequestStatus::Completed);

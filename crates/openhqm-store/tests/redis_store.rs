@@ -44,11 +44,11 @@ fn completed() -> Update {
     Update {
         to: RequestStatus::Completed,
         attempts: Some(1),
-        outcome: Some(ResultData {
+        outcome: Some(Box::new(ResultData {
             result: Some(serde_json::json!({"ok": true})),
             status_code: Some(200),
             ..ResultData::default()
-        }),
+        })),
         redrive: None,
         hold: None,
     }

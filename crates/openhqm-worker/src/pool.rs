@@ -464,7 +464,7 @@ impl Handler {
                 let update = Update {
                     to: RequestStatus::Completed,
                     attempts: Some(attempt),
-                    outcome: Some(outcome),
+                    outcome: Some(Box::new(outcome)),
                     redrive: None,
                     hold: None,
                 };
@@ -506,7 +506,7 @@ impl Handler {
                 let update = Update {
                     to: RequestStatus::Pending,
                     attempts: Some(attempt),
-                    outcome: Some(error),
+                    outcome: Some(Box::new(error)),
                     redrive: None,
                     hold: None,
                 };
@@ -541,7 +541,7 @@ impl Handler {
                 let update = Update {
                     to: status,
                     attempts: Some(attempt),
-                    outcome: Some(outcome),
+                    outcome: Some(Box::new(outcome)),
                     redrive: None,
                     hold: None,
                 };
@@ -593,11 +593,11 @@ impl Handler {
         let submitted = id.timestamp_ms().unwrap_or(now).min(now);
         let failed = RequestRecord {
             status: RequestStatus::Failed,
-            outcome: Some(ResultData {
+            outcome: Some(Box::new(ResultData {
                 error: Some(reason.to_owned()),
                 completed_at_ms: Some(now),
                 ..ResultData::default()
-            }),
+            })),
             ..RequestRecord::pending(id, submitted)
         };
         match self.shared.store.create(failed).await {

@@ -230,11 +230,11 @@ async fn a_redelivered_finished_request_is_reported_again_before_its_ack() {
         Update {
             to: RequestStatus::Completed,
             attempts: Some(1),
-            outcome: Some(ResultData {
+            outcome: Some(Box::new(ResultData {
                 result: Some(json!({"stored": true})),
                 completed_at_ms: Some(1),
                 ..ResultData::default()
-            }),
+            })),
             redrive: None,
             hold: None,
         },
@@ -364,10 +364,10 @@ async fn a_redelivered_failed_request_is_dead_lettered_without_sinks_too() {
     let failed = Update {
         to: RequestStatus::Failed,
         attempts: Some(4),
-        outcome: Some(ResultData {
+        outcome: Some(Box::new(ResultData {
             error: Some("backend said no".into()),
             ..ResultData::default()
-        }),
+        })),
         redrive: None,
         hold: None,
     };

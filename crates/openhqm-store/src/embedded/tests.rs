@@ -42,12 +42,14 @@ async fn status_and_result_are_written_together_and_survive_reopen() {
     let done = Update {
         to: RequestStatus::Completed,
         attempts: Some(1),
-        outcome: Some(outcome.clone()),
+        outcome: Some(Box::new(outcome.clone())),
         redrive: None,
         hold: None,
     };
     let applied = store.transition(id, done).await.expect("complete");
-    assert!(matches!(applied, Transition::Applied(ref r) if r.outcome.as_ref() == Some(&outcome)));
+    assert!(
+        matches!(applied, Transition::Applied(ref r) if r.outcome.as_deref() == Some(&outcome))
+    );
     // A late duplicate cannot reopen a finished request.
     let late = store
         .transition(id, Update::to(RequestStatus::Processing))
@@ -66,7 +68,7 @@ async fn status_and_result_are_written_together_and_survive_reopen() {
         .expect("get")
         .expect("present after reopen");
     assert_eq!(rec.status, RequestStatus::Completed);
-    assert_eq!(rec.outcome, Some(outcome));
+    assert_eq!(rec.outcome.as_deref(), Some(&outcome));
     assert_eq!(rec.attempts, 1);
     store.close().await;
     db.close().await;
