@@ -105,9 +105,6 @@ impl Update {
 
 /// What a transition did.
 #[derive(Debug, Clone, PartialEq)]
-// `Applied` is the common case and lives only until the caller matches it:
-// boxing it would cost an allocation per transition to save a few bytes.
-#[expect(clippy::large_enum_variant)]
 pub enum Transition {
     /// The record now reads as returned.
     Applied(RequestRecord),
