@@ -195,7 +195,9 @@ fn requested(env: &Envelope) -> Result<(Option<&str>, Option<&str>), UpstreamErr
 /// The direct route of [`target`]: `None` unless the rewritten path and
 /// the query are made only of characters the URL parser keeps as they are
 /// (no `%`, `\` or characters it would encode) and the path has no dot
-/// segments, so that nothing would be encoded, resolved or climb out.
+/// segments, as the URL parser reads them or as [`within`] does (`..;x`,
+/// which servlet containers take for `..`), so that nothing would be
+/// encoded, resolved or climb out. The joined path is checked all the same.
 fn direct(base: &Base, rewritten: Option<&str>, query: Option<&str>) -> Option<Uri> {
     let kept = |text: &str, extra: &[u8]| {
         text.bytes().all(|b| {
@@ -203,7 +205,8 @@ fn direct(base: &Base, rewritten: Option<&str>, query: Option<&str>) -> Option<U
         })
     };
     // The URL parser encodes `'` in the query of http(s) URLs, not in the path.
-    if !rewritten.is_none_or(|p| kept(p, b"'") && !p.split('/').any(|s| s == "." || s == ".."))
+    let dot_segment = |s: &str| matches!(s.split(';').next(), Some("." | ".."));
+    if !rewritten.is_none_or(|p| kept(p, b"'") && !p.split('/').any(dot_segment))
         || !query.is_none_or(|q| kept(q, b"?%"))
     {
         return None;
@@ -218,7 +221,9 @@ fn direct(base: &Base, rewritten: Option<&str>, query: Option<&str>) -> Option<U
         }
         None => text.push_str(base_path),
     }
-    debug_assert!(within(base_path, &text[base.origin.len()..]));
+    if !within(base_path, &text[base.origin.len()..]) {
+        return None;
+    }
     // The base's query, then the request's.
     match (base.url.query(), query) {
         (Some(b), Some(q)) if !b.is_empty() => {
@@ -348,6 +353,10 @@ mod tests {
             Some("/caf\u{e9}/{x}"),
             Some("//other/x"),
             Some("/api/rest"),
+            Some("/..;/admin"),
+            Some("/api/..;/x"),
+            Some("/a/..;x/b"),
+            Some("/a/.;/b;p=1"),
         ];
         let queries = [
             None,
@@ -447,6 +456,9 @@ mod tests {
             "/..%2F..%2Fadmin",
             "/%2e%2e%2fadmin",
             "/a/..%5c..%5Cadmin",
+            "/..;/admin",
+            "/a/..;/..;/admin",
+            "/a/..;x/.;y/..;/admin",
         ];
         // Above a root base too, where the URL would resolve `..` to `/`.
         for (base, path) in ["http://b:1/hooks/public", "http://b:1", "http://b:1/"]
@@ -464,7 +476,28 @@ mod tests {
                 matches!(got, Err(UpstreamError::PathOutsideBase)),
                 "{base} {path}: {got:?}"
             );
+            let prepared = Base::new(base.clone()).expect("base");
+            let got = target(&prepared, &env, &Rewrite::Keep);
+            assert!(
+                matches!(got, Err(UpstreamError::PathOutsideBase)),
+                "{base} {path}: {got:?}"
+            );
         }
+        // Inside the root, until the rewrite strips the prefix: the check is
+        // on what is sent.
+        let base = Base::new(Url::parse("http://b:1/hooks/public").expect("url")).expect("base");
+        let mut env: Envelope = serde_json::from_str(
+            r#"{"correlation_id":"01890a5d-ac96-774b-bcce-b302099a8057","payload":1}"#,
+        )
+        .expect("envelope");
+        env.metadata
+            .extra
+            .insert("path".into(), "/api/..;/admin".into());
+        let got = target(&base, &env, &Rewrite::StripPrefix("/api".into()));
+        assert!(
+            matches!(got, Err(UpstreamError::PathOutsideBase)),
+            "{got:?}"
+        );
         // Dot segments that stay inside are resolved and allowed.
         check(
             "http://b:1/hooks/public",
