@@ -127,13 +127,17 @@ impl Base {
 ///
 /// A path and query made only of characters a URL keeps as they are, with
 /// no dot segments, are appended to the base as text; anything else takes
-/// the general route ([`target_url`]), which encodes, resolves and checks.
+/// the general route (the `url` crate), which encodes, resolves and checks.
 /// Both give the same URI (tested): the direct one only skips parsing the
 /// URL twice, which every forward of a sidecar would pay.
 ///
 /// # Errors
-/// As [`target_url`], and [`UpstreamError::InvalidUrl`] if the URL is no
-/// valid request URI.
+/// [`UpstreamError::PathOutsideBase`] when the joined path leaves the
+/// target's base path (`..`, `%2e%2e` or `\` segments): a caller may choose
+/// a path below the endpoint, never another resource of the backend, which
+/// would get the endpoint's credentials. [`UpstreamError::InvalidUrl`] if
+/// `metadata.path` or `metadata.query` is no string, or the URL is no valid
+/// request URI.
 pub fn target(
     base: &Base,
     env: &Envelope,
@@ -148,22 +152,6 @@ pub fn target(
         Some(uri) => Ok((uri, base.basic.clone())),
         None => request_target(joined(&base.url, rewritten.as_deref(), query)?),
     }
-}
-
-/// The URL to send `env` to on the target at `base`.
-///
-/// # Errors
-/// [`UpstreamError::PathOutsideBase`] when the joined path leaves the
-/// target's base path (`..`, `%2e%2e` or `\` segments): a caller may choose
-/// a path below the endpoint, never another resource of the backend, which
-/// would get the endpoint's credentials.
-pub fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, UpstreamError> {
-    let (path, query) = requested(env)?;
-    if path.is_none() && query.is_none() {
-        return Ok(base.clone());
-    }
-    let rewritten = path.map(|p| rewrite.apply(p));
-    joined(base, rewritten.as_deref(), query)
 }
 
 /// The path (`metadata.path`) and query (`metadata.query`) `env` asks for
@@ -303,6 +291,16 @@ pub fn request_target(mut url: Url) -> Result<(Uri, Option<HeaderValue>), Upstre
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The general route alone, as a URL: what [`target`] must agree with.
+    fn target_url(base: &Url, env: &Envelope, rewrite: &Rewrite) -> Result<Url, UpstreamError> {
+        let (path, query) = requested(env)?;
+        if path.is_none() && query.is_none() {
+            return Ok(base.clone());
+        }
+        let rewritten = path.map(|p| rewrite.apply(p));
+        joined(base, rewritten.as_deref(), query)
+    }
 
     fn check(
         base: &str,
