@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 mod validate;
 
-pub(crate) use validate::{check_url, label};
+pub(crate) use validate::{check_url, label, label_as_written};
 pub use validate::{is_sensitive_header, masked_path, masked_url, printable_url, quotable};
 
 /// `proxy.*` minus `enabled`, which belongs to the binary.
@@ -121,6 +121,22 @@ pub struct EndpointConfig {
     /// `callbacks.allowed_hosts`. Not used by the forwarder itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// What the configuration file put here through `${VAR}`: filled by
+    /// the loader, not a key.
+    #[serde(skip)]
+    pub from_env: FromEnv,
+}
+
+/// Text an endpoint's configuration took from the environment (`${VAR}` in
+/// the file). It is treated as a secret, wherever it sits (a webhook URL's
+/// path, an `X-Auth` header): a target is named by its URL as written, with
+/// `${VAR}` in place, and quoted backend text has the values masked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FromEnv {
+    /// A target URL as configured → the same URL as written in the file.
+    pub urls_as_written: BTreeMap<String, String>,
+    /// Every value substituted anywhere in the endpoint.
+    pub values: Vec<Secret>,
 }
 
 impl EndpointConfig {
@@ -150,6 +166,7 @@ impl EndpointConfig {
             path_rewrite: None,
             tls: TlsConfig::default(),
             callback_url: None,
+            from_env: FromEnv::default(),
         }
     }
 

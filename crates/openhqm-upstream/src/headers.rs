@@ -220,9 +220,14 @@ pub fn outgoing(policy: &HeaderPolicy, src: &HeaderSources<'_>) -> Vec<OutHeader
                 && valid_traceparent(v)
         })
         .map(|(_, v)| v.clone());
+    // Stripped, vendor state stays behind even with its trace continued.
     let state = client
         .iter()
-        .find(|(k, v)| k.eq_ignore_ascii_case(TRACESTATE) && !v.is_empty())
+        .find(|(k, v)| {
+            k.eq_ignore_ascii_case(TRACESTATE)
+                && !policy.strip.iter().any(|s| s == TRACESTATE)
+                && !v.is_empty()
+        })
         .map(|(_, v)| v.clone());
     match (parent, state) {
         (Some(parent), state) => {

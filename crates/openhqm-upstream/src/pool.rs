@@ -257,7 +257,10 @@ impl Pool {
         for (i, t) in cfg.all_targets().into_iter().enumerate() {
             let url = crate::config::check_url(&t.url).map_err(bad)?;
             let breaker = cfg.circuit_breaker.as_ref().map(Breaker::new);
-            let mut label = crate::config::label(&t.url, &url);
+            let mut label = match cfg.from_env.urls_as_written.get(&t.url) {
+                Some(written) => crate::config::label_as_written(written),
+                None => crate::config::label(&t.url, &url),
+            };
             // Targets that differ only by credentials keep metrics apart.
             if targets.iter().any(|o: &Target| o.label == label) {
                 label = format!("{label}#{i}");
@@ -426,5 +429,38 @@ impl Drop for Lease<'_> {
         {
             b.release(a);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Metrics and logs name a target by its label: a URL whose path came
+    /// from the environment is named as the file wrote it.
+    #[test]
+    fn a_target_from_the_environment_is_named_as_written() {
+        let url = "https://hooks.example/services/T0/B0/HOOKSECRET";
+        let mut cfg = EndpointConfig::with_url(url);
+        cfg.targets.push(crate::config::TargetConfig {
+            url: "http://plain.example:8080/".into(),
+            weight: 1,
+        });
+        cfg.from_env.urls_as_written.insert(
+            url.into(),
+            "https://hooks.example/services/${HOOK_PATH}".into(),
+        );
+        let metrics = Metrics::new();
+        let pool = Pool::new("hook", &cfg, &metrics).expect("pool");
+        let labels: Vec<&str> = pool.targets().iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "https://hooks.example/services/${HOOK_PATH}",
+                "http://plain.example:8080/"
+            ]
+        );
+        let exported = metrics.render();
+        assert!(!exported.contains("HOOKSECRET"), "{exported}");
     }
 }

@@ -56,6 +56,16 @@ impl Redactor {
                 .filter(|(name, _)| is_sensitive_header(name))
                 .map(|(_, value)| value.clone()),
         );
+        // Whatever the file took from the environment, as `check-config`
+        // and target names leave it out.
+        found.extend(
+            cfg.from_env
+                .values
+                .iter()
+                .map(Secret::expose)
+                .filter(|v| v.len() >= SHORTEST_QUERY_SECRET)
+                .map(str::to_owned),
+        );
         for url in targets {
             if let Some(password) = url.password() {
                 found.push(password.to_owned());
@@ -201,6 +211,23 @@ mod tests {
         // The token without its scheme.
         check(&basic, "token=dXNlcjpodW50ZXIyMg==;", "token=***;");
         check(&EndpointConfig::with_url("http://b/"), "nothing", "nothing");
+    }
+
+    #[test]
+    fn what_the_file_took_from_the_environment_is_masked() {
+        let mut e = EndpointConfig::with_url("https://hooks.example/services/T0/B0/HOOKSECRET");
+        e.headers.insert("X-Custom".into(), "CUSTOMSECRET".into());
+        e.from_env.values = vec![
+            Secret::from("T0/B0/HOOKSECRET"),
+            Secret::from("CUSTOMSECRET"),
+            Secret::from("443"),
+        ];
+        check(
+            &e,
+            "no route for /services/T0/B0/HOOKSECRET (x-custom: CUSTOMSECRET) on 443",
+            "no route for /services/*** (x-custom: ***) on 443",
+        );
+        check(&e, "path=T0%2FB0%2FHOOKSECRET", "path=***");
     }
 
     #[test]

@@ -123,6 +123,7 @@ fn effective_yaml(config: &Config, errors: &[ConfigError]) -> Result<String, Str
     {
         *ttl = config.cache.ttl_seconds.into();
     }
+    as_written(&mut tree, config);
     mask_for_printing(&mut tree);
     show_redis_urls(&mut tree, config);
     for error in errors.iter().filter(|e| e.fell_back) {
@@ -179,6 +180,21 @@ fn split_index(segment: &str) -> Option<(&str, Vec<usize>)> {
     Some((&segment[..open], indices))
 }
 
+/// Every string that took text from the environment, as the file wrote it
+/// (`${VAR}` in place): such text is taken for a secret.
+fn as_written(tree: &mut serde_json::Value, config: &Config) {
+    for s in &config.from_env {
+        let pointer: String = s
+            .path
+            .iter()
+            .map(|segment| format!("/{}", segment.replace('~', "~0").replace('/', "~1")))
+            .collect();
+        if let Some(slot) = tree.pointer_mut(&pointer) {
+            *slot = serde_json::Value::String(s.written.clone());
+        }
+    }
+}
+
 /// Redis URLs are `Secret`s (a password may be in them) and serialize as
 /// `***`; which server they point at is worth seeing, so they are shown
 /// with only the password (and query) masked.
@@ -188,6 +204,10 @@ fn show_redis_urls(tree: &mut serde_json::Value, config: &Config) {
         ("cache", &config.cache.redis_url),
     ];
     for (section, url) in urls {
+        let written = |s: &&crate::config::Substitution| s.path == [section, "redis_url"];
+        if config.from_env.iter().any(|s| written(&s)) {
+            continue;
+        }
         if let Some(slot) = tree.get_mut(section).and_then(|s| s.get_mut("redis_url"))
             && let Some(shown) = openhqm_upstream::config::printable_url(url.expose())
         {
@@ -336,5 +356,74 @@ mod tests {
             assert!(!yaml.contains(secret), "{secret} printed in:\n{yaml}");
         }
         assert!(yaml.contains("path: /health?***"), "{yaml}");
+    }
+
+    /// A secret may sit anywhere a `${VAR}` is written: in a webhook URL's
+    /// path, a header with an ordinary name, a Redis URL. What the file took
+    /// from the environment is printed as written, unless a later layer set
+    /// the key to something else.
+    #[test]
+    fn check_config_prints_what_came_from_the_environment_as_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("openhqm.yaml");
+        let yaml = "queue: {redis_url: '${REDIS_URL}'}\n\
+                    proxy: {endpoints: {\n\
+                      hook: {url: 'https://hooks.example/services/${HOOK_PATH}', headers: {X-Custom: 'v=${CUSTOM}'}},\n\
+                      other: {url: 'http://${OTHER_HOST}:8080/'}}}\n";
+        std::fs::write(&file, yaml).expect("write config");
+        let env = [
+            ("REDIS_URL", "redis://:REDISPW@cache:6379"),
+            ("HOOK_PATH", "T0/B0/HOOKSECRET"),
+            ("CUSTOM", "CUSTOMSECRET"),
+            ("OTHER_HOST", "other-host"),
+            (
+                "OPENHQM_PROXY__ENDPOINTS__OTHER__URL",
+                "http://replaced:8080/",
+            ),
+        ];
+        let sources = Sources {
+            file: Some(file),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            ..Sources::default()
+        };
+        let (config, errors) = load_all(&sources);
+        assert!(errors.is_empty(), "{errors:?}");
+        let hook = &config.proxy.endpoints["hook"];
+        assert_eq!(
+            hook.url.as_deref(),
+            Some("https://hooks.example/services/T0/B0/HOOKSECRET")
+        );
+        assert_eq!(
+            hook.from_env.urls_as_written[hook.url.as_deref().expect("url")],
+            "https://hooks.example/services/${HOOK_PATH}"
+        );
+        let mut values: Vec<&str> = hook.from_env.values.iter().map(Secret::expose).collect();
+        values.sort_unstable();
+        assert_eq!(values, ["CUSTOMSECRET", "T0/B0/HOOKSECRET"]);
+        let printed = effective_yaml(&config, &errors).expect("printable");
+        for secret in ["REDISPW", "HOOKSECRET", "CUSTOMSECRET", "other-host"] {
+            assert!(!printed.contains(secret), "{secret} printed in:\n{printed}");
+        }
+        let tree: serde_json::Value = serde_norway::from_str(&printed).expect("yaml");
+        let endpoints = &tree["proxy"]["endpoints"];
+        assert_eq!(
+            endpoints["hook"]["url"],
+            "https://hooks.example/services/${HOOK_PATH}"
+        );
+        assert_eq!(endpoints["hook"]["headers"]["X-Custom"], "v=${CUSTOM}");
+        assert_eq!(tree["queue"]["redis_url"], "${REDIS_URL}");
+        assert_eq!(
+            endpoints["other"]["url"], "http://replaced:8080/",
+            "set again from the environment: no longer the file's"
+        );
+        assert!(
+            config.proxy.endpoints["other"]
+                .from_env
+                .urls_as_written
+                .is_empty()
+        );
     }
 }

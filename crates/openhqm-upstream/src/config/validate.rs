@@ -363,6 +363,23 @@ pub(crate) fn label(configured: &str, url: &Url) -> String {
     }
 }
 
+/// A target's name when its URL took text from the environment: the URL as
+/// written in the file (`https://hooks.example/${HOOK_PATH}`), without the
+/// user info, query and fragment, where credentials may be written out.
+pub(crate) fn label_as_written(written: &str) -> String {
+    let before_query = written.split(['?', '#']).next().unwrap_or(written);
+    match before_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => before_query.to_owned(),
+    }
+}
+
 fn check_header(name: &str, value: &str) -> Result<(), String> {
     if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
         return Err(format!("`{name}` is not a valid header name"));
@@ -412,6 +429,20 @@ mod tests {
         );
         assert_eq!(masked_url("http://h:1/p"), None);
         assert_eq!(masked_url("not a url"), None);
+    }
+
+    #[test]
+    fn a_url_written_with_variables_is_named_as_written() {
+        assert_eq!(
+            label_as_written("https://hooks.example/services/${HOOK}"),
+            "https://hooks.example/services/${HOOK}"
+        );
+        assert_eq!(
+            label_as_written("https://user:literal-pw@${HOST}:8443/x?key=literal-key#f"),
+            "https://${HOST}:8443/x",
+            "user info and query, where literal credentials go, left out"
+        );
+        assert_eq!(label_as_written("${BACKEND_URL}"), "${BACKEND_URL}");
     }
 
     #[test]

@@ -218,6 +218,20 @@ fn traceparent_is_kept_when_valid_and_generated_otherwise() {
     let state: Vec<_> = out.iter().filter(|h| h.name() == "tracestate").collect();
     assert_eq!(state.len(), 1, "{out:?}");
     assert_eq!(state[0].value(), "vendor=abc");
+    // On the strip list, it stays behind while the trace goes on.
+    let out = sent_for(
+        &HeaderPolicy::new(&["*".into()], &["TraceState".into()]),
+        &with_state,
+    );
+    assert!(
+        out.iter()
+            .any(|h| h.name() == TRACEPARENT && h.value() == valid)
+    );
+    assert!(
+        out.iter()
+            .all(|h| !h.name().eq_ignore_ascii_case("tracestate")),
+        "{out:?}"
+    );
     let broken = map(&[("traceparent", "00-bad"), ("tracestate", "vendor=abc")]);
     let out = sent_for(&HeaderPolicy::new(&["*".into()], &[]), &broken);
     assert!(

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::Config;
+use super::{Config, Secret};
 
 /// Where configuration comes from.
 #[derive(Debug, Clone, Default)]
@@ -94,8 +94,9 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
     let mut errors = Vec::new();
     let mut tree = Value::Object(Map::new());
+    let mut substituted = Vec::new();
     if let Some(path) = &sources.file
-        && let Some(file) = read_file(path, &sources.env, &defaults, &mut errors)
+        && let Some(file) = read_file(path, &sources.env, &defaults, &mut errors, &mut substituted)
     {
         merge(&mut tree, file);
     }
@@ -140,7 +141,9 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     prune_unknown(&mut tree, &defaults, "", &mut errors);
     report_empty_endpoints(&tree, &mut errors);
     let read_from = errors.len();
-    let config = deserialize_sections(&tree, &mut errors);
+    let mut config = deserialize_sections(&tree, &mut errors);
+    config.from_env = in_effect(substituted, &tree);
+    mark_endpoints(&mut config);
     for error in &mut errors[read_from..] {
         // The last layer that set the key, or a section or list holding it.
         let origin = origins.iter().rev().find(|(key, _)| {
@@ -177,6 +180,49 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     (config, errors)
 }
 
+/// The substitutions whose key no later layer (the environment, `--set`)
+/// has set to something else.
+fn in_effect(substituted: Vec<Substitution>, tree: &Value) -> Vec<Substitution> {
+    substituted
+        .into_iter()
+        .filter(|s| {
+            let at = s.path.iter().try_fold(tree, |value, segment| match value {
+                Value::Object(map) => map.get(segment),
+                Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => None,
+            });
+            at.and_then(Value::as_str) == Some(s.expanded.expose())
+        })
+        .collect()
+}
+
+/// Tells each endpoint what its configuration took from the environment.
+fn mark_endpoints(config: &mut Config) {
+    for s in &config.from_env {
+        let [section, endpoints, name, key @ ..] = s.path.as_slice() else {
+            continue;
+        };
+        if section != "proxy" || endpoints != "endpoints" {
+            continue;
+        }
+        let Some(endpoint) = config.proxy.endpoints.get_mut(name) else {
+            continue;
+        };
+        let from_env = &mut endpoint.from_env;
+        from_env.values.extend(s.values.iter().cloned());
+        let is_target_url = match key {
+            [url] => url == "url",
+            [targets, _, url] => targets == "targets" && url == "url",
+            _ => false,
+        };
+        if is_target_url {
+            from_env
+                .urls_as_written
+                .insert(s.expanded.expose().to_owned(), s.written.clone());
+        }
+    }
+}
+
 /// Whether the merged layers set `key` (a dotted path; list items by index).
 fn is_set(tree: &Value, key: &str) -> bool {
     key.split('.')
@@ -193,6 +239,7 @@ fn read_file(
     env: &HashMap<String, String>,
     defaults: &Value,
     errors: &mut Vec<ConfigError>,
+    substituted: &mut Vec<Substitution>,
 ) -> Option<Value> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -245,6 +292,7 @@ fn read_file(
         env,
         defaults,
         errors,
+        substituted,
     };
     expansion.tree(&mut value, &mut Vec::new(), None);
     Some(value)
@@ -290,6 +338,24 @@ struct Expansion<'a> {
     env: &'a HashMap<String, String>,
     defaults: &'a Value,
     errors: &'a mut Vec<ConfigError>,
+    substituted: &'a mut Vec<Substitution>,
+}
+
+/// A string of the file that took text from the environment. Secrets are
+/// put in the environment and named in the file (`${API_TOKEN}`), so what
+/// came from it is kept out of what OpenHQM prints: `check-config` shows
+/// the string as written, a target is named by its URL as written, and
+/// backend text quoted in errors has the values masked.
+#[derive(Debug, Clone)]
+pub struct Substitution {
+    /// The key's path from the root (list items by index).
+    pub path: Vec<String>,
+    /// As written in the file, `${VAR}` in place.
+    pub written: String,
+    /// As expanded.
+    pub expanded: Secret,
+    /// The text each `${VAR}` stood for.
+    pub values: Vec<Secret>,
 }
 
 impl Expansion<'_> {
@@ -300,7 +366,8 @@ impl Expansion<'_> {
         match value {
             Value::String(s) => {
                 let shown = path.join(".");
-                match expand(s, self.env) {
+                let mut values = Vec::new();
+                match expand_noting(s, self.env, &mut values) {
                     Ok(expanded) => {
                         let unchanged = expanded == *s && !s.contains("$${");
                         // A variable set to `null` leaves the key unset, as
@@ -328,7 +395,20 @@ impl Expansion<'_> {
                                 typed(&d, &expanded)
                             }
                             _ if unchanged => return true,
-                            _ => Ok(Value::String(expanded)),
+                            _ => {
+                                if !values.is_empty() {
+                                    self.substituted.push(Substitution {
+                                        path: path.clone(),
+                                        written: s.clone(),
+                                        expanded: Secret::from(expanded.as_str()),
+                                        values: values
+                                            .iter()
+                                            .map(|v| Secret::from(v.as_str()))
+                                            .collect(),
+                                    });
+                                }
+                                Ok(Value::String(expanded))
+                            }
                         };
                         match read {
                             Ok(v) => {
@@ -379,7 +459,17 @@ impl Expansion<'_> {
     }
 }
 
+#[cfg(test)]
 pub(crate) fn expand(input: &str, env: &HashMap<String, String>) -> Result<String, String> {
+    expand_noting(input, env, &mut Vec::new())
+}
+
+/// [`expand`], noting in `values` the text each `${VAR}` stood for.
+fn expand_noting(
+    input: &str,
+    env: &HashMap<String, String>,
+    values: &mut Vec<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(at) = rest.find('$') {
@@ -403,7 +493,10 @@ pub(crate) fn expand(input: &str, env: &HashMap<String, String>) -> Result<Strin
                 env.get(name).filter(|v| default.is_none() || !v.is_empty()),
                 default,
             ) {
-                (Some(v), _) => out.push_str(v),
+                (Some(v), _) => {
+                    out.push_str(v);
+                    values.push(v.clone());
+                }
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => return Err(format!("environment variable `{name}` is not set")),
             }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{CONFIG_FILE_VAR, ConfigError, Sources, load, load_all};
+pub use load::{CONFIG_FILE_VAR, ConfigError, Sources, Substitution, load, load_all};
 pub use openhqm_core::{MessageFormat, Secret};
 pub use openhqm_upstream::{AuthType, EndpointConfig, UpstreamConfig};
 pub use validate::file_problems;
@@ -42,6 +42,10 @@ pub struct Config {
     pub idempotency: IdempotencySection,
     /// Completion callbacks (webhooks).
     pub callbacks: CallbacksConfig,
+    /// The values the file took from the environment (`${VAR}`) that are
+    /// still in effect: secrets, shown only as written.
+    #[serde(skip)]
+    pub from_env: Vec<Substitution>,
 }
 
 /// `server.*`
