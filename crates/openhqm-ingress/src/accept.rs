@@ -265,6 +265,9 @@ async fn claim_once(
                         .map_or(u64::MAX, |t| now_ms().saturating_sub(t));
                     if age > STALE_CLAIM_MS {
                         Ok(Claimed::Stale(existing.correlation_id))
+                    } else if existing.fingerprint != keyed.fingerprint {
+                        // Mid-way or not, it is another request's key.
+                        Err(Problem::idempotency_key_reused())
                     } else {
                         // Claimed but not stored yet: the first request is mid-way.
                         Err(Problem::idempotency_key_in_use(retry_after))
@@ -272,6 +275,31 @@ async fn claim_once(
                 }
             }
         }
+    }
+}
+
+/// Refuses a request at once when the listener is at `server.max_pending`,
+/// before its body is read: an overloaded listener buffers no bodies it
+/// would refuse anyway. A keyed request is let through to be read: its key
+/// may stand for a request already accepted, whose repeat adds no work and
+/// is answered whatever the load.
+pub(crate) fn refuse_early(
+    state: &ApiState,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), Problem> {
+    if headers.contains_key(crate::idempotency::HEADER) {
+        return Ok(());
+    }
+    match state.admission.is_full() {
+        Some((pending, limit)) => {
+            state.metrics_admission_refused();
+            Err(Problem::overloaded(
+                pending,
+                limit,
+                state.config.retry_after_secs,
+            ))
+        }
+        None => Ok(()),
     }
 }
 

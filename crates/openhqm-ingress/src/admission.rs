@@ -67,6 +67,21 @@ impl Admission {
         }
     }
 
+    /// Whether a request would be refused now, without taking a place: to
+    /// refuse it before its body is read, so that an overloaded listener
+    /// buffers no bodies it would refuse anyway. [`Admission::reserve`]
+    /// still decides for the requests that pass.
+    pub(crate) fn is_full(&self) -> Option<(u64, u64)> {
+        if self.limit == 0 {
+            return None;
+        }
+        let pending = self
+            .sampled
+            .load(Ordering::Relaxed)
+            .saturating_add(self.since.load(Ordering::Relaxed));
+        (pending >= self.limit).then_some((pending, self.limit))
+    }
+
     /// Gives back a place taken by [`Admission::reserve`] for a request that
     /// was not stored after all.
     pub(crate) fn unreserve(&self) {
@@ -113,6 +128,17 @@ mod tests {
         assert_eq!(a.counted(), 4);
         assert!(a.reserve().is_ok());
         assert_eq!(a.reserve(), Err((10, 10)));
+    }
+
+    #[test]
+    fn full_is_read_without_taking_a_place() {
+        let a = Admission::new(2);
+        a.record_depth(1, 0);
+        assert_eq!(a.is_full(), None);
+        assert_eq!(a.is_full(), None, "asking took no place");
+        a.reserve().expect("room");
+        assert_eq!(a.is_full(), Some((2, 2)));
+        assert_eq!(Admission::new(0).is_full(), None);
     }
 
     #[test]

@@ -250,6 +250,7 @@ pub(crate) async fn submit(
     if let Some(coding) = content_coding(&headers) {
         return Err(Problem::unsupported_encoding(coding));
     }
+    crate::accept::refuse_early(&state, &headers)?;
     let limit = state.config.max_body_size;
     let bytes = read_limited(&headers, body, limit, state.config.read_timeout).await?;
     let req = parse_submit(

@@ -92,6 +92,7 @@ pub(crate) async fn passthrough(
             "the path climbs above its root (a `..` segment); nothing was queued",
         ));
     }
+    crate::accept::refuse_early(&state, &headers)?;
     let bytes = read_limited(
         &headers,
         body,

@@ -522,7 +522,7 @@ async fn request_logs_carry_the_correlation_id_and_worker_metrics_are_exported()
         "expected a retry and a failure line:\n{log}"
     );
     for line in about {
-        assert_eq!(line["span"]["correlation_id"], id.as_str(), "{line}");
+        assert_eq!(line["correlation_id"], id.as_str(), "{line}");
     }
 }
 
