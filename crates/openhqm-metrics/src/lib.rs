@@ -106,6 +106,7 @@ pub struct Metrics {
     upstream_retries: Family<EndpointLabels, Counter>,
     upstream_breaker: Family<TargetLabels, Gauge>,
     upstream_healthy: Family<TargetLabels, Gauge>,
+    upstream_ejections: Family<TargetLabels, Counter>,
     upstream_in_flight: Family<TargetLabels, Gauge>,
     callback_deliveries: Family<OutcomeLabels, Counter>,
     callback_duration: Histogram,
@@ -134,6 +135,7 @@ impl Metrics {
         let upstream_retries = Family::default();
         let upstream_breaker = Family::default();
         let upstream_healthy = Family::default();
+        let upstream_ejections = Family::default();
         let upstream_in_flight = Family::default();
         let callback_deliveries = Family::default();
         let callback_duration = latency_histogram();
@@ -223,6 +225,11 @@ impl Metrics {
             upstream_healthy.clone(),
         );
         registry.register(
+            "openhqm_upstream_ejections",
+            "Passive ejections of a target after consecutive failed forwards",
+            upstream_ejections.clone(),
+        );
+        registry.register(
             "openhqm_upstream_in_flight",
             "Forwards in flight per target",
             upstream_in_flight.clone(),
@@ -256,6 +263,7 @@ impl Metrics {
             upstream_retries,
             upstream_breaker,
             upstream_healthy,
+            upstream_ejections,
             upstream_in_flight,
             callback_deliveries,
             callback_duration,
@@ -286,6 +294,7 @@ impl Metrics {
             duration: self.upstream_duration.get_or_create_owned(&labels),
             breaker_state: self.upstream_breaker.get_or_create_owned(&labels),
             healthy: self.upstream_healthy.get_or_create_owned(&labels),
+            ejections: self.upstream_ejections.get_or_create_owned(&labels),
             in_flight: self.upstream_in_flight.get_or_create_owned(&labels),
         }
     }
@@ -486,6 +495,8 @@ pub struct UpstreamTargetMetrics {
     pub breaker_state: Gauge,
     /// 1 while active health checks find the target healthy.
     pub healthy: Gauge,
+    /// Passive ejections.
+    pub ejections: Counter,
     /// Forwards in flight.
     pub in_flight: Gauge,
 }
@@ -522,6 +533,7 @@ mod tests {
         let t = m.upstream_target("api", "http://127.0.0.1:9/");
         t.request("2xx", 0.01);
         t.healthy.set(1);
+        t.ejections.inc();
         m.upstream_retries("api").inc();
         m.callbacks().delivered.inc();
         let text = m.render();
@@ -532,6 +544,7 @@ mod tests {
             "openhqm_upstream_retries_total{endpoint=\"api\"} 1",
             "openhqm_upstream_breaker_state",
             "openhqm_upstream_in_flight",
+            "openhqm_upstream_ejections_total{endpoint=\"api\",target=\"http://127.0.0.1:9/\"} 1",
             "openhqm_api_requests_total{method=\"POST\",route=\"/api/v1/submit\",status=\"202\"} 1",
             "openhqm_api_request_duration_seconds_bucket",
             "openhqm_queue_publish_total{queue=\"openhqm-requests\",result=\"ok\"} 1",

@@ -192,6 +192,7 @@ impl Target {
         {
             s.failures = 0;
             s.ejected_until = Some(now + Duration::from_secs(ej.ejection_seconds));
+            self.metrics.ejections.inc();
             tracing::warn!(target_url = %self.label, "target ejected after consecutive failures");
         }
     }

@@ -243,13 +243,25 @@ async fn consecutive_failures_eject_a_target_passively() {
         consecutive_failures: 2,
         ejection_seconds: 60,
     });
-    let p = processor(&config(e));
+    let (p, metrics) = processor_with_metrics(&config(e));
     // Round robin: a fails, b answers, a fails again and is ejected.
     assert!(who(&p).await.is_err());
     assert_eq!(who(&p).await.unwrap(), "b");
     assert!(who(&p).await.is_err());
     assert!(p.target_status("api").unwrap()[0].ejected);
     assert_eq!(tally(&p, 6).await, counts(&[("b", 6)]));
+    let exported = metrics.render();
+    let ejections = |url: &str| {
+        format!("openhqm_upstream_ejections_total{{endpoint=\"api\",target=\"{url}\"}}")
+    };
+    assert!(
+        exported.contains(&format!("{} 1", ejections(&a.url))),
+        "{exported}"
+    );
+    assert!(
+        exported.contains(&format!("{} 0", ejections(&b.url))),
+        "{exported}"
+    );
 }
 
 #[tokio::test]

@@ -556,6 +556,17 @@ fn env_key(name: &str, value: &str, defaults: &Value) -> EnvKey {
     if sections.contains_key(&lower) {
         return EnvKey::Key(vec![lower]);
     }
+    // The earlier implementation's names, which a migrating deployment
+    // still sets: ignored, they would leave the defaults running unseen.
+    let renamed = match lower.as_str() {
+        "redis_url" => Some("QUEUE__REDIS_URL and OPENHQM_CACHE__REDIS_URL"),
+        "log_level" => Some("MONITORING__LOG_LEVEL"),
+        "log_format" => Some("MONITORING__LOG_FORMAT"),
+        _ => None,
+    };
+    if let Some(now) = renamed {
+        return EnvKey::Misspelt(format!("it is now {ENV_PREFIX}{now}"));
+    }
     sections
         .keys()
         .find_map(|section| {
@@ -570,7 +581,10 @@ fn env_key(name: &str, value: &str, defaults: &Value) -> EnvKey {
                 format!("keys are set as {ENV_PREFIX}{upper}__<KEY>")
             })
         })
-        .map_or(EnvKey::NotOurs, EnvKey::Misspelt)
+        .map_or_else(
+            || EnvKey::Misspelt(format!("keys are set as {ENV_PREFIX}<SECTION>__<KEY>")),
+            EnvKey::Misspelt,
+        )
 }
 
 /// Whether `rest` (after `OPENHQM_`) is one of the variables Kubernetes

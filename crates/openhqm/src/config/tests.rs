@@ -785,11 +785,26 @@ fn a_section_and_key_joined_by_one_underscore_is_reported() {
             ("OPENHQM_SERVER_PORT", "9000"),
             ("OPENHQM_WORKER_COUNT", "8"),
             ("OPENHQM_WORKER_CONUT", "8"),
+            ("OPENHQM_REDIS_URL", "redis://cache:6379"),
+            ("OPENHQM_LOG_LEVEL", "DEBUG"),
+            ("OPENHQM_TIMEOUT", "5"),
         ]),
         ..Sources::default()
     };
     let errors = errors_of(&sources);
     for (var, hint) in [
+        (
+            "OPENHQM_REDIS_URL",
+            "it is now OPENHQM_QUEUE__REDIS_URL and OPENHQM_CACHE__REDIS_URL",
+        ),
+        (
+            "OPENHQM_LOG_LEVEL",
+            "it is now OPENHQM_MONITORING__LOG_LEVEL",
+        ),
+        (
+            "OPENHQM_TIMEOUT",
+            "keys are set as OPENHQM_<SECTION>__<KEY>",
+        ),
         ("OPENHQM_SERVER_PORT", "did you mean OPENHQM_SERVER__PORT?"),
         (
             "OPENHQM_WORKER_COUNT",
