@@ -399,6 +399,123 @@ async fn a_failing_receiver_gets_the_callback_once_it_recovers_or_it_is_dead_let
     }
 }
 
+/// The value of `openhqm_callbacks_deliveries_total{labels}` (0 if absent).
+async fn sample(http: &reqwest::Client, p: &Proc, labels: &str) -> u64 {
+    let name = format!("openhqm_callbacks_deliveries_total{labels} ");
+    let text = http
+        .get(format!("{}/metrics", p.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&name)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A server that counts every request it gets, whatever its method or path,
+/// and answers 204.
+async fn counting_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&hits);
+    let router = Router::new().fallback(move || {
+        count.fetch_add(1, Ordering::SeqCst);
+        async { StatusCode::NO_CONTENT }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (port, hits)
+}
+
+/// A receiver whose `/{status}` answers that status (a redirect) with
+/// `Location: {to}`, and records each POST's path.
+async fn redirecting_receiver(to: String) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let router = Router::new().route(
+        "/{status}",
+        post(
+            move |axum::extract::Path(status): axum::extract::Path<u16>| {
+                record.lock().expect("lock").push(format!("/{status}"));
+                let status = StatusCode::from_u16(status).expect("a status");
+                let to = to.clone();
+                async move { (status, [(axum::http::header::LOCATION, to)]) }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (port, seen)
+}
+
+/// A redirect could lead anywhere: an allowed receiver answering 302 or 307
+/// must not get OpenHQM to call a host off the list. The redirect is not
+/// followed; it is a permanent failure (not a 2xx, not 429 or 5xx), so the
+/// job is dead-lettered after that one POST, without a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_from_an_allowed_receiver_is_not_followed() {
+    let (elsewhere, hits) = counting_server().await;
+    let (port, seen) = redirecting_receiver(format!("http://127.0.0.1:{elsewhere}/hook")).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = start(
+        dir.path(),
+        &[
+            format!("callbacks.allowed_hosts=[\"127.0.0.1:{port}\"]"),
+            "callbacks.max_attempts=3".into(),
+        ],
+    );
+    let http = http_client();
+    ready(&http, &p).await;
+    for status in [302, 307] {
+        let id = accepted_id(
+            &http,
+            &p,
+            &json!({"payload": {"operation": "echo", "data": status}, "metadata": {"callback_url": format!("http://127.0.0.1:{port}/{status}")}}),
+        )
+        .await;
+        assert_eq!(response_of(&http, &p, &id).await["status"], "COMPLETED");
+    }
+    // Settled either way: a followed redirect ends within its POST's own
+    // attempt (delivered by the 204 of the host off the list).
+    until("both callbacks to be settled", async || {
+        let delivered = sample(&http, &p, "{outcome=\"delivered\"}").await;
+        let dead = sample(&http, &p, "{outcome=\"dead_lettered\"}").await;
+        (delivered + dead == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a redirect took a callback to a host off the allow-list"
+    );
+    let mut posts = seen.lock().expect("lock").clone();
+    posts.sort();
+    assert_eq!(posts, ["/302", "/307"], "one POST each: not retried");
+    for line in [
+        "openhqm_callbacks_deliveries_total{outcome=\"delivered\"} 0",
+        "openhqm_callbacks_deliveries_total{outcome=\"retried\"} 0",
+        "openhqm_queue_dlq_total{queue=\"openhqm-callbacks\",status=\"FAILED\"} 2",
+    ] {
+        assert!(metric(&http, &p, line).await, "{line}");
+    }
+    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("log");
+    for status in [302, 307] {
+        assert!(
+            log.contains(&format!("callback answered {status}")),
+            "the dead letter says why: {log}"
+        );
+    }
+}
+
 /// On Redis: the callback is delivered and the reply lands on the
 /// `openhqm-responses` stream, with its correlation id, for queue-side consumers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
