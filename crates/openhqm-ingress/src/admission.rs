@@ -7,8 +7,13 @@
 //! is added to it: between samples the estimate errs high (requests that
 //! workers have taken since still count), so the bound holds even in a burst
 //! that arrives faster than the sampling.
+//!
+//! Beside it, a listener bounds the request bodies it holds at once
+//! ([`BodyBudget`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::body_budget::BodyBudget;
 
 /// The admission state of one listener.
 #[derive(Debug, Default)]
@@ -19,6 +24,8 @@ pub struct Admission {
     sampled: AtomicU64,
     /// Requests accepted since that sample.
     since: AtomicU64,
+    /// `server.max_buffered_bytes`.
+    pub(crate) bodies: BodyBudget,
 }
 
 impl Admission {
@@ -28,6 +35,16 @@ impl Admission {
         Self {
             limit,
             ..Self::default()
+        }
+    }
+
+    /// The same, with request bodies held at once bounded at `bytes` (0:
+    /// unbounded).
+    #[must_use]
+    pub fn with_body_budget(self, bytes: usize) -> Self {
+        Self {
+            bodies: BodyBudget::new(bytes),
+            ..self
         }
     }
 

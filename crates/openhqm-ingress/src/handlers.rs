@@ -20,6 +20,7 @@ use openhqm_store::{Transition, Update};
 use serde_json::{Value, json};
 
 use crate::accept::{Accepted, accept, stamp};
+use crate::body_budget::{BodyHold, Spent};
 use crate::prefer::{self, Preferences};
 use crate::{ApiState, Problem, idempotency};
 
@@ -57,13 +58,21 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
 /// client has sent nothing for `idle` (a client trickling its body, or
 /// stalled in the middle of it, must not hold a task and its buffer for
 /// ever; a slow but steady upload still gets through).
+///
+/// The body holds its size of `server.max_buffered_bytes` (see
+/// [`crate::body_budget`]) until the returned hold is dropped.
 pub(crate) async fn read_limited(
+    state: &ApiState,
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
-    idle: Duration,
-) -> Result<bytes::Bytes, Problem> {
+) -> Result<(bytes::Bytes, BodyHold), Problem> {
     use http_body_util::BodyExt as _;
+    let (limit, idle) = (state.config.max_body_size, state.config.read_timeout);
+    let budget = &state.admission.bodies;
+    let spent = |s: Spent| {
+        state.metrics_admission_refused();
+        Problem::receiving_too_much(s.budget, state.config.retry_after_secs)
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -71,6 +80,7 @@ pub(crate) async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(Problem::too_large(limit));
     }
+    let mut hold = budget.hold(declared.unwrap_or(0)).map_err(spent)?;
     let mut body = http_body_util::Limited::new(body, limit);
     let mut bytes = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
     loop {
@@ -78,9 +88,12 @@ pub(crate) async fn read_limited(
             .await
             .map_err(|_| Problem::body_timeout(idle))?;
         match frame {
-            None => return Ok(bytes.freeze()),
+            None => return Ok((bytes.freeze(), hold)),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
+                    budget
+                        .grow(&mut hold, bytes.len() + data.len())
+                        .map_err(spent)?;
                     bytes.extend_from_slice(&data);
                 }
             }
@@ -251,8 +264,8 @@ pub(crate) async fn submit(
         return Err(Problem::unsupported_encoding(coding));
     }
     crate::accept::refuse_early(&state, &headers)?;
-    let limit = state.config.max_body_size;
-    let bytes = read_limited(&headers, body, limit, state.config.read_timeout).await?;
+    // Held until the request is stored: its body is in memory until then.
+    let (bytes, _held) = read_limited(&state, &headers, body).await?;
     let req = parse_submit(
         &bytes,
         state.config.known_endpoints.as_ref(),

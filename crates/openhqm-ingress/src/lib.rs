@@ -7,6 +7,7 @@
 
 mod accept;
 mod admission;
+mod body_budget;
 mod dead_letters;
 mod docs;
 mod framing;
@@ -30,6 +31,7 @@ use openhqm_store::ResultStore;
 use tokio::sync::{Semaphore, watch};
 
 pub use admission::Admission;
+pub use body_budget::BodyBudget;
 pub use idempotency::IdempotencyConfig;
 pub use problem::Problem;
 pub use sidecar::SidecarConfig;

@@ -195,6 +195,22 @@ impl Problem {
         )
     }
 
+    /// 503: the listener holds `server.max_buffered_bytes` of request bodies
+    /// already; this one was not read.
+    pub fn receiving_too_much(budget: usize, retry_after: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "receiving-too-much",
+                "Too many request bodies at once",
+                format!(
+                    "the listener is receiving as many request bodies as it holds at once (server.max_buffered_bytes, {budget} bytes); nothing was stored, retry later"
+                ),
+            )
+        }
+    }
+
     /// 503: a write the request needs was not confirmed. It may have landed
     /// (a timeout): the client is told how to retry without running the
     /// request twice.

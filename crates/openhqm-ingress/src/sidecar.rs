@@ -93,13 +93,9 @@ pub(crate) async fn passthrough(
         ));
     }
     crate::accept::refuse_early(&state, &headers)?;
-    let bytes = read_limited(
-        &headers,
-        body,
-        state.config.max_body_size,
-        state.config.read_timeout,
-    )
-    .await?;
+    // Held until the caller is answered: its body is in memory until then
+    // (a waiting call is held in memory, not written, until a sync).
+    let (bytes, _held) = read_limited(&state, &headers, body).await?;
     let query = uri.query().unwrap_or_default();
     // Only the header: a `wait` query parameter belongs to the app.
     let prefs = Preferences::from_headers(&headers);

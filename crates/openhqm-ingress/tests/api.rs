@@ -2,18 +2,19 @@
 //! driven by a real HTTP client.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openhqm_core::envelope::MAX_PAYLOAD_DEPTH;
-use openhqm_core::{CorrelationId, Envelope, RequestStatus, ResultData};
+use openhqm_core::{CorrelationId, Envelope, RequestRecord, RequestStatus, ResultData};
 use openhqm_embedded::{EmbeddedDb, Options};
 use openhqm_ingress::{Admission, ApiConfig, ApiState, IdempotencyConfig, SidecarConfig, router};
 use openhqm_metrics::Metrics;
 use openhqm_queue::backends::embedded::{EmbeddedQueue, EmbeddedQueueConfig};
 use openhqm_queue::{Durability, OutgoingMessage, QueueBackend, QueueError};
 use openhqm_store::embedded::{EmbeddedStore, EmbeddedStoreConfig};
-use openhqm_store::{ResultStore, Update};
+use openhqm_store::{Claim, KeyClaim, ResultStore, StoreError, Transition, Update};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -35,7 +36,10 @@ struct Api {
     queue: Arc<dyn QueueBackend>,
     /// What the API asked of the queue.
     queue_calls: Arc<Mutex<Vec<&'static str>>>,
+    /// The embedded store, behind an [`Outage`].
     store: Arc<dyn ResultStore>,
+    /// Takes the store down: every call fails from then on.
+    store_down: Arc<AtomicBool>,
     base: String,
     http: reqwest::Client,
 }
@@ -101,8 +105,11 @@ async fn serve_setup(
         ttl: Duration::from_secs(60),
         sweep_interval: Duration::from_secs(60),
     };
-    let store: Arc<dyn ResultStore> =
-        Arc::new(EmbeddedStore::open(db.clone(), &sc).expect("store"));
+    let store_down = Arc::new(AtomicBool::new(false));
+    let store: Arc<dyn ResultStore> = Arc::new(Outage {
+        inner: Arc::new(EmbeddedStore::open(db.clone(), &sc).expect("store")),
+        down: Arc::clone(&store_down),
+    });
     let metrics = Metrics::new();
     let state = Arc::new(ApiState {
         queue: Arc::clone(&queue),
@@ -141,6 +148,7 @@ async fn serve_setup(
         queue,
         queue_calls,
         store,
+        store_down,
         base: format!("http://{addr}"),
         http: http_client(),
     }
@@ -201,6 +209,83 @@ impl QueueBackend for Recorder {
         self.inner.trim_dead_letters(before_ms).await
     }
     async fn health(&self) -> Result<(), QueueError> {
+        self.inner.health().await
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+/// The result store under test, which a test can take down: then every
+/// call fails as it does when the store cannot be reached. (The embedded
+/// store still reads after its database is closed.)
+struct Outage {
+    inner: Arc<dyn ResultStore>,
+    down: Arc<AtomicBool>,
+}
+
+impl Outage {
+    fn up(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("taken down by the test".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ResultStore for Outage {
+    async fn create(&self, record: RequestRecord) -> Result<(), StoreError> {
+        self.up()?;
+        self.inner.create(record).await
+    }
+    async fn create_deferred(&self, record: RequestRecord) -> Result<(), StoreError> {
+        self.up()?;
+        self.inner.create_deferred(record).await
+    }
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.up()?;
+        self.inner.sync().await
+    }
+    async fn get(&self, id: CorrelationId) -> Result<Option<RequestRecord>, StoreError> {
+        self.up()?;
+        self.inner.get(id).await
+    }
+    async fn transition(
+        &self,
+        id: CorrelationId,
+        update: Update,
+    ) -> Result<Transition, StoreError> {
+        self.up()?;
+        self.inner.transition(id, update).await
+    }
+    async fn withdraw(&self, pending: &RequestRecord) -> Result<(), StoreError> {
+        self.up()?;
+        self.inner.withdraw(pending).await
+    }
+    async fn wait_terminal(
+        &self,
+        id: CorrelationId,
+        timeout: Duration,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        self.up()?;
+        self.inner.wait_terminal(id, timeout).await
+    }
+    async fn claim_key(
+        &self,
+        key: &str,
+        claim: KeyClaim,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.up()?;
+        self.inner.claim_key(key, claim, ttl).await
+    }
+    async fn release_key(&self, key: &str, id: CorrelationId) -> Result<(), StoreError> {
+        self.up()?;
+        self.inner.release_key(key, id).await
+    }
+    async fn health(&self) -> Result<(), StoreError> {
+        self.up()?;
         self.inner.health().await
     }
     async fn close(&self) {
@@ -877,6 +962,44 @@ async fn storage_down_means_503_with_retry_after_never_202() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(api.get("/health/live").await.status(), StatusCode::OK);
+}
+
+/// A status or response lookup the store cannot answer is a 503 with
+/// `Retry-After`, never a 404 saying a request that exists does not.
+#[tokio::test]
+async fn lookups_the_store_cannot_answer_are_503_with_retry_after_not_404() {
+    let api = serve().await;
+    let accepted = json_of(api.post_raw("/api/v1/submit", r#"{"payload": 1}"#).await).await;
+    let id = accepted["correlation_id"].as_str().expect("id").to_owned();
+    let paths = [
+        format!("/api/v1/status/{id}"),
+        format!("/api/v1/response/{id}"),
+        format!("/api/v1/response/{id}?wait=1"),
+    ];
+    for path in &paths {
+        let known = api.get(path).await.status();
+        assert!(known.is_success(), "{path}: {known} while the store is up");
+    }
+
+    api.store_down.store(true, Ordering::SeqCst);
+
+    for path in &paths {
+        let refused = api.get(path).await;
+        assert_eq!(
+            refused
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("2"),
+            "{path}"
+        );
+        expect_problem(
+            refused,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service-unavailable",
+        )
+        .await;
+    }
 }
 
 #[tokio::test]

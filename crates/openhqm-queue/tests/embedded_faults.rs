@@ -1,6 +1,8 @@
 //! The embedded queue when its storage stops taking writes, or a caller
-//! goes away in the middle of one.
+//! goes away in the middle of one; and what a publish waits for.
 
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use openhqm_embedded::{EmbeddedDb, Options};
@@ -85,6 +87,57 @@ async fn a_publish_whose_caller_went_away_mid_write_is_still_delivered() {
         .expect("receive");
     assert_eq!(got.len(), 1, "the stored message is receivable");
     assert_eq!(got[0].message().body.as_ref(), b"orphan");
+}
+
+/// A publish in full (what a 202 waits for) returns only once a sync that
+/// covers it is done, and concurrent publishes share their syncs (group
+/// commit) instead of taking one each. The syncer is idle here, so every
+/// sync counted was asked for by a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_full_publishes_return_after_a_sync_they_share() {
+    const N: u64 = 64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        sync_every: Duration::from_secs(3600),
+        ..Options::default()
+    };
+    let db = EmbeddedDb::open(dir.path(), &options).expect("db");
+    let queue = Arc::new(EmbeddedQueue::open(db.clone(), config()).expect("queue"));
+    // The writer is held, so every publish below is queued before any of
+    // them is committed, however the threads are scheduled.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    db.write_detached(move |_| {
+        let _ = held.recv();
+    })
+    .expect("writer running");
+    let before = db.syncs();
+    let mut publishes = Vec::new();
+    for i in 0..N {
+        let (queue, db) = (Arc::clone(&queue), db.clone());
+        // Reads the sync count the moment its publish returns.
+        let mut publish = Box::pin(async move {
+            let message = OutgoingMessage::new(format!("m{i}").into_bytes());
+            queue.publish(message).await.expect("publish");
+            db.syncs()
+        });
+        // Polled once, its write is handed to the writer.
+        let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+        assert!(
+            first.is_pending(),
+            "publish {i} returned before it was committed"
+        );
+        publishes.push(tokio::spawn(publish));
+    }
+    release.send(()).expect("writer waiting");
+    for (i, publish) in publishes.into_iter().enumerate() {
+        let seen = publish.await.expect("join");
+        assert!(seen > before, "publish {i} returned before any sync");
+    }
+    let syncs = db.syncs() - before;
+    assert!(
+        (1..N).contains(&syncs),
+        "{N} concurrent publishes took {syncs} syncs: they share none"
+    );
 }
 
 #[tokio::test]

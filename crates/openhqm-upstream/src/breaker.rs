@@ -168,14 +168,26 @@ mod tests {
         Admit(u64, Option<Admission>),
         /// Record a result at t seconds.
         Record(u64, Admission, bool),
+        /// Abandon an admitted request without a result.
+        Release(Admission),
+        /// Ask at t seconds whether a request could be admitted.
+        Available(u64, bool),
     }
 
+    /// Runs `steps` on a breaker that opens after two failures for ten
+    /// seconds and lets one trial through at a time; `expected` is its state
+    /// after each step.
     fn check(steps: &[Step], expected: &[&str]) {
+        check_with(1, steps, expected);
+    }
+
+    /// [`check`], with `half_open_max` trials at a time.
+    fn check_with(half_open_max: u32, steps: &[Step], expected: &[&str]) {
         let t0 = Instant::now();
         let mut b = Breaker::new(&CircuitBreakerConfig {
             failure_threshold: 2,
             open_seconds: 10,
-            half_open_max: 1,
+            half_open_max,
         });
         let mut got = Vec::new();
         for step in steps {
@@ -184,6 +196,10 @@ mod tests {
                     assert_eq!(b.admit(t0 + Duration::from_secs(t)), want, "{step:?}");
                 }
                 Step::Record(t, a, ok) => b.record(a, ok, t0 + Duration::from_secs(t)),
+                Step::Release(a) => b.release(a),
+                Step::Available(t, want) => {
+                    assert_eq!(b.available(t0 + Duration::from_secs(t)), want, "{step:?}");
+                }
             }
             got.push(match b.state() {
                 State::Closed { failures } => format!("closed{failures}"),
@@ -258,6 +274,59 @@ mod tests {
                 Record(10, Normal, false),
             ],
             &["closed1", "open10", "open10", "half1", "half1"],
+        );
+    }
+
+    #[test]
+    fn half_open_admits_exactly_half_open_max_trials() {
+        use Admission::{Normal, Trial};
+        use Step::{Admit, Available, Record, Release};
+        let open = [Record(0, Normal, false), Record(0, Normal, false)];
+        let steps = |rest: &[Step]| [&open[..], rest].concat();
+        // Three trials go through at once, a fourth waits until one of them
+        // finishes or is abandoned; one success closes the breaker.
+        check_with(
+            3,
+            &steps(&[
+                Admit(10, Some(Trial(1))),
+                Admit(10, Some(Trial(1))),
+                Available(10, true),
+                Admit(10, Some(Trial(1))),
+                Available(10, false),
+                Admit(10, None),
+                Release(Trial(1)),
+                Admit(11, Some(Trial(1))),
+                Admit(11, None),
+                Record(12, Trial(1), true),
+                Admit(12, Some(Normal)),
+            ]),
+            &[
+                "closed1", "open10", "half1", "half2", "half2", "half3", "half3", "half3", "half2",
+                "half3", "half3", "closed0", "closed0",
+            ],
+        );
+        // One failure among them opens it again; the other trials of that
+        // round, finishing later either way, change nothing, and the next
+        // round has all three places again.
+        check_with(
+            3,
+            &steps(&[
+                Admit(10, Some(Trial(1))),
+                Admit(10, Some(Trial(1))),
+                Admit(10, Some(Trial(1))),
+                Record(11, Trial(1), false),
+                Record(12, Trial(1), true),
+                Admit(20, None),
+                Admit(21, Some(Trial(2))),
+                Release(Trial(1)),
+                Admit(21, Some(Trial(2))),
+                Admit(21, Some(Trial(2))),
+                Admit(21, None),
+            ]),
+            &[
+                "closed1", "open10", "half1", "half2", "half3", "open21", "open21", "open21",
+                "half1", "half1", "half2", "half3", "half3",
+            ],
         );
     }
 

@@ -285,6 +285,45 @@ async fn response_bodies_are_kept_by_content_type() {
     }
 }
 
+/// `max_response_size` holds while the body is read: a backend that sends
+/// one byte past the limit and then stalls, never ending its body, fails
+/// the forward at once, not at the endpoint's timeout.
+#[tokio::test]
+async fn a_body_past_the_limit_fails_at_once_though_it_never_ends() {
+    use futures::StreamExt as _;
+    const LIMIT: usize = 2048;
+    let router = Router::new().fallback(|| async {
+        let sent = [vec![b'y'; LIMIT], vec![b'y']].map(Ok::<_, std::io::Error>);
+        let stalled = futures::stream::iter(sent).chain(futures::stream::pending());
+        answer(200, &[], axum::body::Body::from_stream(stalled))
+    });
+    let mut e = EndpointConfig::with_url(url(serve(router).await));
+    e.timeout = 60;
+    let cfg = UpstreamConfig {
+        max_response_size: LIMIT,
+        ..config(e)
+    };
+    let p = processor(&cfg);
+    let env = envelope("{}", &[]);
+    let started = std::time::Instant::now();
+    let forward = call_within(&p, &env, Duration::from_secs(60));
+    let err = tokio::time::timeout(Duration::from_secs(10), forward)
+        .await
+        .expect("cut off well before the 60 s timeout")
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains("max_response_size (2048 bytes)"),
+        "{}",
+        err.message
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn statuses_are_delivered_or_retried_with_retry_after() {
     let router = Router::new()

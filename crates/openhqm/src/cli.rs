@@ -181,7 +181,8 @@ fn split_index(segment: &str) -> Option<(&str, Vec<usize>)> {
 }
 
 /// Every string that took text from the environment, as the file wrote it
-/// (`${VAR}` in place): such text is taken for a secret.
+/// (`${VAR}` in place): such text is taken for a secret. (Secret keys print
+/// `***`, Redis URLs included when they took any.)
 fn as_written(tree: &mut serde_json::Value, config: &Config) {
     for s in &config.from_env {
         let pointer: String = s
@@ -189,7 +190,10 @@ fn as_written(tree: &mut serde_json::Value, config: &Config) {
             .iter()
             .map(|segment| format!("/{}", segment.replace('~', "~0").replace('/', "~1")))
             .collect();
-        if let Some(slot) = tree.pointer_mut(&pointer) {
+        // A `Secret` prints `***` already, as every secret key does.
+        if let Some(slot) = tree.pointer_mut(&pointer)
+            && slot.as_str() == Some(s.expanded.expose())
+        {
             *slot = serde_json::Value::String(s.written.clone());
         }
     }
@@ -414,7 +418,7 @@ mod tests {
             "https://hooks.example/services/${HOOK_PATH}"
         );
         assert_eq!(endpoints["hook"]["headers"]["X-Custom"], "v=${CUSTOM}");
-        assert_eq!(tree["queue"]["redis_url"], "${REDIS_URL}");
+        assert_eq!(tree["queue"]["redis_url"], "***");
         assert_eq!(
             endpoints["other"]["url"], "http://replaced:8080/",
             "set again from the environment: no longer the file's"

@@ -341,7 +341,10 @@ pub(crate) async fn run(
         metrics: Arc::clone(&metrics),
         queue_metrics: queue_metrics.clone(),
         config: api_config(&config)?,
-        admission: Arc::new(Admission::new(config.server.max_pending)),
+        admission: Arc::new(
+            Admission::new(config.server.max_pending)
+                .with_body_budget(config.server.max_buffered_bytes),
+        ),
         waiting: Semaphore::new(config.server.max_waiting),
         stopping: stop_rx.clone(),
     });

@@ -1,6 +1,6 @@
 //! The real `openhqm` binary as a child process on 127.0.0.1: crash
-//! durability (`kill -9` under load), graceful shutdown, start-up errors,
-//! logs and metrics.
+//! durability (`kill -9` under load), what `queue.fsync` syncs, graceful
+//! shutdown, start-up errors, logs and metrics.
 
 mod common;
 
@@ -191,9 +191,144 @@ async fn an_attempt_killed_mid_way_counts_after_the_restart() {
     assert!(wait_exit(&mut server.child, Duration::from_secs(30)).success());
 }
 
+/// What `queue.fsync` syncs, counted by strace (Linux only).
+#[cfg(target_os = "linux")]
+mod syncs {
+    use std::os::unix::process::CommandExt as _;
+    use std::path::PathBuf;
+    use std::process::Stdio;
+
+    use super::*;
+
+    /// The strace options that report each fsync and fdatasync as it is made.
+    const STRACE_SYNCS: [&str; 7] = [
+        "-f",
+        "-qq",
+        "--seccomp-bpf",
+        "-e",
+        "trace=fsync,fdatasync",
+        "-e",
+        "signal=none",
+    ];
+
+    /// Whether strace is installed and may trace a child here.
+    fn strace_works() -> bool {
+        Command::new("strace")
+            .args(STRACE_SYNCS)
+            .args(["-o", "/dev/null", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// `openhqm serve` run by strace, which writes each sync the server makes
+    /// to a file as it makes it. Both are killed when dropped.
+    struct Traced {
+        /// strace, whose child is the server; it leads their process group.
+        strace: Server,
+        trace: PathBuf,
+    }
+
+    impl Traced {
+        fn start(dir: &Path, port: u16, extra: &[&str]) -> Self {
+            let trace = dir.join("syncs.trace");
+            let log = std::fs::File::create(dir.join("server.log")).expect("log file");
+            let child = Command::new("strace")
+                .args(STRACE_SYNCS)
+                .arg("-o")
+                .arg(&trace)
+                .args(["--", BIN, "serve", "--host", "127.0.0.1", "--port"])
+                .arg(port.to_string())
+                .arg("--data-dir")
+                .arg(dir.join("data"))
+                .args(extra)
+                .env_remove("OPENHQM_CONFIG")
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .expect("spawn strace");
+            let strace = Server {
+                child,
+                base: format!("http://127.0.0.1:{port}"),
+                log: dir.join("server.log"),
+            };
+            Self { strace, trace }
+        }
+
+        /// How many times the server has called fsync or fdatasync so far. (A
+        /// call another thread's report interrupts is written as
+        /// `fdatasync(3 <unfinished ...>`, then `<... fdatasync resumed>`.)
+        fn syncs(&self) -> usize {
+            std::fs::read_to_string(&self.trace)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("fsync(") || l.contains("fdatasync("))
+                .count()
+        }
+    }
+
+    impl Drop for Traced {
+        fn drop(&mut self) {
+            // Killing strace alone would leave the server running, untraced.
+            let group = format!("-{}", self.strace.child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        }
+    }
+
+    /// A 202 waits for an fsync of its own group commit by default, and for
+    /// none under `queue.fsync: false` (a crash of the process loses nothing;
+    /// a power loss may). Submits made one after another share no commit, so
+    /// by default each makes a sync. Counted by strace, which
+    /// `scripts/test.sh` installs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queue_fsync_false_makes_no_sync_per_submit() {
+        const N: usize = 100;
+        assert!(
+            strace_works(),
+            "strace is missing or may not trace here (scripts/test.sh installs it)"
+        );
+        let http = http_client();
+        for fsync in [true, false] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let set = format!("queue.fsync={fsync}");
+            let server = Traced::start(dir.path(), free_port(), &["--set", &set]);
+            let base = server.strace.base.clone();
+            wait_ready(&http, &base).await;
+            let before = server.syncs();
+            for i in 0..N {
+                let body = json!({"payload": {"operation": "echo", "data": i}});
+                submit(&http, &base, &body).await.expect("accepted");
+            }
+            let syncs = server.syncs() - before;
+            if fsync {
+                assert!(syncs >= N, "{N} submits, {syncs} syncs with queue.fsync");
+            } else {
+                assert!(
+                    syncs < N / 10,
+                    "{N} submits, {syncs} syncs without queue.fsync"
+                );
+            }
+        }
+    }
+}
+
 /// SIGTERM: stop taking work, finish what is in flight, exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_work_and_exits_zero() {
+    drains_in_flight_work_and_exits_zero_on("-TERM").await;
+}
+
+/// SIGINT (Ctrl-C) shuts down as SIGTERM does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_drains_in_flight_work_and_exits_zero() {
+    drains_in_flight_work_and_exits_zero_on("-INT").await;
+}
+
+/// Sends `sig` (as `kill` names it) while a request is in flight: the
+/// server finishes it and exits 0, and a restart shows it COMPLETED.
+async fn drains_in_flight_work_and_exits_zero_on(sig: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let mut server = start(dir.path(), port, &[]);
@@ -211,9 +346,9 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
         assert!(Instant::now() < deadline, "never started processing");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    signal(&server.child, "-TERM");
+    signal(&server.child, sig);
     let status = wait_exit(&mut server.child, Duration::from_secs(15));
-    assert!(status.success(), "exit status {status}");
+    assert!(status.success(), "{sig}: exit status {status}");
 
     let server = start(dir.path(), port, &[]);
     wait_ready(&http, &server.base).await;
@@ -227,7 +362,7 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
         .expect("json");
     assert_eq!(
         r["status"], "COMPLETED",
-        "in-flight work finished during the drain: {r}"
+        "{sig}: in-flight work finished during the drain: {r}"
     );
     assert_eq!(r["result"]["output"], "slow");
     let mut server = server;

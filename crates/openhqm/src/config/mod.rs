@@ -76,6 +76,10 @@ pub struct ServerConfig {
     /// Callers held waiting at once (passthrough and long-poll); past it a
     /// caller gets its 202 with `Location` at once.
     pub max_waiting: usize,
+    /// Request bodies held at once, in bytes, while they are read and
+    /// until their requests are stored; past it a request is refused with
+    /// 503 and `Retry-After`. 0 = unbounded.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +94,7 @@ impl Default for ServerConfig {
             max_wait_seconds: 60,
             max_pending: 100_000,
             max_waiting: 10_000,
+            max_buffered_bytes: 128 * 1024 * 1024,
         }
     }
 }

@@ -161,6 +161,14 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigError> {
         "must be at least 1 byte".into(),
     );
     check(
+        c.server.max_buffered_bytes == 0 || c.server.max_buffered_bytes >= c.server.max_body_size,
+        "server.max_buffered_bytes",
+        format!(
+            "must be 0 (unbounded) or at least server.max_body_size ({}), or a body of the largest size is never accepted",
+            c.server.max_body_size
+        ),
+    );
+    check(
         (1..=MAX_SECONDS).contains(&c.server.read_timeout_seconds),
         "server.read_timeout_seconds",
         format!("must be from 1 to {MAX_SECONDS} (a week)"),
