@@ -1064,6 +1064,23 @@ async fn an_unconfirmed_publish_withdraws_the_record_and_keeps_the_key() {
     assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
     let retry = keyed().await.expect("retry");
     expect_problem(retry, StatusCode::CONFLICT, "idempotency-key-in-use").await;
+    // Another body under the same key is another request, mid-way or not.
+    let other = api
+        .http
+        .post(format!("{}/api/v1/submit", api.base))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "k-unconfirmed")
+        .header("authorization", "Bearer caller")
+        .body(r#"{"payload": 3}"#)
+        .send()
+        .await
+        .expect("other body");
+    expect_problem(
+        other,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency-key-reused",
+    )
+    .await;
 }
 
 #[tokio::test]

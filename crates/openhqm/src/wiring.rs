@@ -306,6 +306,9 @@ pub(crate) async fn run(
     if let Some(refusal) = refuse_split(mode, config.queue.kind, config.cache.kind) {
         bail!(refusal);
     }
+    if let Some(warning) = private_results(mode, config.queue.kind, config.cache.kind) {
+        tracing::warn!("{warning}");
+    }
     if mode == Mode::Worker
         && config.queue.kind == BackendType::Embedded
         && !Path::new(&config.queue.data_dir).exists()
@@ -468,6 +471,19 @@ fn refuse_split(mode: Mode, queue: BackendType, cache: StoreType) -> Option<Stri
     }
 }
 
+/// `serve` on a shared queue keeps results in its own embedded store: right
+/// for one process, but replicas sharing the queue each write the results of
+/// what their workers took, and a client asking another replica sees its
+/// request PENDING until it expires. The earlier implementation's
+/// `cache.type` defaulted to `redis`, so a deployment that sets only
+/// `queue.type` gets this without asking for it.
+fn private_results(mode: Mode, queue: BackendType, cache: StoreType) -> Option<&'static str> {
+    (mode == Mode::Serve && queue != BackendType::Embedded && cache == StoreType::Embedded).then_some(
+        "queue.type is shared but cache.type is embedded: results stay in this process, so replicas sharing \
+         the queue cannot answer for each other's requests; set cache.type redis if more than one process runs",
+    )
+}
+
 fn api_config(config: &Config) -> anyhow::Result<ApiConfig> {
     let sidecar = &config.sidecar;
     let forward_all = sidecar.forward_headers.iter().any(|h| h.trim() == "*");
@@ -525,4 +541,26 @@ fn choose_processor(
         .context("cannot set up proxy mode")?;
     let checks = proxy.start_health_checks();
     Ok((Arc::new(proxy), Some(checks)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_that_would_split_the_work_are_refused_or_warned_about() {
+        let (embedded, redis) = (BackendType::Embedded, BackendType::Redis);
+        let (local, shared) = (StoreType::Embedded, StoreType::Redis);
+        assert!(refuse_split(Mode::Listener, embedded, shared).is_some());
+        assert!(refuse_split(Mode::Worker, redis, local).is_some());
+        assert!(refuse_split(Mode::Serve, redis, local).is_none());
+        assert!(private_results(Mode::Serve, redis, local).is_some());
+        for (mode, queue, cache) in [
+            (Mode::Serve, embedded, local),
+            (Mode::Serve, redis, shared),
+            (Mode::Listener, redis, shared),
+        ] {
+            assert!(private_results(mode, queue, cache).is_none());
+        }
+    }
 }
