@@ -126,13 +126,15 @@ impl Breaker {
     pub fn record(&mut self, admission: Admission, success: bool, now: Instant) {
         let this_round = admission == Admission::Trial(self.round);
         self.state = match (self.state, admission, success) {
-            (State::Closed { .. }, _, true) => State::Closed { failures: 0 },
-            (State::Closed { failures }, _, false) if failures + 1 >= self.threshold => {
+            (State::Closed { .. }, Admission::Normal, true) => State::Closed { failures: 0 },
+            (State::Closed { failures }, Admission::Normal, false)
+                if failures + 1 >= self.threshold =>
+            {
                 State::Open {
                     until: now + self.open_for,
                 }
             }
-            (State::Closed { failures }, _, false) => State::Closed {
+            (State::Closed { failures }, Admission::Normal, false) => State::Closed {
                 failures: failures + 1,
             },
             (State::HalfOpen { .. }, Admission::Trial(_), true) if this_round => {
@@ -298,11 +300,15 @@ mod tests {
                 Admit(11, Some(Trial(1))),
                 Admit(11, None),
                 Record(12, Trial(1), true),
-                Admit(12, Some(Normal)),
+                // The round's other trials failing after it closed count for
+                // nothing: two would reach the threshold of the closed state.
+                Record(13, Trial(1), false),
+                Record(13, Trial(1), false),
+                Admit(13, Some(Normal)),
             ]),
             &[
                 "closed1", "open10", "half1", "half2", "half2", "half3", "half3", "half3", "half2",
-                "half3", "half3", "closed0", "closed0",
+                "half3", "half3", "closed0", "closed0", "closed0", "closed0",
             ],
         );
         // One failure among them opens it again; the other trials of that
