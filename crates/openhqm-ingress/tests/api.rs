@@ -1051,30 +1051,21 @@ async fn an_unconfirmed_publish_withdraws_the_record_and_keeps_the_key() {
 
     // With a key, a retry must not start a second request while the first
     // may yet be stored: the key still stands for it.
-    let keyed = || {
+    let keyed = |body: &'static str| {
         api.http
             .post(format!("{}/api/v1/submit", api.base))
             .header("content-type", "application/json")
             .header("idempotency-key", "k-unconfirmed")
             .header("authorization", "Bearer caller")
-            .body(r#"{"payload": 2}"#)
+            .body(body)
             .send()
     };
-    let first = keyed().await.expect("submit");
+    let first = keyed(r#"{"payload": 2}"#).await.expect("submit");
     assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let retry = keyed().await.expect("retry");
+    let retry = keyed(r#"{"payload": 2}"#).await.expect("retry");
     expect_problem(retry, StatusCode::CONFLICT, "idempotency-key-in-use").await;
     // Another body under the same key is another request, mid-way or not.
-    let other = api
-        .http
-        .post(format!("{}/api/v1/submit", api.base))
-        .header("content-type", "application/json")
-        .header("idempotency-key", "k-unconfirmed")
-        .header("authorization", "Bearer caller")
-        .body(r#"{"payload": 3}"#)
-        .send()
-        .await
-        .expect("other body");
+    let other = keyed(r#"{"payload": 3}"#).await.expect("other body");
     expect_problem(
         other,
         StatusCode::UNPROCESSABLE_ENTITY,

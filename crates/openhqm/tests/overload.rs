@@ -11,6 +11,19 @@ use tokio::net::TcpStream;
 mod common;
 use common::{Server, free_port, http_client};
 
+/// `openhqm listener` on the embedded engine in `dir`, with `sets` as
+/// `--set` overrides; its port.
+fn listener(dir: &std::path::Path, sets: &[&str]) -> (Server, u16) {
+    let port = free_port();
+    let port_arg = port.to_string();
+    let data = dir.join("data").to_string_lossy().into_owned();
+    let mut args = vec!["listener", "--port", &port_arg, "--data-dir", &data];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    (Server::spawn(dir, port, &args, &[]), port)
+}
+
 /// A submit body of exactly `len` bytes.
 fn submit_body(len: usize) -> String {
     let frame = r#"{"payload":""}"#;
@@ -84,24 +97,12 @@ async fn expect_receiving_too_much(response: reqwest::Response, asked: Instant) 
 async fn bodies_held_at_once_are_bounded_and_given_back() {
     const MAX_BODY: usize = 64 * 1024;
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let data = dir.path().join("data");
-    let (port_arg, data_arg) = (port.to_string(), data.to_string_lossy().into_owned());
-    let server = Server::spawn(
+    let (server, port) = listener(
         dir.path(),
-        port,
         &[
-            "listener",
-            "--port",
-            &port_arg,
-            "--data-dir",
-            &data_arg,
-            "--set",
             "server.max_body_size=65536",
-            "--set",
             "server.max_buffered_bytes=131072",
         ],
-        &[],
     );
     let http = http_client();
     server.ready(&http).await;
@@ -158,24 +159,8 @@ async fn bodies_held_at_once_are_bounded_and_given_back() {
 #[tokio::test]
 async fn at_max_pending_a_submit_is_refused_before_its_body_is_read() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let data = dir.path().join("data");
-    let (port_arg, data_arg) = (port.to_string(), data.to_string_lossy().into_owned());
     // A listener alone: nothing takes the queued request away.
-    let server = Server::spawn(
-        dir.path(),
-        port,
-        &[
-            "listener",
-            "--port",
-            &port_arg,
-            "--data-dir",
-            &data_arg,
-            "--set",
-            "server.max_pending=1",
-        ],
-        &[],
-    );
+    let (server, port) = listener(dir.path(), &["server.max_pending=1"]);
     let http = http_client();
     server.ready(&http).await;
     assert_eq!(
