@@ -233,6 +233,73 @@ async fn stale_retry_after_takeover_is_refused_and_changes_nothing() {
     taken.ack().await.expect("b acks");
 }
 
+/// Redis's clock in ms, which due times of retries are scored by.
+async fn redis_now_ms(server: &RedisServer) -> u64 {
+    let (secs, micros): (u64, u64) =
+        redis::from_redis_value(raw(server, &redis::cmd("TIME")).await).expect("TIME");
+    secs * 1000 + micros / 1000
+}
+
+#[tokio::test]
+async fn a_delayed_retry_waits_in_redis_and_another_consumer_takes_it_back() {
+    let server = RedisServer::start();
+    let a = open(&server, "consumer-a").await;
+    a.publish(OutgoingMessage::new("later"))
+        .await
+        .expect("publish");
+    let d = take_one(&a, Duration::from_secs(5), "a gets it").await;
+    let id = d.message().id.clone();
+    let delay = Duration::from_millis(500);
+    let asked = Instant::now();
+    let before = redis_now_ms(&server).await;
+    d.nack(Nack::Retry { delay }).await.expect("retry");
+    let after = redis_now_ms(&server).await;
+    // a's process is gone: nothing of the retry may live in its memory.
+    drop(a);
+
+    // The delayed set holds it, due `delay` after the nack by Redis's clock,
+    // with its next attempt; the stream no longer does.
+    let due: Option<u64> = redis::from_redis_value(
+        raw(
+            &server,
+            redis::cmd("ZSCORE")
+                .arg("openhqm-requests:delayed")
+                .arg(&id),
+        )
+        .await,
+    )
+    .expect("zscore");
+    let due = due.expect("the retry is in openhqm-requests:delayed");
+    assert!(
+        (before + 500..=after + 500).contains(&due),
+        "due at {due}; nacked between {before} and {after}"
+    );
+    let fields: std::collections::HashMap<String, String> = redis::from_redis_value(
+        raw(
+            &server,
+            redis::cmd("HGETALL").arg(format!("openhqm-requests:delayed:{id}")),
+        )
+        .await,
+    )
+    .expect("hgetall");
+    assert_eq!(fields.get("payload").map(String::as_str), Some("later"));
+    assert_eq!(fields.get("attempt").map(String::as_str), Some("2"));
+    let in_stream: u64 =
+        redis::from_redis_value(raw(&server, redis::cmd("XLEN").arg("openhqm-requests")).await)
+            .expect("xlen");
+    assert_eq!(in_stream, 0, "moved out of the stream while it waits");
+
+    // A consumer that never saw it moves it back once due and gets it.
+    let b = open(&server, "consumer-b").await;
+    let again = take_one(&b, Duration::from_secs(5), "b gets the retry").await;
+    assert!(asked.elapsed() >= delay, "back after {:?}", asked.elapsed());
+    assert_eq!(again.message().id, id);
+    assert_eq!(again.message().attempt, 2);
+    assert_eq!(again.message().body.as_ref(), b"later");
+    again.ack().await.expect("ack");
+    assert_eq!(b.depth().await.expect("depth"), 0);
+}
+
 #[tokio::test]
 async fn redis_restarted_empty_recreates_the_group_without_help() {
     let mut server = RedisServer::start();

@@ -1,9 +1,10 @@
 //! A private `redis-server` for tests: each test that needs Redis starts its
-//! own on a free 127.0.0.1 port, with no persistence and a temporary
-//! directory, and the server is killed when the handle is dropped.
+//! own on a free 127.0.0.1 port, in a temporary directory, and the server is
+//! killed when the handle is dropped.
 //!
 //! Owning the server (rather than sharing one from the environment) keeps
-//! tests independent and lets a test kill Redis and bring it back empty.
+//! tests independent and lets a test kill Redis and bring it back: empty by
+//! default, or with everything it acknowledged ([`RedisOptions::persistent`]).
 //! If `redis-server` is not on `PATH` the test fails, saying how to get it:
 //! a skipped test would hide a missing backend, so there is no skip.
 
@@ -18,6 +19,20 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    options: RedisOptions,
+}
+
+/// How the server runs; the default is [`RedisServer::start`]'s.
+#[derive(Clone, Debug, Default)]
+pub struct RedisOptions {
+    /// Keep the data across [`RedisServer::kill`] and
+    /// [`RedisServer::start_again`]: an append-only file fsynced before each
+    /// write is answered (`appendfsync always`), so even SIGKILL loses
+    /// nothing Redis acknowledged. Without it a restart comes back empty.
+    pub persistent: bool,
+    /// `--maxclients`: a connection beyond it is refused ("max number of
+    /// clients reached"). Redis's own default is 10,000.
+    pub max_clients: Option<u32>,
 }
 
 fn free_port() -> u16 {
@@ -55,25 +70,47 @@ fn ping(port: u16) -> bool {
 }
 
 impl RedisServer {
-    /// Starts a server on a free port and waits until it answers PING.
+    /// Starts a server without persistence on a free port and waits until
+    /// it answers PING.
     ///
     /// # Panics
     /// If `redis-server` is missing or does not come up within 10 s.
     #[must_use]
     pub fn start() -> Self {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// [`RedisServer::start`] with `options`.
+    ///
+    /// # Panics
+    /// If `redis-server` is missing or does not come up within 10 s.
+    #[must_use]
+    pub fn start_with(options: RedisOptions) -> Self {
         let mut server = Self {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir for redis"),
+            options,
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
+        let appendonly: &[&str] = if self.options.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
+        let max_clients = self
+            .options
+            .max_clients
+            .map(|n| ["--maxclients".to_owned(), n.to_string()]);
         let child = Command::new(redis_server_binary())
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--save", "", "--daemonize", "no"])
+            .args(appendonly)
+            .args(max_clients.iter().flatten())
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -124,7 +161,8 @@ impl RedisServer {
         }
     }
 
-    /// Kills the server with SIGKILL (no save: its data is gone).
+    /// Kills the server with SIGKILL: no save, so its data is gone unless
+    /// it is [`RedisOptions::persistent`].
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -132,7 +170,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port, empty.
+    /// Starts it again on the same port and with the same options: empty,
+    /// or, if persistent, with all it had acknowledged (the `--dir` is kept).
     pub fn start_again(&mut self) {
         self.kill();
         self.spawn();

@@ -57,6 +57,9 @@ end
 return 1
 ";
 
+/// How long a command may take before Redis counts as down.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How often a transition re-reads after losing a race before giving up.
 const MAX_CAS_ROUNDS: usize = 64;
 
@@ -149,7 +152,7 @@ impl RedisStore {
         let client = redis::Client::open(config.url.as_str()).map_err(redis_error)?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let mut conn = ConnectionManager::new_with_config(client.clone(), manager)
@@ -261,8 +264,16 @@ enum Expected<'a> {
     AbsentOr(&'a [u8]),
 }
 
-/// How often the subscription checks that its connection is alive.
-const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How often the subscription checks that its connection is alive. A
+/// silently dead connection delays every waiter of this process until it is
+/// noticed (at most this plus [`PONG_TIMEOUT`]), while a ping costs Redis
+/// next to nothing.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a ping may go unanswered before the subscription is made again:
+/// as long as any other command may take before Redis counts as down. One
+/// given up on too early costs only a resubscription, and every waiter
+/// reading its record once more.
+const PONG_TIMEOUT: Duration = RESPONSE_TIMEOUT;
 
 /// The one subscriber of this process: fans finished ids out to waiters,
 /// and resubscribes after a lost connection.
@@ -304,7 +315,7 @@ async fn listen(
                             }
                         }
                         _ = heartbeat.tick() => {
-                            let pong = tokio::time::timeout(HEARTBEAT, sink.ping::<()>()).await;
+                            let pong = tokio::time::timeout(PONG_TIMEOUT, sink.ping::<()>()).await;
                             if !matches!(pong, Ok(Ok(()))) {
                                 break;
                             }

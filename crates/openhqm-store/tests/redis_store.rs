@@ -3,7 +3,10 @@
 //! store instances (two connections, as two processes would have).
 #![cfg(feature = "redis")]
 
-use std::sync::Arc;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openhqm_core::{CorrelationId, RequestRecord, RequestStatus, ResultData};
@@ -390,4 +393,161 @@ async fn create_does_not_overwrite_a_later_status() {
     let server = RedisServer::start();
     let store = open(&server, Duration::from_secs(60)).await;
     openhqm_store::scenarios::create_does_not_overwrite(&store).await;
+}
+
+/// A TCP relay in front of Redis that can make the subscriber connections
+/// it carries go silent: bytes are dropped both ways while the sockets stay
+/// open, as when a NAT or balancer forgets an idle connection. Nothing ends
+/// the client's subscription; only a ping that gets no pong shows it is dead.
+/// (`CLIENT KILL TYPE pubsub` closes the socket, which the client notices at once.)
+struct SilencingRelay {
+    url: String,
+    /// A flag per connection that has sent SUBSCRIBE; set, it drops everything.
+    subscribers: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// Everything Redis has sent through the relay.
+    from_redis: Arc<Mutex<Vec<u8>>>,
+}
+
+impl SilencingRelay {
+    fn start(server: &RedisServer) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let relay = Self {
+            url: format!("redis://{}", listener.local_addr().expect("relay address")),
+            subscribers: Arc::default(),
+            from_redis: Arc::default(),
+        };
+        let redis_port = server.port();
+        let (subscribers, from_redis) = (
+            Arc::clone(&relay.subscribers),
+            Arc::clone(&relay.from_redis),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(redis) = TcpStream::connect(("127.0.0.1", redis_port)) else {
+                    continue;
+                };
+                let silent = Arc::new(AtomicBool::new(false));
+                let (client_out, redis_out) = (
+                    client.try_clone().expect("clone socket"),
+                    redis.try_clone().expect("clone socket"),
+                );
+                let (subscribers, silent_up) = (Arc::clone(&subscribers), Arc::clone(&silent));
+                std::thread::spawn(move || {
+                    let mut registered = false;
+                    pump(client, redis_out, &silent_up, |bytes| {
+                        if !registered && bytes.windows(9).any(|w| w == b"SUBSCRIBE") {
+                            registered = true;
+                            lock(&subscribers).push(Arc::clone(&silent_up));
+                        }
+                    });
+                });
+                let from_redis = Arc::clone(&from_redis);
+                std::thread::spawn(move || {
+                    pump(redis, client_out, &silent, |bytes| {
+                        lock(&from_redis).extend_from_slice(bytes);
+                    });
+                });
+            }
+        });
+        relay
+    }
+
+    /// Silences every connection that has subscribed so far; how many.
+    fn silence_subscribers(&self) -> usize {
+        let subscribers = lock(&self.subscribers);
+        for silent in subscribers.iter() {
+            silent.store(true, Ordering::SeqCst);
+        }
+        subscribers.len()
+    }
+
+    /// Whether Redis has sent `text` to some client through the relay.
+    fn has_sent(&self, text: &str) -> bool {
+        lock(&self.from_redis)
+            .windows(text.len())
+            .any(|w| w == text.as_bytes())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Copies `from` to `to` until either end closes, showing each chunk to
+/// `look` first, and dropping it once `silent` is set.
+fn pump(mut from: TcpStream, mut to: TcpStream, silent: &AtomicBool, mut look: impl FnMut(&[u8])) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        look(&buf[..n]);
+        if !silent.load(Ordering::SeqCst) && to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+#[tokio::test]
+async fn a_silently_dead_subscription_is_replaced_and_its_waiters_woken_within_seconds() {
+    let server = RedisServer::start();
+    let relay = SilencingRelay::start(&server);
+    let waiter = Arc::new(
+        RedisStore::open(RedisStoreConfig {
+            url: relay.url.clone(),
+            ttl: Duration::from_secs(60),
+            key_prefix: DEFAULT_KEY_PREFIX.into(),
+            channel: DEFAULT_CHANNEL.into(),
+        })
+        .await
+        .expect("open the store through the relay"),
+    );
+    let writer = open(&server, Duration::from_secs(60)).await;
+    let id = CorrelationId::new();
+    writer
+        .create(RequestRecord::pending(id, 1))
+        .await
+        .expect("create");
+    writer
+        .transition(id, Update::to(RequestStatus::Processing))
+        .await
+        .expect("processing");
+    let waiting = {
+        let waiter = Arc::clone(&waiter);
+        tokio::spawn(async move { waiter.wait_terminal(id, Duration::from_secs(15)).await })
+    };
+    // The waiter has read the record (PROCESSING) and sleeps until woken: a
+    // completion now can only reach it through the subscription.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !relay.has_sent(&id.to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never read the record"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        relay.silence_subscribers(),
+        1,
+        "the store's one subscription runs through the relay"
+    );
+    let finished = Instant::now();
+    writer.transition(id, completed()).await.expect("completed");
+    let rec = waiting
+        .await
+        .expect("join")
+        .expect("wait")
+        .expect("woken before the waiter's 15 s timeout");
+    assert_eq!(rec.status, RequestStatus::Completed);
+    // The dead subscription is noticed at the next heartbeat's missing pong;
+    // the new one wakes every waiter to read again. (A 10 s heartbeat with a
+    // 10 s pong timeout took up to 20 s.)
+    let waited = finished.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken {waited:?} after the completion"
+    );
 }

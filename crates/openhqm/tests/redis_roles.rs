@@ -1,7 +1,8 @@
 //! Split roles on Redis: two `openhqm listener` and three `openhqm worker`
 //! processes share one private `redis-server`. Every accepted request
-//! completes, also when a worker is killed with SIGKILL under load, and an
-//! unparsable envelope from an outside producer is dead-lettered.
+//! completes, also when a worker is killed with SIGKILL under load or Redis
+//! is restarted with its data, and an unparsable envelope from an outside
+//! producer is dead-lettered.
 #![cfg(feature = "redis")]
 
 mod common;
@@ -12,7 +13,7 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openhqm_redis_testkit::RedisServer;
+use openhqm_redis_testkit::{RedisOptions, RedisServer};
 use serde_json::{Value, json};
 
 use common::{BIN, free_port, get_json, http_client, status_of, submit};
@@ -357,9 +358,19 @@ async fn listener_and_worker_started_before_redis_wait_for_it() {
     all_complete(&http, std::slice::from_ref(&listener), &[id]).await;
 }
 
+/// Connections a listener or a worker holds: the queue's multiplexed one and
+/// its blocking reader, the store's multiplexed one and its subscriber.
+const CONNECTIONS_PER_PROCESS: u32 = 4;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_clients_then_redis_down_and_restarted_empty_under_load() {
-    let mut redis = RedisServer::start();
+    // Room for the two processes' connections, four times over (the
+    // connections of a Redis restart are all gone with it), and far fewer
+    // than the clients: a connection per request would be refused.
+    let mut redis = RedisServer::start_with(RedisOptions {
+        max_clients: Some(2 * CONNECTIONS_PER_PROCESS * 4),
+        ..RedisOptions::default()
+    });
     let url = redis.url();
     let dir = tempfile::tempdir().expect("tempdir");
     let http = http_client();
@@ -428,6 +439,96 @@ async fn a_thousand_clients_then_redis_down_and_restarted_empty_under_load() {
     // request accepted after the restart completes with no manual step.
     let after: Vec<String> = accepted.lock().expect("lock")[before_restart..].to_vec();
     all_complete(&http, std::slice::from_ref(&listener), &after).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarted_with_its_data_under_load_loses_no_accepted_request() {
+    let mut redis = RedisServer::start_with(RedisOptions {
+        persistent: true,
+        ..RedisOptions::default()
+    });
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = http_client();
+    let listener = start("listener", "listener-0", &url, dir.path());
+    let workers = [
+        start("worker", "worker-0", &url, dir.path()),
+        start("worker", "worker-1", &url, dir.path()),
+    ];
+    for p in std::iter::once(&listener).chain(&workers) {
+        wait_ready(&http, p).await;
+    }
+    let bases = vec![listener.base.clone()];
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = load(&http, &bases, &accepted, &stop);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while accepted.lock().expect("lock").len() < 100 {
+        assert!(Instant::now() < deadline, "load never built up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Acknowledged entries are deleted, so the stream holds exactly the
+    // work queued or leased, which must come back with Redis.
+    let unfinished: u64 = redis_cmd(&url, redis::cmd("XLEN").arg("openhqm-requests")).await;
+    // SIGKILL: with `appendfsync always` every write Redis answered is on disk.
+    redis.start_again();
+    let restarted_at = accepted.lock().expect("lock").len();
+    wait_ready(&http, &listener).await;
+    for w in &workers {
+        wait_ready(&http, w).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while accepted.lock().expect("lock").len() < restarted_at + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "no submit accepted after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client");
+    }
+    assert!(
+        unfinished > 0,
+        "Redis held no work when it restarted; the test proved nothing"
+    );
+    // Accepted before the restart (queued, leased, or done) and after it: all.
+    let accepted = accepted.lock().expect("lock").clone();
+    all_complete(&http, std::slice::from_ref(&listener), &accepted).await;
+}
+
+/// Whether `name`'s log has the warning that Redis may evict keys.
+fn warns_of_eviction(dir: &Path, name: &str) -> bool {
+    let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).expect("log");
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .any(|event| event["level"] == "WARN" && event["maxmemory_policy"] == "allkeys-lru")
+}
+
+/// A Redis that evicts keys when full would drop queued requests without a
+/// word: a process opening the queue on one says so, and on a Redis that
+/// refuses writes instead (`noeviction`, the default) it says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_redis_is_warned_about_at_start_up() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = http_client();
+    let refusing = start("listener", "noeviction", &url, dir.path());
+    wait_ready(&http, &refusing).await;
+    assert!(!warns_of_eviction(dir.path(), "noeviction"));
+    let () = redis_cmd(
+        &url,
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg("allkeys-lru"),
+    )
+    .await;
+    let evicting = start("listener", "allkeys-lru", &url, dir.path());
+    wait_ready(&http, &evicting).await;
+    assert!(warns_of_eviction(dir.path(), "allkeys-lru"));
 }
 
 #[test]

@@ -52,6 +52,9 @@
 //!   its data) recreates the group and carries on.
 //! - **Redis down**: commands time out after a few seconds and map to
 //!   [`QueueError::Unavailable`]; the connection manager reconnects on its own.
+//! - **Eviction** would lose accepted work silently, so Redis must run with
+//!   `maxmemory-policy noeviction` (a full Redis then refuses writes: a 503).
+//!   Opening the queue warns otherwise, when `CONFIG GET` is allowed.
 //!
 //! The Lua scripts touch keys derived from the stream name, so this backend
 //! targets a single Redis (or a primary with replicas), not Redis Cluster.
@@ -221,7 +224,31 @@ impl RedisQueue {
             }),
         };
         queue.create_group().await?;
+        queue.warn_if_redis_may_evict().await;
         Ok(queue)
+    }
+
+    /// Warns unless Redis's `maxmemory-policy` is `noeviction`: under any
+    /// other policy a full Redis deletes keys (this stream's entries, delayed
+    /// retries, results) to make room, losing accepted work without a word,
+    /// where `noeviction` refuses the write and the caller gets a 503.
+    /// Managed Redis often disables `CONFIG`; then nothing can be known, and
+    /// nothing is said.
+    async fn warn_if_redis_may_evict(&self) {
+        let asked: Result<std::collections::HashMap<String, String>, _> = self
+            .query(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy"))
+            .await;
+        let Ok(config) = asked else { return };
+        if let Some(policy) = config.get("maxmemory-policy")
+            && policy != "noeviction"
+        {
+            tracing::warn!(
+                stream = %self.shared.config.stream,
+                maxmemory_policy = %policy,
+                "Redis may evict keys when full, dropping queued requests and results; \
+                 set maxmemory-policy to noeviction"
+            );
+        }
     }
 
     /// Deletes the group's consumers (not this one) that hold no entry and
