@@ -287,7 +287,12 @@ pub(crate) fn refuse_early(
     state: &ApiState,
     headers: &axum::http::HeaderMap,
 ) -> Result<(), Problem> {
-    if headers.contains_key(crate::idempotency::HEADER) {
+    // Only a key that is deduplicated (the caller says who it is) can be a
+    // repeat answered without adding work.
+    let identified = headers
+        .get(&state.config.idempotency.identity_header)
+        .is_some_and(|v| !v.as_bytes().trim_ascii().is_empty());
+    if headers.contains_key(crate::idempotency::HEADER) && identified {
         return Ok(());
     }
     match state.admission.is_full() {

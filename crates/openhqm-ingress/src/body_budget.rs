@@ -4,8 +4,9 @@
 //! written as one message), so each request holds up to
 //! `server.max_body_size` for a moment, and many at once hold their sum:
 //! `server.max_pending` bounds the work stored, not this. Every body takes
-//! its size from one budget (`server.max_buffered_bytes`) while it is read
-//! and until its request is stored (for a waiting sidecar call, answered);
+//! its size from one budget (`server.max_buffered_bytes`) as its bytes
+//! arrive, until its request is stored (for a waiting sidecar call held in
+//! memory, answered);
 //! a body that finds the budget spent is refused at once with 503 and
 //! `Retry-After`, shedding load as a proxy at its buffer limit does, rather
 //! than queueing behind the others with its connection open.

@@ -80,9 +80,11 @@ pub(crate) async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(Problem::too_large(limit));
     }
-    let mut hold = budget.hold(declared.unwrap_or(0)).map_err(spent)?;
+    // Only bytes that arrived are charged (and allocated ahead of them): a
+    // client that declares a large body and trickles it holds what it sent.
+    let mut hold = budget.hold(0).map_err(spent)?;
     let mut body = http_body_util::Limited::new(body, limit);
-    let mut bytes = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut bytes = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(64 * 1024));
     loop {
         let frame = tokio::time::timeout(idle, body.frame())
             .await

@@ -93,9 +93,7 @@ pub(crate) async fn passthrough(
         ));
     }
     crate::accept::refuse_early(&state, &headers)?;
-    // Held until the caller is answered: its body is in memory until then
-    // (a waiting call is held in memory, not written, until a sync).
-    let (bytes, _held) = read_limited(&state, &headers, body).await?;
+    let (bytes, held) = read_limited(&state, &headers, body).await?;
     let query = uri.query().unwrap_or_default();
     // Only the header: a `wait` query parameter belongs to the app.
     let prefs = Preferences::from_headers(&headers);
@@ -143,6 +141,9 @@ pub(crate) async fn passthrough(
         Durability::Deferred
     };
     let accepted = accept(&state, envelope, 0, keyed, now, durability).await?;
+    // Written, the body has left this process; a deferred call's message
+    // may be held in memory until it is answered, so it keeps its share.
+    let _held = (durability == Durability::Deferred).then_some(held);
     let replayed = matches!(accepted, Accepted::Replayed(_));
     let record = match accepted {
         Accepted::New(r) | Accepted::Replayed(r) => r,

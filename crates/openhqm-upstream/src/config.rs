@@ -32,6 +32,10 @@ pub struct UpstreamConfig {
     pub strip_headers: Vec<String>,
     /// Largest backend response body kept, in bytes.
     pub max_response_size: usize,
+    /// What a `default_endpoint` URL took from the environment (filled by
+    /// the loader; not a key).
+    #[serde(skip)]
+    pub default_from_env: FromEnv,
 }
 
 impl Default for UpstreamConfig {
@@ -42,6 +46,7 @@ impl Default for UpstreamConfig {
             forward_headers: vec!["Content-Type".into(), "Accept".into(), "User-Agent".into()],
             strip_headers: vec!["Host".into(), "Connection".into()],
             max_response_size: 10 * 1024 * 1024,
+            default_from_env: FromEnv::default(),
         }
     }
 }

@@ -49,7 +49,8 @@ impl ProxyProcessor {
             Some(name) => match endpoints.get(name) {
                 Some(e) => Some(Arc::clone(e)),
                 None => {
-                    let e = EndpointConfig::with_url(name.clone());
+                    let mut e = EndpointConfig::with_url(name.clone());
+                    e.from_env = cfg.default_from_env.clone();
                     Some(Arc::new(Endpoint::new(DEFAULT_ENDPOINT_NAME, &e, metrics)?))
                 }
             },

@@ -371,7 +371,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("openhqm.yaml");
         let yaml = "queue: {redis_url: '${REDIS_URL}'}\n\
-                    proxy: {endpoints: {\n\
+                    proxy: {default_endpoint: 'https://hooks.example/d/${HOOK_PATH}', endpoints: {\n\
                       hook: {url: 'https://hooks.example/services/${HOOK_PATH}', headers: {X-Custom: 'v=${CUSTOM}'}},\n\
                       other: {url: 'http://${OTHER_HOST}:8080/'}}}\n";
         std::fs::write(&file, yaml).expect("write config");
@@ -407,6 +407,13 @@ mod tests {
         let mut values: Vec<&str> = hook.from_env.values.iter().map(Secret::expose).collect();
         values.sort_unstable();
         assert_eq!(values, ["CUSTOMSECRET", "T0/B0/HOOKSECRET"]);
+        // A URL as the default endpoint is an endpoint of its own.
+        let default = config.proxy.upstream().default_from_env;
+        assert_eq!(
+            default.urls_as_written["https://hooks.example/d/T0/B0/HOOKSECRET"],
+            "https://hooks.example/d/${HOOK_PATH}"
+        );
+        assert_eq!(default.values, [Secret::from("T0/B0/HOOKSECRET")]);
         let printed = effective_yaml(&config, &errors).expect("printable");
         for secret in ["REDISPW", "HOOKSECRET", "CUSTOMSECRET", "other-host"] {
             assert!(!printed.contains(secret), "{secret} printed in:\n{printed}");
@@ -419,6 +426,10 @@ mod tests {
         );
         assert_eq!(endpoints["hook"]["headers"]["X-Custom"], "v=${CUSTOM}");
         assert_eq!(tree["queue"]["redis_url"], "***");
+        assert_eq!(
+            tree["proxy"]["default_endpoint"],
+            "https://hooks.example/d/${HOOK_PATH}"
+        );
         assert_eq!(
             endpoints["other"]["url"], "http://replaced:8080/",
             "set again from the environment: no longer the file's"

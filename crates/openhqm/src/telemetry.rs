@@ -45,9 +45,11 @@ pub(crate) fn init(monitoring: &MonitoringConfig) {
     }
 }
 
-/// One JSON object per line: `timestamp`, `level`, `target`, the event's
-/// fields (`message` among them), then the fields of the spans it was
-/// logged in, innermost first; a name already on the line keeps its value.
+/// One JSON object per line, its keys in alphabetical order: the event's
+/// fields (`message` among them), the fields of the spans it was logged in
+/// (innermost first; a name already on the line keeps its value), `span`
+/// (the innermost span's name), and `timestamp`, `level` and `target`,
+/// which no field overrides.
 struct FlatJson;
 
 impl<S, N> FormatEvent<S, N> for FlatJson
@@ -66,13 +68,6 @@ where
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let mut line = Map::new();
-        let now = openhqm_core::time::now_ms();
-        line.insert(
-            "timestamp".into(),
-            openhqm_core::time::rfc3339_ms(now).into(),
-        );
-        line.insert("level".into(), meta.level().as_str().into());
-        line.insert("target".into(), meta.target().into());
         event.record(&mut Fields(&mut line));
         for span in ctx.event_scope().into_iter().flatten() {
             let extensions = span.extensions();
@@ -86,6 +81,16 @@ where
                 }
             }
         }
+        if let Some(span) = ctx.event_scope().and_then(|mut scope| scope.next()) {
+            line.entry("span").or_insert_with(|| span.name().into());
+        }
+        let now = openhqm_core::time::now_ms();
+        line.insert(
+            "timestamp".into(),
+            openhqm_core::time::rfc3339_ms(now).into(),
+        );
+        line.insert("level".into(), meta.level().as_str().into());
+        line.insert("target".into(), meta.target().into());
         let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
     }

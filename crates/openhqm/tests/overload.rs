@@ -96,6 +96,8 @@ async fn expect_receiving_too_much(response: reqwest::Response, asked: Instant) 
 #[tokio::test]
 async fn bodies_held_at_once_are_bounded_and_given_back() {
     const MAX_BODY: usize = 64 * 1024;
+    // What each stalled upload sent: only bytes that arrived are charged.
+    const SENT: usize = 60 * 1024;
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, port) = listener(
         dir.path(),
@@ -107,21 +109,22 @@ async fn bodies_held_at_once_are_bounded_and_given_back() {
     let http = http_client();
     server.ready(&http).await;
     let body = submit_body(MAX_BODY);
-    // Two uploads of the largest size, stalled: the budget is theirs. (One
+    // Two uploads of the largest size, stalled near their end: 120 KiB of
+    // the 128 KiB budget is theirs, too little for a 16 KiB body. (One
     // whose head is read while a probe's body is held is refused, rightly:
     // it is opened again.)
     let mut held = vec![
-        held_submit(port, &body, 100).await,
-        held_submit(port, &body, 100).await,
+        held_submit(port, &body, SENT).await,
+        held_submit(port, &body, SENT).await,
     ];
     let full = async || {
         for upload in &mut held {
             if answered(upload) {
-                *upload = held_submit(port, &body, 100).await;
+                *upload = held_submit(port, &body, SENT).await;
             }
         }
         let asked = Instant::now();
-        let r = post(&http, &server.base, submit_body(1024)).await;
+        let r = post(&http, &server.base, submit_body(16 * 1024)).await;
         (r.status() == 503).then_some((r, asked))
     };
     let (refused, asked) = common::until("the budget spent", full).await;
@@ -132,7 +135,7 @@ async fn bodies_held_at_once_are_bounded_and_given_back() {
     let (mut first, second) = (held.remove(0), held.remove(0));
     // The first upload completes: stored, and its share given back.
     first
-        .write_all(&body.as_bytes()[100..])
+        .write_all(&body.as_bytes()[SENT..])
         .await
         .expect("rest");
     assert_eq!(status_on(&mut first).await, 202);
@@ -140,7 +143,7 @@ async fn bodies_held_at_once_are_bounded_and_given_back() {
     // A client that goes away gives its share back too.
     drop(second);
     let both = async || {
-        let held = held_submit(port, &body, 100).await;
+        let held = held_submit(port, &body, SENT).await;
         let r = post(&http, &server.base, body.clone()).await;
         drop(held);
         (r.status() == 202).then_some(())

@@ -95,8 +95,17 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     let mut errors = Vec::new();
     let mut tree = Value::Object(Map::new());
     let mut substituted = Vec::new();
+    // Variables the file names (`${OPENHQM_TOKEN}`) are the file's to read,
+    // not keys.
+    let mut referenced = std::collections::HashSet::new();
     if let Some(path) = &sources.file
-        && let Some(file) = read_file(path, &sources.env, &defaults, &mut errors, &mut substituted)
+        && let Some(file) = read_file(
+            path,
+            &sources.env,
+            &defaults,
+            &mut errors,
+            (&mut substituted, &mut referenced),
+        )
     {
         merge(&mut tree, file);
     }
@@ -108,6 +117,9 @@ pub fn load_all(sources: &Sources) -> (Config, Vec<ConfigError>) {
     // (`OPENHQM_WORKER__COUNT`), which refine it.
     env.sort_by_key(|(name, _)| name.to_ascii_uppercase());
     for (name, raw) in env {
+        if referenced.contains(name.as_str()) {
+            continue;
+        }
         let path = match env_key(name, raw, &defaults) {
             EnvKey::Key(path) => spelt_as_in(&tree, path),
             EnvKey::NotOurs => continue,
@@ -199,6 +211,15 @@ fn in_effect(substituted: Vec<Substitution>, tree: &Value) -> Vec<Substitution> 
 /// Tells each endpoint what its configuration took from the environment.
 fn mark_endpoints(config: &mut Config) {
     for s in &config.from_env {
+        if s.path == ["proxy", "default_endpoint"] {
+            // A URL used as an endpoint of its own.
+            let from_env = &mut config.proxy.default_from_env;
+            from_env.values.extend(s.values.iter().cloned());
+            from_env
+                .urls_as_written
+                .insert(s.expanded.expose().to_owned(), s.written.clone());
+            continue;
+        }
         let [section, endpoints, name, key @ ..] = s.path.as_slice() else {
             continue;
         };
@@ -239,7 +260,10 @@ fn read_file(
     env: &HashMap<String, String>,
     defaults: &Value,
     errors: &mut Vec<ConfigError>,
-    substituted: &mut Vec<Substitution>,
+    (substituted, referenced): (
+        &mut Vec<Substitution>,
+        &mut std::collections::HashSet<String>,
+    ),
 ) -> Option<Value> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -251,6 +275,7 @@ fn read_file(
             return None;
         }
     };
+    referenced.extend(names_referenced(&text));
     let yaml: serde_norway::Value = match serde_norway::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
@@ -296,6 +321,23 @@ fn read_file(
     };
     expansion.tree(&mut value, &mut Vec::new(), None);
     Some(value)
+}
+
+/// The variables `text` names in `${NAME}` or `${NAME:-default}` (not in a
+/// literal `$${`).
+fn names_referenced(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        let escaped = rest[..at].ends_with('$');
+        rest = &rest[at + 2..];
+        if escaped {
+            continue;
+        }
+        let end = rest.find(['}', ':']).unwrap_or(rest.len());
+        names.push(rest[..end].to_owned());
+    }
+    names
 }
 
 /// Reports every `.inf`, `-.inf` and `.nan` in a file's tree by its key.
@@ -593,7 +635,14 @@ fn env_key(name: &str, value: &str, defaults: &Value) -> EnvKey {
 /// `<NAME>_PORT` is told from a misspelt key (`OPENHQM_SERVER_PORT=9000`)
 /// by its value, a URL.
 fn is_service_link(rest: &str, value: &str) -> bool {
-    let name_then = |marker: &str| rest == &marker[1..] || rest.contains(marker);
+    // `<NAME>_SERVICE_PORT_<PORT>` for a Service named `openhqm` is
+    // `SERVICE_PORT_<PORT>` here.
+    let name_then = |marker: &str| {
+        let bare = &marker[1..];
+        rest == bare
+            || rest.strip_prefix(bare).is_some_and(|r| r.starts_with('_'))
+            || rest.contains(marker)
+    };
     if name_then("_SERVICE_HOST") || name_then("_SERVICE_PORT") {
         return true;
     }

@@ -411,6 +411,9 @@ pub struct ProxyConfig {
     pub forward_headers: Vec<String>,
     pub strip_headers: Vec<String>,
     pub max_response_size: usize,
+    /// What a `default_endpoint` URL took from the environment.
+    #[serde(skip)]
+    pub default_from_env: openhqm_upstream::config::FromEnv,
 }
 
 impl Default for ProxyConfig {
@@ -423,6 +426,7 @@ impl Default for ProxyConfig {
             forward_headers: u.forward_headers,
             strip_headers: u.strip_headers,
             max_response_size: u.max_response_size,
+            default_from_env: u.default_from_env,
         }
     }
 }
@@ -437,6 +441,7 @@ impl ProxyConfig {
             forward_headers: self.forward_headers.clone(),
             strip_headers: self.strip_headers.clone(),
             max_response_size: self.max_response_size,
+            default_from_env: self.default_from_env.clone(),
         }
     }
 }

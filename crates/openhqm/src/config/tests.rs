@@ -740,7 +740,9 @@ fn kubernetes_service_links_are_not_configuration() {
         env: env(&[
             ("OPENHQM_SERVICE_HOST", "10.0.0.1"),
             ("OPENHQM_SERVICE_PORT", "8000"),
+            ("OPENHQM_SERVICE_PORT_HTTP", "8000"),
             ("OPENHQM_PORT", "tcp://10.0.0.1:8000"),
+            ("OPENHQM_PORT_8000_TCP", "tcp://10.0.0.1:8000"),
             ("OPENHQM_API_SERVICE_HOST", "10.0.0.2"),
             ("OPENHQM_API_SERVICE_PORT_HTTP", "80"),
             ("OPENHQM_API_PORT", "tcp://10.0.0.2:80"),
@@ -757,6 +759,30 @@ fn kubernetes_service_links_are_not_configuration() {
     let c = load(&sources).expect("service links are ignored");
     assert_eq!(c.server.port, 9100);
     assert_eq!(c.worker.count, 3, "the prefix is matched in any case");
+}
+
+/// A deployment may keep its own secrets under the prefix and name them in
+/// the file: they are the file's, not misspelt keys.
+#[test]
+fn variables_the_file_names_are_not_keys() {
+    let file = yaml(
+        "proxy:\n  endpoints:\n    api:\n      url: http://127.0.0.1:8080\n      auth_type: bearer\n      auth_token: \"${OPENHQM_API_TOKEN}\"\n",
+    );
+    let sources = Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[("OPENHQM_API_TOKEN", "t0ken-value")]),
+        ..Sources::default()
+    };
+    let c = load(&sources).expect("the file's own variable");
+    assert_eq!(c.proxy.endpoints["api"].auth_token.expose(), "t0ken-value");
+    let unnamed = Sources {
+        env: env(&[("OPENHQM_API_TOKEN", "t0ken-value")]),
+        ..Sources::default()
+    };
+    assert!(
+        load(&unnamed).is_err(),
+        "named nowhere, it is a misspelt key"
+    );
 }
 
 #[test]
