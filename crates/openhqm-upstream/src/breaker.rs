@@ -46,8 +46,10 @@ impl State {
 /// How a request got through, so its result is counted in the right state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Let through while closed.
-    Normal,
+    /// Let through while closed, in the closed period that followed the
+    /// given half-open round (0: the first): a late result from an earlier
+    /// period must not count in this one.
+    Normal(u32),
     /// A half-open trial, of the given half-open round: a late result or
     /// release from an earlier round must not decide or free this one.
     Trial(u32),
@@ -113,7 +115,7 @@ impl Breaker {
             self.round = self.round.wrapping_add(1);
         }
         match &mut self.state {
-            State::Closed { .. } => Some(Admission::Normal),
+            State::Closed { .. } => Some(Admission::Normal(self.round)),
             State::HalfOpen { trials } if *trials < self.half_open_max => {
                 *trials += 1;
                 Some(Admission::Trial(self.round))
@@ -125,18 +127,23 @@ impl Breaker {
     /// Records the result of an admitted request.
     pub fn record(&mut self, admission: Admission, success: bool, now: Instant) {
         let this_round = admission == Admission::Trial(self.round);
+        let this_period = admission == Admission::Normal(self.round);
         self.state = match (self.state, admission, success) {
-            (State::Closed { .. }, Admission::Normal, true) => State::Closed { failures: 0 },
-            (State::Closed { failures }, Admission::Normal, false)
-                if failures + 1 >= self.threshold =>
+            (State::Closed { .. }, Admission::Normal(_), true) if this_period => {
+                State::Closed { failures: 0 }
+            }
+            (State::Closed { failures }, Admission::Normal(_), false)
+                if this_period && failures + 1 >= self.threshold =>
             {
                 State::Open {
                     until: now + self.open_for,
                 }
             }
-            (State::Closed { failures }, Admission::Normal, false) => State::Closed {
-                failures: failures + 1,
-            },
+            (State::Closed { failures }, Admission::Normal(_), false) if this_period => {
+                State::Closed {
+                    failures: failures + 1,
+                }
+            }
             (State::HalfOpen { .. }, Admission::Trial(_), true) if this_round => {
                 State::Closed { failures: 0 }
             }
@@ -219,10 +226,10 @@ mod tests {
         // Failures open it; a success in between resets the count.
         check(
             &[
-                Record(0, Normal, false),
-                Record(0, Normal, true),
-                Record(1, Normal, false),
-                Record(2, Normal, false),
+                Record(0, Normal(0), false),
+                Record(0, Normal(0), true),
+                Record(1, Normal(0), false),
+                Record(2, Normal(0), false),
                 Admit(5, None),
             ],
             &["closed1", "closed0", "closed1", "open12", "open12"],
@@ -230,20 +237,26 @@ mod tests {
         // After open_seconds one trial goes through; a second waits.
         check(
             &[
-                Record(0, Normal, false),
-                Record(0, Normal, false),
+                Record(0, Normal(0), false),
+                Record(0, Normal(0), false),
                 Admit(10, Some(Trial(1))),
                 Admit(10, None),
                 Record(11, Trial(1), true),
-                Admit(11, Some(Normal)),
+                Admit(11, Some(Normal(1))),
+                // Admitted before the trip, finishing after the close: it
+                // belongs to the period that tripped, not this one.
+                Record(12, Normal(0), false),
+                Record(12, Normal(0), false),
             ],
-            &["closed1", "open10", "half1", "half1", "closed0", "closed0"],
+            &[
+                "closed1", "open10", "half1", "half1", "closed0", "closed0", "closed0", "closed0",
+            ],
         );
         // A failed trial opens it again from the time of the failure.
         check(
             &[
-                Record(0, Normal, false),
-                Record(0, Normal, false),
+                Record(0, Normal(0), false),
+                Record(0, Normal(0), false),
                 Admit(10, Some(Trial(1))),
                 Record(12, Trial(1), false),
                 Admit(13, None),
@@ -254,8 +267,8 @@ mod tests {
         // slot of the current round.
         check(
             &[
-                Record(0, Normal, false),
-                Record(0, Normal, false),
+                Record(0, Normal(0), false),
+                Record(0, Normal(0), false),
                 Admit(10, Some(Trial(1))),
                 Record(11, Trial(1), false),
                 Admit(21, Some(Trial(2))),
@@ -269,11 +282,11 @@ mod tests {
         // Late results of requests admitted while closed change nothing.
         check(
             &[
-                Record(0, Normal, false),
-                Record(0, Normal, false),
-                Record(1, Normal, true),
+                Record(0, Normal(0), false),
+                Record(0, Normal(0), false),
+                Record(1, Normal(0), true),
                 Admit(10, Some(Trial(1))),
-                Record(10, Normal, false),
+                Record(10, Normal(0), false),
             ],
             &["closed1", "open10", "open10", "half1", "half1"],
         );
@@ -283,7 +296,7 @@ mod tests {
     fn half_open_admits_exactly_half_open_max_trials() {
         use Admission::{Normal, Trial};
         use Step::{Admit, Available, Record, Release};
-        let open = [Record(0, Normal, false), Record(0, Normal, false)];
+        let open = [Record(0, Normal(0), false), Record(0, Normal(0), false)];
         let steps = |rest: &[Step]| [&open[..], rest].concat();
         // Three trials go through at once, a fourth waits until one of them
         // finishes or is abandoned; one success closes the breaker.
@@ -304,7 +317,7 @@ mod tests {
                 // nothing: two would reach the threshold of the closed state.
                 Record(13, Trial(1), false),
                 Record(13, Trial(1), false),
-                Admit(13, Some(Normal)),
+                Admit(13, Some(Normal(1))),
             ]),
             &[
                 "closed1", "open10", "half1", "half2", "half2", "half3", "half3", "half3", "half2",
@@ -344,7 +357,7 @@ mod tests {
             open_seconds: 0,
             half_open_max: 1,
         });
-        b.record(Admission::Normal, false, t0);
+        b.record(Admission::Normal(0), false, t0);
         assert_eq!(b.admit(t0), Some(Admission::Trial(1)));
         assert!(!b.available(t0));
         b.release(Admission::Trial(0));
