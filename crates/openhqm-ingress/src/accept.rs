@@ -289,9 +289,7 @@ pub(crate) fn refuse_early(
 ) -> Result<(), Problem> {
     // Only a key that is deduplicated (the caller says who it is) can be a
     // repeat answered without adding work.
-    let identified = headers
-        .get(&state.config.idempotency.identity_header)
-        .is_some_and(|v| !v.as_bytes().trim_ascii().is_empty());
+    let identified = crate::idempotency::identity(&state.config.idempotency, headers).is_some();
     if headers.contains_key(crate::idempotency::HEADER) && identified {
         return Ok(());
     }

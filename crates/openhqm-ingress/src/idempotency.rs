@@ -66,12 +66,7 @@ pub(crate) fn keyed(
         ));
     }
     let key = parse_key(raw.as_bytes())?;
-    // An empty value identifies no one: every caller sending it would share
-    // one scope.
-    let Some(identity) = headers
-        .get(&config.identity_header)
-        .filter(|v| !v.as_bytes().trim_ascii().is_empty())
-    else {
+    let Some(identity) = identity(config, headers) else {
         tracing::debug!("Idempotency-Key without an identity header: passed on, not deduplicated");
         return Ok(None);
     };
@@ -79,6 +74,17 @@ pub(crate) fn keyed(
         digest: scoped_key(identity.as_bytes(), &key),
         fingerprint: hex_sha256(parts),
     }))
+}
+
+/// The caller's identity, which scopes its keys. An empty value identifies
+/// no one: every caller sending it would share one scope.
+pub(crate) fn identity<'h>(
+    config: &IdempotencyConfig,
+    headers: &'h HeaderMap,
+) -> Option<&'h axum::http::HeaderValue> {
+    headers
+        .get(&config.identity_header)
+        .filter(|v| !v.as_bytes().trim_ascii().is_empty())
 }
 
 /// The `Idempotency-Key` header exactly as the caller sent it, for the backend.

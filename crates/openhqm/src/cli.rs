@@ -153,7 +153,7 @@ fn pointer_to(node: &serde_json::Value, segments: &[&str]) -> Option<String> {
         let joined = segments[..n].join(".");
         let (name, indices) = split_index(&joined)?;
         let mut child = node.get(name)?;
-        let mut pointer = format!("/{}", name.replace('~', "~0").replace('/', "~1"));
+        let mut pointer = pointer_segment(name);
         for i in indices {
             let Some(item) = child.get(i) else {
                 return Some(pointer);
@@ -163,6 +163,11 @@ fn pointer_to(node: &serde_json::Value, segments: &[&str]) -> Option<String> {
         }
         pointer_to(child, &segments[n..]).map(|rest| pointer + &rest)
     })
+}
+
+/// `/name` as a JSON pointer step (RFC 6901: `~` and `/` escaped).
+fn pointer_segment(name: &str) -> String {
+    format!("/{}", name.replace('~', "~0").replace('/', "~1"))
 }
 
 /// `targets[0][1]` -> (`targets`, [0, 1]); `None` for a segment that is
@@ -188,7 +193,7 @@ fn as_written(tree: &mut serde_json::Value, config: &Config) {
         let pointer: String = s
             .path
             .iter()
-            .map(|segment| format!("/{}", segment.replace('~', "~0").replace('/', "~1")))
+            .map(|segment| pointer_segment(segment))
             .collect();
         // A `Secret` prints `***` already, as every secret key does.
         if let Some(slot) = tree.pointer_mut(&pointer)

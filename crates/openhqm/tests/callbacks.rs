@@ -298,16 +298,19 @@ async fn a_proxy_endpoint_can_carry_the_callback_url() {
     check_hook(&hooks[0], &id, &stored);
 }
 
-async fn metric(http: &reqwest::Client, p: &Proc, line: &str) -> bool {
-    let text = http
-        .get(format!("{}/metrics", p.base))
+/// What `/metrics` of `p` says now.
+async fn metrics_text(http: &reqwest::Client, p: &Proc) -> String {
+    http.get(format!("{}/metrics", p.base))
         .send()
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("text");
-    text.lines().any(|l| l == line)
+        .expect("text")
+}
+
+async fn metric(http: &reqwest::Client, p: &Proc, line: &str) -> bool {
+    metrics_text(http, p).await.lines().any(|l| l == line)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,15 +405,9 @@ async fn a_failing_receiver_gets_the_callback_once_it_recovers_or_it_is_dead_let
 /// The value of `openhqm_callbacks_deliveries_total{labels}` (0 if absent).
 async fn sample(http: &reqwest::Client, p: &Proc, labels: &str) -> u64 {
     let name = format!("openhqm_callbacks_deliveries_total{labels} ");
-    let text = http
-        .get(format!("{}/metrics", p.base))
-        .send()
+    metrics_text(http, p)
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(&name)?.parse().ok())
         .unwrap_or(0)
 }

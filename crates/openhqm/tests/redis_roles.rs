@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use openhqm_redis_testkit::{RedisOptions, RedisServer};
 use serde_json::{Value, json};
 
-use common::{BIN, free_port, get_json, http_client, status_of, submit};
+use common::{BIN, free_port, get_json, http_client, status_of, submit, until_within};
 
 /// One openhqm process; killed (SIGKILL) if still running when dropped.
 struct Proc {
@@ -462,29 +462,27 @@ async fn redis_restarted_with_its_data_under_load_loses_no_accepted_request() {
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients = load(&http, &bases, &accepted, &stop);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while accepted.lock().expect("lock").len() < 100 {
-        assert!(Instant::now() < deadline, "load never built up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let accepted_count = || accepted.lock().expect("lock").len();
+    until_within(Duration::from_secs(30), "load to build up", async || {
+        (accepted_count() >= 100).then_some(())
+    })
+    .await;
     // Acknowledged entries are deleted, so the stream holds exactly the
     // work queued or leased, which must come back with Redis.
     let unfinished: u64 = redis_cmd(&url, redis::cmd("XLEN").arg("openhqm-requests")).await;
     // SIGKILL: with `appendfsync always` every write Redis answered is on disk.
     redis.start_again();
-    let restarted_at = accepted.lock().expect("lock").len();
+    let restarted_at = accepted_count();
     wait_ready(&http, &listener).await;
     for w in &workers {
         wait_ready(&http, w).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while accepted.lock().expect("lock").len() < restarted_at + 100 {
-        assert!(
-            Instant::now() < deadline,
-            "no submit accepted after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_within(
+        Duration::from_secs(30),
+        "submits accepted after the restart",
+        async || (accepted_count() >= restarted_at + 100).then_some(()),
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in clients {
         c.await.expect("client");

@@ -198,11 +198,7 @@ fn in_effect(substituted: Vec<Substitution>, tree: &Value) -> Vec<Substitution> 
     substituted
         .into_iter()
         .filter(|s| {
-            let at = s.path.iter().try_fold(tree, |value, segment| match value {
-                Value::Object(map) => map.get(segment),
-                Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
-                _ => None,
-            });
+            let at = value_at(tree, s.path.iter().map(String::as_str));
             at.and_then(Value::as_str) == Some(s.expanded.expose())
         })
         .collect()
@@ -210,49 +206,47 @@ fn in_effect(substituted: Vec<Substitution>, tree: &Value) -> Vec<Substitution> 
 
 /// Tells each endpoint what its configuration took from the environment.
 fn mark_endpoints(config: &mut Config) {
-    for s in &config.from_env {
-        if s.path == ["proxy", "default_endpoint"] {
-            // A URL used as an endpoint of its own.
-            let from_env = &mut config.proxy.default_from_env;
-            from_env.values.extend(s.values.iter().cloned());
-            from_env
-                .urls_as_written
-                .insert(s.expanded.expose().to_owned(), s.written.clone());
-            continue;
-        }
-        let [section, endpoints, name, key @ ..] = s.path.as_slice() else {
-            continue;
-        };
-        if section != "proxy" || endpoints != "endpoints" {
-            continue;
-        }
-        let Some(endpoint) = config.proxy.endpoints.get_mut(name) else {
-            continue;
-        };
-        let from_env = &mut endpoint.from_env;
+    let note = |from_env: &mut openhqm_upstream::config::FromEnv, s: &Substitution, url: bool| {
         from_env.values.extend(s.values.iter().cloned());
-        let is_target_url = match key {
-            [url] => url == "url",
-            [targets, _, url] => targets == "targets" && url == "url",
-            _ => false,
-        };
-        if is_target_url {
+        if url {
             from_env
                 .urls_as_written
                 .insert(s.expanded.expose().to_owned(), s.written.clone());
+        }
+    };
+    for s in &config.from_env {
+        match s.path.as_slice() {
+            // A URL used as an endpoint of its own.
+            [proxy, default] if proxy == "proxy" && default == "default_endpoint" => {
+                note(&mut config.proxy.default_from_env, s, true);
+            }
+            [proxy, endpoints, name, key @ ..] if proxy == "proxy" && endpoints == "endpoints" => {
+                if let Some(endpoint) = config.proxy.endpoints.get_mut(name) {
+                    let is_target_url = match key {
+                        [url] => url == "url",
+                        [targets, _, url] => targets == "targets" && url == "url",
+                        _ => false,
+                    };
+                    note(&mut endpoint.from_env, s, is_target_url);
+                }
+            }
+            _ => {}
         }
     }
 }
 
 /// Whether the merged layers set `key` (a dotted path; list items by index).
 fn is_set(tree: &Value, key: &str) -> bool {
-    key.split('.')
-        .try_fold(tree, |value, segment| match value {
-            Value::Object(map) => map.get(segment),
-            Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
-            _ => None,
-        })
-        .is_some_and(|v| !v.is_null())
+    value_at(tree, key.split('.')).is_some_and(|v| !v.is_null())
+}
+
+/// The value at `path` in the merged tree (list items by index).
+fn value_at<'a, 'p>(tree: &'a Value, mut path: impl Iterator<Item = &'p str>) -> Option<&'a Value> {
+    path.try_fold(tree, |value, segment| match value {
+        Value::Object(map) => map.get(segment),
+        Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
 }
 
 fn read_file(
